@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build. Targets:
+#   operator - the Kopf operator (no torch)
+#   sidecar  - the per-pod sidecar (no torch)
+#   trainer  - the trainer image: our SDK plus torch (user code goes on top of it)
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator ./operator
+COPY sidecar ./sidecar
+RUN python -m venv /opt/core \
+ && /opt/core/bin/pip install . \
+ && python -m venv /opt/train \
+ && /opt/train/bin/pip install --extra-index-url https://download.pytorch.org/whl/cpu '.[train]'
+
+FROM python:3.11-slim AS runtime-base
+RUN groupadd --system --gid 10001 chaos \
+ && useradd --system --uid 10001 --gid chaos --home-dir /home/chaos --create-home chaos
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+USER 10001:10001
+WORKDIR /home/chaos
+
+FROM runtime-base AS operator
+COPY --from=build /opt/core /opt/core
+ENV PATH=/opt/core/bin:$PATH
+ENTRYPOINT ["chaos-train", "operator"]
+
+FROM runtime-base AS sidecar
+COPY --from=build /opt/core /opt/core
+ENV PATH=/opt/core/bin:$PATH
+EXPOSE 7070 9090
+ENTRYPOINT ["chaos-train", "sidecar"]
+
+FROM runtime-base AS trainer
+COPY --from=build /opt/train /opt/train
+ENV PATH=/opt/train/bin:$PATH
+ENTRYPOINT ["python"]

@@ -1,0 +1,138 @@
+"""The ``chaos-train`` command line.
+
+Parsers are declared here (cheap); each subcommand's implementation is imported only
+when it runs, so ``chaos-train plan`` never loads kopf and ``chaos-train operator`` never
+loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from chaos_sidecar import __version__
+from chaos_sidecar.errors import ChaosError
+
+# subcommand -> "module:function"; the function takes the parsed namespace and returns an exit code.
+_COMMANDS: dict[str, str] = {
+    "sim": "chaos_sidecar.commands.sim:run",
+    "plan": "chaos_sidecar.commands.plan:run",
+    "bench": "chaos_sidecar.commands.bench:run",
+    "sidecar": "chaos_sidecar.commands.sidecar:run",
+}
+
+BENCH_SCENARIOS = ("agreement", "planner")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chaos-train",
+        description="Elastic, self-healing data-parallel training: simulator, planner, "
+        "sidecar and benchmarks.",
+    )
+    parser.add_argument("--version", action="version", version=f"chaos-train {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sim = sub.add_parser(
+        "sim",
+        help="run the membership protocol under a seeded fault-injecting simulator",
+        description="Run N membership state machines under seeded random schedules with "
+        "faults, checking safety and liveness invariants after every step.",
+    )
+    sim.add_argument("--nodes", type=_positive_int, default=5, help="initial group size")
+    sim.add_argument("--schedules", type=_positive_int, default=100, help="schedules to run")
+    sim.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the first schedule")
+    sim.add_argument(
+        "--faults",
+        default="all",
+        help="comma-separated fault kinds, 'all' or 'none' (see --list-faults)",
+    )
+    sim.add_argument("--replay", type=_non_negative_int, help="replay one schedule by its seed")
+    sim.add_argument("--list-faults", action="store_true", help="print the fault kinds and exit")
+    sim.add_argument("--json", action="store_true", help="print one JSON object")
+
+    plan = sub.add_parser(
+        "plan",
+        help="solve a shard-planning instance (JSON file)",
+        description="Choose the shard count and per-source shard assignment minimising the "
+        "joiner's makespan.",
+    )
+    plan.add_argument("instance", help="instance JSON file ('-' for stdin)")
+    plan.add_argument("--solver", choices=("greedy", "milp", "both"), default="greedy")
+    plan.add_argument("--json", action="store_true", help="print JSON")
+
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark scenario",
+        description="Benchmarks measured side by side in one run; results are printed and, "
+        "with --out, written as JSON.",
+    )
+    bench.add_argument("--scenario", choices=BENCH_SCENARIOS, required=True)
+    bench.add_argument("--nodes", type=_positive_int, default=8, help="processes (agreement)")
+    bench.add_argument("--repeats", type=_positive_int, default=30, help="events per kind")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--out", help="also write the JSON result to this file")
+
+    sidecar = sub.add_parser(
+        "sidecar",
+        help="run one sidecar process (membership peer API on aiohttp)",
+        description="Run a sidecar: the authenticated peer API, the local trainer API and "
+        "ops endpoints.",
+    )
+    sidecar.add_argument("--node-id", required=True, help="this member's id")
+    sidecar.add_argument("--host", default="127.0.0.1")
+    sidecar.add_argument("--port", type=_non_negative_int, default=0, help="0 picks a free port")
+    sidecar.add_argument(
+        "--peers", default="", help="comma-separated id=http://host:port of the initial group"
+    )
+    sidecar.add_argument("--secret-file", help="file holding the shared join secret")
+    sidecar.add_argument("--ready-file", help="write {'port': N} here once listening")
+    return parser
+
+
+def _resolve(target: str) -> Callable[[argparse.Namespace], int]:
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _resolve(_COMMANDS[args.command])(args)
+    except ChaosError as exc:
+        print(f"chaos-train {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def print_json(obj: object) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""``chaos-train sim``: many seeded schedules of the membership protocol, in parallel."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+from chaos_sidecar.cli import print_json
+from chaos_sidecar.errors import InputError
+from chaos_sidecar.membership.sim import (
+    FAULT_KINDS,
+    ScheduleResult,
+    SimConfig,
+    parse_faults,
+    run_schedule,
+)
+from chaos_sidecar.stats import summary
+
+_CHUNK = 50
+
+
+def _run_chunk(seeds: range, config: SimConfig) -> list[ScheduleResult]:
+    results = []
+    for seed in seeds:
+        result = run_schedule(seed, config)
+        if not result.violations:
+            result.trace = []  # only failing schedules carry their trace back
+        results.append(result)
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_faults:
+        print("\n".join(FAULT_KINDS))
+        return 0
+    try:
+        faults = parse_faults(args.faults)
+    except ValueError as exc:
+        raise InputError("--faults", str(exc)) from None
+    if args.nodes < 3:
+        raise InputError("--nodes", "the protocol needs at least 3 nodes to tolerate a fault")
+    config = SimConfig(nodes=args.nodes, faults=faults)
+    if args.replay is not None:
+        return _replay(args.replay, config, as_json=args.json)
+
+    started = time.perf_counter()
+    seeds = range(args.seed, args.seed + args.schedules)
+    chunks = [seeds[i : i + _CHUNK] for i in range(0, len(seeds), _CHUNK)]
+    workers = max(1, min(os.cpu_count() or 1, len(chunks)))
+    results: list[ScheduleResult] = []
+    if workers == 1:
+        for chunk in chunks:
+            results.extend(_run_chunk(chunk, config))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            for done, part in enumerate(pool.map(_run_chunk, chunks, [config] * len(chunks)), 1):
+                results.extend(part)
+                if not args.json and sys.stderr.isatty():
+                    print(f"\r{done}/{len(chunks)} chunks", end="", file=sys.stderr)
+    elapsed = time.perf_counter() - started
+
+    failures = [r for r in results if r.violations]
+    decision_us = [ns / 1000 for r in results for ns in r.decision_ns]
+    converge = [r.converge_s for r in results if r.converge_s is not None]
+    report = {
+        "schedules": len(results),
+        "nodes": args.nodes,
+        "faults": sorted(faults),
+        "seed": args.seed,
+        "events": sum(r.events for r in results),
+        "steps": sum(r.steps for r in results),
+        "messages": sum(r.messages for r in results),
+        "violations": sum(len(r.violations) for r in results),
+        "failures": [r.seed for r in failures],
+        "converged": sum(1 for r in results if r.converged),
+        "converge_s": summary(converge),
+        "decision_latency_us": summary(decision_us, 1),
+        "max_epoch": max((r.max_epoch for r in results), default=0),
+        "run_s": round(elapsed, 2),
+    }
+    for failure in failures[:3]:
+        print(f"schedule seed={failure.seed} failed: {failure.violations[0]}", file=sys.stderr)
+        print("\n".join(failure.trace[-20:]), file=sys.stderr)
+        print(
+            f"replay: chaos-train sim --nodes {args.nodes} --faults {args.faults} --replay {failure.seed}",
+            file=sys.stderr,
+        )
+    if args.json:
+        print_json(report)
+    else:
+        d = report["decision_latency_us"]
+        print(
+            f"{report['schedules']} schedules, {report['events']} fault events, "
+            f"{report['violations']} violations, {report['converged']} converged, "
+            f"decision p50={d['p50']}us p99={d['p99']}us, max epoch {report['max_epoch']}, "
+            f"{report['run_s']}s"
+        )
+    return 1 if failures else 0
+
+
+def _replay(seed: int, config: SimConfig, *, as_json: bool) -> int:
+    result = run_schedule(seed, config)
+    if as_json:
+        print_json(
+            {
+                "seed": seed,
+                "violations": result.violations,
+                "converged": result.converged,
+                "max_epoch": result.max_epoch,
+                "trace": result.trace,
+            }
+        )
+    else:
+        print("\n".join(result.trace))
+        print(f"seed {seed}: {len(result.violations)} violations, converged={result.converged}")
+    return 1 if result.violations else 0

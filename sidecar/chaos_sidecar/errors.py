@@ -1,0 +1,34 @@
+"""The project's error hierarchy.
+
+User-facing failures derive from :class:`ChaosError`; the CLI prints them without a
+traceback and exits with :attr:`ChaosError.exit_code`.
+"""
+
+
+class ChaosError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(ChaosError):
+    """Input from outside (a file, an argument, a peer) is invalid.
+
+    ``field`` names the offending field in dotted/indexed form, e.g. ``sources[2].bandwidth_Bps``.
+    """
+
+    exit_code = 2
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ProtocolError(ChaosError):
+    """A peer message was rejected; ``reason`` is a short stable label used in metrics."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

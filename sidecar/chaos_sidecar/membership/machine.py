@@ -1,0 +1,770 @@
+"""The view-change state machine: ``step(state, event, now) -> (state, actions)``.
+
+Pure: no clocks, no sockets, no randomness. The adapter (or the simulator) feeds events and
+executes the returned actions. One Paxos instance per epoch decides view ``e+1``; its
+acceptors are the members of view ``e``.
+
+Rules (see DESIGN §5.1):
+
+* Fast path: the coordinator of view ``e`` owns ballot ``(0, coordinator)`` for ``e+1`` and
+  sends ACCEPT directly; it spends that ballot at most once per epoch (``fast_used`` is
+  durable), so a restarted coordinator never proposes two values under one ballot.
+* Slow path: when the coordinator cannot reach a majority (as far as this member knows) the
+  first reachable member in view order takes ballot ``(max_round + 1, self)``, PREPAREs, and
+  re-proposes the highest-ballot value any promise carried before its own changes.
+* A value is chosen once a majority of view ``e`` accepted it; COMMIT carries the whole
+  view, so a member that missed commits installs the newest view directly (views are full
+  states, not deltas), fetched with VIEW_REQUEST from any peer that reports a higher epoch.
+* Membership rule: member ``x`` stays while ``x`` plus the members that hear it form a
+  majority. A link down between two members that both still reach a majority only changes
+  the topology table (gossiped with heartbeats, versioned by ``(epoch, counter)``).
+* Pending joins and leaves seen while a proposal is in flight are batched into the next one.
+
+Durable state (what survives a crash, see :func:`restart`): the committed view, the acceptor
+state for the next epoch, the highest round seen and ``fast_used``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from chaos_sidecar.protocol.messages import (
+    Accept,
+    Accepted,
+    Ballot,
+    Body,
+    Commit,
+    Heartbeat,
+    Join,
+    Leave,
+    LinkDown,
+    LinkUp,
+    Message,
+    Nack,
+    Prepare,
+    Promise,
+    Suspect,
+    View,
+    ViewRequest,
+)
+
+MEMBER = "member"
+JOINING = "joining"
+REMOVED = "removed"
+LEFT = "left"
+
+Change = tuple[str, ...]
+MAX_CONTACTS = 64  # ("join", id) | ("leave", id) | ("remove", id)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Timing of the protocol, in seconds of the caller's clock."""
+
+    heartbeat_interval: float = 0.1
+    """How often a member tells the others whom it hears."""
+    suspect_timeout: float = 0.5
+    """Silence after which a peer is no longer heard (failure detector)."""
+    retry_interval: float = 0.1
+    """Resend period for unanswered protocol messages and forwarded requests."""
+    max_departed: int = 64
+    """Graceful leavers remembered in the view (they are never re-admitted)."""
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed; drives heartbeats, retries and the failure detector."""
+
+
+@dataclass(frozen=True, slots=True)
+class Receive:
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLeave:
+    """This node wants to leave the group gracefully."""
+
+
+Event = Tick | Receive | RequestLeave
+
+
+# --- actions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    to: str
+    address: str
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    """This node committed ``view`` (its status is now ``status``)."""
+
+    view: View
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """This node computed a new view from ``changes`` and proposed it."""
+
+    view: View
+    changes: tuple[Change, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """This node saw a change first-hand: ``("join", j)``, ``("leave", me)``, ``("lost", p)``,
+    ``("regained", p)``."""
+
+    change: Change
+
+
+@dataclass(frozen=True, slots=True)
+class TopologyChanged:
+    version: tuple[int, int]
+    down_links: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An input was ignored; ``reason`` is a short label (metrics)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accepting:
+    """This node accepted ``view`` for its epoch (the simulator checks quorums with it)."""
+
+    view: View
+
+
+Action = Send | Installed | Decided | Observed | TopologyChanged | Rejected | Accepting
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    target: int
+    ballot: Ballot
+    phase: str  # "prepare" | "accept"
+    value: View | None
+    replies: frozenset[str]
+    best: tuple[Ballot, View] | None  # highest accepted value carried by promises
+    own: bool  # value is this node's own changes (not a re-proposal)
+
+
+@dataclass(slots=True)
+class NodeState:
+    node_id: str
+    address: str
+    settings: Settings
+    status: str
+    view: View | None
+    contacts: tuple[tuple[str, str], ...] = ()  # (id, address) to ask for admission
+    # durable acceptor/proposer state for epoch view.epoch + 1
+    promised: Ballot | None = None
+    accepted: tuple[Ballot, View] | None = None
+    max_round: int = 0
+    fast_used: int = 0
+    # volatile
+    proposal: Proposal | None = None
+    want_leave: bool = False
+    joins: dict[str, tuple[str, float]] = field(default_factory=dict)  # id -> (address, seen)
+    leaves: dict[str, float] = field(default_factory=dict)
+    last_heard: dict[str, float] = field(default_factory=dict)
+    reports: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
+    my_hears: frozenset[str] = frozenset()
+    topology: tuple[tuple[int, int], tuple[tuple[str, str], ...]] = ((0, 0), ())
+    next_heartbeat: float = 0.0
+    next_retry: float = 0.0
+    next_attempt: float = 0.0
+    last_view_request: float = -1e18
+    last_push: dict[str, float] = field(default_factory=dict)
+    contact_cursor: int = 0
+    now: float = 0.0  # time of the event being processed
+
+    def copy(self) -> NodeState:
+        return replace(
+            self,
+            joins=dict(self.joins),
+            leaves=dict(self.leaves),
+            last_heard=dict(self.last_heard),
+            reports=dict(self.reports),
+            last_push=dict(self.last_push),
+        )
+
+    @property
+    def epoch(self) -> int:
+        return 0 if self.view is None else self.view.epoch
+
+    @property
+    def is_member(self) -> bool:
+        return self.view is not None and self.node_id in self.view.members and self.status == MEMBER
+
+
+def initial_member(node_id: str, view: View, settings: Settings, now: float) -> NodeState:
+    """A founding member of ``view``."""
+    state = NodeState(node_id, view.address_of(node_id) or node_id, settings, MEMBER, None)
+    _install(state, view, now, [])
+    return state
+
+
+def initial_joiner(
+    node_id: str, address: str, contacts: tuple[tuple[str, str], ...], settings: Settings
+) -> NodeState:
+    """A node asking to be admitted; ``contacts`` are (id, address) of current members."""
+    return NodeState(node_id, address, settings, JOINING, None, contacts=contacts)
+
+
+def restart(state: NodeState, now: float) -> NodeState:
+    """The state after a crash: durable fields kept, everything volatile reset."""
+    fresh = NodeState(
+        state.node_id,
+        state.address,
+        state.settings,
+        state.status,
+        state.view,
+        contacts=state.contacts,
+        promised=state.promised,
+        accepted=state.accepted,
+        max_round=state.max_round,
+        fast_used=state.fast_used,
+        want_leave=state.want_leave,
+    )
+    if state.view is not None:
+        _grace(fresh, state.view, now)
+    return fresh
+
+
+def quorum(view: View) -> int:
+    """Acceptances of view ``e`` members needed to choose view ``e + 1``."""
+    return view.majority
+
+
+# --- the transition function ---------------------------------------------------------------
+
+
+def step(state: NodeState, event: Event, now: float) -> tuple[NodeState, list[Action]]:
+    """Apply one event at time ``now``; returns the new state and the actions to execute."""
+    if state.status == LEFT:
+        return state, [Rejected("left")] if isinstance(event, Receive) else []
+    s = state.copy()
+    s.now = now
+    out: list[Action] = []
+    match event:
+        case Tick():
+            _on_tick(s, now, out)
+        case Receive(message):
+            _on_receive(s, message, now, out)
+        case RequestLeave():
+            if not s.want_leave:
+                s.want_leave = True
+                out.append(Observed(("leave", s.node_id)))
+                if s.is_member:
+                    s.leaves[s.node_id] = now
+                    _forward(s, Leave(s.node_id), out)
+    if s.status != LEFT:
+        _maybe_propose(s, now, out)
+    return s, out
+
+
+# --- helpers: sending ----------------------------------------------------------------------
+
+
+def _address(s: NodeState, node: str) -> str:
+    if s.view is not None:
+        address = s.view.address_of(node)
+        if address is not None:
+            return address
+    if node in s.joins:
+        return s.joins[node][0]
+    for cid, caddr in s.contacts:
+        if cid == node:
+            return caddr
+    return node
+
+
+def _send(s: NodeState, to: str, body: Body, out: list[Action]) -> None:
+    if to != s.node_id:
+        out.append(Send(to, _address(s, to), Message(s.node_id, s.epoch, body)))
+
+
+def _forward(s: NodeState, body: Body, out: list[Action]) -> None:
+    """Send to the coordinator, or to the slow-path candidate when the coordinator is unreachable."""
+    assert s.view is not None
+    target = s.view.coordinator
+    if _support(s, target, s.view, s.now) < s.view.majority:
+        target = _candidate(s) or target
+    _send(s, target, body, out)
+
+
+# --- helpers: reachability -----------------------------------------------------------------
+
+
+def _hears(s: NodeState, a: str, b: str, now: float) -> bool:
+    """Whether member ``a`` recently heard member ``b``, as far as this node knows."""
+    timeout = s.settings.suspect_timeout
+    if a == s.node_id:
+        return b == a or now - s.last_heard.get(b, -1e18) <= timeout
+    report = s.reports.get(a)
+    if report is None or now - report[0] > timeout:
+        return False
+    return b in report[1]
+
+
+def _support(s: NodeState, x: str, view: View, now: float) -> int:
+    """Size of {x} plus the members that hear x: x is kept while this reaches a majority."""
+    return 1 + sum(1 for m in view.members if m != x and _hears(s, m, x, now))
+
+
+def _candidate(s: NodeState) -> str | None:
+    """First member in view order, other than an unreachable coordinator, that reaches a majority."""
+    assert s.view is not None
+    now = s.now
+    for m in s.view.members:
+        if m == s.view.coordinator:
+            continue
+        if _support(s, m, s.view, now) >= s.view.majority:
+            return m
+    return None
+
+
+def _grace(s: NodeState, view: View, now: float, newcomers: frozenset[str] | None = None) -> None:
+    """Newcomers to this node's view count as heard, by it and by everyone (they were
+    reachable when the view formed); known members keep their failure-detector clocks."""
+    everyone = frozenset(view.members)
+    fresh = everyone if newcomers is None else newcomers
+    for m in fresh:
+        s.last_heard[m] = max(s.last_heard.get(m, now), now)
+    for m in view.members:
+        if m == s.node_id:
+            continue
+        if m in fresh or m not in s.reports:
+            s.reports[m] = (now, everyone)
+        else:
+            seen, hears = s.reports[m]
+            s.reports[m] = (seen, (hears | fresh) & everyone)
+    s.my_hears = frozenset(m for m in view.members if _hears(s, s.node_id, m, now))
+
+
+# --- event handlers ------------------------------------------------------------------------
+
+
+def _on_tick(s: NodeState, now: float, out: list[Action]) -> None:
+    s.now = now
+    if s.status in (JOINING, REMOVED):
+        if now >= s.next_retry:
+            s.next_retry = now + s.settings.retry_interval
+            _ask_admission(s, out)
+        return
+    assert s.view is not None
+    view = s.view
+    # failure detector: whom do I hear now?
+    hears = frozenset(m for m in view.members if _hears(s, s.node_id, m, now))
+    if hears != s.my_hears:
+        for lost in sorted(s.my_hears - hears):
+            out.append(Observed(("lost", lost)))
+            _forward(s, Suspect(lost), out)
+        for regained in sorted(hears - s.my_hears):
+            out.append(Observed(("regained", regained)))
+            _forward(s, LinkUp(regained), out)
+        s.my_hears = hears
+    if now >= s.next_heartbeat:
+        s.next_heartbeat = now + s.settings.heartbeat_interval
+        beat = Heartbeat(tuple(sorted(hears)), s.topology[0], s.topology[1])
+        for m in view.members:
+            _send(s, m, beat, out)
+    if s.node_id == view.coordinator:
+        _update_topology(s, now, out)
+    if now >= s.next_retry:
+        s.next_retry = now + s.settings.retry_interval
+        _retry(s, now, out)
+
+
+def _ask_admission(s: NodeState, out: list[Action]) -> None:
+    contacts = [c for c in s.contacts if c[0] != s.node_id]
+    if not contacts:
+        return
+    cid, caddr = contacts[s.contact_cursor % len(contacts)]
+    s.contact_cursor += 1
+    out.append(Send(cid, caddr, Message(s.node_id, s.epoch, Join(s.node_id, s.address))))
+
+
+def _retry(s: NodeState, now: float, out: list[Action]) -> None:
+    assert s.view is not None
+    p = s.proposal
+    if p is not None:
+        body: Body = (
+            Prepare(p.target, p.ballot)
+            if p.phase == "prepare"
+            else Accept(p.target, p.ballot, p.value)  # type: ignore[arg-type]
+        )
+        for m in s.view.members:
+            if m not in p.replies:
+                _send(s, m, body, out)
+    if s.node_id != s.view.coordinator:
+        fresh = now - s.settings.suspect_timeout
+        for joiner, (address, seen) in sorted(s.joins.items()):
+            if seen >= fresh:
+                _forward(s, Join(joiner, address), out)
+        if s.want_leave:
+            _forward(s, Leave(s.node_id), out)
+
+
+def _on_receive(s: NodeState, msg: Message, now: float, out: list[Action]) -> None:
+    s.now = now
+    sender = msg.sender
+    if sender == s.node_id:
+        out.append(Rejected("self"))
+        return
+    s.last_heard[sender] = now
+    body = msg.body
+    # catch-up: a peer that is ahead has views we lack; a peer that is behind gets ours
+    if msg.epoch > s.epoch and not isinstance(body, Commit):
+        if now - s.last_view_request >= s.settings.retry_interval:
+            s.last_view_request = now
+            out.append(
+                Send(sender, _address(s, sender), Message(s.node_id, s.epoch, ViewRequest()))
+            )
+    elif msg.epoch < s.epoch and s.view is not None and not isinstance(body, Commit):
+        if now - s.last_push.get(sender, -1e18) >= s.settings.retry_interval:
+            s.last_push[sender] = now
+            _send(s, sender, Commit(s.view), out)
+    match body:
+        case Commit(view):
+            if view.epoch > s.epoch:
+                _install(s, view, now, out)
+            else:
+                out.append(Rejected("stale_epoch"))
+        case ViewRequest():
+            if s.view is not None:
+                _send(s, sender, Commit(s.view), out)
+        case Heartbeat():
+            _on_heartbeat(s, msg, body, now, out)
+        case Join(node, address):
+            _on_join(s, node, address, now, direct=(sender == node), out=out)
+        case Leave(node):
+            if s.view is not None and node in s.view.members and msg.epoch == s.epoch:
+                s.leaves.setdefault(node, now)
+                if s.node_id != s.view.coordinator:
+                    _forward(s, body, out)
+            else:
+                out.append(Rejected("stale_epoch"))
+        case Suspect(node) | LinkDown(node):
+            _adjust_report(s, sender, node, present=False, now=now)
+        case LinkUp(node):
+            _adjust_report(s, sender, node, present=True, now=now)
+        case Prepare() | Accept():
+            _on_acceptor_message(s, msg, now, out)
+        case Promise() | Accepted() | Nack():
+            _on_proposer_message(s, msg, now, out)
+
+
+def _on_heartbeat(
+    s: NodeState, msg: Message, body: Heartbeat, now: float, out: list[Action]
+) -> None:
+    if s.view is None or msg.sender not in s.view.members:
+        out.append(Rejected("unknown_sender"))
+        return
+    if msg.epoch < s.epoch:  # a report about an older membership, possibly long delayed
+        out.append(Rejected("stale_epoch"))
+        return
+    s.reports[msg.sender] = (now, frozenset(body.hears))
+    if body.topology_version > s.topology[0]:
+        s.topology = (body.topology_version, body.down_links)
+        out.append(TopologyChanged(body.topology_version, body.down_links))
+
+
+def _adjust_report(s: NodeState, sender: str, node: str, *, present: bool, now: float) -> None:
+    if s.view is None or sender not in s.view.members:
+        return
+    timeout = s.settings.suspect_timeout
+    seen, hears = s.reports.get(sender, (now, frozenset(s.view.members)))
+    if now - seen > timeout:
+        hears = frozenset(s.view.members)
+    s.reports[sender] = (now, hears | {node} if present else hears - {node})
+
+
+def _on_join(
+    s: NodeState, node: str, address: str, now: float, *, direct: bool, out: list[Action]
+) -> None:
+    if s.view is None or s.status != MEMBER:
+        out.append(Rejected("not_member"))
+        return
+    if node in s.view.members:
+        if direct:  # the joiner missed its commit
+            s.last_push[node] = now
+            out.append(Send(node, address, Message(s.node_id, s.epoch, Commit(s.view))))
+        return
+    if node in s.view.departed:
+        out.append(Rejected("departed"))
+        return
+    if direct and node not in s.joins:
+        out.append(Observed(("join", node)))
+    s.joins[node] = (address, now)
+    if s.node_id != s.view.coordinator:
+        _forward(s, Join(node, address), out)
+
+
+# --- acceptor ------------------------------------------------------------------------------
+
+
+def _on_acceptor_message(s: NodeState, msg: Message, now: float, out: list[Action]) -> None:
+    body = msg.body
+    assert isinstance(body, Prepare | Accept)
+    view = s.view
+    if view is None or s.node_id not in view.members or s.status not in (MEMBER,):
+        out.append(Rejected("not_acceptor"))
+        return
+    if body.target != view.epoch + 1:
+        out.append(Rejected("stale_epoch"))
+        return
+    s.max_round = max(s.max_round, body.ballot[0])
+    if body.ballot[0] == 0 and body.ballot[1] != view.coordinator:
+        out.append(Rejected("bad_ballot"))
+        return
+    if isinstance(body, Prepare):
+        # >=: a proposer re-asking with the same ballot (its promise got lost) is answered again
+        if s.promised is None or body.ballot >= s.promised:
+            s.promised = body.ballot
+            acc_ballot, acc_view = s.accepted if s.accepted else (None, None)
+            _send(s, msg.sender, Promise(body.target, body.ballot, acc_ballot, acc_view), out)
+        else:
+            _send(s, msg.sender, Nack(body.target, s.promised), out)
+        return
+    if body.view.epoch != body.target:
+        out.append(Rejected("bad_view"))
+        return
+    if s.promised is None or body.ballot >= s.promised:
+        s.promised = body.ballot
+        if s.accepted is None or s.accepted != (body.ballot, body.view):
+            s.accepted = (body.ballot, body.view)
+            out.append(Accepting(body.view))
+        _send(s, msg.sender, Accepted(body.target, body.ballot), out)
+    else:
+        _send(s, msg.sender, Nack(body.target, s.promised), out)
+
+
+# --- proposer ------------------------------------------------------------------------------
+
+
+def _on_proposer_message(s: NodeState, msg: Message, now: float, out: list[Action]) -> None:
+    body = msg.body
+    assert isinstance(body, Promise | Accepted | Nack)
+    p = s.proposal
+    if isinstance(body, Nack):
+        s.max_round = max(s.max_round, body.promised[0])
+        if p is not None and p.target == body.target and body.promised > p.ballot:
+            s.proposal = None
+            s.next_attempt = now + _backoff(s)
+        return
+    if p is None or s.view is None or body.target != p.target or body.ballot != p.ballot:
+        out.append(Rejected("stale_ballot"))
+        return
+    if msg.sender not in s.view.members:
+        out.append(Rejected("unknown_sender"))
+        return
+    if isinstance(body, Promise) and p.phase == "prepare":
+        best = p.best
+        if body.accepted_ballot is not None and body.accepted_view is not None:
+            if best is None or body.accepted_ballot > best[0]:
+                best = (body.accepted_ballot, body.accepted_view)
+        p = replace(p, replies=p.replies | {msg.sender}, best=best)
+        s.proposal = p
+        if len(p.replies) >= quorum(s.view):
+            _enter_accept_phase(s, now, out)
+    elif isinstance(body, Accepted) and p.phase == "accept":
+        p = replace(p, replies=p.replies | {msg.sender})
+        s.proposal = p
+        if len(p.replies) >= quorum(s.view):
+            _commit(s, now, out)
+
+
+def _backoff(s: NodeState) -> float:
+    assert s.view is not None
+    rank = s.view.members.index(s.node_id) if s.node_id in s.view.members else len(s.view.members)
+    return s.settings.retry_interval * (1 + rank)
+
+
+def _desired(s: NodeState, now: float) -> tuple[View | None, tuple[Change, ...]]:
+    """The view this node would propose next, and the changes that lead to it."""
+    view = s.view
+    assert view is not None
+    if _support(s, s.node_id, view, now) < view.majority:
+        return None, ()  # our picture of the group is too stale to judge anyone
+    changes: list[Change] = []
+    members: list[str] = []
+    addresses: list[str] = []
+    for m, address in zip(view.members, view.addresses, strict=True):
+        if m in s.leaves:
+            changes.append(("leave", m))
+        elif _support(s, m, view, now) < view.majority:
+            changes.append(("remove", m))
+        else:
+            members.append(m)
+            addresses.append(address)
+    fresh = now - s.settings.suspect_timeout
+    for joiner, (address, seen) in sorted(s.joins.items()):
+        if seen >= fresh and joiner not in view.members and joiner not in view.departed:
+            changes.append(("join", joiner))
+            members.append(joiner)
+            addresses.append(address)
+    if not changes or not members:
+        return None, ()
+    heard = sum(1 for m in members if _hears(s, s.node_id, m, now) or m in s.joins)
+    if heard < len(members) // 2 + 1:
+        return None, ()  # the new view could not reach its own quorum: wait for better news
+    if len(set(members) & set(view.members)) < view.majority:
+        # shrink by at most a minority per epoch: a bigger cut rests on stale news more
+        # often than on real failures, and larger failures still go in successive epochs
+        return None, ()
+    departed = (*view.departed, *(c[1] for c in changes if c[0] == "leave"))
+    coordinator = s.node_id if s.node_id in members else members[0]
+    new = View(
+        view.epoch + 1,
+        tuple(members),
+        coordinator,
+        tuple(addresses),
+        departed[-s.settings.max_departed :],
+    )
+    return new, tuple(changes)
+
+
+def _maybe_propose(s: NodeState, now: float, out: list[Action]) -> None:
+    if not s.is_member or s.proposal is not None or now < s.next_attempt:
+        return
+    view = s.view
+    assert view is not None
+    target = view.epoch + 1
+    me = s.node_id
+    if me == view.coordinator:
+        if s.fast_used != target and (s.promised is None or s.promised <= (0, me)):
+            new, changes = _desired(s, now)
+            if new is not None:
+                s.fast_used = target
+                s.proposal = Proposal(target, (0, me), "accept", new, frozenset(), None, True)
+                out.append(Decided(new, changes))
+                _self_accept_and_send(s, now, out)
+            return
+    elif _support(s, view.coordinator, view, now) >= view.majority or _candidate(s) != me:
+        return
+    # slow path: the coordinator is unreachable, or it already spent its fast ballot
+    if _support(s, me, view, now) < view.majority:
+        return
+    if s.accepted is None and _desired(s, now)[0] is None:
+        return
+    ballot = (s.max_round + 1, me)
+    s.max_round = ballot[0]
+    replies: frozenset[str] = frozenset()
+    if s.promised is None or ballot > s.promised:  # this node is an acceptor too
+        s.promised = ballot
+        replies = frozenset({me})
+    s.proposal = Proposal(target, ballot, "prepare", None, replies, s.accepted, False)
+    for m in view.members:
+        _send(s, m, Prepare(target, ballot), out)
+    if len(replies) >= quorum(view):
+        _enter_accept_phase(s, now, out)
+
+
+def _enter_accept_phase(s: NodeState, now: float, out: list[Action]) -> None:
+    p = s.proposal
+    assert p is not None
+    if p.best is not None:
+        value, own = p.best[1], False
+    else:
+        value, changes = _desired(s, now)
+        if value is None:  # nothing to decide after all; our promise round stays raised
+            s.proposal = None
+            return
+        own = True
+        out.append(Decided(value, changes))
+    s.proposal = replace(p, phase="accept", value=value, replies=frozenset(), own=own)
+    _self_accept_and_send(s, now, out)
+
+
+def _self_accept_and_send(s: NodeState, now: float, out: list[Action]) -> None:
+    p = s.proposal
+    assert p is not None and p.value is not None and s.view is not None
+    me = s.node_id
+    if s.promised is None or p.ballot >= s.promised:
+        s.promised = p.ballot
+        if s.accepted != (p.ballot, p.value):
+            s.accepted = (p.ballot, p.value)
+            out.append(Accepting(p.value))
+        s.proposal = p = replace(p, replies=p.replies | {me})
+    for m in s.view.members:
+        _send(s, m, Accept(p.target, p.ballot, p.value), out)
+    if len(p.replies) >= quorum(s.view):
+        _commit(s, now, out)
+
+
+def _commit(s: NodeState, now: float, out: list[Action]) -> None:
+    p = s.proposal
+    assert p is not None and p.value is not None and s.view is not None
+    value = p.value
+    for m in sorted(set(s.view.members) | set(value.members)):
+        if m != s.node_id:
+            out.append(
+                Send(
+                    m,
+                    value.address_of(m) or _address(s, m),
+                    Message(s.node_id, s.epoch, Commit(value)),
+                )
+            )
+    _install(s, value, now, out)
+
+
+def _install(s: NodeState, view: View, now: float, out: list[Action]) -> None:
+    previous = s.view
+    s.view = view
+    s.promised = None
+    s.accepted = None
+    s.proposal = None
+    s.next_attempt = now
+    if s.node_id in view.members:
+        s.status = MEMBER
+    elif s.want_leave or s.node_id in view.departed:
+        s.status = LEFT
+    else:
+        s.status = REMOVED
+    known = dict(s.contacts)
+    known.update(zip(view.members, view.addresses, strict=True))
+    for gone in view.departed:
+        known.pop(gone, None)
+    # newest members last, bounded: whom to ask for admission if this node is ever removed
+    s.contacts = tuple(known.items())[-MAX_CONTACTS:]
+    s.joins = {j: v for j, v in s.joins.items() if j not in view.members and j not in view.departed}
+    s.leaves = {m: t for m, t in s.leaves.items() if m in view.members}
+    s.reports = {m: r for m, r in s.reports.items() if m in view.members}
+    if previous is None or s.node_id not in previous.members:
+        _grace(s, view, now)
+    else:
+        _grace(s, view, now, frozenset(view.members) - frozenset(previous.members))
+    out.append(Installed(view, s.status))
+
+
+def _update_topology(s: NodeState, now: float, out: list[Action]) -> None:
+    """Coordinator only: links between two kept members that do not hear each other."""
+    view = s.view
+    assert view is not None
+    kept = [m for m in view.members if _support(s, m, view, now) >= view.majority]
+    down = []
+    for i, a in enumerate(kept):
+        for b in kept[i + 1 :]:
+            if not (_hears(s, a, b, now) or _hears(s, b, a, now)):
+                down.append((a, b))
+    links = tuple(down)
+    if links != s.topology[1]:
+        version = (view.epoch, s.topology[0][1] + 1 if s.topology[0][0] == view.epoch else 1)
+        s.topology = (version, links)
+        out.append(TopologyChanged(version, links))

@@ -1,0 +1,397 @@
+"""A deterministic simulator for the membership state machine.
+
+N nodes run :func:`~chaos_sidecar.membership.machine.step` over a simulated network driven
+by one seeded ``random.Random``: the same seed gives the same schedule, so a failing seed
+replays exactly. During the fault phase the scheduler injects the enabled faults; then it
+heals everything and lets the group settle. Invariants are checked after every step:
+
+* no two different views committed with the same epoch;
+* each node's committed epoch only grows (across restarts too);
+* every committed view was accepted by a majority of its predecessor's members;
+* after the faults stop (everything healed, a majority alive), all live nodes converge to
+  one view, whose members are exactly the live nodes that did not leave, within
+  ``settle_s`` simulated seconds.
+
+No wall clock is read except to time the decision step (``decision_ns``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from chaos_sidecar.membership import machine as sm
+from chaos_sidecar.protocol.messages import Message, View, decode, encode
+
+FAULT_KINDS = (
+    "crash",
+    "partition",
+    "drop",
+    "duplicate",
+    "reorder",
+    "delay",
+    "link",
+    "join",
+    "leave",
+)
+
+
+def parse_faults(text: str) -> frozenset[str]:
+    """``all``, ``none`` or a comma-separated subset of :data:`FAULT_KINDS`."""
+    text = text.strip()
+    if text == "all":
+        return frozenset(FAULT_KINDS)
+    if text in ("", "none"):
+        return frozenset()
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    if unknown:
+        raise ValueError(f"unknown fault kind(s) {unknown}; choose from {', '.join(FAULT_KINDS)}")
+    return frozenset(kinds)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    nodes: int = 5
+    faults: frozenset[str] = frozenset(FAULT_KINDS)
+    fault_s: float = 2.0
+    """Simulated seconds of fault injection."""
+    fault_rate: float = 6.0
+    """Injected fault events per simulated second."""
+    settle_s: float = 10.0
+    """Bound on convergence time after the faults stop."""
+    min_group: int = 3
+    """Leaves are not injected below this size."""
+    wire: bool = False
+    """Round-trip every message through the JSON codec."""
+    settings: sm.Settings = sm.Settings()
+
+
+@dataclass
+class ScheduleResult:
+    seed: int
+    events: int = 0
+    steps: int = 0
+    messages: int = 0
+    violations: list[str] = field(default_factory=list)
+    converged: bool = False
+    converge_s: float | None = None
+    decision_ns: list[int] = field(default_factory=list)
+    max_epoch: int = 0
+    trace: list[str] = field(default_factory=list)
+
+
+class _Sim:
+    def __init__(self, seed: int, config: SimConfig) -> None:
+        self.seed = seed
+        self.cfg = config
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.queue: list[tuple[float, int, str, object]] = []
+        self.seq = 0
+        self.result = ScheduleResult(seed)
+        self.trace: deque[str] = deque(maxlen=60)
+        ids = [f"n{i}" for i in range(config.nodes)]
+        self.initial = View(1, tuple(ids), ids[0], tuple(ids))
+        self.states: dict[str, sm.NodeState] = {
+            n: sm.initial_member(n, self.initial, config.settings, 0.0) for n in ids
+        }
+        self.crashed: set[str] = set()
+        self.left: set[str] = set()
+        self.leaving: set[str] = set()
+        self.joined = 0
+        # invariant bookkeeping
+        self.committed: dict[int, View] = {1: self.initial}
+        self.accepts: dict[View, set[str]] = {}
+        self.epochs: dict[str, int] = dict.fromkeys(ids, 1)
+        # network faults
+        self.groups: dict[str, int] | None = None
+        self.down: set[frozenset[str]] = set()
+        self.drop_p = 0.0
+        self.dup_p = 0.0
+        self.jitter = 0.0
+        self.extra_delay = 0.0
+        self.faults_on = True
+
+    # --- scheduling ----------------------------------------------------------------------
+
+    def push(self, at: float, kind: str, payload: object) -> None:
+        self.seq += 1
+        heapq.heappush(self.queue, (at, self.seq, kind, payload))
+
+    def log(self, text: str) -> None:
+        self.trace.append(f"{self.now:8.3f} {text}")
+
+    def violation(self, text: str) -> None:
+        self.result.violations.append(f"t={self.now:.3f} {text}")
+        self.log(f"VIOLATION {text}")
+
+    # --- network -------------------------------------------------------------------------
+
+    def connected(self, a: str, b: str) -> bool:
+        if self.groups is not None and self.groups.get(a, -1) != self.groups.get(b, -1):
+            return False
+        return frozenset((a, b)) not in self.down
+
+    def transmit(self, sender: str, send: sm.Send) -> None:
+        to = send.to
+        if to not in self.states or not self.connected(sender, to):
+            return
+        if self.faults_on and self.drop_p and self.rng.random() < self.drop_p:
+            return
+        copies = 2 if self.faults_on and self.dup_p and self.rng.random() < self.dup_p else 1
+        message = send.message
+        if self.cfg.wire:
+            message = decode(encode(message))
+        for _ in range(copies):
+            delay = 0.0005 + self.rng.random() * 0.002
+            if self.faults_on:
+                delay += self.rng.random() * self.jitter + self.rng.random() * self.extra_delay
+            self.push(self.now + delay, "deliver", (sender, to, message))
+
+    # --- running nodes --------------------------------------------------------------------
+
+    def apply(self, node: str, event: sm.Event) -> None:
+        state = self.states[node]
+        started = time.perf_counter_ns()
+        new, actions = sm.step(state, event, self.now)
+        elapsed = time.perf_counter_ns() - started
+        self.states[node] = new
+        self.result.steps += 1
+        for action in actions:
+            match action:
+                case sm.Send():
+                    self.result.messages += 1
+                    self.transmit(node, action)
+                case sm.Accepting(view):
+                    self.accepts.setdefault(view, set()).add(node)
+                case sm.Installed(view, status):
+                    self.check_install(node, view)
+                    self.log(
+                        f"{node} installs e{view.epoch} {list(view.members)} c={view.coordinator} ({status})"
+                    )
+                    if status == sm.LEFT:
+                        self.left.add(node)
+                case sm.Decided(view, changes):
+                    self.result.decision_ns.append(elapsed)
+                    self.log(f"{node} decides e{view.epoch}: {changes}")
+
+    def check_install(self, node: str, view: View) -> None:
+        previous = self.committed.get(view.epoch)
+        if previous is None:
+            self.committed[view.epoch] = view
+            self.result.max_epoch = max(self.result.max_epoch, view.epoch)
+        elif previous != view:
+            self.violation(f"two views committed at epoch {view.epoch}: {previous} vs {view}")
+        if view.epoch <= self.epochs.get(node, 0):
+            self.violation(f"{node} epoch went from {self.epochs[node]} to {view.epoch}")
+        self.epochs[node] = view.epoch
+        if view.epoch == self.initial.epoch:
+            return
+        predecessor = self.committed.get(view.epoch - 1)
+        if predecessor is None:
+            self.violation(f"epoch {view.epoch} committed without a committed predecessor")
+            return
+        acceptors = self.accepts.get(view, set()) & set(predecessor.members)
+        if len(acceptors) < predecessor.majority:
+            self.violation(
+                f"e{view.epoch} committed with {len(acceptors)} acceptances of "
+                f"{len(predecessor.members)} predecessor members"
+            )
+
+    # --- faults ----------------------------------------------------------------------------
+
+    def live(self) -> set[str]:
+        return set(self.states) - self.crashed - self.left
+
+    def views_at_risk(self) -> list[View]:
+        """Views whose quorums must stay alive: the newest committed one and any newer
+        value some live node has accepted (it may yet be chosen)."""
+        top = max(self.committed)
+        views = [self.committed[top]]
+        for state in self.states.values():
+            if state.accepted is not None and state.accepted[1].epoch > top:
+                views.append(state.accepted[1])
+        return views
+
+    def may_lose(self, node: str) -> bool:
+        """Whether crashing or retiring ``node`` keeps a live majority in every view that
+        matters (the precondition of the liveness check; leavers count as gone)."""
+        alive = self.live() - self.leaving - {node}
+        return all(
+            len(alive & set(v.members)) >= v.majority and len(alive & set(v.members)) >= 2
+            for v in self.views_at_risk()
+        )
+
+    def inject(self) -> None:
+        kinds = sorted(self.cfg.faults)
+        kind = self.rng.choice(kinds)
+        rng = self.rng
+        self.result.events += 1
+        live = sorted(self.live())
+        match kind:
+            case "crash":
+                candidates = [n for n in live if self.may_lose(n)]
+                if candidates:
+                    node = rng.choice(candidates)
+                    self.crashed.add(node)
+                    self.log(f"FAULT crash {node}")
+                    self.push(self.now + rng.uniform(0.2, 1.2), "restart", node)
+            case "partition":
+                if len(live) >= 2 and self.groups is None:
+                    shuffled = live[:]
+                    rng.shuffle(shuffled)
+                    cut = rng.randint(1, len(shuffled) - 1)
+                    self.groups = {n: (0 if i < cut else 1) for i, n in enumerate(shuffled)}
+                    self.log(f"FAULT partition {sorted(shuffled[:cut])} | {sorted(shuffled[cut:])}")
+                    self.push(self.now + rng.uniform(0.3, 1.0), "heal", None)
+            case "link":
+                if len(live) >= 2:
+                    a, b = rng.sample(live, 2)
+                    self.down.add(frozenset((a, b)))
+                    self.log(f"FAULT link down {a}-{b}")
+                    self.push(self.now + rng.uniform(0.2, 1.0), "link_up", frozenset((a, b)))
+            case "drop":
+                self.drop_p = rng.uniform(0.02, 0.3)
+                self.log(f"FAULT drop p={self.drop_p:.2f}")
+                self.push(self.now + rng.uniform(0.1, 0.6), "calm", "drop")
+            case "duplicate":
+                self.dup_p = rng.uniform(0.05, 0.5)
+                self.log(f"FAULT duplicate p={self.dup_p:.2f}")
+                self.push(self.now + rng.uniform(0.1, 0.6), "calm", "duplicate")
+            case "reorder":
+                self.jitter = rng.uniform(0.005, 0.05)
+                self.log(f"FAULT reorder jitter={self.jitter:.3f}")
+                self.push(self.now + rng.uniform(0.1, 0.6), "calm", "reorder")
+            case "delay":
+                self.extra_delay = rng.uniform(0.05, 0.8)
+                self.log(f"FAULT delay up to {self.extra_delay:.2f}s")
+                self.push(self.now + rng.uniform(0.1, 0.6), "calm", "delay")
+            case "join":
+                self.joined += 1
+                node = f"j{self.joined}"
+                contacts = tuple(
+                    (n, n) for n in sorted(self.committed[max(self.committed)].members)
+                )
+                self.states[node] = sm.initial_joiner(node, node, contacts, self.cfg.settings)
+                self.epochs[node] = 0
+                self.log(f"FAULT join {node}")
+            case "leave":
+                members = [n for n in live if self.states[n].is_member and n not in self.leaving]
+                top = self.committed[max(self.committed)]
+                members = [n for n in members if self.may_lose(n)]
+                if len(members) > self.cfg.min_group and len(top.members) > self.cfg.min_group:
+                    node = rng.choice(members)
+                    self.leaving.add(node)
+                    self.log(f"FAULT leave {node}")
+                    self.apply(node, sm.RequestLeave())
+
+    def calm(self, what: str) -> None:
+        match what:
+            case "drop":
+                self.drop_p = 0.0
+            case "duplicate":
+                self.dup_p = 0.0
+            case "reorder":
+                self.jitter = 0.0
+            case "delay":
+                self.extra_delay = 0.0
+
+    def stop_faults(self) -> None:
+        self.faults_on = False
+        self.groups = None
+        self.down.clear()
+        self.drop_p = self.dup_p = self.jitter = self.extra_delay = 0.0
+        self.log("faults stop: network healed")
+
+    # --- convergence -----------------------------------------------------------------------
+
+    def converged(self) -> bool:
+        expected = self.live()
+        views = set()
+        for node in expected:
+            state = self.states[node]
+            if state.status != sm.MEMBER:
+                return False
+            views.add(state.view)
+        if len(views) != 1:
+            return False
+        (view,) = views
+        return set(view.members) == expected
+
+    # --- main loop -------------------------------------------------------------------------
+
+    def run(self) -> ScheduleResult:
+        cfg = self.cfg
+        tick = cfg.settings.retry_interval / 2
+        self.push(0.0, "tick", None)
+        if cfg.faults:
+            at = 0.0
+            while True:
+                at += self.rng.expovariate(cfg.fault_rate)
+                if at >= cfg.fault_s:
+                    break
+                self.push(at, "fault", None)
+        self.push(cfg.fault_s, "stop_faults", None)
+        deadline = cfg.fault_s + cfg.settle_s
+        while self.queue:
+            at, _, kind, payload = heapq.heappop(self.queue)
+            self.now = at
+            if at > deadline:
+                break
+            match kind:
+                case "deliver":
+                    sender, to, message = payload  # type: ignore[misc]
+                    assert isinstance(message, Message)
+                    if to in self.crashed or to in self.left or not self.connected(sender, to):
+                        continue
+                    self.apply(to, sm.Receive(message))
+                case "tick":
+                    for node in sorted(self.states):
+                        if node not in self.crashed and node not in self.left:
+                            self.apply(node, sm.Tick())
+                    if not self.faults_on and self.converged():
+                        self.result.converged = True
+                        self.result.converge_s = self.now - cfg.fault_s
+                        break
+                    self.push(at + tick, "tick", None)
+                case "fault":
+                    self.inject()
+                case "restart":
+                    node = payload  # type: ignore[assignment]
+                    if self.faults_on and node in self.crashed:
+                        self.crashed.discard(node)
+                        self.states[node] = sm.restart(self.states[node], self.now)
+                        self.log(f"FAULT restart {node}")
+                case "heal":
+                    self.groups = None
+                    self.log("heal partition")
+                case "link_up":
+                    self.down.discard(payload)  # type: ignore[arg-type]
+                    self.log(f"link up {'-'.join(sorted(payload))}")  # type: ignore[call-overload]
+                case "calm":
+                    self.calm(payload)  # type: ignore[arg-type]
+                case "stop_faults":
+                    self.stop_faults()
+            if self.result.violations:
+                break
+        if not self.result.violations and not self.result.converged:
+            state_lines = [
+                f"{n}: {s.status} e{s.epoch} {list(s.view.members) if s.view else None}"
+                for n, s in sorted(self.states.items())
+                if n not in self.crashed and n not in self.left
+            ]
+            self.violation(
+                f"no convergence within {cfg.settle_s}s after faults stopped; live="
+                f"{sorted(self.live())}; " + "; ".join(state_lines)
+            )
+        self.result.trace = list(self.trace)
+        return self.result
+
+
+def run_schedule(seed: int, config: SimConfig) -> ScheduleResult:
+    """Run one seeded schedule and return what it observed."""
+    return _Sim(seed, config).run()

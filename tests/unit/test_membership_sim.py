@@ -1,0 +1,101 @@
+"""The membership state machine under the deterministic simulator."""
+
+from __future__ import annotations
+
+import pytest
+
+from chaos_sidecar.membership import machine as sm
+from chaos_sidecar.membership.sim import FAULT_KINDS, SimConfig, parse_faults, run_schedule
+from chaos_sidecar.protocol import Commit, Message, View
+
+
+def _run(seeds: range, **config) -> list:
+    return [run_schedule(seed, SimConfig(**config)) for seed in seeds]
+
+
+def test_all_faults_seven_nodes_no_violations() -> None:
+    results = _run(range(300), nodes=7)
+    failures = [(r.seed, r.violations[0]) for r in results if r.violations]
+    assert not failures, failures
+    assert all(r.converged for r in results)
+    # the schedules really exercised the protocol
+    assert sum(r.events for r in results) > 1000
+    assert max(r.max_epoch for r in results) >= 5
+    assert sum(len(r.decision_ns) for r in results) > 300
+
+
+@pytest.mark.parametrize("fault", FAULT_KINDS)
+def test_each_fault_alone(fault: str) -> None:
+    results = _run(range(40), nodes=5, faults=frozenset({fault}))
+    assert not [r.violations for r in results if r.violations]
+
+
+def test_messages_survive_the_wire_codec() -> None:
+    results = _run(range(30), nodes=5, wire=True)
+    assert not [r.violations for r in results if r.violations]
+
+
+def test_same_seed_same_schedule() -> None:
+    first, second = run_schedule(17, SimConfig(nodes=7)), run_schedule(17, SimConfig(nodes=7))
+    assert first.trace == second.trace
+    assert first.steps == second.steps
+
+
+def test_simulator_catches_commit_without_majority(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Break the quorum rule: a lone proposer may commit. Partitions must expose it."""
+    monkeypatch.setattr(sm, "quorum", lambda view: 1)
+    results = _run(range(60), nodes=5, faults=frozenset({"partition", "crash"}))
+    assert any(r.violations for r in results), "a broken quorum rule went unnoticed"
+    assert any(
+        "two views committed" in v or "acceptances" in v for r in results for v in r.violations
+    )
+
+
+def test_simulator_catches_lost_liveness(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Break failure handling: never remove anyone. Crashed members then stay in the view."""
+    real = sm._support
+    monkeypatch.setattr(
+        sm, "_support", lambda s, x, view, now: max(real(s, x, view, now), view.majority)
+    )
+    results = _run(range(30), nodes=5, faults=frozenset({"crash"}))
+    assert any("no convergence" in v for r in results for v in r.violations)
+
+
+def test_parse_faults() -> None:
+    assert parse_faults("all") == frozenset(FAULT_KINDS)
+    assert parse_faults("none") == frozenset()
+    assert parse_faults("drop, crash") == {"drop", "crash"}
+    with pytest.raises(ValueError, match="unknown fault"):
+        parse_faults("drop,meteor")
+
+
+# --- direct state machine properties -----------------------------------------------------
+
+SETTINGS = sm.Settings()
+VIEW = View(1, ("a", "b", "c"), "a", ("a", "b", "c"))
+
+
+def test_step_does_not_mutate_its_input() -> None:
+    state = sm.initial_member("a", VIEW, SETTINGS, 0.0)
+    snapshot = (dict(state.last_heard), dict(state.reports), state.view, state.status)
+    sm.step(state, sm.Tick(), 5.0)
+    sm.step(state, sm.RequestLeave(), 5.0)
+    assert snapshot == (dict(state.last_heard), dict(state.reports), state.view, state.status)
+
+
+def test_stale_commit_is_rejected_and_epochs_only_grow() -> None:
+    state = sm.initial_member("b", VIEW, SETTINGS, 0.0)
+    newer = View(3, ("a", "b"), "a", ("a", "b"))
+    state, actions = sm.step(state, sm.Receive(Message("a", 3, Commit(newer))), 0.1)
+    assert state.epoch == 3 and any(isinstance(a, sm.Installed) for a in actions)
+    state, actions = sm.step(state, sm.Receive(Message("a", 1, Commit(VIEW))), 0.2)
+    assert state.epoch == 3
+    assert sm.Rejected("stale_epoch") in actions
+
+
+def test_coordinator_leave_hands_over() -> None:
+    state = sm.initial_member("a", VIEW, SETTINGS, 0.0)
+    state, actions = sm.step(state, sm.RequestLeave(), 0.01)
+    decided = [a for a in actions if isinstance(a, sm.Decided)]
+    assert decided and decided[0].view.members == ("b", "c")
+    assert decided[0].view.coordinator == "b"
