@@ -99,8 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     sidecar = sub.add_parser(
         "sidecar",
         help="run one sidecar process (membership peer API on aiohttp)",
-        description="Run a sidecar: the authenticated peer API, the local trainer API and "
-        "ops endpoints.",
+        description="Run a sidecar: the authenticated peer API, the local trainer API and ops endpoints.",
     )
     sidecar.add_argument("--node-id", required=True, help="this member's id")
     sidecar.add_argument("--host", default="127.0.0.1")

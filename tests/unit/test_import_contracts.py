@@ -81,9 +81,7 @@ def check_module(module: str, imports: list[tuple[str, int]]) -> list[Breach]:
             breaches.append(Breach(module, imported, line, "pure package imports an I/O framework"))
         allowed = ONLY_IN.get(top)
         if allowed is not None and not _within(module, allowed):
-            breaches.append(
-                Breach(module, imported, line, f"only {', '.join(allowed)} may import {top}")
-            )
+            breaches.append(Breach(module, imported, line, f"only {', '.join(allowed)} may import {top}"))
     return breaches
 
 

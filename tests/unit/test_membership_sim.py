@@ -46,17 +46,13 @@ def test_simulator_catches_commit_without_majority(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(sm, "quorum", lambda view: 1)
     results = _run(range(60), nodes=5, faults=frozenset({"partition", "crash"}))
     assert any(r.violations for r in results), "a broken quorum rule went unnoticed"
-    assert any(
-        "two views committed" in v or "acceptances" in v for r in results for v in r.violations
-    )
+    assert any("two views committed" in v or "acceptances" in v for r in results for v in r.violations)
 
 
 def test_simulator_catches_lost_liveness(monkeypatch: pytest.MonkeyPatch) -> None:
     """Break failure handling: never remove anyone. Crashed members then stay in the view."""
     real = sm._support
-    monkeypatch.setattr(
-        sm, "_support", lambda s, x, view, now: max(real(s, x, view, now), view.majority)
-    )
+    monkeypatch.setattr(sm, "_support", lambda s, x, view, now: max(real(s, x, view, now), view.majority))
     results = _run(range(30), nodes=5, faults=frozenset({"crash"}))
     assert any("no convergence" in v for r in results for v in r.violations)
 

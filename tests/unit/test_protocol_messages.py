@@ -106,9 +106,7 @@ def _raw(**overrides) -> bytes:
         (
             _raw(
                 kind="commit",
-                body={
-                    "view": {"epoch": 2, "members": ["a"], "coordinator": "b", "addresses": ["x"]}
-                },
+                body={"view": {"epoch": 2, "members": ["a"], "coordinator": "b", "addresses": ["x"]}},
             ),
             "bad_field",
         ),
@@ -133,9 +131,7 @@ def test_field_is_named_in_the_error() -> None:
         decode(
             _raw(
                 kind="commit",
-                body={
-                    "view": {"epoch": 2, "members": ["a"], "coordinator": "b", "addresses": ["x"]}
-                },
+                body={"view": {"epoch": 2, "members": ["a"], "coordinator": "b", "addresses": ["x"]}},
             )
         )
 

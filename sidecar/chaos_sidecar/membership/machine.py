@@ -405,9 +405,7 @@ def _retry(s: NodeState, now: float, out: list[Action]) -> None:
     p = s.proposal
     if p is not None:
         body: Body = (
-            Prepare(p.target, p.ballot)
-            if p.phase == "prepare"
-            else Accept(p.target, p.ballot, p.value)  # type: ignore[arg-type]
+            Prepare(p.target, p.ballot) if p.phase == "prepare" else Accept(p.target, p.ballot, p.value)  # type: ignore[arg-type]
         )
         for m in s.view.members:
             if m not in p.replies:
@@ -433,9 +431,7 @@ def _on_receive(s: NodeState, msg: Message, now: float, out: list[Action]) -> No
     if msg.epoch > s.epoch and not isinstance(body, Commit):
         if now - s.last_view_request >= s.settings.retry_interval:
             s.last_view_request = now
-            out.append(
-                Send(sender, _address(s, sender), Message(s.node_id, s.epoch, ViewRequest()))
-            )
+            out.append(Send(sender, _address(s, sender), Message(s.node_id, s.epoch, ViewRequest())))
     elif msg.epoch < s.epoch and s.view is not None and not isinstance(body, Commit):
         if now - s.last_push.get(sender, -1e18) >= s.settings.retry_interval:
             s.last_push[sender] = now
@@ -470,9 +466,7 @@ def _on_receive(s: NodeState, msg: Message, now: float, out: list[Action]) -> No
             _on_proposer_message(s, msg, now, out)
 
 
-def _on_heartbeat(
-    s: NodeState, msg: Message, body: Heartbeat, now: float, out: list[Action]
-) -> None:
+def _on_heartbeat(s: NodeState, msg: Message, body: Heartbeat, now: float, out: list[Action]) -> None:
     if s.view is None or msg.sender not in s.view.members:
         out.append(Rejected("unknown_sender"))
         return
@@ -495,9 +489,7 @@ def _adjust_report(s: NodeState, sender: str, node: str, *, present: bool, now: 
     s.reports[sender] = (now, hears | {node} if present else hears - {node})
 
 
-def _on_join(
-    s: NodeState, node: str, address: str, now: float, *, direct: bool, out: list[Action]
-) -> None:
+def _on_join(s: NodeState, node: str, address: str, now: float, *, direct: bool, out: list[Action]) -> None:
     if s.view is None or s.status != MEMBER:
         out.append(Rejected("not_member"))
         return
@@ -597,18 +589,31 @@ def _backoff(s: NodeState) -> float:
 
 
 def _desired(s: NodeState, now: float) -> tuple[View | None, tuple[Change, ...]]:
-    """The view this node would propose next, and the changes that lead to it."""
+    """The view this node would propose next, and the changes that lead to it.
+
+    When removals would shrink the group by a majority at once, the joins and leaves go
+    first without them (the removals follow next epoch, judged on fresher news).
+    """
     view = s.view
     assert view is not None
     if _support(s, s.node_id, view, now) < view.majority:
         return None, ()  # our picture of the group is too stale to judge anyone
+    new, changes = _compose(s, view, now, removals=True)
+    if new is None:
+        new, changes = _compose(s, view, now, removals=False)
+    return new, changes
+
+
+def _compose(
+    s: NodeState, view: View, now: float, *, removals: bool
+) -> tuple[View | None, tuple[Change, ...]]:
     changes: list[Change] = []
     members: list[str] = []
     addresses: list[str] = []
     for m, address in zip(view.members, view.addresses, strict=True):
         if m in s.leaves:
             changes.append(("leave", m))
-        elif _support(s, m, view, now) < view.majority:
+        elif removals and _support(s, m, view, now) < view.majority:
             changes.append(("remove", m))
         else:
             members.append(m)
@@ -624,9 +629,10 @@ def _desired(s: NodeState, now: float) -> tuple[View | None, tuple[Change, ...]]
     heard = sum(1 for m in members if _hears(s, s.node_id, m, now) or m in s.joins)
     if heard < len(members) // 2 + 1:
         return None, ()  # the new view could not reach its own quorum: wait for better news
-    if len(set(members) & set(view.members)) < view.majority:
-        # shrink by at most a minority per epoch: a bigger cut rests on stale news more
-        # often than on real failures, and larger failures still go in successive epochs
+    leavers = sum(1 for c in changes if c[0] == "leave")
+    if len(set(members) & set(view.members)) < (len(view.members) - leavers) // 2 + 1:
+        # suspicion removes at most a minority per epoch: a bigger cut rests on stale news
+        # more often than on real failures, and larger failures still go in successive epochs
         return None, ()
     departed = (*view.departed, *(c[1] for c in changes if c[0] == "leave"))
     coordinator = s.node_id if s.node_id in members else members[0]

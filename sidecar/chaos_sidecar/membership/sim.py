@@ -67,7 +67,7 @@ class SimConfig:
     """Leaves are not injected below this size."""
     wire: bool = False
     """Round-trip every message through the JSON codec."""
-    settings: sm.Settings = sm.Settings()
+    settings: sm.Settings = field(default_factory=sm.Settings)
 
 
 @dataclass
@@ -273,9 +273,7 @@ class _Sim:
             case "join":
                 self.joined += 1
                 node = f"j{self.joined}"
-                contacts = tuple(
-                    (n, n) for n in sorted(self.committed[max(self.committed)].members)
-                )
+                contacts = tuple((n, n) for n in sorted(self.committed[max(self.committed)].members))
                 self.states[node] = sm.initial_joiner(node, node, contacts, self.cfg.settings)
                 self.epochs[node] = 0
                 self.log(f"FAULT join {node}")

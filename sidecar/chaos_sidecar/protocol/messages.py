@@ -206,9 +206,7 @@ def _body_json(body: Body) -> dict[str, Any]:
                 "target": body.target,
                 "ballot": _ballot_json(body.ballot),
                 "accepted_ballot": _ballot_json(body.accepted_ballot),
-                "accepted_view": None
-                if body.accepted_view is None
-                else body.accepted_view.to_json(),
+                "accepted_view": None if body.accepted_view is None else body.accepted_view.to_json(),
             }
         case Accept():
             return {
@@ -271,9 +269,7 @@ def _ids(value: Any, where: str) -> tuple[str, ...]:
 def _ballot(value: Any, where: str, *, optional: bool = False) -> Ballot | None:
     if value is None and optional:
         return None
-    if not (
-        isinstance(value, list) and len(value) == 2 and type(value[0]) is int and value[0] >= 0
-    ):
+    if not (isinstance(value, list) and len(value) == 2 and type(value[0]) is int and value[0] >= 0):
         raise _bad(where, "expected a ballot [round >= 0, node id]")
     return (value[0], node_id(value[1], f"{where}[1]"))
 
@@ -340,9 +336,7 @@ def _parse_body(kind: str, body: dict[str, Any]) -> Body:
         case "link_up":
             return LinkUp(node_id(body.get("node"), "body.node"))
         case "prepare":
-            return Prepare(
-                _int(body, "target", where, minimum=1), _ballot(body.get("ballot"), "body.ballot")
-            )
+            return Prepare(_int(body, "target", where, minimum=1), _ballot(body.get("ballot"), "body.ballot"))
         case "promise":
             accepted_view = body.get("accepted_view")
             return Promise(

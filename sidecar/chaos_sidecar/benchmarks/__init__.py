@@ -1,0 +1,1 @@
+"""Benchmarks behind ``chaos-train bench --scenario ...``; each returns one JSON-able dict."""

@@ -1,0 +1,23 @@
+"""``chaos-train bench --scenario NAME``: one JSON object per run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+from chaos_sidecar.cli import print_json
+
+
+def run(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"chaos_sidecar.benchmarks.{args.scenario}")
+    result = module.run_from_args(args) if hasattr(module, "run_from_args") else module.run()
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    if args.json:
+        print_json(result)
+    else:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    return 1 if result.get("failed") else 0
