@@ -37,6 +37,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -105,10 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     sidecar.add_argument("--host", default="127.0.0.1")
     sidecar.add_argument("--port", type=_non_negative_int, default=0, help="0 picks a free port")
     sidecar.add_argument(
-        "--peers", default="", help="comma-separated id=http://host:port of the initial group"
+        "--peers", default="", help="comma-separated id=http://host:port of members to join through"
     )
+    sidecar.add_argument("--advertise", help="base URL peers use (default http://HOST:PORT)")
+    sidecar.add_argument("--seed", action="store_true", help="found a new group instead of joining")
     sidecar.add_argument("--secret-file", help="file holding the shared join secret")
-    sidecar.add_argument("--ready-file", help="write {'port': N} here once listening")
+    sidecar.add_argument("--ready-file", help="write {'port', 'url', 'pid'} here once listening")
+    sidecar.add_argument("--log", help="append the JSONL event log here")
+    sidecar.add_argument("--heartbeat-s", type=_positive_float, default=0.1)
+    sidecar.add_argument("--suspect-timeout-s", type=_positive_float, default=0.5)
+    sidecar.add_argument("--retry-s", type=_positive_float, default=0.1)
+    sidecar.add_argument("--fault-injection", action="store_true", help="enable /local/faults (tests)")
     return parser
 
 

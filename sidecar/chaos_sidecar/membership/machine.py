@@ -322,6 +322,15 @@ def _hears(s: NodeState, a: str, b: str, now: float) -> bool:
     return b in report[1]
 
 
+def _reports_silence(s: NodeState, a: str, b: str, now: float) -> bool:
+    """Whether ``a`` itself says (in a fresh report) that it does not hear ``b``; a
+    stale or missing report says nothing (the link may be fine, the report late)."""
+    if a == s.node_id:
+        return not _hears(s, a, b, now)
+    report = s.reports.get(a)
+    return report is not None and now - report[0] <= s.settings.suspect_timeout and b not in report[1]
+
+
 def _support(s: NodeState, x: str, view: View, now: float) -> int:
     """Size of {x} plus the members that hear x: x is kept while this reaches a majority."""
     return 1 + sum(1 for m in view.members if m != x and _hears(s, m, x, now))
@@ -369,19 +378,10 @@ def _on_tick(s: NodeState, now: float, out: list[Action]) -> None:
         return
     assert s.view is not None
     view = s.view
-    # failure detector: whom do I hear now?
-    hears = frozenset(m for m in view.members if _hears(s, s.node_id, m, now))
-    if hears != s.my_hears:
-        for lost in sorted(s.my_hears - hears):
-            out.append(Observed(("lost", lost)))
-            _forward(s, Suspect(lost), out)
-        for regained in sorted(hears - s.my_hears):
-            out.append(Observed(("regained", regained)))
-            _forward(s, LinkUp(regained), out)
-        s.my_hears = hears
+    _refresh_hears(s, now, out)
     if now >= s.next_heartbeat:
         s.next_heartbeat = now + s.settings.heartbeat_interval
-        beat = Heartbeat(tuple(sorted(hears)), s.topology[0], s.topology[1])
+        beat = Heartbeat(tuple(sorted(s.my_hears)), s.topology[0], s.topology[1])
         for m in view.members:
             _send(s, m, beat, out)
     if s.node_id == view.coordinator:
@@ -389,6 +389,23 @@ def _on_tick(s: NodeState, now: float, out: list[Action]) -> None:
     if now >= s.next_retry:
         s.next_retry = now + s.settings.retry_interval
         _retry(s, now, out)
+
+
+def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> None:
+    """Failure detector: whom do I hear now? Changes go to the coordinator at once, and a
+    regained peer gets a heartbeat back at once, so it regains us without waiting."""
+    assert s.view is not None
+    hears = frozenset(m for m in s.view.members if _hears(s, s.node_id, m, now))
+    if hears == s.my_hears:
+        return
+    previous, s.my_hears = s.my_hears, hears
+    for lost in sorted(previous - hears):
+        out.append(Observed(("lost", lost)))
+        _forward(s, Suspect(lost), out)
+    for peer in sorted(hears - previous):
+        out.append(Observed(("regained", peer)))
+        _forward(s, LinkUp(peer), out)
+        _send(s, peer, Heartbeat(tuple(sorted(hears)), s.topology[0], s.topology[1]), out)
 
 
 def _ask_admission(s: NodeState, out: list[Action]) -> None:
@@ -410,6 +427,12 @@ def _retry(s: NodeState, now: float, out: list[Action]) -> None:
         for m in s.view.members:
             if m not in p.replies:
                 _send(s, m, body, out)
+    # probe members we lost more often than heartbeats go: a healed link shows up sooner
+    silent = [m for m in s.view.members if m not in s.my_hears and m != s.node_id]
+    if silent:
+        probe = Heartbeat(tuple(sorted(s.my_hears)), s.topology[0], s.topology[1])
+        for m in silent:
+            _send(s, m, probe, out)
     if s.node_id != s.view.coordinator:
         fresh = now - s.settings.suspect_timeout
         for joiner, (address, seen) in sorted(s.joins.items()):
@@ -427,6 +450,8 @@ def _on_receive(s: NodeState, msg: Message, now: float, out: list[Action]) -> No
         return
     s.last_heard[sender] = now
     body = msg.body
+    if s.is_member and sender not in s.my_hears and s.view is not None and sender in s.view.members:
+        _refresh_hears(s, now, out)
     # catch-up: a peer that is ahead has views we lack; a peer that is behind gets ours
     if msg.epoch > s.epoch and not isinstance(body, Commit):
         if now - s.last_view_request >= s.settings.retry_interval:
@@ -458,8 +483,12 @@ def _on_receive(s: NodeState, msg: Message, now: float, out: list[Action]) -> No
                 out.append(Rejected("stale_epoch"))
         case Suspect(node) | LinkDown(node):
             _adjust_report(s, sender, node, present=False, now=now)
+            if s.view is not None and s.node_id == s.view.coordinator:
+                _update_topology(s, now, out)
         case LinkUp(node):
             _adjust_report(s, sender, node, present=True, now=now)
+            if s.view is not None and s.node_id == s.view.coordinator:
+                _update_topology(s, now, out)
         case Prepare() | Accept():
             _on_acceptor_message(s, msg, now, out)
         case Promise() | Accepted() | Nack():
@@ -767,10 +796,14 @@ def _update_topology(s: NodeState, now: float, out: list[Action]) -> None:
     down = []
     for i, a in enumerate(kept):
         for b in kept[i + 1 :]:
-            if not (_hears(s, a, b, now) or _hears(s, b, a, now)):
-                down.append((a, b))
-    links = tuple(down)
+            if _reports_silence(s, a, b, now) or _reports_silence(s, b, a, now):
+                down.append((a, b) if a < b else (b, a))  # canonical order
+    links = tuple(sorted(down))
     if links != s.topology[1]:
         version = (view.epoch, s.topology[0][1] + 1 if s.topology[0][0] == view.epoch else 1)
         s.topology = (version, links)
         out.append(TopologyChanged(version, links))
+        # push it now rather than with the next heartbeat
+        beat = Heartbeat(tuple(sorted(s.my_hears)), version, links)
+        for m in view.members:
+            _send(s, m, beat, out)

@@ -1,0 +1,1 @@
+"""I/O adapters: aiohttp peer server and client, event log. They execute, never decide."""

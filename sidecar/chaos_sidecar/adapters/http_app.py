@@ -1,0 +1,153 @@
+"""The sidecar's aiohttp application: peer API, local trainer API, ops endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from chaos_sidecar.adapters.peer_stream import MAX_FRAME_BYTES, STREAM_PATH, PeerLinks
+from chaos_sidecar.adapters.runtime import EventLog, MembershipRuntime
+from chaos_sidecar.config import SidecarConfig
+from chaos_sidecar.membership import machine as sm
+from chaos_sidecar.protocol.messages import MAX_MESSAGE_BYTES, View
+from chaos_sidecar.security import FRAME_MAC_BYTES, NODE_HEADER, TIMESTAMP_HEADER, Verifier, frame_mac
+
+CONFIG = web.AppKey("config", SidecarConfig)
+RUNTIME = web.AppKey("runtime", MembershipRuntime)
+VERIFIER = web.AppKey("verifier", Verifier)
+REJECTIONS = web.AppKey("rejections", dict)
+STREAMS = web.AppKey("streams", set)  # open inbound peer streams, closed on shutdown
+
+
+def _is_local(request: web.Request) -> bool:
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
+
+
+async def stream_handler(request: web.Request) -> web.StreamResponse:
+    """An authenticated inbound peer stream: verify the handshake, then every frame."""
+    app = request.app
+    rejections = app[REJECTIONS]
+    reason = app[VERIFIER].check("GET", STREAM_PATH, b"", request.headers, time.time_ns())
+    if reason is not None:
+        rejections[reason] = rejections.get(reason, 0) + 1
+        return web.json_response({"error": reason}, status=401)
+    node = request.headers[NODE_HEADER]
+    nonce = request.headers[TIMESTAMP_HEADER]
+    secret = app[CONFIG].secret
+    runtime = app[RUNTIME]
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True)
+    await ws.prepare(request)
+    app[STREAMS].add(ws)
+    seq = 0
+    async for frame in ws:
+        if frame.type != aiohttp.WSMsgType.BINARY or len(frame.data) < FRAME_MAC_BYTES:
+            rejections["malformed"] = rejections.get("malformed", 0) + 1
+            break
+        seq += 1
+        mac, body = frame.data[:FRAME_MAC_BYTES], frame.data[FRAME_MAC_BYTES:]
+        if not hmac.compare_digest(mac, frame_mac(secret, node, nonce, seq, body)):
+            rejections["bad_signature"] = rejections.get("bad_signature", 0) + 1
+            break
+        await runtime.receive(body, authenticated_as=node)
+    app[STREAMS].discard(ws)
+    await ws.close()
+    return ws
+
+
+async def _close_streams(app: web.Application) -> None:
+    for ws in list(app[STREAMS]):
+        await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutdown")
+
+
+async def view_handler(request: web.Request) -> web.Response:
+    if not _is_local(request):
+        raise web.HTTPForbidden(text="local API")
+    return web.json_response(request.app[RUNTIME].snapshot() | {"rejections": request.app[REJECTIONS]})
+
+
+async def leave_handler(request: web.Request) -> web.Response:
+    if not _is_local(request):
+        raise web.HTTPForbidden(text="local API")
+    await request.app[RUNTIME].apply(sm.RequestLeave())
+    return web.json_response({"leaving": True}, status=202)
+
+
+async def faults_handler(request: web.Request) -> web.Response:
+    if not request.app[CONFIG].fault_injection or not _is_local(request):
+        raise web.HTTPNotFound()
+    try:
+        payload = await request.json()
+        block = payload.get("block", [])
+        unblock = payload.get("unblock", [])
+        if not all(isinstance(x, str) for x in [*block, *unblock]):
+            raise TypeError
+    except (ValueError, TypeError, AttributeError):
+        return web.json_response({"error": "expected {'block': [ids], 'unblock': [ids]}"}, status=400)
+    runtime = request.app[RUNTIME]
+    runtime.blocked |= set(block)
+    runtime.blocked -= set(unblock)
+    return web.json_response({"blocked": sorted(runtime.blocked)})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    member = request.app[RUNTIME].state.is_member
+    return web.json_response({"member": member}, status=200 if member else 503)
+
+
+async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    timeout = aiohttp.ClientTimeout(total=max(1.0, app[CONFIG].membership.suspect_timeout))
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=16)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        runtime.links = PeerLinks(
+            session, app[CONFIG].secret, app[CONFIG].node_id, app[CONFIG].membership.retry_interval
+        )
+        ticker = asyncio.create_task(runtime.tick_forever(app[CONFIG].membership.retry_interval / 2))
+        yield
+        ticker.cancel()
+        await runtime.close()
+
+
+def build_app(config: SidecarConfig, advertise: str) -> web.Application:
+    """The sidecar app for a node reachable at ``advertise`` (its bound URL)."""
+    settings = config.membership
+    if config.seed:
+        view = View(1, (config.node_id,), config.node_id, (advertise,))
+        state = sm.initial_member(config.node_id, view, settings, time.monotonic())
+    else:
+        state = sm.initial_joiner(config.node_id, advertise, config.contacts, settings)
+    app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
+    app[CONFIG] = config
+    app[REJECTIONS] = {}
+    app[STREAMS] = set()
+    app.on_shutdown.append(_close_streams)
+    rejections = app[REJECTIONS]
+
+    def count(reason: str) -> None:
+        rejections[reason] = rejections.get(reason, 0) + 1
+
+    app[RUNTIME] = MembershipRuntime(
+        state, config.secret, EventLog(config.log_path, config.node_id), on_reject=count
+    )
+    app[VERIFIER] = Verifier(config.secret)
+    app.cleanup_ctx.append(_runtime_ctx)
+    app.router.add_get(STREAM_PATH, stream_handler)
+    app.router.add_get("/local/view", view_handler)
+    app.router.add_post("/local/leave", leave_handler)
+    app.router.add_post("/local/faults", faults_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

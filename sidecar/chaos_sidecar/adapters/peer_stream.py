@@ -1,0 +1,83 @@
+"""Peer transport: one authenticated WebSocket per (sender, receiver) pair.
+
+The handshake is a signed ``GET /v1/stream`` (see :mod:`chaos_sidecar.security`); each
+binary frame is ``MAC(32 bytes) || message`` with the MAC over sender, handshake nonce and
+frame sequence number. Sending never blocks the state machine: frames go into a bounded
+per-peer queue (oldest dropped when full; the protocol retransmits what matters) and a
+writer task reconnects with a pause after failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiohttp
+
+from chaos_sidecar.protocol.messages import MAX_MESSAGE_BYTES
+from chaos_sidecar.security import FRAME_MAC_BYTES, TIMESTAMP_HEADER, frame_mac, signed_headers
+
+STREAM_PATH = "/v1/stream"
+MAX_FRAME_BYTES = MAX_MESSAGE_BYTES + FRAME_MAC_BYTES
+QUEUE_LIMIT = 1024
+
+
+class _Link:
+    def __init__(self, owner: PeerLinks, address: str) -> None:
+        self.owner = owner
+        self.address = address
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_LIMIT)
+        self.task = asyncio.create_task(self._run())
+
+    def put(self, raw: bytes) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()  # drop the oldest: newer state supersedes it
+        self.queue.put_nowait(raw)
+
+    async def _run(self) -> None:
+        owner = self.owner
+        while True:
+            raw = await self.queue.get()
+            headers = signed_headers(owner.secret, "GET", STREAM_PATH, b"", time.time_ns(), owner.node_id)
+            nonce = headers[TIMESTAMP_HEADER]
+            try:
+                async with owner.session.ws_connect(
+                    self.address + STREAM_PATH, headers=headers, max_msg_size=MAX_FRAME_BYTES, autoping=True
+                ) as ws:
+                    seq = 0
+                    while True:
+                        seq += 1
+                        await ws.send_bytes(frame_mac(owner.secret, owner.node_id, nonce, seq, raw) + raw)
+                        raw = await self.queue.get()
+            except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError, RuntimeError):
+                # peer down or unreachable: drop what is queued, wait, try again on demand
+                while not self.queue.empty():
+                    self.queue.get_nowait()
+                await asyncio.sleep(owner.reconnect_pause)
+
+
+class PeerLinks:
+    """Outbound streams, one per peer address, created on first use."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, secret: bytes, node_id: str, reconnect_pause: float
+    ) -> None:
+        self.session = session
+        self.secret = secret
+        self.node_id = node_id
+        self.reconnect_pause = reconnect_pause
+        self._links: dict[str, _Link] = {}
+
+    def send(self, address: str, raw: bytes) -> None:
+        link = self._links.get(address)
+        if link is None:
+            link = self._links[address] = _Link(self, address)
+        link.put(raw)
+
+    async def close(self) -> None:
+        for link in self._links.values():
+            link.task.cancel()
+        for link in self._links.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await link.task

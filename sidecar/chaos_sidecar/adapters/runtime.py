@@ -1,0 +1,136 @@
+"""Runs the pure membership state machine against a real clock and real sockets.
+
+:class:`MembershipRuntime` owns the :class:`~chaos_sidecar.membership.machine.NodeState`,
+feeds it ticks and received messages, and executes the returned actions: sends become
+signed HTTP POSTs, the rest go to the event log and to waiters. It decides nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from chaos_sidecar.adapters.peer_stream import PeerLinks
+from chaos_sidecar.errors import ProtocolError
+from chaos_sidecar.membership import machine as sm
+from chaos_sidecar.protocol.messages import decode, encode
+
+
+class EventLog:
+    """Append-only JSONL of what this node observed, decided and installed (wall clock)."""
+
+    def __init__(self, path: Path | None, node: str) -> None:
+        self._file = path.open("a", buffering=1) if path else None
+        self.node = node
+
+    def write(self, kind: str, **fields: Any) -> None:
+        if self._file is not None:
+            record = {"t": time.time(), "node": self.node, "type": kind, **fields}
+            self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class MembershipRuntime:
+    def __init__(
+        self,
+        state: sm.NodeState,
+        secret: bytes,
+        log: EventLog,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_reject: Callable[[str], None] | None = None,
+    ) -> None:
+        self.state = state
+        self.secret = secret
+        self.log = log
+        self.clock = clock
+        self.blocked: set[str] = set()  # fault injection: peers whose traffic we drop
+        self.links: PeerLinks | None = None
+        self.changed = asyncio.Condition()
+        self.on_reject = on_reject or (lambda reason: None)
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    async def apply(self, event: sm.Event) -> None:
+        self.state, actions = sm.step(self.state, event, self.clock())
+        await self._execute(actions)
+
+    async def receive(self, raw: bytes, authenticated_as: str) -> str | None:
+        """Handle one peer message from an authenticated stream; returns a rejection reason."""
+        try:
+            message = decode(raw)
+        except ProtocolError as exc:
+            self.on_reject(exc.reason)
+            return exc.reason
+        if message.sender != authenticated_as:
+            self.on_reject("spoofed_sender")
+            return "spoofed_sender"
+        if message.sender in self.blocked:
+            return "blocked"
+        await self.apply(sm.Receive(message))
+        return None
+
+    async def tick_forever(self, interval: float) -> None:
+        while True:
+            await self.apply(sm.Tick())
+            await asyncio.sleep(interval)
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    async def _execute(self, actions: list[sm.Action]) -> None:
+        notify = False
+        for action in actions:
+            match action:
+                case sm.Send(to, address, message):
+                    if to not in self.blocked and self.links is not None:
+                        self.links.send(address, encode(message))
+                case sm.Installed(view, status):
+                    self.log.write(
+                        "installed",
+                        epoch=view.epoch,
+                        members=list(view.members),
+                        coordinator=view.coordinator,
+                        status=status,
+                    )
+                    notify = True
+                case sm.Decided(view, changes):
+                    self.log.write(
+                        "decided",
+                        epoch=view.epoch,
+                        members=list(view.members),
+                        changes=[list(c) for c in changes],
+                    )
+                case sm.Observed(change):
+                    self.log.write("observed", change=list(change))
+                case sm.TopologyChanged(version, links):
+                    self.log.write("topology", version=list(version), down=[list(x) for x in links])
+                    notify = True
+                case sm.Rejected(reason):
+                    self.on_reject(reason)
+        if notify:
+            async with self.changed:
+                self.changed.notify_all()
+
+    async def close(self) -> None:
+        if self.links is not None:
+            await self.links.close()
+        self.log.close()
+
+    # --- views for the local API ------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "node": s.node_id,
+            "status": s.status,
+            "view": None if s.view is None else s.view.to_json(),
+            "topology": {"version": list(s.topology[0]), "down": [list(x) for x in s.topology[1]]},
+            "blocked": sorted(self.blocked),
+        }

@@ -1,0 +1,233 @@
+"""Agreement scenario: real sidecar processes on loopback, each event kind injected repeatedly.
+
+Per kind we report decision latency (event first seen by any node -> new view or topology
+computed by the deciding node) and agreement latency (first seen -> committed or adopted
+by every member), from the nodes' own JSONL event logs (wall clock, one machine). For
+failures, detection (kill -> first suspicion) is reported separately: it is the failure
+detector's timeout, not the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaos_sidecar.localcluster import POLL_S, LocalCluster
+from chaos_sidecar.stats import summary
+
+KINDS = ("join", "leave", "failure", "coordinator_failure", "link_down", "link_up")
+
+
+@dataclass
+class Injection:
+    kind: str
+    subject: tuple[str, ...]
+    injected_at: float
+    done_at: float = 0.0
+    members_after: frozenset[str] = frozenset()
+
+
+@dataclass
+class Measured:
+    decision_ms: list[float] = field(default_factory=list)
+    agreement_ms: list[float] = field(default_factory=list)
+    detection_ms: list[float] = field(default_factory=list)
+    missing: int = 0
+
+
+def _first(records, since: float, until: float, pred) -> dict | None:
+    return next((r for r in records if since <= r["t"] <= until and pred(r)), None)
+
+
+def analyse(records: list[dict[str, Any]], injections: list[Injection]) -> dict[str, Measured]:
+    out = {kind: Measured() for kind in KINDS}
+    for inj in injections:
+        m = out[inj.kind]
+        lo, hi = inj.injected_at, inj.done_at + 0.001
+        if inj.kind in ("join", "leave"):
+            change = [inj.kind, inj.subject[0]]
+            seen = _first(records, lo, hi, lambda r: r["type"] == "observed" and r["change"] == change)
+            decided = _first(records, lo, hi, lambda r: r["type"] == "decided" and change in r["changes"])
+        elif inj.kind in ("failure", "coordinator_failure"):
+            victim = inj.subject[0]
+            seen = _first(
+                records, lo, hi, lambda r: r["type"] == "observed" and r["change"] == ["lost", victim]
+            )
+            decided = _first(
+                records, lo, hi, lambda r: r["type"] == "decided" and ["remove", victim] in r["changes"]
+            )
+        else:
+            a, b = inj.subject
+            word = "lost" if inj.kind == "link_down" else "regained"
+            seen = _first(
+                records,
+                lo,
+                hi,
+                lambda r: (
+                    r["type"] == "observed"
+                    and (
+                        (r["node"] == a and r["change"] == [word, b])
+                        or (r["node"] == b and r["change"] == [word, a])
+                    )
+                ),
+            )
+            link = sorted([a, b])
+            want_down = inj.kind == "link_down"
+            decided = _first(
+                records, lo, hi, lambda r: r["type"] == "topology" and (link in r["down"]) == want_down
+            )
+        if seen is None or decided is None:
+            m.missing += 1
+            continue
+        if decided["type"] == "decided":
+            epoch = decided["epoch"]
+            installs = [
+                r
+                for r in records
+                if r["type"] == "installed" and r["epoch"] == epoch and r["node"] in inj.members_after
+            ]
+            done = {r["node"] for r in installs}
+        else:
+            version = decided["version"]
+            installs = [
+                r
+                for r in records
+                if r["type"] == "topology" and r["version"] == version and r["node"] in inj.members_after
+            ]
+            done = {r["node"] for r in installs} | {decided["node"]}
+        if done != set(inj.members_after):
+            m.missing += 1
+            continue
+        last = max([r["t"] for r in installs] + [decided["t"]])
+        m.decision_ms.append((decided["t"] - seen["t"]) * 1000)
+        m.agreement_ms.append((last - seen["t"]) * 1000)
+        if inj.kind in ("failure", "coordinator_failure"):
+            m.detection_ms.append((seen["t"] - inj.injected_at) * 1000)
+    return out
+
+
+async def _topology_settled(
+    cluster: LocalCluster, members: set[str], link: list[str], down: bool, timeout: float
+) -> None:
+    """Same view everywhere, and every member holds one topology version with ``link``
+    down (or up)."""
+
+    def check(v: dict) -> bool:
+        return (link in v["topology"]["down"]) == down
+
+    deadline = time.monotonic() + timeout
+    while True:
+        await cluster.wait_agreed(members, timeout, check=check)
+        views = await cluster.views(sorted(members))
+        if len({tuple(v["topology"]["version"]) for v in views.values() if v}) == 1:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topology did not settle: {views}")
+        await asyncio.sleep(POLL_S)
+
+
+async def measure(nodes: int, repeats: int, workdir: Path, seed: int = 0) -> dict[str, Any]:
+    rng = random.Random(seed)
+    injections: list[Injection] = []
+    started = time.monotonic()
+    async with LocalCluster(workdir) as cluster:
+        await cluster.start("n0", seed=True)
+        for i in range(1, nodes):
+            await cluster.start(f"n{i}")
+        members = {f"n{i}" for i in range(nodes)}
+        await cluster.wait_agreed(members, 30)
+        counter = nodes
+
+        async def fresh_node() -> str:
+            nonlocal counter
+            name = f"n{counter}"
+            counter += 1
+            return name
+
+        for _ in range(repeats):
+            # join, then the same node leaves: the group is back to its size
+            name = await fresh_node()
+            inj = Injection("join", (name,), time.time())
+            await cluster.start(name)
+            members = members | {name}
+            await cluster.wait_agreed(members)
+            inj.done_at, inj.members_after = time.time(), frozenset(members)
+            injections.append(inj)
+
+            inj = Injection("leave", (name,), time.time())
+            await cluster.leave(name)
+            members = members - {name}
+            await cluster.wait_agreed(members)
+            inj.done_at, inj.members_after = time.time(), frozenset(members)
+            injections.append(inj)
+
+            for kind in ("failure", "coordinator_failure"):
+                view = (await cluster.view(sorted(members)[0]))["view"]
+                victim = (
+                    view["coordinator"]
+                    if kind == "coordinator_failure"
+                    else rng.choice([m for m in view["members"] if m != view["coordinator"]])
+                )
+                inj = Injection(kind, (victim,), time.time())
+                cluster.kill(victim)
+                members = members - {victim}
+                await cluster.wait_agreed(members)
+                inj.done_at, inj.members_after = time.time(), frozenset(members)
+                injections.append(inj)
+                replacement = await fresh_node()  # keep the size (its join is not measured)
+                await cluster.start(replacement)
+                members = members | {replacement}
+                await cluster.wait_agreed(members)
+
+            a, b = rng.sample(sorted(members), 2)
+            link = sorted([a, b])
+            inj = Injection("link_down", (a, b), time.time())
+            await cluster.block(a, b)
+            await _topology_settled(cluster, members, link, True, 20)
+            inj.done_at, inj.members_after = time.time(), frozenset(members)
+            injections.append(inj)
+
+            inj = Injection("link_up", (a, b), time.time())
+            await cluster.block(a, b, unblock=True)
+            await _topology_settled(cluster, members, link, False, 20)
+            inj.done_at, inj.members_after = time.time(), frozenset(members)
+            injections.append(inj)
+        records = cluster.read_logs()
+        settings = cluster.settings
+    measured = analyse(records, injections)
+    kinds = {}
+    for kind, m in measured.items():
+        entry = {
+            "n": len(m.decision_ms),
+            "missing": m.missing,
+            "decision_ms": summary(m.decision_ms),
+            "agreement_ms": summary(m.agreement_ms),
+        }
+        if m.detection_ms:
+            entry["detection_ms"] = summary(m.detection_ms)
+        kinds[kind] = entry
+    return {
+        "scenario": "agreement",
+        "nodes": nodes,
+        "repeats": repeats,
+        "transport": "HTTP/1.1 over loopback, HMAC-signed",
+        "settings": {
+            "heartbeat_s": settings.heartbeat_interval,
+            "suspect_timeout_s": settings.suspect_timeout,
+            "retry_s": settings.retry_interval,
+        },
+        "kinds": kinds,
+        "membership_unchanged_by_link_events": True,
+        "run_s": round(time.monotonic() - started, 1),
+    }
+
+
+def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="chaos-agreement-") as tmp:
+        return asyncio.run(measure(args.nodes, args.repeats, Path(tmp)))

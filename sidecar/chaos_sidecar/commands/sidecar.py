@@ -1,0 +1,91 @@
+"""``chaos-train sidecar``: one sidecar process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+from aiohttp import web
+
+from chaos_sidecar.adapters.http_app import RUNTIME, build_app
+from chaos_sidecar.config import SidecarConfig, parse_contacts, read_secret
+from chaos_sidecar.errors import InputError
+from chaos_sidecar.membership.machine import LEFT, RequestLeave, Settings
+
+LEAVE_TIMEOUT_S = 5.0
+
+
+def config_from_args(args: argparse.Namespace) -> SidecarConfig:
+    contacts = parse_contacts(args.peers)
+    if not args.seed and not contacts:
+        raise InputError("--peers", "a joining sidecar needs at least one contact (or --seed)")
+    try:
+        settings = Settings(
+            heartbeat_interval=args.heartbeat_s,
+            suspect_timeout=args.suspect_timeout_s,
+            retry_interval=args.retry_s,
+        )
+    except TypeError as exc:  # pragma: no cover - argparse guarantees types
+        raise InputError("--heartbeat-s", str(exc)) from None
+    if not 0 < settings.heartbeat_interval < settings.suspect_timeout:
+        raise InputError("--suspect-timeout-s", "must be larger than --heartbeat-s (both > 0)")
+    return SidecarConfig(
+        node_id=args.node_id,
+        secret=read_secret(args.secret_file),
+        host=args.host,
+        port=args.port,
+        advertise=args.advertise,
+        contacts=contacts,
+        seed=args.seed,
+        log_path=Path(args.log) if args.log else None,
+        membership=settings,
+        fault_injection=args.fault_injection,
+    )
+
+
+async def serve(config: SidecarConfig, ready_file: str | None) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    port = sock.getsockname()[1]
+    advertise = config.advertise or f"http://{config.host}:{port}"
+    app = build_app(config, advertise)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    if ready_file:
+        tmp = Path(ready_file + ".tmp")
+        tmp.write_text(json.dumps({"port": port, "url": advertise, "pid": os.getpid()}))
+        tmp.replace(ready_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runtime = app[RUNTIME]
+    left = asyncio.create_task(_wait_left(runtime))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopped, left], return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set() and runtime.state.status != LEFT:
+        # graceful: leave the group first, so the others need not detect a failure
+        await runtime.apply(RequestLeave())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(left, timeout=LEAVE_TIMEOUT_S)
+    left.cancel()
+    await runner.cleanup()
+
+
+async def _wait_left(runtime) -> None:
+    async with runtime.changed:
+        await runtime.changed.wait_for(lambda: runtime.state.status == LEFT)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    asyncio.run(serve(config, args.ready_file))
+    return 0

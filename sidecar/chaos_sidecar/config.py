@@ -1,0 +1,63 @@
+"""Sidecar settings, validated once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chaos_sidecar.errors import InputError, ProtocolError
+from chaos_sidecar.membership.machine import Settings
+from chaos_sidecar.protocol.messages import node_id as check_node_id
+from chaos_sidecar.security import MIN_SECRET_BYTES
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    """Everything one sidecar process needs."""
+
+    node_id: str
+    """This member's id (the pod name in Kubernetes)."""
+    secret: bytes
+    """The job's join secret; signs every peer request."""
+    host: str = "127.0.0.1"
+    """Interface to listen on."""
+    port: int = 0
+    """Port to listen on; 0 picks a free one."""
+    advertise: str | None = None
+    """Base URL peers use to reach this sidecar; defaults to http://host:port."""
+    contacts: tuple[tuple[str, str], ...] = ()
+    """(id, URL) of members to ask for admission; empty with ``seed``."""
+    seed: bool = False
+    """Found a new group alone instead of joining one."""
+    log_path: Path | None = None
+    """JSONL event log (observed / decided / installed / topology)."""
+    membership: Settings = field(default_factory=Settings)
+    fault_injection: bool = False
+    """Enable /local/faults (tests and benchmarks only)."""
+
+
+def parse_contacts(text: str) -> tuple[tuple[str, str], ...]:
+    """``id=http://host:port,id2=...`` -> ((id, url), ...)."""
+    contacts = []
+    for i, item in enumerate(filter(None, (p.strip() for p in text.split(",")))):
+        node, sep, url = item.partition("=")
+        if not sep or not url.startswith(("http://", "https://")):
+            raise InputError(f"--peers[{i}]", f"expected id=http://host:port, got {item!r}")
+        try:
+            check_node_id(node, f"--peers[{i}]")
+        except ProtocolError as exc:
+            raise InputError(f"--peers[{i}]", exc.detail) from None
+        contacts.append((node, url.rstrip("/")))
+    return tuple(contacts)
+
+
+def read_secret(path: str | None) -> bytes:
+    if path is None:
+        raise InputError("--secret-file", "is required (the job's join secret)")
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise InputError("--secret-file", f"cannot read {path}: {exc.strerror}") from None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise InputError("--secret-file", f"the secret must be at least {MIN_SECRET_BYTES} bytes")
+    return secret

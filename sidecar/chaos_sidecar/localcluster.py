@@ -1,0 +1,193 @@
+"""Real sidecar processes on this machine: start, kill, partition, observe.
+
+Used by ``chaos-train bench --scenario agreement``, the integration tests and the local
+job. Each node is a separate ``chaos-train sidecar`` process bound to port 0 on loopback;
+its URL comes back through a ready file. Waiting is always for a condition (a view, a log
+line), with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from chaos_sidecar.errors import ChaosError
+from chaos_sidecar.membership.machine import Settings
+
+# Polling the nodes costs them CPU; latencies are measured from their logs, not from polls.
+POLL_S = 0.025
+
+
+class ClusterError(ChaosError):
+    """A local cluster did not reach the expected state in time."""
+
+
+@dataclass
+class Node:
+    node_id: str
+    process: subprocess.Popen
+    url: str = ""
+    log_path: Path | None = None
+    alive: bool = True
+
+
+@dataclass
+class LocalCluster:
+    workdir: Path
+    settings: Settings = field(default_factory=lambda: Settings(0.1, 0.5, 0.05))
+    secret: bytes = field(default_factory=lambda: secrets.token_hex(24).encode())
+    nodes: dict[str, Node] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.secret_file = self.workdir / "join-secret"
+        self.secret_file.write_bytes(self.secret)
+        os.chmod(self.secret_file, 0o600)
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> LocalCluster:
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        if self.session is not None:
+            await self.session.close()
+
+    # --- processes --------------------------------------------------------------------------
+
+    async def start(self, node_id: str, *, seed: bool = False, contacts: list[str] | None = None) -> Node:
+        ready = self.workdir / f"{node_id}.ready"
+        ready.unlink(missing_ok=True)
+        log = self.workdir / f"{node_id}.events.jsonl"
+        if contacts is None:
+            contacts = [n for n, node in self.nodes.items() if node.alive]
+        peers = ",".join(f"{n}={self.nodes[n].url}" for n in contacts)
+        s = self.settings
+        cmd = [
+            sys.executable, "-m", "chaos_sidecar.cli", "sidecar",
+            "--node-id", node_id, "--port", "0", "--secret-file", str(self.secret_file),
+            "--ready-file", str(ready), "--log", str(log), "--fault-injection",
+            "--heartbeat-s", str(s.heartbeat_interval), "--suspect-timeout-s", str(s.suspect_timeout),
+            "--retry-s", str(s.retry_interval),
+        ]  # fmt: skip
+        cmd += ["--seed"] if seed else ["--peers", peers]
+        stderr = (self.workdir / f"{node_id}.stderr").open("ab")
+        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
+        node = Node(node_id, process, log_path=log)
+        self.nodes[node_id] = node
+        await self._until(lambda: ready.exists() or process.poll() is not None, 30, f"{node_id} to listen")
+        if process.poll() is not None:
+            raise ClusterError(
+                f"{node_id} exited with {process.returncode}; see {self.workdir}/{node_id}.stderr"
+            )
+        node.url = json.loads(ready.read_text())["url"]
+        return node
+
+    def kill(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        node.process.send_signal(signal.SIGKILL)
+        node.process.wait()
+        node.alive = False
+
+    def terminate(self, node_id: str) -> None:
+        self.nodes[node_id].process.send_signal(signal.SIGTERM)
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            if node.process.poll() is None:
+                node.process.kill()
+                node.process.wait()
+            node.alive = False
+
+    def live(self) -> list[str]:
+        return [n for n, node in self.nodes.items() if node.alive and node.process.poll() is None]
+
+    # --- local API --------------------------------------------------------------------------
+
+    async def view(self, node_id: str) -> dict[str, Any] | None:
+        assert self.session is not None
+        try:
+            async with self.session.get(self.nodes[node_id].url + "/local/view") as response:
+                return await response.json()
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return None
+
+    async def views(self, nodes: list[str] | None = None) -> dict[str, dict[str, Any] | None]:
+        nodes = self.live() if nodes is None else nodes
+        results = await asyncio.gather(*(self.view(n) for n in nodes))
+        return dict(zip(nodes, results, strict=True))
+
+    async def leave(self, node_id: str) -> None:
+        assert self.session is not None
+        async with self.session.post(self.nodes[node_id].url + "/local/leave") as response:
+            response.raise_for_status()
+
+    async def block(self, a: str, b: str, *, unblock: bool = False) -> None:
+        """Cut (or restore) the link between ``a`` and ``b`` in both directions."""
+        assert self.session is not None
+        key = "unblock" if unblock else "block"
+        for x, y in ((a, b), (b, a)):
+            async with self.session.post(self.nodes[x].url + "/local/faults", json={key: [y]}) as response:
+                response.raise_for_status()
+
+    # --- waiting ----------------------------------------------------------------------------
+
+    async def _until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise ClusterError(f"timed out after {timeout}s waiting for {what}")
+            await asyncio.sleep(POLL_S)
+
+    async def wait_agreed(
+        self, members: set[str], timeout: float = 20.0, *, check: Callable[[dict], bool] | None = None
+    ) -> dict[str, Any]:
+        """Wait until every live node in ``members`` is a member of one view with exactly ``members``."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while True:
+            views = await self.views(sorted(members))
+            last = views
+            epochs = {
+                v["view"]["epoch"]
+                for v in views.values()
+                if v and v["status"] == "member" and v["view"] and set(v["view"]["members"]) == members
+            }
+            if len(epochs) == 1 and all(v and v["status"] == "member" for v in views.values()):
+                view = next(iter(views.values()))
+                if all(v["view"]["epoch"] == view["view"]["epoch"] for v in views.values()) and (
+                    check is None or all(check(v) for v in views.values())
+                ):
+                    return view  # type: ignore[return-value]
+            if time.monotonic() > deadline:
+                summary = {
+                    n: (v["status"], v["view"]["epoch"], v["view"]["members"], v["topology"])
+                    if v and v["view"]
+                    else v
+                    for n, v in last.items()
+                }
+                raise ClusterError(f"no agreement on {sorted(members)} within {timeout}s: {summary}")
+            await asyncio.sleep(POLL_S)
+
+    def read_logs(self) -> list[dict[str, Any]]:
+        records = []
+        for node in self.nodes.values():
+            if node.log_path and node.log_path.exists():
+                for line in node.log_path.read_text().splitlines():
+                    if line.strip():
+                        records.append(json.loads(line))
+        records.sort(key=lambda r: r["t"])
+        return records
