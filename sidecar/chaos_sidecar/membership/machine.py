@@ -434,9 +434,8 @@ def _retry(s: NodeState, now: float, out: list[Action]) -> None:
         for m in silent:
             _send(s, m, probe, out)
     if s.node_id != s.view.coordinator:
-        fresh = now - s.settings.suspect_timeout
         for joiner, (address, seen) in sorted(s.joins.items()):
-            if seen >= fresh:
+            if _join_is_fresh(s, seen, now):
                 _forward(s, Join(joiner, address), out)
         if s.want_leave:
             _forward(s, Leave(s.node_id), out)
@@ -633,6 +632,11 @@ def _desired(s: NodeState, now: float) -> tuple[View | None, tuple[Change, ...]]
     return new, changes
 
 
+def _join_is_fresh(s: NodeState, seen: float, now: float) -> bool:
+    """A joiner asks again every retry interval: one silent for two is likely gone."""
+    return now - seen <= 2 * s.settings.retry_interval
+
+
 def _compose(
     s: NodeState, view: View, now: float, *, removals: bool
 ) -> tuple[View | None, tuple[Change, ...]]:
@@ -647,15 +651,18 @@ def _compose(
         else:
             members.append(m)
             addresses.append(address)
-    fresh = now - s.settings.suspect_timeout
     for joiner, (address, seen) in sorted(s.joins.items()):
-        if seen >= fresh and joiner not in view.members and joiner not in view.departed:
+        if _join_is_fresh(s, seen, now) and joiner not in view.members and joiner not in view.departed:
             changes.append(("join", joiner))
             members.append(joiner)
             addresses.append(address)
     if not changes or not members:
         return None, ()
-    heard = sum(1 for m in members if _hears(s, s.node_id, m, now) or m in s.joins)
+    heard = sum(
+        1
+        for m in members
+        if _hears(s, s.node_id, m, now) or (m in s.joins and _join_is_fresh(s, s.joins[m][1], now))
+    )
     if heard < len(members) // 2 + 1:
         return None, ()  # the new view could not reach its own quorum: wait for better news
     leavers = sum(1 for c in changes if c[0] == "leave")

@@ -212,6 +212,11 @@ class _Sim:
         value some live node has accepted (it may yet be chosen)."""
         top = max(self.committed)
         views = [self.committed[top]]
+        # pending joiners (alive or not) may yet be admitted: assume they all are
+        outsiders = [n for n, s in self.states.items() if s.status in (sm.JOINING, sm.REMOVED)]
+        if outsiders:
+            grown = (*self.committed[top].members, *outsiders)
+            views.append(View(top + 1, grown, grown[0], grown))
         for state in self.states.values():
             if state.accepted is not None and state.accepted[1].epoch > top:
                 views.append(state.accepted[1])
