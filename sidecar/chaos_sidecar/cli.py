@@ -24,7 +24,7 @@ _COMMANDS: dict[str, str] = {
     "sidecar": "chaos_sidecar.commands.sidecar:run",
 }
 
-BENCH_SCENARIOS = ("agreement", "planner")
+BENCH_SCENARIOS = ("agreement", "planner", "transfer")
 
 
 def _positive_int(text: str) -> int:
@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scenario", choices=BENCH_SCENARIOS, required=True)
     bench.add_argument("--nodes", type=_positive_int, default=8, help="processes (agreement)")
     bench.add_argument("--repeats", type=_positive_int, default=30, help="events per kind")
+    bench.add_argument("--sources", type=_positive_int, default=4, help="snapshot sources (transfer)")
+    bench.add_argument("--state-mb", type=_positive_int, default=64, help="snapshot size in MiB (transfer)")
+    bench.add_argument(
+        "--rates-mbps",
+        help="per-source upload limits in MB/s (1e6 bytes/s), comma-separated; default unshaped (transfer)",
+    )
+    bench.add_argument("--kill-one", action="store_true", help="kill a source mid-transfer (transfer)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--out", help="also write the JSON result to this file")
 
@@ -126,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     sidecar.add_argument("--suspect-timeout-s", type=_positive_float, default=0.5)
     sidecar.add_argument("--retry-s", type=_positive_float, default=0.1)
     sidecar.add_argument("--fault-injection", action="store_true", help="enable /local/faults (tests)")
+    sidecar.add_argument("--snapshot-dir", help="serve snapshots from this directory")
+    sidecar.add_argument(
+        "--upload-limit-mbps", type=_positive_float, help="per-destination upload limit, MB/s (1e6 bytes/s)"
+    )
     return parser
 
 

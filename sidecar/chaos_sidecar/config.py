@@ -34,6 +34,10 @@ class SidecarConfig:
     membership: Settings = field(default_factory=Settings)
     fault_injection: bool = False
     """Enable /local/faults (tests and benchmarks only)."""
+    snapshot_dir: Path | None = None
+    """Where snapshots are served from (the pod's shared-memory volume)."""
+    upload_limit_Bps: float | None = None
+    """Per-destination upload rate limit (token bucket): the portable link emulation."""
 
 
 def parse_contacts(text: str) -> tuple[tuple[str, str], ...]:

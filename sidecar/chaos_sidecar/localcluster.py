@@ -68,7 +68,14 @@ class LocalCluster:
 
     # --- processes --------------------------------------------------------------------------
 
-    async def start(self, node_id: str, *, seed: bool = False, contacts: list[str] | None = None) -> Node:
+    async def start(
+        self,
+        node_id: str,
+        *,
+        seed: bool = False,
+        contacts: list[str] | None = None,
+        extra: list[str] | None = None,
+    ) -> Node:
         ready = self.workdir / f"{node_id}.ready"
         ready.unlink(missing_ok=True)
         log = self.workdir / f"{node_id}.events.jsonl"
@@ -84,6 +91,7 @@ class LocalCluster:
             "--retry-s", str(s.retry_interval),
         ]  # fmt: skip
         cmd += ["--seed"] if seed else ["--peers", peers]
+        cmd += extra or []
         stderr = (self.workdir / f"{node_id}.stderr").open("ab")
         process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
         node = Node(node_id, process, log_path=log)

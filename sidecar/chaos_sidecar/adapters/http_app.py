@@ -13,6 +13,7 @@ from aiohttp import web
 
 from chaos_sidecar.adapters.peer_stream import MAX_FRAME_BYTES, STREAM_PATH, PeerLinks
 from chaos_sidecar.adapters.runtime import EventLog, MembershipRuntime
+from chaos_sidecar.adapters.shard_server import ShardServer
 from chaos_sidecar.config import SidecarConfig
 from chaos_sidecar.membership import machine as sm
 from chaos_sidecar.protocol.messages import MAX_MESSAGE_BYTES, View
@@ -145,6 +146,15 @@ def build_app(config: SidecarConfig, advertise: str) -> web.Application:
     app[VERIFIER] = Verifier(config.secret)
     app.cleanup_ctx.append(_runtime_ctx)
     app.router.add_get(STREAM_PATH, stream_handler)
+    if config.snapshot_dir is not None:
+        server = ShardServer(
+            config.snapshot_dir,
+            config.secret,
+            app[VERIFIER],
+            upload_limit_Bps=config.upload_limit_Bps,
+            on_reject=count,
+        )
+        app.router.add_routes(server.routes())
     app.router.add_get("/local/view", view_handler)
     app.router.add_post("/local/leave", leave_handler)
     app.router.add_post("/local/faults", faults_handler)

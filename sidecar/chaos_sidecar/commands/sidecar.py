@@ -46,6 +46,8 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         log_path=Path(args.log) if args.log else None,
         membership=settings,
         fault_injection=args.fault_injection,
+        snapshot_dir=Path(args.snapshot_dir) if args.snapshot_dir else None,
+        upload_limit_Bps=args.upload_limit_mbps * 1e6 if args.upload_limit_mbps else None,
     )
 
 

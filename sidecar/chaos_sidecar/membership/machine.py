@@ -658,13 +658,18 @@ def _compose(
             addresses.append(address)
     if not changes or not members:
         return None, ()
+    # the new view must be able to reach its own quorum: count members heard within half
+    # the failure timeout (one that went quiet just now may be dead, not yet suspected)
+    recent = now - s.settings.suspect_timeout / 2
     heard = sum(
         1
         for m in members
-        if _hears(s, s.node_id, m, now) or (m in s.joins and _join_is_fresh(s, s.joins[m][1], now))
+        if m == s.node_id
+        or s.last_heard.get(m, -1e18) >= recent
+        or (m in s.joins and _join_is_fresh(s, s.joins[m][1], now))
     )
     if heard < len(members) // 2 + 1:
-        return None, ()  # the new view could not reach its own quorum: wait for better news
+        return None, ()  # wait for better news
     leavers = sum(1 for c in changes if c[0] == "leave")
     if len(set(members) & set(view.members)) < (len(view.members) - leavers) // 2 + 1:
         # suspicion removes at most a minority per epoch: a bigger cut rests on stale news

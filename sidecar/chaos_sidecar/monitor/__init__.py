@@ -1,0 +1,4 @@
+"""Cluster monitor: link bandwidth and RTT estimates (probes plus passive transfer figures).
+
+The failure detector lives in the membership state machine (heartbeat reachability).
+"""

@@ -1,0 +1,1 @@
+"""State transfer: snapshot format, rate limiting, shard server and the parallel puller."""

@@ -1,0 +1,375 @@
+"""The joiner's side: pull a snapshot from several sources at once, following a plan.
+
+1. Fetch the manifest from the first source that answers; check its MAC (join secret) and
+   its structure. Every byte is then checked against its per-shard SHA-256.
+2. Plan with the shard planner: the snapshot's shards are the finest cut; the planner picks
+   how many of them travel together (a divisor of the shard count on the power-of-two chain)
+   and how many such pieces each source sends, from the sources' bandwidth estimates.
+3. One worker per source pulls its pieces one after another (the planner's model). Each
+   base shard is verified as it completes and written in place.
+4. A source that errors or stalls (no byte for ``stall_s``) is dropped: the shards it had
+   not delivered, including the rest of a half-received piece, are re-planned over the
+   survivors (:func:`~chaos_sidecar.planning.extended.replan`) and appended to their queues.
+   A shard that fails its checksum is fetched again from another source; a source that
+   sends two bad shards is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from chaos_sidecar.errors import ChaosError
+from chaos_sidecar.planning import greedy
+from chaos_sidecar.planning.extended import replan
+from chaos_sidecar.planning.model import Instance, Source
+from chaos_sidecar.security import signed_headers
+from chaos_sidecar.transfer.snapshot import Manifest, ShardFile, parse_manifest
+
+BODY_MAC_HEADER = "X-Chaos-Body-Mac"
+READ_BUFFER = 4 << 20  # aiohttp pauses reading at this many buffered bytes (default 64 KiB)
+
+
+class TransferError(ChaosError):
+    """The snapshot could not be pulled (no source left, or none has it)."""
+
+
+@dataclass
+class SourceSpec:
+    id: str
+    url: str
+    bandwidth_Bps: float
+    overhead_s: float = 0.002
+    ready_s: float = 0.0
+
+
+@dataclass
+class SourceStats:
+    bytes: int = 0
+    seconds: float = 0.0
+    shards: int = 0
+    failed: str | None = None
+    bad_shards: int = 0
+
+
+@dataclass
+class PullResult:
+    manifest: Manifest
+    path: Path
+    seconds: float
+    plan: dict[str, Any]
+    per_source: dict[str, SourceStats]
+    replans: int
+    refetched: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.seconds, 4),
+            "plan": self.plan,
+            "replans": self.replans,
+            "refetched": self.refetched,
+            "per_source": [
+                {
+                    "id": sid,
+                    "bytes": s.bytes,
+                    "seconds": round(s.seconds, 4),
+                    "shards": s.shards,
+                    "failed": s.failed,
+                }
+                for sid, s in sorted(self.per_source.items())
+            ],
+        }
+
+
+@dataclass
+class _Piece:
+    start: int  # first base shard
+    count: int
+
+
+@dataclass
+class _Worker:
+    spec: SourceSpec
+    queue: deque[_Piece] = field(default_factory=deque)
+    stats: SourceStats = field(default_factory=SourceStats)
+    alive: bool = True
+
+
+def plan_pieces(
+    manifest: Manifest, sources: list[SourceSpec], download_Bps: float | None
+) -> tuple[int, dict[str, int]]:
+    """(base shards per piece, pieces per source) from the planner."""
+    base = manifest.shard_count
+    counts = [k for k in (2**i for i in range(base.bit_length())) if base % k == 0] or [1]
+    instance = Instance(
+        state_bytes=manifest.total_bytes,
+        sources=tuple(
+            sorted(
+                (Source(s.id, s.bandwidth_Bps, s.overhead_s, s.ready_s) for s in sources),
+                key=lambda u: u.id,
+            )
+        ),
+        download_Bps=download_Bps,
+        shard_counts=tuple(counts),
+    )
+    plan = greedy.solve(instance)
+    return base // plan.shards, plan.assignment
+
+
+class Puller:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        secret: bytes,
+        node_id: str,
+        directory: Path,
+        name: str,
+        *,
+        stall_s: float = 2.0,
+        download_Bps: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        on_throughput: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.session = session
+        self.secret = secret
+        self.node_id = node_id
+        self.directory = directory
+        self.name = name
+        self.stall_s = stall_s
+        self.download_Bps = download_Bps
+        self.progress = progress or (lambda done, total: None)
+        self.on_throughput = on_throughput or (lambda source, bps: None)
+
+    def _headers(self, path_qs: str) -> dict[str, str]:
+        return signed_headers(self.secret, "GET", path_qs, b"", time.time_ns(), self.node_id)
+
+    async def fetch_manifest(self, sources: list[SourceSpec]) -> Manifest:
+        problems = []
+        for spec in sources:
+            path = f"/v1/snapshots/{self.name}/manifest"
+            try:
+                async with self.session.get(spec.url + path, headers=self._headers(path)) as response:
+                    if response.status != 200:
+                        problems.append(f"{spec.id}: HTTP {response.status}")
+                        continue
+                    raw = await response.read()
+                    mac = response.headers.get(BODY_MAC_HEADER, "")
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                problems.append(f"{spec.id}: {exc!r}")
+                continue
+            expected = hmac.new(self.secret, raw, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(mac, expected):
+                problems.append(f"{spec.id}: manifest MAC mismatch (tampered)")
+                continue
+            return parse_manifest(raw)
+        raise TransferError(f"no source served a valid manifest: {'; '.join(problems)}")
+
+    async def pull(self, sources: list[SourceSpec], manifest: Manifest | None = None) -> PullResult:
+        if not sources:
+            raise TransferError("no sources")
+        started = time.monotonic()
+        manifest = manifest or await self.fetch_manifest(sources)
+        per_piece, assignment = plan_pieces(manifest, sources, self.download_Bps)
+        workers = {s.id: _Worker(s) for s in sources}
+        next_shard = 0
+        for sid in sorted(assignment):
+            for _ in range(assignment[sid]):
+                workers[sid].queue.append(_Piece(next_shard, per_piece))
+                next_shard += per_piece
+        assert next_shard == manifest.shard_count
+        self._manifest = manifest
+        self._workers = workers
+        self._done = [False] * manifest.shard_count
+        self._remaining = manifest.shard_count
+        self._bytes_done = 0
+        self._replans = 0
+        self._refetched = 0
+        self._changed = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._partial: dict[int, bytes] = {}
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shard-verify")
+        target = ShardFile(self.directory, self.name, manifest)
+        self._target = target
+        try:
+            tasks = [asyncio.create_task(self._run(w)) for w in workers.values()]
+            waiter = asyncio.create_task(self._finished.wait())
+            while not self._finished.is_set():
+                await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+                if all(t.done() for t in tasks) and not self._finished.is_set():
+                    break
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            waiter.cancel()
+            if not self._finished.is_set():
+                failed = {w.spec.id: w.stats.failed for w in workers.values()}
+                raise TransferError(f"{self._remaining} shards missing, every source failed: {failed}")
+            path = target.commit()
+        finally:
+            self._pool.shutdown(wait=True)
+            target.close()
+        for w in workers.values():
+            if w.stats.seconds > 0:
+                self.on_throughput(w.spec.id, w.stats.bytes / w.stats.seconds)
+        return PullResult(
+            manifest=manifest,
+            path=path,
+            seconds=time.monotonic() - started,
+            plan={"shards_per_piece": per_piece, "pieces": assignment, "base_shards": manifest.shard_count},
+            per_source={sid: w.stats for sid, w in workers.items()},
+            replans=self._replans,
+            refetched=self._refetched,
+        )
+
+    # --- workers -------------------------------------------------------------------------------
+
+    async def _run(self, worker: _Worker) -> None:
+        while worker.alive and not self._finished.is_set():
+            if not worker.queue:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            piece = worker.queue.popleft()
+            error = await self._fetch(worker, piece)
+            if error is not None:
+                self._fail(worker, error, piece)
+
+    async def _fetch(self, worker: _Worker, piece: _Piece) -> str | None:
+        """Pull one piece. Each base shard is hashed and written on a worker thread while the
+        next one arrives. On error ``piece`` is narrowed to what is still missing, and the
+        bytes of a half-received shard are kept: whoever fetches it next asks for the rest."""
+        manifest = self._manifest
+        while piece.count and self._done[piece.start]:  # delivered by someone else meanwhile
+            piece.start += 1
+            piece.count -= 1
+        if piece.count == 0:
+            return None
+        head = self._partial.pop(piece.start, b"")
+        path = f"/v1/snapshots/{self.name}/shards?start={piece.start}&count={piece.count}&skip={len(head)}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.stall_s, sock_read=self.stall_s)
+        loop = asyncio.get_running_loop()
+        began = time.monotonic()
+        received = 0
+        pending: deque[tuple[int, asyncio.Future[bool]]] = deque()
+        error = None
+        index = piece.start
+        try:
+            async with self.session.get(
+                worker.spec.url + path, headers=self._headers(path), timeout=timeout, read_bufsize=READ_BUFFER
+            ) as response:
+                if response.status != 200:
+                    self._partial[index] = head
+                    return f"HTTP {response.status}"
+                for index in range(piece.start, piece.start + piece.count):
+                    _, length = manifest.shard_range(index)
+                    try:
+                        data = await response.content.readexactly(length - len(head))
+                    except asyncio.IncompleteReadError as exc:
+                        self._partial[index] = head + exc.partial
+                        received += len(exc.partial)
+                        raise ConnectionError("connection closed mid-shard") from None
+                    received += len(data)
+                    if head:
+                        data, head = head + data, b""
+                    pending.append(
+                        (index, loop.run_in_executor(self._pool, self._verify_and_write, index, data))
+                    )
+                    while len(pending) > 2 or (pending and pending[0][1].done()):
+                        done_index, future = pending.popleft()
+                        self._complete(worker, done_index, await future, length)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            for done_index, future in pending:
+                self._complete(worker, done_index, await future, manifest.shard_range(done_index)[1])
+            worker.stats.seconds += time.monotonic() - began
+            worker.stats.bytes += received
+        # narrow the piece to what is left
+        while piece.count and self._done[piece.start]:
+            piece.start += 1
+            piece.count -= 1
+        if error is not None:
+            return error
+        if worker.stats.bad_shards >= 2:
+            return "sent corrupted shards"
+        return None
+
+    def _verify_and_write(self, index: int, data: bytes) -> bool:
+        """Runs on a worker thread: hashing and pwrite release the GIL."""
+        if hashlib.sha256(data).hexdigest() != self._manifest.shards[index]:
+            return False
+        self._target.write(index, data)
+        return True
+
+    def _complete(self, worker: _Worker, index: int, ok: bool, length: int) -> None:
+        if self._done[index]:
+            return
+        if not ok:
+            worker.stats.bad_shards += 1
+            self._refetched += 1
+            others = [w for w in self._workers.values() if w.alive and w is not worker] or [worker]
+            fastest = max(others, key=lambda w: w.spec.bandwidth_Bps)
+            fastest.queue.appendleft(_Piece(index, 1))
+            self._changed.set()
+            return
+        self._done[index] = True
+        self._remaining -= 1
+        worker.stats.shards += 1
+        self._bytes_done += length
+        self.progress(self._bytes_done, self._manifest.total_bytes)
+        if self._remaining == 0:
+            self._finished.set()
+            self._changed.set()
+
+    def _fail(self, worker: _Worker, error: str, piece: _Piece) -> None:
+        """Drop ``worker``; re-plan everything it still owed over the survivors."""
+        worker.alive = False
+        worker.stats.failed = error
+        owed = [piece, *worker.queue] if piece.count else list(worker.queue)
+        worker.queue.clear()
+        missing = [i for p in owed for i in range(p.start, p.start + p.count) if not self._done[i]]
+        survivors = [w for w in self._workers.values() if w.alive]
+        if not missing or not survivors:
+            self._changed.set()
+            return
+        self._replans += 1
+        _, base = self._manifest.shard_range(0)
+        busy = {
+            w.spec.id: sum(p.count for p in w.queue) * (base / w.spec.bandwidth_Bps + w.spec.overhead_s)
+            for w in survivors
+        }
+        assignment = replan(
+            [Source(w.spec.id, w.spec.bandwidth_Bps, w.spec.overhead_s) for w in survivors],
+            len(missing),
+            base,
+            busy_until=busy,
+        )
+        cursor = 0
+        for sid in sorted(assignment):
+            take = missing[cursor : cursor + assignment[sid]]
+            cursor += len(take)
+            queue = self._workers[sid].queue
+            for run in _runs(take):
+                queue.append(run)
+        self._changed.set()
+
+
+def _runs(indices: list[int]) -> list[_Piece]:
+    """Consecutive shard indices as pieces (one request each)."""
+    pieces: list[_Piece] = []
+    for i in indices:
+        if pieces and pieces[-1].start + pieces[-1].count == i:
+            pieces[-1].count += 1
+        else:
+            pieces.append(_Piece(i, 1))
+    return pieces
