@@ -48,6 +48,36 @@ def make_state(directory: Path, name: str, state_mb: int, seed: int = 0) -> None
     write_snapshot(directory, name, tensors, epoch=1, step=100, shard_bytes=BASE_SHARD_BYTES)
 
 
+async def start_sources(
+    cluster: LocalCluster,
+    workdir: Path,
+    origin: Path,
+    name: str,
+    count: int,
+    rates_mbps: list[float] | None = None,
+    corrupt: frozenset[str] = frozenset(),
+) -> list[SourceSpec]:
+    """Start ``count`` sidecars serving snapshot ``name`` from ``origin`` (hard links; a
+    source in ``corrupt`` gets a copy with every byte flipped but the true manifest)."""
+    specs = []
+    for i in range(count):
+        sid = f"s{i}"
+        directory = workdir / sid
+        directory.mkdir()
+        if sid in corrupt:
+            data = bytearray(data_path(origin, name).read_bytes())
+            data_path(directory, name).write_bytes(bytes(b ^ 0xFF for b in data))
+        else:
+            os.link(data_path(origin, name), data_path(directory, name))
+        os.link(manifest_path(origin, name), manifest_path(directory, name))
+        extra = ["--snapshot-dir", str(directory)]
+        if rates_mbps:
+            extra += ["--upload-limit-mbps", str(rates_mbps[i])]
+        node = await cluster.start(sid, seed=True, extra=extra)
+        specs.append(SourceSpec(sid, node.url, bandwidth_Bps=1.0))
+    return specs
+
+
 async def measure(
     sources: int, state_mb: int, rates_mbps: list[float] | None, workdir: Path, kill_one: bool = False
 ) -> dict[str, Any]:
@@ -55,18 +85,7 @@ async def measure(
     origin = workdir / "origin"
     make_state(origin, name, state_mb)
     async with LocalCluster(workdir / "cluster") as cluster:
-        specs = []
-        for i in range(sources):
-            sid = f"s{i}"
-            directory = workdir / sid
-            directory.mkdir()
-            os.link(data_path(origin, name), data_path(directory, name))
-            os.link(manifest_path(origin, name), manifest_path(directory, name))
-            extra = ["--snapshot-dir", str(directory)]
-            if rates_mbps:
-                extra += ["--upload-limit-mbps", str(rates_mbps[i])]
-            node = await cluster.start(sid, seed=True, extra=extra)
-            specs.append(SourceSpec(sid, node.url, bandwidth_Bps=1.0))
+        specs = await start_sources(cluster, workdir, origin, name, sources, rates_mbps)
         async with aiohttp.ClientSession() as session:
             probes = await asyncio.gather(
                 *(probe_bandwidth(session, s.url, cluster.secret, "joiner") for s in specs)

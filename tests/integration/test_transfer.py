@@ -1,0 +1,149 @@
+"""Multi-source pulls between real processes: failover, corruption, tampering, auth."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from chaos_sidecar.benchmarks.transfer import make_state, start_sources
+from chaos_sidecar.errors import InputError
+from chaos_sidecar.localcluster import LocalCluster
+from chaos_sidecar.security import signed_headers
+from chaos_sidecar.transfer.puller import Puller, TransferError
+from chaos_sidecar.transfer.snapshot import data_path, file_digest, manifest_path
+
+pytestmark = pytest.mark.timeout(120)
+NAME = "state"
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Path:
+    path = tmp_path / "origin"
+    make_state(path, NAME, state_mb=8)
+    return path
+
+
+async def _pull(cluster, specs, tmp_path, **kwargs):
+    async with aiohttp.ClientSession() as session:
+        for spec in specs:
+            spec.bandwidth_Bps = kwargs.pop("assume_Bps", 4e6)
+        puller = Puller(session, cluster.secret, "joiner", tmp_path / "joiner", NAME, **kwargs)
+        return await puller.pull(specs)
+
+
+async def test_pull_from_three_sources_is_identical(tmp_path: Path, origin: Path) -> None:
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        specs = await start_sources(cluster, tmp_path, origin, NAME, 3, [8, 8, 8])
+        result = await _pull(cluster, specs, tmp_path)
+    assert file_digest(result.path) == file_digest(data_path(origin, NAME))
+    assert sum(1 for s in result.per_source.values() if s.bytes) == 3  # all sources worked
+    assert result.replans == 0
+
+
+async def test_source_killed_mid_transfer(tmp_path: Path, origin: Path) -> None:
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        specs = await start_sources(cluster, tmp_path, origin, NAME, 3, [4, 4, 4])
+        killed = []
+
+        def progress(done: int, total: int) -> None:
+            if not killed and done >= total / 3:
+                cluster.kill("s0")
+                killed.append(done)
+
+        result = await _pull(cluster, specs, tmp_path, progress=progress, stall_s=1.0)
+    assert killed, "the kill never happened"
+    assert result.per_source["s0"].failed
+    assert result.replans >= 1
+    assert file_digest(result.path) == file_digest(data_path(origin, NAME))
+
+
+async def test_corrupted_shards_are_refetched(tmp_path: Path, origin: Path) -> None:
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        specs = await start_sources(cluster, tmp_path, origin, NAME, 2, [8, 8], corrupt=frozenset({"s1"}))
+        result = await _pull(cluster, specs, tmp_path)
+    assert result.refetched >= 1
+    assert result.per_source["s1"].failed == "sent corrupted shards"
+    assert file_digest(result.path) == file_digest(data_path(origin, NAME))
+
+
+async def _tampering_proxy(target: str, mangle):
+    """A man in the middle that forwards GETs to ``target`` and mangles manifest bodies."""
+
+    async def handler(request: web.Request) -> web.Response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(target + request.path_qs, headers=request.headers) as upstream,
+        ):
+            body = await upstream.read()
+            headers = {k: v for k, v in upstream.headers.items() if k.startswith("X-Chaos")}
+        if request.path.endswith("/manifest"):
+            body = mangle(body)
+        return web.Response(body=body, status=upstream.status, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [lambda b: b.replace(b'"step":100', b'"step":999'), lambda b: b[: len(b) // 2]],
+    ids=["tampered", "truncated"],
+)
+async def test_manifest_changed_in_transit_is_refused(tmp_path: Path, origin: Path, mangle) -> None:
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        specs = await start_sources(cluster, tmp_path, origin, NAME, 1)
+        runner, proxy = await _tampering_proxy(specs[0].url, mangle)
+        try:
+            specs[0].url = proxy
+            with pytest.raises(TransferError, match="MAC mismatch"):
+                await _pull(cluster, specs, tmp_path)
+        finally:
+            await runner.cleanup()
+
+
+async def test_truncated_manifest_at_the_source_is_refused(tmp_path: Path, origin: Path) -> None:
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        specs = await start_sources(cluster, tmp_path, origin, NAME, 1)
+        path = tmp_path / "s0" / manifest_path(origin, NAME).name
+        raw = path.read_bytes()
+        path.unlink()  # a hard link: replace, do not write through to the origin
+        path.write_bytes(raw[: len(raw) - 7])
+        with pytest.raises(InputError, match="manifest"):
+            await _pull(cluster, specs, tmp_path)
+
+
+async def test_manifest_mac_is_checked(tmp_path: Path, origin: Path) -> None:
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        specs = await start_sources(cluster, tmp_path, origin, NAME, 1)
+        async with aiohttp.ClientSession() as session:
+            wrong = Puller(session, b"an-entirely-different-secret", "joiner", tmp_path / "j", NAME)
+            with pytest.raises(TransferError, match="manifest"):
+                await wrong.fetch_manifest(specs)
+
+
+async def test_shard_server_requires_auth_and_plain_names(tmp_path: Path, origin: Path) -> None:
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        specs = await start_sources(cluster, tmp_path, origin, NAME, 1)
+        url = specs[0].url
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/v1/snapshots/{NAME}/manifest") as response:
+                assert response.status == 401
+            for bad in ("..%2F..%2Fetc%2Fpasswd", "a..b%2Fc"):
+                path = f"/v1/snapshots/{bad}/manifest"
+                headers = signed_headers(cluster.secret, "GET", path, b"", time.time_ns(), "joiner")
+                async with session.get(url + path, headers=headers) as response:
+                    assert response.status in (400, 401, 404)
+            path = f"/v1/snapshots/{NAME}/shards?start=0&count=100000"
+            headers = signed_headers(cluster.secret, "GET", path, b"", time.time_ns(), "joiner")
+            async with session.get(url + path, headers=headers) as response:
+                assert response.status == 416

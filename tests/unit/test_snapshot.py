@@ -1,0 +1,120 @@
+"""Snapshot format: round trip, and every inconsistency refused with the field named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chaos_sidecar.errors import InputError
+from chaos_sidecar.transfer.ratelimit import TokenBucket
+from chaos_sidecar.transfer.snapshot import (
+    ShardFile,
+    check_name,
+    data_path,
+    file_digest,
+    parse_manifest,
+    read_manifest,
+    verify_shard,
+    write_snapshot,
+)
+
+TENSORS = [
+    ("w", "float32", (3, 5), bytes(range(60))),
+    ("b", "int64", (4,), bytes(range(100, 132))),
+    ("step", "int32", (), b"\x07\x00\x00\x00"),
+]
+
+
+def _write(tmp_path: Path):
+    return write_snapshot(tmp_path, "snap", TENSORS, epoch=3, step=42, shard_bytes=16)
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    manifest = _write(tmp_path)
+    assert manifest.total_bytes == 96
+    assert manifest.shard_count == 6
+    assert read_manifest(tmp_path, "snap") == manifest
+    data = data_path(tmp_path, "snap").read_bytes()
+    assert data[60:92] == bytes(range(100, 132))
+    for i in range(manifest.shard_count):
+        offset, length = manifest.shard_range(i)
+        assert verify_shard(manifest, i, data[offset : offset + length])
+    assert not verify_shard(manifest, 0, b"\0" * 16)
+
+
+def test_shard_file_assembles_the_same_bytes(tmp_path: Path) -> None:
+    manifest = _write(tmp_path / "src")
+    data = data_path(tmp_path / "src", "snap").read_bytes()
+    target = ShardFile(tmp_path / "dst", "snap", manifest)
+    for i in reversed(range(manifest.shard_count)):
+        offset, length = manifest.shard_range(i)
+        target.write(i, data[offset : offset + length])
+    path = target.commit()
+    assert file_digest(path) == file_digest(data_path(tmp_path / "src", "snap"))
+    assert read_manifest(tmp_path / "dst", "snap") == manifest
+
+
+def _mutated(tmp_path: Path, mutate) -> bytes:
+    manifest = _write(tmp_path)
+    data = manifest.to_json()
+    mutate(data)
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d.update(format=2), "format"),
+        (lambda d: d.update(total_bytes=0), "total_bytes"),
+        (lambda d: d.update(total_bytes=50), "tensors[0].offset"),
+        (lambda d: d.update(shard_bytes=-1), "shard_bytes"),
+        (lambda d: d.update(tensors=[]), "tensors"),
+        (lambda d: d["tensors"][0].update(dtype="complex512"), "tensors[0].dtype"),
+        (lambda d: d["tensors"][0].update(shape=[3, -5]), "tensors[0].shape"),
+        (lambda d: d["tensors"][0].update(nbytes=61), "tensors[0].nbytes"),
+        (lambda d: d["tensors"][1].update(offset=10), "tensors[1].offset"),
+        (lambda d: d["tensors"][1].update(name="w"), "tensors[1].name"),
+        (lambda d: d.update(shards=d["shards"][:-1]), "shards"),
+        (lambda d: d["shards"].__setitem__(2, "zz"), "shards[2]"),
+        (lambda d: d.update(epoch=-1), "epoch"),
+    ],
+)
+def test_inconsistent_manifest_is_refused(tmp_path: Path, mutate, field: str) -> None:
+    with pytest.raises(InputError) as info:
+        parse_manifest(_mutated(tmp_path, mutate))
+    assert info.value.field == field
+
+
+def test_truncated_manifest_is_refused(tmp_path: Path) -> None:
+    raw = _write(tmp_path).encode()
+    for cut in (1, len(raw) // 2, len(raw) - 1):
+        with pytest.raises(InputError, match="manifest"):
+            parse_manifest(raw[:cut])
+
+
+def test_data_file_size_must_match(tmp_path: Path) -> None:
+    _write(tmp_path)
+    with data_path(tmp_path, "snap").open("ab") as f:
+        f.write(b"x")
+    with pytest.raises(InputError, match="total_bytes"):
+        read_manifest(tmp_path, "snap")
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "a/b", "", ".hidden", "x" * 200, "a b"])
+def test_names_cannot_build_paths(name: str) -> None:
+    with pytest.raises(InputError):
+        check_name(name)
+
+
+def test_token_bucket_paces_to_its_rate() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate=1000.0, burst=100.0, clock=lambda: now[0])
+    assert bucket.delay_for(100) == 0.0  # the burst
+    assert bucket.delay_for(500) == pytest.approx(0.5)
+    now[0] = 0.5
+    assert bucket.delay_for(1000) == pytest.approx(1.0)
+    now[0] = 10.0  # idle time refills only up to the burst
+    assert bucket.delay_for(100) == 0.0
+    assert bucket.delay_for(100) == pytest.approx(0.1)
