@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/chaos-train sim --nodes 7 --schedules 300
+	$(BIN)/chaos-train local --out out/demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -22,6 +22,7 @@ _COMMANDS: dict[str, str] = {
     "plan": "chaos_sidecar.commands.plan:run",
     "bench": "chaos_sidecar.commands.bench:run",
     "sidecar": "chaos_sidecar.commands.sidecar:run",
+    "local": "chaos_sidecar.commands.local:run",
 }
 
 BENCH_SCENARIOS = ("agreement", "planner", "transfer")
@@ -113,6 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--out", help="also write the JSON result to this file")
 
+    local = sub.add_parser(
+        "local",
+        help="run the main job: N nodes (sidecar + trainer processes) with scripted churn",
+        description="Start N nodes on this machine, each a sidecar and a trainer process, train a "
+        "built-in model on generated data while the churn script runs, then check and summarise.",
+    )
+    local.add_argument("--nodes", type=_positive_int, default=4)
+    local.add_argument("--steps", type=_positive_int, default=600)
+    local.add_argument("--churn", help="churn FILE (JSON/YAML) or random:SEED; default: the demo scenario")
+    local.add_argument("--join-mode", choices=("blocking", "overlap"), default="blocking")
+    local.add_argument("--out", default="out/local", help="output directory (replaced)")
+    local.add_argument("--live", action="store_true", help="live progress even when not on a terminal")
+
     sidecar = sub.add_parser(
         "sidecar",
         help="run one sidecar process (membership peer API on aiohttp)",
@@ -126,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sidecar.add_argument("--advertise", help="base URL peers use (default http://HOST:PORT)")
     sidecar.add_argument("--seed", action="store_true", help="found a new group instead of joining")
+    sidecar.add_argument(
+        "--defer-join", action="store_true", help="join only when the trainer asks (POST /local/join)"
+    )
     sidecar.add_argument("--secret-file", help="file holding the shared join secret")
     sidecar.add_argument("--ready-file", help="write {'port', 'url', 'pid'} here once listening")
     sidecar.add_argument("--log", help="append the JSONL event log here")

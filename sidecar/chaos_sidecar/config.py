@@ -29,6 +29,8 @@ class SidecarConfig:
     """(id, URL) of members to ask for admission; empty with ``seed``."""
     seed: bool = False
     """Found a new group alone instead of joining one."""
+    defer_join: bool = False
+    """Wait for the trainer's POST /local/join before asking for admission."""
     log_path: Path | None = None
     """JSONL event log (observed / decided / installed / topology)."""
     membership: Settings = field(default_factory=Settings)

@@ -95,3 +95,18 @@ def test_coordinator_leave_hands_over() -> None:
     decided = [a for a in actions if isinstance(a, sm.Decided)]
     assert decided and decided[0].view.members == ("b", "c")
     assert decided[0].view.coordinator == "b"
+
+
+def test_standby_joiner_waits_then_joins() -> None:
+    state = sm.initial_joiner("j", "j", (("a", "a"),), SETTINGS)
+    state.status = sm.STANDBY
+    state, actions = sm.step(state, sm.Tick(), 1.0)
+    assert actions == [] and state.status == sm.STANDBY  # silent until its trainer is ready
+    state, actions = sm.step(state, sm.RequestJoin(), 1.1)
+    assert state.status == sm.JOINING
+    assert any(isinstance(a, sm.Send) and a.message.kind == "join" for a in actions)
+    view = View(2, ("a", "j"), "a", ("a", "j"))
+    state, _ = sm.step(state, sm.Receive(Message("a", 2, Commit(view))), 1.2)
+    state, actions = sm.step(state, sm.Tick(), 1.3)
+    assert state.status == sm.MEMBER
+    assert any(isinstance(a, sm.Send) and a.message.kind == "heartbeat" for a in actions)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import time
@@ -15,14 +16,20 @@ from chaos_sidecar.adapters.peer_stream import MAX_FRAME_BYTES, STREAM_PATH, Pee
 from chaos_sidecar.adapters.runtime import EventLog, MembershipRuntime
 from chaos_sidecar.adapters.shard_server import ShardServer
 from chaos_sidecar.config import SidecarConfig
+from chaos_sidecar.errors import InputError
 from chaos_sidecar.membership import machine as sm
+from chaos_sidecar.monitor.estimates import EstimateTable
+from chaos_sidecar.monitor.probe import probe_bandwidth
 from chaos_sidecar.protocol.messages import MAX_MESSAGE_BYTES, View
 from chaos_sidecar.security import FRAME_MAC_BYTES, NODE_HEADER, TIMESTAMP_HEADER, Verifier, frame_mac
+from chaos_sidecar.transfer.puller import Puller, SourceSpec, TransferError
+from chaos_sidecar.transfer.snapshot import check_name
 
 CONFIG = web.AppKey("config", SidecarConfig)
 RUNTIME = web.AppKey("runtime", MembershipRuntime)
 VERIFIER = web.AppKey("verifier", Verifier)
 REJECTIONS = web.AppKey("rejections", dict)
+ESTIMATES = web.AppKey("estimates", EstimateTable)
 STREAMS = web.AppKey("streams", set)  # open inbound peer streams, closed on shutdown
 
 
@@ -73,6 +80,80 @@ async def view_handler(request: web.Request) -> web.Response:
     if not _is_local(request):
         raise web.HTTPForbidden(text="local API")
     return web.json_response(request.app[RUNTIME].snapshot() | {"rejections": request.app[REJECTIONS]})
+
+
+async def wait_view_handler(request: web.Request) -> web.Response:
+    """Long poll: ``?after=E&timeout=S`` answers once the epoch passes E (or S elapse)."""
+    if not _is_local(request):
+        raise web.HTTPForbidden(text="local API")
+    try:
+        after = int(request.query.get("after", "-1"))
+        timeout = min(float(request.query.get("timeout", "10")), 60.0)
+    except ValueError:
+        raise web.HTTPBadRequest(text="after must be an integer, timeout a number") from None
+    runtime = request.app[RUNTIME]
+
+    def changed() -> bool:
+        return runtime.state.epoch > after or runtime.state.status == sm.LEFT
+
+    async with runtime.changed:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runtime.changed.wait_for(changed), timeout)
+    return web.json_response(runtime.snapshot())
+
+
+async def pull_handler(request: web.Request) -> web.Response:
+    """The trainer asks for snapshot ``name`` from member ``sources`` (ids in the view)."""
+    if not _is_local(request):
+        raise web.HTTPForbidden(text="local API")
+    config = request.app[CONFIG]
+    if config.snapshot_dir is None:
+        raise web.HTTPConflict(text="this sidecar has no --snapshot-dir")
+    try:
+        payload = await request.json()
+        name = check_name(payload["name"])
+        ids = [str(x) for x in payload["sources"]]
+    except (ValueError, KeyError, TypeError, InputError) as exc:
+        raise web.HTTPBadRequest(text=f"expected {{'name', 'sources'}}: {exc}") from None
+    runtime = request.app[RUNTIME]
+    view = runtime.state.view
+    specs = []
+    for sid in ids:
+        address = view.address_of(sid) if view else None
+        if address is None:
+            raise web.HTTPBadRequest(text=f"source {sid!r} is not in the view")
+        specs.append(SourceSpec(sid, address, bandwidth_Bps=1.0))
+    table = request.app[ESTIMATES]
+    session = runtime.links.session if runtime.links else None
+    assert session is not None
+    unknown = [s for s in specs if s.id not in table.links or table.links[s.id].bandwidth_Bps is None]
+    probes = await asyncio.gather(
+        *(probe_bandwidth(session, s.url, config.secret, config.node_id) for s in unknown),
+        return_exceptions=True,
+    )
+    for spec, probe in zip(unknown, probes, strict=True):
+        if not isinstance(probe, BaseException):
+            table.observe_bandwidth(spec.id, probe[0])
+            table.observe_rtt(spec.id, probe[1])
+    for spec in specs:
+        spec.bandwidth_Bps = table.bandwidth(spec.id, 1e8)
+        rtt = table.links.get(spec.id)
+        spec.overhead_s = max(rtt.rtt_s or 0.001, 0.0005) if rtt else 0.001
+    puller = Puller(session, config.secret, config.node_id, config.snapshot_dir, name,
+                    on_throughput=table.observe_bandwidth)  # fmt: skip
+    try:
+        result = await puller.pull(specs)
+    except (TransferError, InputError) as exc:
+        return web.json_response({"error": str(exc)}, status=502)
+    return web.json_response(result.to_json())
+
+
+async def join_handler(request: web.Request) -> web.Response:
+    """The trainer is ready: a standby sidecar starts asking for admission (idempotent)."""
+    if not _is_local(request):
+        raise web.HTTPForbidden(text="local API")
+    await request.app[RUNTIME].apply(sm.RequestJoin())
+    return web.json_response({"status": request.app[RUNTIME].state.status}, status=202)
 
 
 async def leave_handler(request: web.Request) -> web.Response:
@@ -130,9 +211,12 @@ def build_app(config: SidecarConfig, advertise: str) -> web.Application:
         state = sm.initial_member(config.node_id, view, settings, time.monotonic())
     else:
         state = sm.initial_joiner(config.node_id, advertise, config.contacts, settings)
+        if config.defer_join:
+            state.status = sm.STANDBY
     app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
     app[CONFIG] = config
     app[REJECTIONS] = {}
+    app[ESTIMATES] = EstimateTable()
     app[STREAMS] = set()
     app.on_shutdown.append(_close_streams)
     rejections = app[REJECTIONS]
@@ -156,7 +240,10 @@ def build_app(config: SidecarConfig, advertise: str) -> web.Application:
         )
         app.router.add_routes(server.routes())
     app.router.add_get("/local/view", view_handler)
+    app.router.add_get("/local/wait-view", wait_view_handler)
+    app.router.add_post("/local/pull", pull_handler)
     app.router.add_post("/local/leave", leave_handler)
+    app.router.add_post("/local/join", join_handler)
     app.router.add_post("/local/faults", faults_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,11 @@ class MembershipRuntime:
 
     async def tick_forever(self, interval: float) -> None:
         while True:
-            await self.apply(sm.Tick())
+            try:
+                await self.apply(sm.Tick())
+            except Exception:  # a bug must not silence the heartbeats: report it, keep ticking
+                traceback.print_exc()
+                self.log.write("error", where="tick")
             await asyncio.sleep(interval)
 
     # --- outputs ----------------------------------------------------------------------------

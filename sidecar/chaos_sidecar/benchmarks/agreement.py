@@ -45,70 +45,81 @@ def _first(records, since: float, until: float, pred) -> dict | None:
     return next((r for r in records if since <= r["t"] <= until and pred(r)), None)
 
 
+def event_latency(records: list[dict[str, Any]], inj: Injection) -> dict[str, float] | None:
+    """Decision / agreement (and for failures detection) milliseconds of one injected event,
+    from the nodes' logs; None when the logs do not show it complete. ``inj.members_after``
+    empty means "the members of the view that the decision produced" (or, for a topology
+    change, of the view in force)."""
+    lo, hi = inj.injected_at, inj.done_at + 0.001
+    if inj.kind in ("join", "leave"):
+        change = [inj.kind, inj.subject[0]]
+        seen = _first(records, lo, hi, lambda r: r["type"] == "observed" and r["change"] == change)
+        decided = _first(records, lo, hi, lambda r: r["type"] == "decided" and change in r["changes"])
+    elif inj.kind in ("failure", "coordinator_failure"):
+        victim = inj.subject[0]
+        seen = _first(records, lo, hi, lambda r: r["type"] == "observed" and r["change"] == ["lost", victim])
+        decided = _first(
+            records, lo, hi, lambda r: r["type"] == "decided" and ["remove", victim] in r["changes"]
+        )
+    else:
+        a, b = inj.subject
+        word = "lost" if inj.kind == "link_down" else "regained"
+        seen = _first(
+            records,
+            lo,
+            hi,
+            lambda r: (
+                r["type"] == "observed"
+                and (
+                    (r["node"] == a and r["change"] == [word, b])
+                    or (r["node"] == b and r["change"] == [word, a])
+                )
+            ),
+        )
+        link = sorted([a, b])
+        want_down = inj.kind == "link_down"
+        decided = _first(
+            records, lo, hi, lambda r: r["type"] == "topology" and (link in r["down"]) == want_down
+        )
+    if seen is None or decided is None:
+        return None
+    members = set(inj.members_after)
+    if decided["type"] == "decided":
+        members = members or set(decided["members"])
+        installs = [r for r in records if r["type"] == "installed" and r["epoch"] == decided["epoch"]]
+        installs = [r for r in installs if r["node"] in members]
+        done = {r["node"] for r in installs}
+    else:
+        if not members:
+            views = [r for r in records if r["type"] == "installed" and r["t"] <= decided["t"]]
+            members = set(views[-1]["members"]) if views else set()
+        installs = [r for r in records if r["type"] == "topology" and r["version"] == decided["version"]]
+        installs = [r for r in installs if r["node"] in members]
+        done = {r["node"] for r in installs} | {decided["node"]}
+    if not members <= done:
+        return None
+    last = max([r["t"] for r in installs] + [decided["t"]])
+    out = {
+        "decision_ms": (decided["t"] - seen["t"]) * 1000,
+        "agreement_ms": (last - seen["t"]) * 1000,
+    }
+    if inj.kind in ("failure", "coordinator_failure"):
+        out["detection_ms"] = (seen["t"] - inj.injected_at) * 1000
+    return out
+
+
 def analyse(records: list[dict[str, Any]], injections: list[Injection]) -> dict[str, Measured]:
     out = {kind: Measured() for kind in KINDS}
     for inj in injections:
         m = out[inj.kind]
-        lo, hi = inj.injected_at, inj.done_at + 0.001
-        if inj.kind in ("join", "leave"):
-            change = [inj.kind, inj.subject[0]]
-            seen = _first(records, lo, hi, lambda r: r["type"] == "observed" and r["change"] == change)
-            decided = _first(records, lo, hi, lambda r: r["type"] == "decided" and change in r["changes"])
-        elif inj.kind in ("failure", "coordinator_failure"):
-            victim = inj.subject[0]
-            seen = _first(
-                records, lo, hi, lambda r: r["type"] == "observed" and r["change"] == ["lost", victim]
-            )
-            decided = _first(
-                records, lo, hi, lambda r: r["type"] == "decided" and ["remove", victim] in r["changes"]
-            )
-        else:
-            a, b = inj.subject
-            word = "lost" if inj.kind == "link_down" else "regained"
-            seen = _first(
-                records,
-                lo,
-                hi,
-                lambda r: (
-                    r["type"] == "observed"
-                    and (
-                        (r["node"] == a and r["change"] == [word, b])
-                        or (r["node"] == b and r["change"] == [word, a])
-                    )
-                ),
-            )
-            link = sorted([a, b])
-            want_down = inj.kind == "link_down"
-            decided = _first(
-                records, lo, hi, lambda r: r["type"] == "topology" and (link in r["down"]) == want_down
-            )
-        if seen is None or decided is None:
+        latency = event_latency(records, inj)
+        if latency is None:
             m.missing += 1
             continue
-        if decided["type"] == "decided":
-            epoch = decided["epoch"]
-            installs = [
-                r
-                for r in records
-                if r["type"] == "installed" and r["epoch"] == epoch and r["node"] in inj.members_after
-            ]
-            done = {r["node"] for r in installs}
-        else:
-            version = decided["version"]
-            installs = [
-                r
-                for r in records
-                if r["type"] == "topology" and r["version"] == version and r["node"] in inj.members_after
-            ]
-            done = {r["node"] for r in installs} | {decided["node"]}
-        if done != set(inj.members_after):
-            m.missing += 1
-            continue
-        last = max([r["t"] for r in installs] + [decided["t"]])
-        m.decision_ms.append((decided["t"] - seen["t"]) * 1000)
-        m.agreement_ms.append((last - seen["t"]) * 1000)
-        if inj.kind in ("failure", "coordinator_failure"):
-            m.detection_ms.append((seen["t"] - inj.injected_at) * 1000)
+        m.decision_ms.append(latency["decision_ms"])
+        m.agreement_ms.append(latency["agreement_ms"])
+        if "detection_ms" in latency:
+            m.detection_ms.append(latency["detection_ms"])
     return out
 
 

@@ -43,6 +43,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         advertise=args.advertise,
         contacts=contacts,
         seed=args.seed,
+        defer_join=args.defer_join,
         log_path=Path(args.log) if args.log else None,
         membership=settings,
         fault_injection=args.fault_injection,

@@ -50,6 +50,7 @@ from chaos_sidecar.protocol.messages import (
 
 MEMBER = "member"
 JOINING = "joining"
+STANDBY = "standby"  # a joiner waiting for its trainer before asking for admission
 REMOVED = "removed"
 LEFT = "left"
 
@@ -89,7 +90,12 @@ class RequestLeave:
     """This node wants to leave the group gracefully."""
 
 
-Event = Tick | Receive | RequestLeave
+@dataclass(frozen=True, slots=True)
+class RequestJoin:
+    """A standby node starts asking for admission (its trainer is ready)."""
+
+
+Event = Tick | Receive | RequestLeave | RequestJoin
 
 
 # --- actions --------------------------------------------------------------------------------
@@ -266,6 +272,11 @@ def step(state: NodeState, event: Event, now: float) -> tuple[NodeState, list[Ac
             _on_tick(s, now, out)
         case Receive(message):
             _on_receive(s, message, now, out)
+        case RequestJoin():
+            if s.status == STANDBY:
+                s.status = JOINING
+                s.next_retry = now
+                _on_tick(s, now, out)
         case RequestLeave():
             if not s.want_leave:
                 s.want_leave = True
@@ -370,6 +381,8 @@ def _grace(s: NodeState, view: View, now: float, newcomers: frozenset[str] | Non
 
 
 def _on_tick(s: NodeState, now: float, out: list[Action]) -> None:
+    if s.status == STANDBY:
+        return
     s.now = now
     if s.status in (JOINING, REMOVED):
         if now >= s.next_retry:

@@ -1,0 +1,55 @@
+"""``chaos-train local``: N nodes (sidecar + trainer processes) on this machine, with churn."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from chaos_sidecar.churn import default_churn, load_churn
+from chaos_sidecar.errors import InputError
+from chaos_sidecar.jobreport import plot, read_jsonl, summarize, timeline_lines
+from chaos_sidecar.localjob import JobConfig, LocalJob
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.nodes < 3:
+        raise InputError("--nodes", "at least 3 nodes (a crash must leave a majority)")
+    if args.join_mode != "blocking":
+        raise InputError("--join-mode", "only 'blocking' is implemented so far (overlap is planned)")
+    initial = [f"n{i}" for i in range(args.nodes)]
+    churn = load_churn(args.churn, initial, args.steps) if args.churn else default_churn(initial, args.steps)
+    out = Path(args.out)
+    cfg = JobConfig(nodes=args.nodes, steps=args.steps, churn=churn, out=out, join_mode=args.join_mode,
+                    live=sys.stdout.isatty() or args.live)  # fmt: skip
+    print(f"chaos-train local: {args.nodes} nodes, {args.steps} steps, {len(churn)} churn events -> {out}")
+    for event in churn:
+        print(
+            f"  at step {event.at_step:>4}: {event.event} {event.node}{'-' + event.peer if event.peer else ''}"
+        )
+    job = LocalJob(cfg)
+    wall = asyncio.run(job.run())
+    sidecar = read_jsonl(sorted((out / "sidecars").glob("*.events.jsonl")))
+    trainer = read_jsonl(sorted((out / "logs").glob("*.trainer.jsonl")))
+    summary = summarize(cfg, job.injected, sidecar, trainer, wall)
+    summary["stragglers"] = job.stragglers
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with (out / "events.jsonl").open("w") as f:
+        for row in summary["events"]:
+            f.write(json.dumps(row) + "\n")
+    t0 = min((r["t"] for r in trainer), default=0.0)
+    summary["_event_times"] = [i.t for i in job.injected]
+    plot(out / "timeline.png", summary, sidecar, trainer, t0)
+    del summary["_event_times"]
+    print("\nevent timeline")
+    print("\n".join("  " + line for line in timeline_lines(summary)))
+    print(
+        f"\nsummary: {summary['steps']} steps, loss {summary['initial_loss']} -> {summary['final_loss']}, "
+        f"replicas identical: {summary['replicas_identical']} ({summary['replica_comparisons']} comparisons), "
+        f"samples lost {summary['samples_lost']} duplicated {summary['samples_duplicated']} "
+        f"of {summary['samples_expected']}, idle s {summary['idle_s_per_member']}, {summary['wall_s']} s"
+    )
+    print(f"wrote {out}/summary.json, {out}/events.jsonl, {out}/timeline.png")
+    return 0 if summary["ok"] else 1

@@ -1,0 +1,195 @@
+"""What a local job did, from its logs: the summary contract, the event timeline, the plot."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from chaos_sidecar.benchmarks.agreement import Injection, event_latency
+
+_KIND_FOR_LATENCY = {
+    "join": "join",
+    "leave": "leave",
+    "crash": "failure",
+    "link_down": "link_down",
+    "link_up": "link_up",
+}
+
+
+def read_jsonl(paths: list[Path]) -> list[dict[str, Any]]:
+    records = []
+    for path in paths:
+        if path.exists():
+            records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records.sort(key=lambda r: r["t"])
+    return records
+
+
+def check_replicas(trainer: list[dict[str, Any]]) -> tuple[bool, int, list[str]]:
+    """Digests logged at the same step by different members must match."""
+    by_step: dict[int, dict[str, str]] = defaultdict(dict)
+    for r in trainer:
+        if r.get("digest") and r["type"] in ("step", "digest", "done"):
+            by_step[r["step"]][r["node"]] = r["digest"]
+    compared = 0
+    problems = []
+    for step, digests in sorted(by_step.items()):
+        if len(digests) >= 2:
+            compared += 1
+            if len(set(digests.values())) != 1:
+                problems.append(f"step {step}: {digests}")
+    return not problems, compared, problems
+
+
+def check_samples(
+    trainer: list[dict[str, Any]], steps: int, global_batch: int, dataset: int
+) -> dict[str, int]:
+    """Each committed step consumed the global batch at (sampler epoch, cursor); the s-th step
+    must have consumed divmod((s - 1) * B, N). Missing steps lose samples, repeated positions
+    duplicate them, disagreeing members count as both."""
+    consumed: dict[int, set[tuple[int, int]]] = defaultdict(set)
+    for r in trainer:
+        if r["type"] == "step":
+            consumed[r["step"]].add(tuple(r["sampler"]))
+    positions = [pos for s in sorted(consumed) for pos in consumed[s]]
+    expected = {divmod((s - 1) * global_batch, dataset) for s in range(1, steps + 1)}
+    expected = {(q, r) for q, r in expected}
+    seen = set(positions)
+    duplicated = (len(positions) - len(seen)) + len(seen - expected)
+    lost = len(expected - seen)
+    return {
+        "samples_expected": steps * global_batch,
+        "samples_seen": len(seen & expected) * global_batch,
+        "samples_lost": lost * global_batch,
+        "samples_duplicated": duplicated * global_batch,
+    }
+
+
+def event_rows(injected, sidecar: list[dict], trainer: list[dict]) -> list[dict[str, Any]]:
+    rows = []
+    for k, inj in enumerate(injected):
+        ev = inj.event
+        end = injected[k + 1].t if k + 1 < len(injected) else float("inf")
+        subject = (ev.node, ev.peer) if ev.peer else (ev.node,)
+        # records are matched by node names, so the window may outlast the next injection
+        # (a joiner's trainer takes seconds to start)
+        latency = event_latency(sidecar, Injection(_KIND_FOR_LATENCY[ev.event], subject, inj.t, inj.t + 60))
+        if ev.event == "join":  # the regroup that brought the joiner in, whenever it came
+            regroups = [
+                r for r in trainer if r["type"] == "regroup" and r["t"] >= inj.t and ev.node in r["members"]
+            ]
+            first_epoch = min((r["epoch"] for r in regroups), default=None)
+            regroups = [r for r in regroups if r["epoch"] == first_epoch]
+        elif ev.event in ("leave", "crash"):  # the regroup without the node
+            regroups = [
+                r
+                for r in trainer
+                if r["type"] == "regroup" and r["t"] >= inj.t and ev.node not in r["members"]
+            ]
+            first_epoch = min((r["epoch"] for r in regroups), default=None)
+            regroups = [r for r in regroups if r["epoch"] == first_epoch]
+        else:  # link events change the topology, not the group: no regroup expected
+            regroups = [r for r in trainer if r["type"] == "regroup" and inj.t <= r["t"] < end]
+        transfers = [r for r in regroups if r.get("needers")]
+        rows.append(
+            {
+                "kind": ev.event,
+                "node": ev.node,
+                "peer": ev.peer,
+                "at_step": inj.step,
+                "decision_ms": None if latency is None else round(latency["decision_ms"], 3),
+                "agreement_ms": None if latency is None else round(latency["agreement_ms"], 3),
+                "transfer_ms": max((r["transfer_ms"] for r in transfers), default=0.0),
+                "sources": transfers[0]["sources"] if transfers else [],
+                "pause_ms": max((r["pause_ms"] for r in regroups), default=0.0),
+            }
+        )
+    return rows
+
+
+def summarize(cfg, injected, sidecar: list[dict], trainer: list[dict], wall_s: float) -> dict[str, Any]:
+    steps_done = max((r["step"] for r in trainer if r["type"] == "step"), default=0)
+    last = [r for r in trainer if r["type"] == "step" and r["step"] == steps_done]
+    identical, compared, problems = check_replicas(trainer)
+    idle: dict[str, float] = defaultdict(float)
+    for r in trainer:
+        if r["type"] == "regroup" and r["node"] not in (r.get("needers") or []):
+            idle[r["node"]] += r["pause_ms"] / 1000
+    first_losses = [r["loss"] for r in trainer if r["type"] == "step" and r["step"] <= 5]
+    summary = {
+        "steps": steps_done,
+        "final_loss": last[0]["loss"] if last else None,
+        "initial_loss": first_losses[0] if first_losses else None,
+        "events": event_rows(injected, sidecar, trainer),
+        "replicas_identical": identical and compared > 0,
+        "replica_comparisons": compared,
+        "replica_mismatches": problems[:5],
+        **check_samples(trainer, steps_done, cfg.global_batch, cfg.samples),
+        "idle_s_per_member": {n: round(s, 3) for n, s in sorted(idle.items())},
+        "join_mode": cfg.join_mode,
+        "wall_s": round(wall_s, 1),
+        "nodes": cfg.nodes,
+    }
+    summary["ok"] = (
+        summary["replicas_identical"]
+        and summary["samples_lost"] == 0
+        and summary["samples_duplicated"] == 0
+        and steps_done == cfg.steps
+    )
+    return summary
+
+
+def timeline_lines(summary: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{'step':>5}  {'event':<10} {'node':<10} {'decision':>10} {'agreement':>10} {'transfer':>10}  sources"
+    ]
+    for e in summary["events"]:
+
+        def ms(x):
+            return "-" if x is None else f"{x:.1f}ms"
+
+        node = e["node"] + (f"-{e['peer']}" if e["peer"] else "")
+        lines.append(
+            f"{e['at_step']:>5}  {e['kind']:<10} {node:<10} {ms(e['decision_ms']):>10} "
+            f"{ms(e['agreement_ms']):>10} {ms(e['transfer_ms']):>10}  {','.join(e['sources']) or '-'}"
+        )
+    return lines
+
+
+def plot(path: Path, summary: dict[str, Any], sidecar: list[dict], trainer: list[dict], t0: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=False)
+    steps = [r for r in trainer if r["type"] == "step"]
+    by_step = {}
+    for r in steps:
+        by_step.setdefault(r["step"], r)
+    xs = [by_step[s]["t"] - t0 for s in sorted(by_step)]
+    axes[0].step(xs, [by_step[s]["world"] for s in sorted(by_step)], where="post")
+    axes[0].set_ylabel("members")
+    axes[1].plot(xs, [by_step[s]["loss"] for s in sorted(by_step)])
+    axes[1].set_ylabel("loss")
+    axes[1].set_xlabel("seconds")
+    events = summary["events"]
+    labels = [f"{e['kind']}@{e['at_step']}" for e in events]
+    axes[2].bar(range(len(events)), [e["agreement_ms"] or 0 for e in events], label="agreement ms")
+    axes[2].bar(
+        range(len(events)),
+        [e["transfer_ms"] or 0 for e in events],
+        bottom=[e["agreement_ms"] or 0 for e in events],
+        label="transfer ms",
+    )
+    axes[2].set_xticks(range(len(events)), labels, rotation=20)
+    axes[2].set_ylabel("ms")
+    axes[2].legend()
+    for ax in axes[:2]:
+        for inj_t in summary.get("_event_times", []):
+            ax.axvline(inj_t - t0, color="grey", linestyle=":")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

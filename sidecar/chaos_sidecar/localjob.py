@@ -1,0 +1,200 @@
+"""``chaos-train local``: the main job on one machine, with real processes.
+
+Each node is a sidecar process plus a trainer process (``python -m chaos_train.worker``);
+trainers rendezvous per view epoch through a shared directory and pull state through their
+sidecars. The churn script is applied at training steps; progress is read from the
+trainers' logs. At the end the logs are checked (identical replicas, every sample exactly
+once) and summarised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaos_sidecar.churn import ChurnEvent
+from chaos_sidecar.localcluster import LocalCluster
+from chaos_sidecar.membership.machine import Settings
+
+STRAGGLER_S = 20.0  # after the group's last step, how long a late trainer may take to finish
+
+
+@dataclass
+class JobConfig:
+    nodes: int
+    steps: int
+    churn: list[ChurnEvent]
+    out: Path
+    join_mode: str = "blocking"
+    global_batch: int = 256
+    samples: int = 16384
+    seed: int = 0
+    live: bool = True
+
+
+@dataclass
+class Injected:
+    event: ChurnEvent
+    t: float
+    step: int
+
+
+@dataclass
+class LocalJob:
+    cfg: JobConfig
+    trainers: dict[str, subprocess.Popen] = field(default_factory=dict)
+    injected: list[Injected] = field(default_factory=list)
+    gone: set[str] = field(default_factory=set)
+    stragglers: list[str] = field(default_factory=list)
+    finished_at: float | None = None
+
+    def __post_init__(self) -> None:
+        out = self.cfg.out
+        if out.exists():
+            shutil.rmtree(out)
+        (out / "rendezvous").mkdir(parents=True)
+        (out / "logs").mkdir()
+        # trainers load the CPU: a failure timeout of 1 s avoids false suspicion on 2 cores
+        self.cluster = LocalCluster(out / "sidecars", settings=Settings(0.1, 1.0, 0.05))
+        self._offsets: dict[str, int] = {}
+        self.progress: dict[str, dict[str, Any]] = {}
+
+    # --- processes ------------------------------------------------------------------------------
+
+    async def start_node(self, node: str, *, seed: bool = False, founding: bool = False) -> None:
+        snapshots = self.cfg.out / "snapshots" / node
+        snapshots.mkdir(parents=True, exist_ok=True)
+        extra = ["--snapshot-dir", str(snapshots)] + ([] if founding else ["--defer-join"])
+        sidecar = await self.cluster.start(node, seed=seed, extra=extra)
+        cmd = [
+            sys.executable, "-m", "chaos_train.worker", "--node-id", node,
+            "--sidecar-url", sidecar.url, "--snapshot-dir", str(snapshots),
+            "--rendezvous-dir", str(self.cfg.out / "rendezvous"),
+            "--log", str(self.trainer_log(node)), "--steps", str(self.cfg.steps),
+            "--seed", str(self.cfg.seed), "--samples", str(self.cfg.samples),
+            "--global-batch", str(self.cfg.global_batch),
+        ]  # fmt: skip
+        if founding:
+            cmd.append("--founding")
+        stderr = (self.cfg.out / "logs" / f"{node}.trainer.stderr").open("ab")
+        self.trainers[node] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
+
+    def trainer_log(self, node: str) -> Path:
+        return self.cfg.out / "logs" / f"{node}.trainer.jsonl"
+
+    def crash(self, node: str) -> None:
+        self.trainers[node].send_signal(signal.SIGKILL)
+        self.trainers[node].wait()
+        self.cluster.kill(node)
+        self.gone.add(node)
+
+    def leave(self, node: str) -> None:
+        self.trainers[node].send_signal(signal.SIGTERM)  # the trainer leaves through its sidecar
+        self.gone.add(node)
+
+    # --- progress -------------------------------------------------------------------------------
+
+    def poll_logs(self) -> None:
+        for node in self.trainers:
+            path = self.trainer_log(node)
+            if not path.exists():
+                continue
+            with path.open() as f:
+                f.seek(self._offsets.get(node, 0))
+                for line in f:
+                    if not line.endswith("\n"):
+                        break
+                    self._offsets[node] = self._offsets.get(node, 0) + len(line)
+                    record = json.loads(line)
+                    if record["type"] == "step":
+                        self.progress[node] = record
+
+    def any_done(self) -> bool:
+        for node in self.trainers:
+            path = self.trainer_log(node)
+            if path.exists() and '"type": "done"' in path.read_text()[-400:]:
+                return True
+        return False
+
+    def current_step(self) -> int:
+        live = [r["step"] for n, r in self.progress.items() if n not in self.gone]
+        return max(live, default=0)
+
+    def status_line(self, note: str) -> str:
+        step = self.current_step()
+        latest = max(
+            (r for n, r in self.progress.items() if n not in self.gone), key=lambda r: r["step"], default=None
+        )
+        loss = f"{latest['loss']:.4f}" if latest else "-"
+        members = latest["world"] if latest else 0
+        return f"step {step:>5}/{self.cfg.steps}  loss {loss}  members {members}  {note}"
+
+    # --- the run --------------------------------------------------------------------------------
+
+    async def run(self) -> float:
+        started = time.monotonic()
+        async with self.cluster:
+            names = [f"n{i}" for i in range(self.cfg.nodes)]
+            await self.start_node(names[0], seed=True, founding=True)
+            for node in names[1:]:
+                await self.start_node(node, founding=True)
+            await self.cluster.wait_agreed(set(names), 60)
+            pending = list(self.cfg.churn)
+            note = "training"
+            last_print = 0.0
+            while True:
+                self.poll_logs()
+                step = self.current_step()
+                while pending and step >= pending[0].at_step:
+                    event = pending.pop(0)
+                    await self.apply(event, step)
+                    note = f"event: {event.event} {event.node}" + (f"-{event.peer}" if event.peer else "")
+                running = [n for n, p in self.trainers.items() if p.poll() is None and n not in self.gone]
+                if not running and not pending:
+                    break
+                if self.finished_at is None and self.any_done():
+                    self.finished_at = time.monotonic()
+                if self.finished_at is not None and time.monotonic() - self.finished_at > STRAGGLER_S:
+                    for node in running:  # e.g. a joiner whose trainer started after the last step
+                        self.trainers[node].kill()
+                        self.stragglers.append(node)
+                    break
+                failed = [
+                    n for n, p in self.trainers.items() if p.poll() not in (None, 0) and n not in self.gone
+                ]
+                if failed:
+                    raise RuntimeError(f"trainer(s) {failed} failed; see {self.cfg.out}/logs")
+                now = time.monotonic()
+                if self.cfg.live and now - last_print > 0.5:
+                    last_print = now
+                    print("\r" + self.status_line(note).ljust(100), end="", flush=True)
+                await asyncio.sleep(0.05)
+            self.poll_logs()
+            if self.cfg.live:
+                print("\r" + self.status_line("done").ljust(100), flush=True)
+            for node, process in self.trainers.items():
+                if node in self.gone and process.poll() is None:
+                    process.wait(timeout=60)
+        return time.monotonic() - started
+
+    async def apply(self, event: ChurnEvent, step: int) -> None:
+        self.injected.append(Injected(event, time.time(), step))
+        match event.event:
+            case "join":
+                await self.start_node(event.node)
+            case "leave":
+                self.leave(event.node)
+            case "crash":
+                self.crash(event.node)
+            case "link_down":
+                await self.cluster.block(event.node, event.peer)  # type: ignore[arg-type]
+            case "link_up":
+                await self.cluster.block(event.node, event.peer, unblock=True)  # type: ignore[arg-type]

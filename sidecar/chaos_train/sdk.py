@@ -1,0 +1,284 @@
+"""ElasticTrainer: data-parallel steps that survive joins, leaves and crashes.
+
+At every step boundary the trainer knows (from the sidecar watcher thread) whether the
+group's view moved on. The flag travels inside the step's one all-reduce (together with the
+gradients and the loss), so every member decides to regroup after the same step. A regroup
+builds a new gloo/nccl process group for the view's epoch (rank = position in the view),
+then the members agree on who holds the newest state: those behind (fresh joiners, or a
+survivor one step short after a crash) pull it from every up-to-date member at once
+through their sidecars (planned multi-source transfer), while the others wait ("blocking"
+join). A failed collective means a member died: the survivors wait for the view without
+it and regroup the same way; the interrupted step is redone, so no sample is lost or seen
+twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from chaos_train import state as snapshot_state
+from chaos_train.sampler import ElasticSampler
+from chaos_train.sidecar_client import SidecarClient
+
+
+class LeftGroup(Exception):
+    """This member left the group gracefully."""
+
+
+@dataclass
+class TrainerConfig:
+    node_id: str
+    sidecar_url: str
+    snapshot_dir: Path
+    rendezvous_dir: Path
+    log_path: Path
+    global_batch: int = 256
+    seed: int = 0
+    timeout_s: float = 15.0
+    backend: str = "gloo"
+    digest_every: int = 10
+    founding: bool = False  # member of the first view: starts from the seeded initial state
+
+
+class ElasticTrainer:
+    def __init__(self, config: TrainerConfig, model, optimizer, loss_fn, features, labels) -> None:
+        self.cfg = config
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.features = features
+        self.labels = labels
+        self.sampler = ElasticSampler(len(features), config.global_batch, config.seed)
+        self.step = 0 if config.founding else -1  # -1: no state yet
+        self.group_epoch: int | None = None
+        self.rank = 0
+        self.world = 1
+        self.members: list[str] = []
+        self.regroup_needed = True
+        self.leaving = False
+        self.sidecar = SidecarClient(config.sidecar_url)
+        self._log = config.log_path.open("a", buffering=1)
+        self.params = [p for p in model.parameters()]
+        # optimizer state exists from the start so every replica has the same tensor layout
+        for p in self.params:
+            p.grad = torch.zeros_like(p)
+        optimizer.step() if False else None
+        self._init_optimizer_state()
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _init_optimizer_state(self) -> None:
+        for group in self.optimizer.param_groups:
+            if group.get("momentum"):
+                for p in group["params"]:
+                    self.optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.leaving = True
+
+    def log(self, kind: str, **fields: Any) -> None:
+        self._log.write(
+            json.dumps({"t": time.time(), "node": self.cfg.node_id, "type": kind, **fields}) + "\n"
+        )
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def run(self, steps: int) -> None:
+        self.sidecar.join()  # a standby sidecar asks for admission only now that we are ready
+        self.sidecar.start_watching()
+        try:
+            while self.step < steps:
+                if self.regroup_needed:
+                    self._regroup()
+                try:
+                    self._train_step()
+                except RuntimeError as exc:  # a collective failed: someone died
+                    self.log("collective_failed", step=self.step, error=str(exc)[:200])
+                    self.regroup_needed = True
+                    self._await_newer_view()
+                # a SIGTERM is announced in the next step's all-reduce; the whole group then
+                # regroups after that step, and this member leaves instead of regrouping
+            self.log("done", step=self.step, digest=snapshot_state.digest(self.model, self.optimizer))
+            self._finish()
+        except LeftGroup:
+            self.log("left", step=self.step)
+        finally:
+            self.sidecar.stop()
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    def _finish(self) -> None:
+        """All members reach the last step together; a final barrier keeps the group up until then."""
+        with contextlib.suppress(RuntimeError):
+            dist.barrier()
+
+    def _await_newer_view(self) -> dict[str, Any]:
+        epoch = self.group_epoch or 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            snap = self.sidecar.wait_view(epoch, timeout=5.0)
+            view = snap.get("view") or {}
+            if view.get("epoch", 0) > epoch:
+                return snap
+        raise RuntimeError("the group's view did not change after a failed collective")
+
+    # --- regrouping -----------------------------------------------------------------------------
+
+    def _current_member_view(self) -> dict[str, Any]:
+        """The newest view this node is a member of, newer than the current group's."""
+        after = self.group_epoch or 0
+        while True:
+            snap = self.sidecar.view()
+            view = snap.get("view")
+            if (
+                snap.get("status") == "member"
+                and view
+                and self.cfg.node_id in view["members"]
+                and view["epoch"] > after
+            ):
+                return view
+            if snap.get("status") == "left":
+                raise LeftGroup()
+            self.sidecar.wait_view((view or {}).get("epoch", 0), timeout=2.0)
+
+    def _regroup(self) -> None:
+        if self.leaving:
+            self.log("leaving", step=self.step)
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self.sidecar.leave()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and self.sidecar.view().get("status") != "left":
+                self.sidecar.wait_view(self.group_epoch or 0, timeout=1.0)
+            raise LeftGroup()
+        while True:
+            view = self._current_member_view()
+            started = time.monotonic()
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            members = view["members"]
+            epoch = view["epoch"]
+            rank = members.index(self.cfg.node_id)
+            if not self._all_arrived(epoch, members):
+                continue  # the view moved on while we waited: go for the newer one
+            try:
+                store = dist.FileStore(
+                    str(self.cfg.rendezvous_dir / f"epoch-{epoch}" / "store"), len(members)
+                )
+                dist.init_process_group(
+                    self.cfg.backend, store=store, rank=rank, world_size=len(members),
+                    timeout=datetime.timedelta(seconds=self.cfg.timeout_s),
+                )  # fmt: skip
+                steps = [torch.zeros(1, dtype=torch.int64) for _ in members]
+                dist.all_gather(steps, torch.tensor([self.step], dtype=torch.int64))
+            except RuntimeError as exc:  # someone died during the rendezvous: the view will change
+                self.log("rendezvous_failed", epoch=epoch, error=str(exc)[:200])
+                self._await_newer_view_from(epoch)
+                continue
+            self.group_epoch, self.rank, self.world, self.members = epoch, rank, len(members), members
+            held = [int(s.item()) for s in steps]
+            transfer = self._reconcile(held, epoch)
+            self.regroup_needed = False
+            self.log(
+                "regroup", epoch=epoch, members=members, rank=rank, step=self.step,
+                pause_ms=round((time.monotonic() - started) * 1000, 1), **transfer,
+            )  # fmt: skip
+            self.log("digest", step=self.step, digest=snapshot_state.digest(self.model, self.optimizer))
+            return
+
+    def _all_arrived(self, epoch: int, members: list[str]) -> bool:
+        """Arrival barrier for one epoch's process group: every member announces itself in the
+        shared rendezvous directory, then all initialise together (a fresh store per epoch).
+        False if the group's view moves past ``epoch`` first."""
+        directory = self.cfg.rendezvous_dir / f"epoch-{epoch}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"ready-{self.cfg.node_id}").touch()
+        deadline = time.monotonic() + 120
+        while not all((directory / f"ready-{m}").exists() for m in members):
+            if self.sidecar.latest_epoch > epoch or time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def _await_newer_view_from(self, epoch: int) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            view = self.sidecar.wait_view(epoch, timeout=5.0).get("view") or {}
+            if view.get("epoch", 0) > epoch:
+                return
+
+    def _reconcile(self, held: list[int], epoch: int) -> dict[str, Any]:
+        """Members behind the newest state pull it from every member that has it."""
+        newest = max(held)
+        providers = [self.members[r] for r, s in enumerate(held) if s == newest]
+        needers = [self.members[r] for r, s in enumerate(held) if s < newest]
+        if not needers:
+            return {"transfer_ms": 0.0, "sources": [], "needers": []}
+        name = f"state-e{epoch}"
+        if self.cfg.node_id in providers:
+            epoch_, cursor = self.sampler.state()
+            snapshot_state.save(self.cfg.snapshot_dir, name, self.model, self.optimizer,
+                                step=self.step, extra=[epoch_, cursor], epoch=epoch)  # fmt: skip
+        dist.barrier()
+        transfer_ms = 0.0
+        if self.cfg.node_id in needers:
+            started = time.monotonic()
+            result = self.sidecar.pull(name, providers)
+            if "error" in result:
+                raise RuntimeError(f"state transfer failed: {result['error']}")
+            extra = snapshot_state.load(self.cfg.snapshot_dir, name, self.model, self.optimizer)
+            self.step, sampler_epoch, cursor = extra[0], extra[1], extra[2]
+            self.sampler.load(sampler_epoch, cursor)
+            transfer_ms = (time.monotonic() - started) * 1000
+        dist.barrier()
+        return {"transfer_ms": round(transfer_ms, 1), "sources": providers, "needers": needers}
+
+    # --- one step -------------------------------------------------------------------------------
+
+    def _train_step(self) -> None:
+        batch = self.sampler.batch()
+        mine = ElasticSampler.split(batch, self.rank, self.world)
+        x = self.features[mine]
+        y = self.labels[mine]
+        for p in self.params:
+            p.grad = None
+        loss_sum = self.loss_fn(self.model(x), y) if mine else torch.zeros((), requires_grad=False)
+        if mine:
+            (loss_sum / len(batch)).backward()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        saw_newer = 1.0 if self.sidecar.latest_epoch > (self.group_epoch or 0) or self.leaving else 0.0
+        flat = torch.cat(
+            [g.reshape(-1) for g in grads] + [torch.tensor([float(loss_sum.detach()), saw_newer])]
+        )
+        dist.all_reduce(flat)
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+        self.optimizer.step()
+        epoch, cursor = self.sampler.state()
+        self.sampler.advance()
+        self.step += 1
+        loss = float(flat[-2]) / len(batch)
+        record = {"step": self.step, "loss": round(loss, 6), "sampler": [epoch, cursor],
+                  "epoch": self.group_epoch, "world": self.world}  # fmt: skip
+        if self.step % self.cfg.digest_every == 0:
+            record["digest"] = snapshot_state.digest(self.model, self.optimizer)
+        self.log("step", **record)
+        if flat[-1] > 0:
+            self.regroup_needed = True
+
+
+def env_backend() -> str:
+    return "nccl" if torch.cuda.is_available() and os.environ.get("CHAOS_BACKEND") != "gloo" else "gloo"

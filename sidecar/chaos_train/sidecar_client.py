@@ -1,0 +1,75 @@
+"""The trainer's view of its local sidecar: blocking HTTP calls on loopback and a watcher
+thread that long-polls for view changes, so a step boundary only reads a variable."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+class SidecarClient:
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self._latest: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _call(
+        self, method: str, path: str, body: dict | None = None, timeout: float = 70.0
+    ) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read() or b"{}") | {"error": exc.code}
+
+    def view(self) -> dict[str, Any]:
+        return self._call("GET", "/local/view")
+
+    def wait_view(self, after: int, timeout: float = 10.0) -> dict[str, Any]:
+        return self._call("GET", f"/local/wait-view?after={after}&timeout={timeout}")
+
+    def join(self) -> None:
+        self._call("POST", "/local/join")
+
+    def leave(self) -> None:
+        self._call("POST", "/local/leave")
+
+    def pull(self, name: str, sources: list[str]) -> dict[str, Any]:
+        return self._call("POST", "/local/pull", {"name": name, "sources": sources}, timeout=600)
+
+    # --- watcher ----------------------------------------------------------------------------
+
+    def start_watching(self) -> None:
+        self._latest = self.view()
+        self._thread = threading.Thread(target=self._watch, name="view-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            epoch = (self._latest or {}).get("view", {}) or {}
+            try:
+                latest = self.wait_view(epoch.get("epoch", 0), timeout=5.0)
+            except (OSError, ValueError):
+                time.sleep(0.05)  # the sidecar restarts or is going away; try again
+                continue
+            with self._lock:
+                self._latest = latest
+
+    @property
+    def latest_epoch(self) -> int:
+        with self._lock:
+            view = (self._latest or {}).get("view") or {}
+            return int(view.get("epoch", 0))
+
+    def stop(self) -> None:
+        self._stop.set()

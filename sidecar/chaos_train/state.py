@@ -1,0 +1,66 @@
+"""Model, optimizer and sampler state to and from the flat snapshot format."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from chaos_sidecar.transfer.snapshot import data_path, read_manifest, write_snapshot
+
+_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+           torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32"}  # fmt: skip
+_TORCH = {v: k for k, v in _DTYPES.items()}
+
+
+def state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor that defines a replica, in a fixed order."""
+    out = [(f"param.{name}", p.data) for name, p in model.named_parameters()]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, p in enumerate(params):
+        for key in sorted(optimizer.state.get(p, {})):
+            value = optimizer.state[p][key]
+            if isinstance(value, torch.Tensor):
+                out.append((f"optim.{i}.{key}", value))
+    return out
+
+
+def digest(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str:
+    h = hashlib.sha256()
+    for name, tensor in state_tensors(model, optimizer):
+        h.update(name.encode())
+        h.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save(directory: Path, name: str, model, optimizer, *, step: int, extra: list[int], epoch: int) -> None:
+    """``extra``: small integers (sampler epoch/cursor, scheduler position) stored as int64."""
+    tensors = []
+    for tname, tensor in [*state_tensors(model, optimizer), ("meta.extra", torch.tensor([step, *extra]))]:
+        t = tensor.detach().contiguous().cpu()
+        tensors.append((tname, _DTYPES[t.dtype], tuple(t.shape), t.view(torch.uint8).numpy().tobytes()))
+    write_snapshot(directory, name, tensors, epoch=epoch, step=step, shard_bytes=256 * 1024)
+
+
+def load(directory: Path, name: str, model, optimizer) -> list[int]:
+    """Load snapshot ``name`` into ``model``/``optimizer``; returns [step, *extra]."""
+    manifest = read_manifest(directory, name)
+    raw = data_path(directory, name).read_bytes()
+    current = dict(state_tensors(model, optimizer))
+    extra: list[int] = []
+    for entry in manifest.tensors:
+        chunk = bytearray(raw[entry.offset : entry.offset + entry.nbytes])
+        value = (
+            torch.frombuffer(chunk, dtype=_TORCH[entry.dtype]).reshape(entry.shape)
+            if chunk
+            else torch.empty(entry.shape, dtype=_TORCH[entry.dtype])
+        )
+        if entry.name == "meta.extra":
+            extra = [int(x) for x in value.tolist()]
+        elif entry.name in current:
+            with torch.no_grad():
+                current[entry.name].copy_(value)
+        else:
+            raise ValueError(f"snapshot tensor {entry.name} has no place in this model/optimizer")
+    return extra
