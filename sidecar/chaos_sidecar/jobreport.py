@@ -143,7 +143,8 @@ def summarize(cfg, injected, sidecar: list[dict], trainer: list[dict], wall_s: f
 
 def timeline_lines(summary: dict[str, Any]) -> list[str]:
     lines = [
-        f"{'step':>5}  {'event':<10} {'node':<10} {'decision':>10} {'agreement':>10} {'transfer':>10}  sources"
+        f"{'step':>5}  {'event':<10} {'node':<10} {'decision':>10} {'agreement':>10} "
+        f"{'transfer':>10}  sources"
     ]
     for e in summary["events"]:
 

@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"chaos-train local: {args.nodes} nodes, {args.steps} steps, {len(churn)} churn events -> {out}")
     for event in churn:
         print(
-            f"  at step {event.at_step:>4}: {event.event} {event.node}{'-' + event.peer if event.peer else ''}"
+            f"  at step {event.at_step:>4}: {event.event} {event.node}"
+            + (f"-{event.peer}" if event.peer else "")
         )
     job = LocalJob(cfg)
     wall = asyncio.run(job.run())
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join("  " + line for line in timeline_lines(summary)))
     print(
         f"\nsummary: {summary['steps']} steps, loss {summary['initial_loss']} -> {summary['final_loss']}, "
-        f"replicas identical: {summary['replicas_identical']} ({summary['replica_comparisons']} comparisons), "
+        f"replicas identical: {summary['replicas_identical']} "
+        f"({summary['replica_comparisons']} comparisons), "
         f"samples lost {summary['samples_lost']} duplicated {summary['samples_duplicated']} "
         f"of {summary['samples_expected']}, idle s {summary['idle_s_per_member']}, {summary['wall_s']} s"
     )

@@ -62,8 +62,10 @@ def solve_for_count(instance: Instance, shards: int) -> dict[str, int]:
     prob += pulp.lpSum(n.values()) == shards
     if instance.download_Bps is not None:
         prob += t >= instance.download_floor_s / unit
-    # zero gaps and a tight integrality tolerance: the reference must be exactly optimal
-    solver = pulp.PULP_CBC_CMD(msg=False, gapRel=0, gapAbs=0, options=["integerTolerance 1e-9"])
+    # the reference must be exactly optimal: zero gaps, a tight integrality tolerance, and a
+    # tiny cutoff increment (CBC otherwise ignores improvements below ~1e-6 of the objective)
+    options = ["integerTolerance 1e-9", "increment 1e-12"]
+    solver = pulp.PULP_CBC_CMD(msg=False, gapRel=0, gapAbs=0, options=options)
     status = prob.solve(solver)
     if pulp.LpStatus[status] != "Optimal":
         raise SolverError(f"CBC returned {pulp.LpStatus[status]} for K={shards}")

@@ -1,0 +1,58 @@
+"""The main job end to end: real sidecar and trainer processes, churn, the summary contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch", reason="the trainer needs the 'train' extra (torch)")
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_local_job_with_join_crash_and_link_events(tmp_path) -> None:
+    churn = tmp_path / "churn.json"
+    churn.write_text(
+        json.dumps(
+            [
+                {"at_step": 30, "event": "join", "node": "n3"},
+                {"at_step": 150, "event": "crash", "node": "n1"},
+                {"at_step": 170, "event": "link_down", "node": "n0", "peer": "n2"},
+                {"at_step": 220, "event": "link_up", "node": "n0", "peer": "n2"},
+            ]
+        )
+    )
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "chaos_sidecar.cli", "local", "--nodes", "3", "--steps", "300",
+         "--churn", str(churn), "--out", str(out)],
+        capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 300
+    assert summary["replicas_identical"] is True and summary["replica_comparisons"] > 5
+    assert summary["samples_lost"] == 0 and summary["samples_duplicated"] == 0
+    assert summary["samples_seen"] == summary["samples_expected"] == 300 * 256
+    assert summary["final_loss"] < summary["initial_loss"] / 2
+    kinds = [e["kind"] for e in summary["events"]]
+    assert kinds == ["join", "crash", "link_down", "link_up"]
+    join = summary["events"][0]
+    assert join["transfer_ms"] > 0 and set(join["sources"]) == {"n0", "n1", "n2"}
+    assert all(e["agreement_ms"] is not None for e in summary["events"])
+    assert (out / "timeline.png").stat().st_size > 10_000
+    assert len((out / "events.jsonl").read_text().splitlines()) == 4
+
+
+def test_bad_churn_file_exits_2(tmp_path) -> None:
+    churn = tmp_path / "churn.json"
+    churn.write_text(json.dumps([{"at_step": 5, "event": "crash", "node": "nobody"}]))
+    result = subprocess.run(
+        [sys.executable, "-m", "chaos_sidecar.cli", "local", "--churn", str(churn),
+         "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "churn[0].node" in result.stderr and "Traceback" not in result.stderr
