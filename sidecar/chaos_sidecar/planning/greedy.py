@@ -25,7 +25,7 @@ import heapq
 import math
 import time
 
-from chaos_sidecar.planning.model import REL_TOL, Instance, Plan, canonical_assignment, makespan
+from chaos_sidecar.planning.model import REL_TOL, Instance, Plan, canonical_plan
 
 
 def _fluid_bound(rates: list[tuple[float, float, int]], shards: int) -> float:
@@ -114,13 +114,4 @@ def solve(instance: Instance) -> Plan:
         elif value <= best[0] * (1 + REL_TOL) and k < best[1]:
             best = (min(value, best[0]), k)  # a tie: fewer shards win
     assert best is not None  # parse_instance guarantees a feasible count
-    makespan_s, shards = best
-    assignment = canonical_assignment(instance, shards, makespan_s)
-    return Plan(
-        makespan_s=makespan(instance, shards, assignment),
-        shards=shards,
-        shard_bytes=instance.shard_bytes(shards),
-        assignment=assignment,
-        solver="greedy",
-        solve_ms=(time.perf_counter() - started) * 1000,
-    )
+    return canonical_plan(instance, best[1], best[0], "greedy", time.perf_counter() - started)

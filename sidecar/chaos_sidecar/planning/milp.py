@@ -26,7 +26,7 @@ import time
 import pulp
 
 from chaos_sidecar.errors import ChaosError
-from chaos_sidecar.planning.model import REL_TOL, Instance, Plan, canonical_assignment, makespan
+from chaos_sidecar.planning.model import REL_TOL, Instance, Plan, canonical_plan, makespan
 
 
 class SolverError(ChaosError):
@@ -80,13 +80,4 @@ def solve(instance: Instance) -> Plan:
         if best is None or value < best[0] * (1 - REL_TOL):
             best = (value, k)
     assert best is not None  # parse_instance guarantees a feasible count
-    makespan_s, shards = best
-    assignment = canonical_assignment(instance, shards, makespan_s)
-    return Plan(
-        makespan_s=makespan(instance, shards, assignment),
-        shards=shards,
-        shard_bytes=instance.shard_bytes(shards),
-        assignment=assignment,
-        solver="milp",
-        solve_ms=(time.perf_counter() - started) * 1000,
-    )
+    return canonical_plan(instance, best[1], best[0], "milp", time.perf_counter() - started)

@@ -121,6 +121,20 @@ def canonical_assignment(instance: Instance, shards: int, deadline: float) -> di
     return assignment
 
 
+def canonical_plan(instance: Instance, shards: int, makespan_s: float, solver: str, seconds: float) -> Plan:
+    """The plan both solvers report for an optimal (shards, makespan): canonical assignment,
+    makespan recomputed from it."""
+    assignment = canonical_assignment(instance, shards, makespan_s)
+    return Plan(
+        makespan_s=makespan(instance, shards, assignment),
+        shards=shards,
+        shard_bytes=instance.shard_bytes(shards),
+        assignment=assignment,
+        solver=solver,
+        solve_ms=seconds * 1000,
+    )
+
+
 # --- parsing ---------------------------------------------------------------------------------
 
 

@@ -1,0 +1,1 @@
+"""Pure operator logic: spec validation, desired objects (``build_*``), status. No I/O."""
