@@ -75,6 +75,8 @@ class LocalCluster:
         seed: bool = False,
         contacts: list[str] | None = None,
         extra: list[str] | None = None,
+        wrap=None,
+        host: str = "127.0.0.1",
     ) -> Node:
         ready = self.workdir / f"{node_id}.ready"
         ready.unlink(missing_ok=True)
@@ -91,7 +93,9 @@ class LocalCluster:
             "--retry-s", str(s.retry_interval),
         ]  # fmt: skip
         cmd += ["--seed"] if seed else ["--peers", peers]
-        cmd += extra or []
+        cmd += ["--host", host, *(extra or [])]
+        if wrap is not None:
+            cmd = wrap(cmd)
         stderr = (self.workdir / f"{node_id}.stderr").open("ab")
         process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
         node = Node(node_id, process, log_path=log)

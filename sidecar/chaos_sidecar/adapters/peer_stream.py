@@ -48,7 +48,10 @@ class _Link:
                     seq = 0
                     while True:
                         seq += 1
-                        await ws.send_bytes(frame_mac(owner.secret, owner.node_id, nonce, seq, raw) + raw)
+                        frame = frame_mac(owner.secret, owner.node_id, nonce, seq, raw) + raw
+                        await ws.send_bytes(frame)
+                        owner.sent_bytes += len(frame)
+                        owner.sent_frames += 1
                         raw = await self.queue.get()
             except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError, RuntimeError):
                 # peer down or unreachable: drop what is queued, wait, try again on demand
@@ -68,6 +71,8 @@ class PeerLinks:
         self.node_id = node_id
         self.reconnect_pause = reconnect_pause
         self._links: dict[str, _Link] = {}
+        self.sent_bytes = 0  # monitoring traffic (membership, heartbeats, topology) this node sent
+        self.sent_frames = 0
 
     def send(self, address: str, raw: bytes) -> None:
         link = self._links.get(address)

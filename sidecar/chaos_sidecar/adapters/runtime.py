@@ -138,4 +138,8 @@ class MembershipRuntime:
             "view": None if s.view is None else s.view.to_json(),
             "topology": {"version": list(s.topology[0]), "down": [list(x) for x in s.topology[1]]},
             "blocked": sorted(self.blocked),
+            "traffic": {
+                "sent_bytes": self.links.sent_bytes if self.links else 0,
+                "sent_frames": self.links.sent_frames if self.links else 0,
+            },
         }

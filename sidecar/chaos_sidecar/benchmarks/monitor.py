@@ -1,0 +1,68 @@
+"""Monitor scenario: a healthy group under CPU load must not suspect anyone.
+
+Starts N sidecars (heartbeat 0.1 s, failure timeout 0.5 s) plus one busy-loop process per core,
+lets them run for ``--duration`` seconds, then counts suspicions ("lost" observations) and view
+changes from the event logs and reports each node's monitoring traffic (bytes per second it
+sent on its peer streams). A healthy run has zero of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from chaos_sidecar.localcluster import LocalCluster
+from chaos_sidecar.membership.machine import Settings
+
+
+async def measure(nodes: int, duration_s: float, workdir: Path) -> dict[str, Any]:
+    burners = []
+    async with LocalCluster(workdir, settings=Settings(0.1, 0.5, 0.05)) as cluster:
+        await cluster.start("n0", seed=True)
+        for i in range(1, nodes):
+            await cluster.start(f"n{i}")
+        members = {f"n{i}" for i in range(nodes)}
+        formed = await cluster.wait_agreed(members, 30)
+        before = await cluster.views()
+        for _ in range(os.cpu_count() or 1):
+            burners.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+        started = time.time()
+        try:
+            await asyncio.sleep(duration_s)  # the measurement window itself, not synchronisation
+        finally:
+            for b in burners:
+                b.kill()
+                b.wait()
+        after = await cluster.views()
+        records = [r for r in cluster.read_logs() if r["t"] >= started]
+    lost = [r for r in records if r["type"] == "observed" and r["change"][0] == "lost"]
+    changes = [r for r in records if r["type"] == "installed"]
+    traffic = {
+        n: round((after[n]["traffic"]["sent_bytes"] - before[n]["traffic"]["sent_bytes"]) / duration_s)
+        for n in sorted(members)
+        if after.get(n) and before.get(n)
+    }
+    final_epochs = {v["view"]["epoch"] for v in after.values() if v}
+    return {
+        "scenario": "monitor",
+        "nodes": nodes,
+        "duration_s": duration_s,
+        "cpu_burners": len(burners),
+        "false_suspicions": len(lost),
+        "view_changes": len(changes),
+        "epoch_unchanged": final_epochs == {formed["view"]["epoch"]},
+        "traffic_Bps_per_node": traffic,
+        "failed": bool(lost or changes),
+    }
+
+
+def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="chaos-monitor-") as tmp:
+        return asyncio.run(measure(args.nodes, args.duration, Path(tmp)))

@@ -1,0 +1,83 @@
+"""Emulated links for tests and benchmarks: network namespaces, veth pairs and tc shaping.
+
+``star(n, rates)`` builds ``n`` namespaces, each joined to the root namespace by a veth pair
+whose namespace end is shaped to ``rates[i]`` bytes/s with a token bucket filter (``tc tbf``).
+A process started with :meth:`Star.wrap` runs inside namespace ``i`` and reaches the root
+namespace at :meth:`Star.root_ip`; the root reaches it at :meth:`Star.ip`. Needs root and
+iproute2; :func:`unavailable` says why not when it cannot run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+
+
+def unavailable() -> str | None:
+    """Why namespaces cannot be built here, or None."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"{tool} (iproute2) is not installed"
+    return None
+
+
+def _run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+@dataclass
+class Star:
+    count: int
+    rates_Bps: list[float | None]
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    subnet: int = 77
+    created: list[str] = field(default_factory=list)
+
+    def name(self, i: int) -> str:
+        return f"chaos{self.tag}n{i}"
+
+    def ip(self, i: int) -> str:
+        return f"10.{self.subnet}.{i}.1"
+
+    def root_ip(self, i: int) -> str:
+        return f"10.{self.subnet}.{i}.2"
+
+    def wrap(self, i: int, cmd: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name(i), *cmd]
+
+    def __enter__(self) -> Star:
+        try:
+            for i in range(self.count):
+                ns, inner, outer = self.name(i), f"c{self.tag}i{i}", f"c{self.tag}o{i}"
+                _run("ip", "netns", "add", ns)
+                self.created.append(ns)
+                _run("ip", "link", "add", inner, "type", "veth", "peer", "name", outer)
+                _run("ip", "link", "set", inner, "netns", ns)
+                _run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{self.ip(i)}/30", "dev", inner)
+                _run("ip", "netns", "exec", ns, "ip", "link", "set", inner, "up")
+                _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+                _run("ip", "addr", "add", f"{self.root_ip(i)}/30", "dev", outer)
+                _run("ip", "link", "set", outer, "up")
+                rate = self.rates_Bps[i]
+                if rate:
+                    # shape what the namespace sends (its uploads) at `rate` bytes/s
+                    bits = int(rate * 8)
+                    burst = max(16 * 1024, int(rate / 250))
+                    _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", inner, "root", "tbf",
+                         "rate", f"{bits}bit", "burst", str(burst), "latency", "100ms")  # fmt: skip
+        except subprocess.CalledProcessError as exc:
+            self.__exit__()
+            raise RuntimeError(
+                f"building namespaces failed: {' '.join(exc.cmd)}: {exc.stderr.strip()}"
+            ) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for ns in self.created:  # deleting a namespace removes its veth pair too
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+        self.created.clear()
