@@ -27,7 +27,7 @@ from chaos_sidecar.monitor.probe import probe_bandwidth
 from chaos_sidecar.transfer.puller import Puller, SourceSpec
 from chaos_sidecar.transfer.snapshot import data_path, file_digest, manifest_path, write_snapshot
 
-BASE_SHARD_BYTES = 256 * 1024
+BASE_SHARD_BYTES = 1024 * 1024
 MIB = 1024 * 1024
 
 
