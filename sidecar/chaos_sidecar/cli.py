@@ -25,7 +25,7 @@ _COMMANDS: dict[str, str] = {
     "local": "chaos_sidecar.commands.local:run",
 }
 
-BENCH_SCENARIOS = ("agreement", "planner", "transfer", "monitor")
+BENCH_SCENARIOS = ("agreement", "planner", "transfer", "monitor", "steptime")
 
 
 def _positive_int(text: str) -> int:
@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--kill-one", action="store_true", help="kill a source mid-transfer (transfer)")
     bench.add_argument("--duration", type=_positive_float, default=60.0, help="seconds to watch (monitor)")
+    bench.add_argument("--steps", type=_positive_int, default=300, help="training steps (steptime)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--out", help="also write the JSON result to this file")
 

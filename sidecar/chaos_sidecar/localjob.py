@@ -38,6 +38,7 @@ class JobConfig:
     samples: int = 16384
     seed: int = 0
     live: bool = True
+    digest_every: int = 10
 
 
 @dataclass
@@ -80,7 +81,7 @@ class LocalJob:
             "--rendezvous-dir", str(self.cfg.out / "rendezvous"),
             "--log", str(self.trainer_log(node)), "--steps", str(self.cfg.steps),
             "--seed", str(self.cfg.seed), "--samples", str(self.cfg.samples),
-            "--global-batch", str(self.cfg.global_batch),
+            "--global-batch", str(self.cfg.global_batch), "--digest-every", str(self.cfg.digest_every),
         ]  # fmt: skip
         if founding:
             cmd.append("--founding")

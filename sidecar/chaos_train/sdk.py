@@ -247,37 +247,46 @@ class ElasticTrainer:
 
     def _train_step(self) -> None:
         batch = self.sampler.batch()
-        mine = ElasticSampler.split(batch, self.rank, self.world)
-        x = self.features[mine]
-        y = self.labels[mine]
-        for p in self.params:
-            p.grad = None
-        loss_sum = self.loss_fn(self.model(x), y) if mine else torch.zeros((), requires_grad=False)
-        if mine:
-            (loss_sum / len(batch)).backward()
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         saw_newer = 1.0 if self.sidecar.latest_epoch > (self.group_epoch or 0) or self.leaving else 0.0
-        flat = torch.cat(
-            [g.reshape(-1) for g in grads] + [torch.tensor([float(loss_sum.detach()), saw_newer])]
-        )
-        dist.all_reduce(flat)
-        offset = 0
-        for p in self.params:
-            n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
-            offset += n
-        self.optimizer.step()
+        loss_sum, regroup = data_parallel_step(
+            self.model, self.params, self.optimizer, self.loss_fn, self.features, self.labels,
+            batch, self.rank, self.world, flag=saw_newer,
+        )  # fmt: skip
         epoch, cursor = self.sampler.state()
         self.sampler.advance()
         self.step += 1
-        loss = float(flat[-2]) / len(batch)
-        record = {"step": self.step, "loss": round(loss, 6), "sampler": [epoch, cursor],
+        record = {"step": self.step, "loss": round(loss_sum / len(batch), 6), "sampler": [epoch, cursor],
                   "epoch": self.group_epoch, "world": self.world}  # fmt: skip
-        if self.step % self.cfg.digest_every == 0:
+        if self.cfg.digest_every and self.step % self.cfg.digest_every == 0:
             record["digest"] = snapshot_state.digest(self.model, self.optimizer)
         self.log("step", **record)
-        if flat[-1] > 0:
+        if regroup > 0:
             self.regroup_needed = True
+
+
+def data_parallel_step(model, params, optimizer, loss_fn, features, labels, batch, rank, world, flag=0.0):
+    """One synchronous data-parallel step on this rank's slice of the global batch.
+
+    The loss is summed and divided by the global batch, so the all-reduced (summed) gradient
+    is the exact average whatever the split. One all-reduce carries gradients, the summed loss
+    and ``flag`` (summed over ranks). Returns (global loss sum, flag sum).
+    """
+    mine = ElasticSampler.split(batch, rank, world)
+    for p in params:
+        p.grad = None
+    loss_sum = loss_fn(model(features[mine]), labels[mine]) if mine else torch.zeros(())
+    if mine:
+        (loss_sum / len(batch)).backward()
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([float(loss_sum.detach()), flag])])
+    dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+    optimizer.step()
+    return float(flat[-2]), float(flat[-1])
 
 
 def env_backend() -> str:
