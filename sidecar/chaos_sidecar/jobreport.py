@@ -93,6 +93,19 @@ def event_rows(injected, sidecar: list[dict], trainer: list[dict]) -> list[dict[
         else:  # link events change the topology, not the group: no regroup expected
             regroups = [r for r in trainer if r["type"] == "regroup" and inj.t <= r["t"] < end]
         transfers = [r for r in regroups if r.get("needers")]
+        transfer_ms = max((r["transfer_ms"] for r in transfers), default=0.0)
+        sources = transfers[0]["sources"] if transfers else []
+        member_pause = {
+            r["node"]: r["pause_ms"] for r in regroups if r["node"] not in (r.get("needers") or [])
+        }
+        if ev.event == "join":  # an overlap join: the bulk moved while the members trained
+            caught = [r for r in trainer if r["type"] == "overlap_caught_up" and r["node"] == ev.node]
+            if caught:
+                transfer_ms += caught[0]["transfer_ms"]
+                sources = sources or caught[0].get("sources", [])
+                for r in trainer:
+                    if r["type"] == "overlap_start" and ev.node in r["joiners"]:
+                        member_pause[r["node"]] = member_pause.get(r["node"], 0.0) + r["pause_ms"]
         rows.append(
             {
                 "kind": ev.event,
@@ -101,9 +114,9 @@ def event_rows(injected, sidecar: list[dict], trainer: list[dict]) -> list[dict[
                 "at_step": inj.step,
                 "decision_ms": None if latency is None else round(latency["decision_ms"], 3),
                 "agreement_ms": None if latency is None else round(latency["agreement_ms"], 3),
-                "transfer_ms": max((r["transfer_ms"] for r in transfers), default=0.0),
-                "sources": transfers[0]["sources"] if transfers else [],
-                "pause_ms": max((r["pause_ms"] for r in regroups), default=0.0),
+                "transfer_ms": round(transfer_ms, 1),
+                "sources": sources,
+                "member_pause_ms": round(max(member_pause.values(), default=0.0), 1),
             }
         )
     return rows
@@ -115,7 +128,9 @@ def summarize(cfg, injected, sidecar: list[dict], trainer: list[dict], wall_s: f
     identical, compared, problems = check_replicas(trainer)
     idle: dict[str, float] = defaultdict(float)
     for r in trainer:
-        if r["type"] == "regroup" and r["node"] not in (r.get("needers") or []):
+        if (r["type"] == "regroup" and r["node"] not in (r.get("needers") or [])) or r[
+            "type"
+        ] == "overlap_start":
             idle[r["node"]] += r["pause_ms"] / 1000
     first_losses = [r["loss"] for r in trainer if r["type"] == "step" and r["step"] <= 5]
     summary = {
@@ -144,7 +159,7 @@ def summarize(cfg, injected, sidecar: list[dict], trainer: list[dict], wall_s: f
 def timeline_lines(summary: dict[str, Any]) -> list[str]:
     lines = [
         f"{'step':>5}  {'event':<10} {'node':<10} {'decision':>10} {'agreement':>10} "
-        f"{'transfer':>10}  sources"
+        f"{'transfer':>10} {'pause':>9}  sources"
     ]
     for e in summary["events"]:
 
@@ -154,7 +169,8 @@ def timeline_lines(summary: dict[str, Any]) -> list[str]:
         node = e["node"] + (f"-{e['peer']}" if e["peer"] else "")
         lines.append(
             f"{e['at_step']:>5}  {e['kind']:<10} {node:<10} {ms(e['decision_ms']):>10} "
-            f"{ms(e['agreement_ms']):>10} {ms(e['transfer_ms']):>10}  {','.join(e['sources']) or '-'}"
+            f"{ms(e['agreement_ms']):>10} {ms(e['transfer_ms']):>10} {ms(e['member_pause_ms']):>9}  "
+            f"{','.join(e['sources']) or '-'}"
         )
     return lines
 

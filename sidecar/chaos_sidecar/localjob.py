@@ -82,6 +82,7 @@ class LocalJob:
             "--log", str(self.trainer_log(node)), "--steps", str(self.cfg.steps),
             "--seed", str(self.cfg.seed), "--samples", str(self.cfg.samples),
             "--global-batch", str(self.cfg.global_batch), "--digest-every", str(self.cfg.digest_every),
+            "--join-mode", self.cfg.join_mode,
         ]  # fmt: skip
         if founding:
             cmd.append("--founding")

@@ -49,6 +49,8 @@ class TrainerConfig:
     backend: str = "gloo"
     digest_every: int = 10
     founding: bool = False  # member of the first view: starts from the seeded initial state
+    join_mode: str = "blocking"  # or "overlap": members keep training while a joiner catches up
+    grad_log: int = 128  # overlap: how many averaged gradients members keep for replay
 
 
 class ElasticTrainer:
@@ -67,6 +69,7 @@ class ElasticTrainer:
         self.members: list[str] = []
         self.regroup_needed = True
         self.leaving = False
+        self.pending: dict[str, Any] | None = None  # overlap: joiners catching up, see _start_overlap
         self.sidecar = SidecarClient(config.sidecar_url)
         self._log = config.log_path.open("a", buffering=1)
         self.params = [p for p in model.parameters()]
@@ -97,6 +100,8 @@ class ElasticTrainer:
         self.sidecar.join()  # a standby sidecar asks for admission only now that we are ready
         self.sidecar.start_watching()
         try:
+            if self.cfg.join_mode == "overlap" and self.step < 0:
+                self._overlap_catch_up()
             while self.step < steps:
                 if self.regroup_needed:
                     self._regroup()
@@ -188,6 +193,7 @@ class ElasticTrainer:
             self.group_epoch, self.rank, self.world, self.members = epoch, rank, len(members), members
             held = [int(s.item()) for s in steps]
             transfer = self._reconcile(held, epoch)
+            self._drop_grad_log()  # any overlap join ends with this regroup
             self.regroup_needed = False
             self.log(
                 "regroup", epoch=epoch, members=members, rank=rank, step=self.step,
@@ -231,45 +237,185 @@ class ElasticTrainer:
                                 step=self.step, extra=[epoch_, cursor], epoch=epoch)  # fmt: skip
         dist.barrier()
         transfer_ms = 0.0
+        replayed = 0
         if self.cfg.node_id in needers:
             started = time.monotonic()
-            result = self.sidecar.pull(name, providers)
-            if "error" in result:
-                raise RuntimeError(f"state transfer failed: {result['error']}")
-            extra = snapshot_state.load(self.cfg.snapshot_dir, name, self.model, self.optimizer)
-            self.step, sampler_epoch, cursor = extra[0], extra[1], extra[2]
-            self.sampler.load(sampler_epoch, cursor)
+            # a joiner that replayed most of the way (overlap) only needs the last gradients
+            if not (
+                self.step >= 0
+                and newest - self.step <= self.cfg.grad_log
+                and self._replay_to(newest, providers)
+            ):
+                self._pull_state(name, providers)
+            else:
+                replayed = newest - held[self.rank]
             transfer_ms = (time.monotonic() - started) * 1000
         dist.barrier()
-        return {"transfer_ms": round(transfer_ms, 1), "sources": providers, "needers": needers}
+        return {
+            "transfer_ms": round(transfer_ms, 1),
+            "sources": providers,
+            "needers": needers,
+            "replayed": replayed,
+        }
+
+    def _pull_state(self, name: str, providers: list[str]) -> None:
+        result = self.sidecar.pull(name, providers)
+        if "error" in result:
+            raise RuntimeError(f"state transfer failed: {result['error']}")
+        extra = snapshot_state.load(self.cfg.snapshot_dir, name, self.model, self.optimizer)
+        self.step, sampler_epoch, cursor = extra[0], extra[1], extra[2]
+        self.sampler.load(sampler_epoch, cursor)
+
+    # --- overlap joins ----------------------------------------------------------------------------
+
+    def _start_overlap(self, view: dict[str, Any]) -> None:
+        """Members: publish snapshot S at this step and keep training; log averaged gradients
+        until the joiners have replayed up to (nearly) the present."""
+        started = time.monotonic()
+        joiners = [m for m in view["members"] if m not in self.members]
+        epoch, cursor = self.sampler.state()
+        snapshot_state.save(self.cfg.snapshot_dir, f"state-s{self.step}", self.model, self.optimizer,
+                            step=self.step, extra=[epoch, cursor], epoch=view["epoch"])  # fmt: skip
+        self.pending = {"epoch": view["epoch"], "joiners": joiners, "from_step": self.step}
+        if self.rank == 0:
+            note = self.cfg.rendezvous_dir / f"overlap-e{view['epoch']}.json"
+            tmp = note.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"snapshot_step": self.step, "sources": self.members}))
+            tmp.replace(note)
+        self.log("overlap_start", step=self.step, joiners=joiners, epoch=view["epoch"],
+                 pause_ms=round((time.monotonic() - started) * 1000, 1))  # fmt: skip
+
+    def _joiners_ready(self) -> bool:
+        assert self.pending is not None
+        for joiner in self.pending["joiners"]:
+            marker = self.cfg.rendezvous_dir / f"caught-up-{joiner}"
+            try:
+                if int(marker.read_text() or -1) < self.step - 2:
+                    return False
+            except (FileNotFoundError, ValueError):
+                return False
+        return True
+
+    def _log_gradient(self) -> None:
+        name = f"grads-s{self.step}"
+        flat = torch.cat([p.grad.reshape(-1) for p in self.params])
+        snapshot_state.save_tensor(self.cfg.snapshot_dir, name, flat, step=self.step)
+        old = self.step - self.cfg.grad_log
+        snapshot_state.remove(self.cfg.snapshot_dir, f"grads-s{old}")
+
+    def _drop_grad_log(self) -> None:
+        if self.pending is not None:
+            for step in range(self.pending["from_step"], self.step + 1):
+                snapshot_state.remove(self.cfg.snapshot_dir, f"grads-s{step}")
+        self.pending = None
+
+    def _apply_logged(self, step: int, sources: list[str]) -> bool:
+        """Replay the averaged gradient of ``step`` (pulled from the members); False if absent."""
+        name = f"grads-s{step}"
+        if "error" in self.sidecar.pull(name, sources):
+            return False
+        flat = snapshot_state.load_tensor(self.cfg.snapshot_dir, name)
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+        self.optimizer.step()
+        self.sampler.advance()
+        self.step = step
+        snapshot_state.remove(self.cfg.snapshot_dir, name)
+        return True
+
+    def _members_regrouping(self) -> bool:
+        epoch = self.sidecar.latest_epoch
+        directory = self.cfg.rendezvous_dir / f"epoch-{epoch}"
+        return directory.is_dir() and any(
+            p.name != f"ready-{self.cfg.node_id}" for p in directory.glob("ready-*")
+        )
+
+    def _replay_to(self, target: int, sources: list[str]) -> bool:
+        while self.step < target:
+            if not self._apply_logged(self.step + 1, sources):
+                return False
+        return True
+
+    def _overlap_catch_up(self) -> None:
+        """Joiner: pull snapshot S while the members train on, replay their gradients, and
+        say when within reach; the final regroup then only replays the last few steps."""
+        view = self._current_member_view()
+        note = self.cfg.rendezvous_dir / f"overlap-e{view['epoch']}.json"
+        deadline = time.monotonic() + 60
+        while not note.exists():
+            if time.monotonic() > deadline:
+                return  # the members chose a blocking regroup: join that way
+            time.sleep(0.01)
+        info = json.loads(note.read_text())
+        started = time.monotonic()
+        self._pull_state(f"state-s{info['snapshot_step']}", info["sources"])
+        pulled = time.monotonic()
+        marker = self.cfg.rendezvous_dir / f"caught-up-{self.cfg.node_id}"
+        # replay what the members log; report progress until they regroup to let us in
+        while True:
+            if self._apply_logged(self.step + 1, info["sources"]):
+                continue
+            marker.write_text(str(self.step))
+            if self._members_regrouping() or time.monotonic() > deadline + 600:
+                break
+            time.sleep(0.005)
+        self.log("overlap_caught_up", step=self.step, snapshot_step=info["snapshot_step"],
+                 sources=info["sources"],
+                 transfer_ms=round((pulled - started) * 1000, 1),
+                 replay_ms=round((time.monotonic() - pulled) * 1000, 1))  # fmt: skip
 
     # --- one step -------------------------------------------------------------------------------
 
     def _train_step(self) -> None:
         batch = self.sampler.batch()
-        saw_newer = 1.0 if self.sidecar.latest_epoch > (self.group_epoch or 0) or self.leaving else 0.0
-        loss_sum, regroup = data_parallel_step(
+        latest = self.sidecar.latest_epoch
+        if self.pending is None:
+            changed = latest > (self.group_epoch or 0) or self.leaving
+            # overlap only if every member sees nothing new or joins alone (summed below)
+            overlap = (
+                self.cfg.join_mode == "overlap" and not self.leaving and (not changed or self._only_joins())
+            )
+            flags = [1.0 if changed else 0.0, 1.0 if overlap else 0.0]
+        else:
+            regroup = self.leaving or latest > self.pending["epoch"] or self._joiners_ready()
+            flags = [1.0 if regroup else 0.0, 0.0]
+        loss_sum, sums = data_parallel_step(
             self.model, self.params, self.optimizer, self.loss_fn, self.features, self.labels,
-            batch, self.rank, self.world, flag=saw_newer,
+            batch, self.rank, self.world, flags=flags,
         )  # fmt: skip
         epoch, cursor = self.sampler.state()
         self.sampler.advance()
         self.step += 1
+        if self.pending is not None:
+            self._log_gradient()
         record = {"step": self.step, "loss": round(loss_sum / len(batch), 6), "sampler": [epoch, cursor],
                   "epoch": self.group_epoch, "world": self.world}  # fmt: skip
         if self.cfg.digest_every and self.step % self.cfg.digest_every == 0:
             record["digest"] = snapshot_state.digest(self.model, self.optimizer)
         self.log("step", **record)
-        if regroup > 0:
-            self.regroup_needed = True
+        if sums[0] > 0:
+            if self.pending is None and sums[1] == self.world:
+                view = self.sidecar.view()["view"]
+                if view["epoch"] <= (self.group_epoch or 0):  # the others saw it first
+                    view = self.sidecar.wait_view(self.group_epoch or 0, timeout=2.0)["view"]
+                self._start_overlap(view)
+            else:
+                self.regroup_needed = True
+
+    def _only_joins(self) -> bool:
+        view = (self.sidecar.view() or {}).get("view") or {}
+        return set(self.members) < set(view.get("members", ()))
 
 
-def data_parallel_step(model, params, optimizer, loss_fn, features, labels, batch, rank, world, flag=0.0):
+def data_parallel_step(model, params, optimizer, loss_fn, features, labels, batch, rank, world, flags=()):
     """One synchronous data-parallel step on this rank's slice of the global batch.
 
     The loss is summed and divided by the global batch, so the all-reduced (summed) gradient
     is the exact average whatever the split. One all-reduce carries gradients, the summed loss
-    and ``flag`` (summed over ranks). Returns (global loss sum, flag sum).
+    and ``flags`` (each summed over ranks). Returns (global loss sum, flag sums).
     """
     mine = ElasticSampler.split(batch, rank, world)
     for p in params:
@@ -278,7 +424,8 @@ def data_parallel_step(model, params, optimizer, loss_fn, features, labels, batc
     if mine:
         (loss_sum / len(batch)).backward()
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([float(loss_sum.detach()), flag])])
+    tail = torch.tensor([float(loss_sum.detach()), *flags])
+    flat = torch.cat([g.reshape(-1) for g in grads] + [tail])
     dist.all_reduce(flat)
     offset = 0
     for p in params:
@@ -286,7 +433,7 @@ def data_parallel_step(model, params, optimizer, loss_fn, features, labels, batc
         p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
     optimizer.step()
-    return float(flat[-2]), float(flat[-1])
+    return float(flat[offset]), [float(x) for x in flat[offset + 1 :]]
 
 
 def env_backend() -> str:

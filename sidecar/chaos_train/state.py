@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from chaos_sidecar.transfer.snapshot import data_path, read_manifest, write_snapshot
+from chaos_sidecar.transfer.snapshot import data_path, manifest_path, read_manifest, write_snapshot
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
            torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32"}  # fmt: skip
@@ -64,3 +64,22 @@ def load(directory: Path, name: str, model, optimizer) -> list[int]:
         else:
             raise ValueError(f"snapshot tensor {entry.name} has no place in this model/optimizer")
     return extra
+
+
+def save_tensor(directory: Path, name: str, tensor: torch.Tensor, *, step: int) -> None:
+    t = tensor.detach().contiguous().cpu()
+    raw = t.view(torch.uint8).numpy().tobytes()
+    write_snapshot(directory, name, [("tensor", _DTYPES[t.dtype], tuple(t.shape), raw)],
+                   epoch=0, step=step, shard_bytes=1024 * 1024)  # fmt: skip
+
+
+def load_tensor(directory: Path, name: str) -> torch.Tensor:
+    manifest = read_manifest(directory, name)
+    (entry,) = manifest.tensors
+    raw = bytearray(data_path(directory, name).read_bytes()[entry.offset : entry.offset + entry.nbytes])
+    return torch.frombuffer(raw, dtype=_TORCH[entry.dtype]).reshape(entry.shape)
+
+
+def remove(directory: Path, name: str) -> None:
+    for path in (data_path(directory, name), manifest_path(directory, name)):
+        path.unlink(missing_ok=True)

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--global-batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--founding", action="store_true")
+    parser.add_argument("--join-mode", choices=("blocking", "overlap"), default="blocking")
     parser.add_argument(
         "--digest-every", type=int, default=10, help="replica digest period in steps (0: off)"
     )
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         backend=env_backend(),
         founding=args.founding,
         digest_every=args.digest_every,
+        join_mode=args.join_mode,
     )
     loss = torch.nn.CrossEntropyLoss(reduction="sum")
     if args.plain:

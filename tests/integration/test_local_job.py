@@ -46,6 +46,25 @@ def test_local_job_with_join_crash_and_link_events(tmp_path) -> None:
     assert len((out / "events.jsonl").read_text().splitlines()) == 4
 
 
+def test_overlap_join_replays_to_identical_replicas(tmp_path) -> None:
+    churn = tmp_path / "churn.json"
+    churn.write_text(json.dumps([{"at_step": 30, "event": "join", "node": "n3"}]))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "chaos_sidecar.cli", "local", "--nodes", "3", "--steps", "250",
+         "--churn", str(churn), "--join-mode", "overlap", "--out", str(out)],
+        capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["replicas_identical"] is True
+    assert summary["samples_lost"] == 0 and summary["samples_duplicated"] == 0
+    logs = "".join(p.read_text() for p in (out / "logs").glob("*.trainer.jsonl"))
+    assert '"overlap_start"' in logs and '"overlap_caught_up"' in logs  # the overlap path ran
+    join = summary["events"][0]
+    assert join["transfer_ms"] > 0 and join["sources"]
+
+
 def test_bad_churn_file_exits_2(tmp_path) -> None:
     churn = tmp_path / "churn.json"
     churn.write_text(json.dumps([{"at_step": 5, "event": "crash", "node": "nobody"}]))

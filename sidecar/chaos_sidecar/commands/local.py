@@ -17,8 +17,6 @@ from chaos_sidecar.localjob import JobConfig, LocalJob
 def run(args: argparse.Namespace) -> int:
     if args.nodes < 3:
         raise InputError("--nodes", "at least 3 nodes (a crash must leave a majority)")
-    if args.join_mode != "blocking":
-        raise InputError("--join-mode", "only 'blocking' is implemented so far (overlap is planned)")
     initial = [f"n{i}" for i in range(args.nodes)]
     churn = load_churn(args.churn, initial, args.steps) if args.churn else default_churn(initial, args.steps)
     out = Path(args.out)
