@@ -1,0 +1,99 @@
+"""A ChaosTrainingJob's spec as a typed object (defaults applied, bounds enforced).
+
+The CRD's schema rejects bad specs at admission; this parser is the operator's own guard (a
+spec edited while the CRD was older, or a missing field in a hand-made object) and raises
+:class:`SpecError` naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SpecError(ValueError):
+    def __init__(self, field_path: str, message: str) -> None:
+        super().__init__(f"spec.{field_path}: {message}")
+        self.field = field_path
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    namespace: str
+    uid: str
+    replicas: int
+    min_replicas: int
+    max_replicas: int
+    template: dict[str, Any]
+    join: str = "blocking"
+    planner: str = "greedy"
+    max_sources: int = 8
+    probe_interval_s: float = 0.1
+    failure_timeout_s: float = 1.0
+    peers: tuple[str, ...] = ()
+    join_secret_name: str | None = None
+    join_secret_key: str = "join-secret"
+    backoff_limit: int = 6
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def desired(self) -> int:
+        """Replicas clamped to the owner's bounds."""
+        return max(self.min_replicas, min(self.max_replicas, self.replicas))
+
+    @property
+    def secret_name(self) -> str:
+        return self.join_secret_name or f"{self.name}-join"
+
+
+def _int(spec: dict, key: str, default: int, low: int = 1, high: int = 1024) -> int:
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SpecError(key, f"expected an integer in {low}..{high}, got {value!r}")
+    return value
+
+
+def parse_job(body: dict[str, Any]) -> JobSpec:
+    meta = body.get("metadata") or {}
+    spec = body.get("spec")
+    if not isinstance(spec, dict):
+        raise SpecError("", "missing")
+    template = spec.get("template")
+    if not isinstance(template, dict) or not (template.get("spec") or {}).get("containers"):
+        raise SpecError("template.spec.containers", "a pod template with at least one container is required")
+    replicas = _int(spec, "replicas", 3)
+    low = _int(spec, "minReplicas", 1)
+    high = _int(spec, "maxReplicas", 64)
+    if not low <= high:
+        raise SpecError("minReplicas", "must not exceed maxReplicas")
+    sharding = spec.get("sharding") or {}
+    monitor = spec.get("monitor") or {}
+    federation = spec.get("federation") or {}
+    secret = federation.get("joinSecretRef") or {}
+    probe = float(monitor.get("probeIntervalSeconds", 0.1))
+    timeout = float(monitor.get("failureTimeoutSeconds", 1.0))
+    if not 0 < probe < timeout:
+        raise SpecError("monitor.probeIntervalSeconds", "must be positive and below failureTimeoutSeconds")
+    join = spec.get("join", "blocking")
+    if join not in ("blocking", "overlap"):
+        raise SpecError("join", f"expected blocking or overlap, got {join!r}")
+    return JobSpec(
+        name=meta["name"],
+        namespace=meta.get("namespace", "default"),
+        uid=meta.get("uid", ""),
+        replicas=replicas,
+        min_replicas=low,
+        max_replicas=high,
+        template=template,
+        join=join,
+        planner=sharding.get("planner", "greedy"),
+        max_sources=int(sharding.get("maxSources", 8)),
+        probe_interval_s=probe,
+        failure_timeout_s=timeout,
+        peers=tuple(federation.get("peers") or ()),
+        join_secret_name=secret.get("name"),
+        join_secret_key=secret.get("key", "join-secret"),
+        backoff_limit=int((spec.get("runPolicy") or {}).get("backoffLimit", 6)),
+        labels=dict(meta.get("labels") or {}),
+    )

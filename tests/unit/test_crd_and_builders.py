@@ -1,0 +1,195 @@
+"""The CRD's schema with a real JSON-schema validator plus its CEL rules, and the pure builders."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import celpy
+import jsonschema
+import pytest
+import yaml
+
+from chaos_operator.domain.builders import (
+    INDEX_LABEL,
+    JOB_LABEL,
+    build_configmap,
+    build_pod,
+    build_pod_role,
+    build_role,
+    build_role_binding,
+    build_service,
+)
+from chaos_operator.domain.spec import SpecError, parse_job
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = yaml.safe_load((ROOT / "crds" / "chaostrainingjobs.yaml").read_text())
+SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def _defaulted(schema: dict[str, Any], value: Any) -> Any:
+    """Structural defaulting, as the API server does before validation."""
+    if isinstance(value, dict) and schema.get("type") == "object":
+        out = dict(value)
+        for key, sub in (schema.get("properties") or {}).items():
+            if key not in out and "default" in sub:
+                out[key] = copy.deepcopy(sub["default"])
+            if key in out:
+                out[key] = _defaulted(sub, out[key])
+        return out
+    if isinstance(value, list) and "items" in schema:
+        return [_defaulted(schema["items"], v) for v in value]
+    return value
+
+
+def _strip_k8s(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _strip_k8s(v) for k, v in schema.items() if not k.startswith("x-kubernetes")}
+    if isinstance(schema, list):
+        return [_strip_k8s(v) for v in schema]
+    return schema
+
+
+def _cel_errors(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
+    errors = []
+    env = celpy.Environment()
+    for rule in schema.get("x-kubernetes-validations", []):
+        program = env.program(env.compile(rule["rule"]))
+        if not program.evaluate({"self": celpy.json_to_cel(value)}):
+            errors.append(f"{path or '.'}: {rule['message']}")
+    if isinstance(value, dict):
+        for key, sub in (schema.get("properties") or {}).items():
+            if key in value:
+                errors += _cel_errors(sub, value[key], f"{path}.{key}")
+    return errors
+
+
+def admit(manifest: dict[str, Any]) -> list[str]:
+    """What the API server would say: schema errors, then CEL rule failures."""
+    obj = _defaulted(SCHEMA, manifest)
+    validator = jsonschema.Draft7Validator(_strip_k8s(SCHEMA))
+    errors = [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(obj)]
+    return errors or _cel_errors(SCHEMA, obj)
+
+
+def test_crd_shape() -> None:
+    assert CRD["spec"]["group"] == "chaostraining.io"
+    assert CRD["spec"]["names"]["shortNames"] == ["ctj"]
+    version = CRD["spec"]["versions"][0]
+    assert version["name"] == "v1alpha1"
+    assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+    assert "status" in version["subresources"]
+    columns = {c["name"] for c in version["additionalPrinterColumns"]}
+    assert {"Phase", "Members", "Epoch", "Step", "Age"} <= columns
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_are_admitted(path: Path) -> None:
+    manifest = yaml.safe_load(path.read_text())
+    assert admit(manifest) == []
+    parse_job(_defaulted(SCHEMA, manifest) | {"metadata": manifest["metadata"]})
+
+
+def _minimal(**spec: Any) -> dict[str, Any]:
+    manifest = yaml.safe_load((ROOT / "examples" / "minimal.yaml").read_text())
+    manifest["spec"].update(spec)
+    return manifest
+
+
+@pytest.mark.parametrize(
+    ("manifest", "expected"),
+    [
+        (_minimal(replicas=10), "minReplicas <= replicas <= maxReplicas"),
+        (_minimal(replicas=1), "minReplicas <= replicas <= maxReplicas"),
+        (_minimal(replicas=0), "replicas"),
+        (_minimal(replicas="3"), "replicas"),
+        (_minimal(join="sometimes"), "join"),
+        (_minimal(sharding={"planner": "magic"}), "planner"),
+        (_minimal(sharding={"minShardBytes": 1 << 24, "maxShardBytes": 1 << 20}), "minShardBytes"),
+        (_minimal(monitor={"probeIntervalSeconds": 5, "failureTimeoutSeconds": 1}), "probeIntervalSeconds"),
+        (_minimal(federation={"peers": ["not a url"]}), "peers"),
+        (_minimal(federation={"joinSecretRef": {}}), "name"),
+        (_minimal(runPolicy={"cleanPodPolicy": "Sometimes"}), "cleanPodPolicy"),
+        (
+            {"apiVersion": "chaostraining.io/v1alpha1", "kind": "ChaosTrainingJob", "spec": {"replicas": 3}},
+            "template",
+        ),
+    ],
+)
+def test_bad_manifests_are_rejected(manifest: dict[str, Any], expected: str) -> None:
+    errors = admit(manifest)
+    assert errors, "should be rejected"
+    assert any(expected in e for e in errors), errors
+
+
+def _job(**spec: Any):
+    body = _defaulted(SCHEMA, _minimal(**spec))
+    body["metadata"] |= {"namespace": "ml", "uid": "u-1"}
+    return parse_job(body)
+
+
+def test_spec_parser_guards_and_clamps() -> None:
+    job = _job(replicas=5, minReplicas=2, maxReplicas=4)  # the CRD would refuse; the operator clamps
+    assert job.desired == 4
+    with pytest.raises(SpecError, match="template"):
+        parse_job({"metadata": {"name": "x"}, "spec": {"template": {}}})
+
+
+def test_service_is_headless_and_publishes_not_ready() -> None:
+    svc = build_service(_job())
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {JOB_LABEL: "mnist-minimal"}
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+
+
+def test_pod_gets_sidecar_volume_env_and_probes() -> None:
+    pod = build_pod(_job(federation={"peers": ["https://a.example:7070"]}), 2)
+    spec = pod["spec"]
+    assert pod["metadata"]["name"] == "mnist-minimal-2"
+    assert pod["metadata"]["labels"][INDEX_LABEL] == "2"
+    names = [c["name"] for c in spec["containers"]]
+    assert names == ["trainer", "chaos-sidecar"]
+    sidecar = spec["containers"][1]
+    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert "--secret-file" in sidecar["args"]
+    assert {"name": "CHAOS_FEDERATION_PEERS", "value": "https://a.example:7070"} in sidecar["env"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["chaos-snapshots"]["emptyDir"] == {"medium": "Memory"}
+    assert volumes["chaos-secret"]["secret"]["secretName"] == "mnist-minimal-join"
+    trainer = spec["containers"][0]
+    assert any(m["name"] == "chaos-snapshots" for m in trainer["volumeMounts"])
+    assert spec["serviceAccountName"] == "mnist-minimal-sidecar"
+
+
+def test_builders_do_not_mutate_the_template() -> None:
+    job = _job()
+    before = copy.deepcopy(job.template)
+    build_pod(job, 0)
+    build_pod(job, 1)
+    assert job.template == before
+
+
+def test_rbac_lets_a_sidecar_read_pods_and_patch_only_its_own() -> None:
+    job = _job()
+    (rule,) = build_role(job)["rules"]
+    assert rule["verbs"] == ["get", "list", "watch"] and rule["resources"] == ["pods"]
+    (own,) = build_pod_role(job, 3)["rules"]
+    assert own == {
+        "apiGroups": [""],
+        "resources": ["pods"],
+        "resourceNames": ["mnist-minimal-3"],
+        "verbs": ["patch"],
+    }
+    binding = build_role_binding(job, "mnist-minimal-3-self")
+    assert binding["subjects"][0]["name"] == "mnist-minimal-sidecar"
+    assert "patch" not in str(build_role(job))
+
+
+def test_configmap_carries_the_job_config() -> None:
+    import json
+
+    data = json.loads(build_configmap(_job(join="overlap"))["data"]["job.json"])
+    assert data["join"] == "overlap" and data["failureTimeoutSeconds"] == 1.0
