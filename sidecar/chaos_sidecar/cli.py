@@ -23,6 +23,7 @@ _COMMANDS: dict[str, str] = {
     "bench": "chaos_sidecar.commands.bench:run",
     "sidecar": "chaos_sidecar.commands.sidecar:run",
     "local": "chaos_sidecar.commands.local:run",
+    "operator": "chaos_sidecar.commands.operator:run",
 }
 
 BENCH_SCENARIOS = ("agreement", "planner", "transfer", "monitor", "steptime")
@@ -128,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--join-mode", choices=("blocking", "overlap"), default="blocking")
     local.add_argument("--out", default="out/local", help="output directory (replaced)")
     local.add_argument("--live", action="store_true", help="live progress even when not on a terminal")
+
+    operator = sub.add_parser(
+        "operator",
+        help="run the Kubernetes operator (Kopf) for ChaosTrainingJob",
+        description="Watch ChaosTrainingJobs and turn them into pods, services and RBAC.",
+    )
+    scope = operator.add_mutually_exclusive_group()
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    scope.add_argument("--namespace", "-n", action="append", default=[], help="namespace(s) to watch")
+    operator.add_argument("--standalone", action="store_true", help="no peering with other operator replicas")
+    operator.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    operator.add_argument("--server", help="API server URL (default: in-cluster, then kubeconfig)")
 
     sidecar = sub.add_parser(
         "sidecar",

@@ -1,0 +1,97 @@
+"""What to do about a job's pods: a pure decision from (spec, observed pods).
+
+The group, not the operator, chooses who leaves on scale-in: the operator only asks for a
+smaller size (status) and deletes pods whose sidecar reported ``released`` in its report
+annotation. Failed pods are replaced.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from chaos_operator.domain.builders import INDEX_LABEL, REPORT_ANNOTATION
+from chaos_operator.domain.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    create: list[int] = field(default_factory=list)  # indices to create
+    delete: list[str] = field(default_factory=list)  # pod names to delete (released or failed)
+    waiting_for_release: int = 0  # scale-in the group has not carried out yet
+    failed: list[str] = field(default_factory=list)
+
+
+def report_of(pod: dict[str, Any]) -> dict[str, Any]:
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(REPORT_ANNOTATION)
+    if not raw:
+        return {}
+    try:
+        report = json.loads(raw)
+    except ValueError:
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def _index(pod: dict[str, Any]) -> int:
+    try:
+        return int(pod["metadata"]["labels"][INDEX_LABEL])
+    except (KeyError, ValueError, TypeError):
+        return -1
+
+
+def plan_pods(job: JobSpec, pods: list[dict[str, Any]]) -> PodPlan:
+    live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    failed = [p["metadata"]["name"] for p in live if (p.get("status") or {}).get("phase") == "Failed"]
+    released = [p["metadata"]["name"] for p in live if report_of(p).get("released")]
+    active = [
+        p for p in live if p["metadata"]["name"] not in failed and p["metadata"]["name"] not in released
+    ]
+    desired = job.desired
+    plan = PodPlan(delete=sorted(set(failed) | set(released)), failed=failed)
+    if len(active) < desired:
+        used = {_index(p) for p in live}
+        index = 0
+        while len(plan.create) < desired - len(active):
+            if index not in used:
+                plan.create.append(index)
+            index += 1
+    elif len(active) > desired:
+        plan = PodPlan(delete=plan.delete, failed=failed, waiting_for_release=len(active) - desired)
+    return plan
+
+
+def build_status(job: JobSpec, pods: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fold the sidecars' reports into the job's status (the newest view wins)."""
+    reports = [report_of(p) for p in pods]
+    views = [r["view"] for r in reports if isinstance(r.get("view"), dict) and "epoch" in r["view"]]
+    view = max(views, key=lambda v: v["epoch"], default=None)
+    ready = sum(
+        1
+        for p in pods
+        if (p.get("status") or {}).get("phase") == "Running"
+        and all(c.get("ready") for c in (p.get("status") or {}).get("containerStatuses") or [{}])
+    )
+    steps = [r["step"] for r in reports if isinstance(r.get("step"), int)]
+    failed = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Failed")
+    active = len(pods) - failed
+    if failed:
+        phase = "Degraded"
+    elif active != job.desired:
+        phase = "Scaling"
+    elif ready == job.desired and job.desired:
+        phase = "Running"
+    else:
+        phase = "Pending"
+    status: dict[str, Any] = {
+        "phase": phase,
+        "replicas": active,
+        "readyReplicas": ready,
+        "selector": f"chaostraining.io/job={job.name}",
+    }
+    if view is not None:
+        status["view"] = {k: view[k] for k in ("epoch", "members", "coordinator") if k in view}
+    if steps:
+        status["step"] = max(steps)
+    return status

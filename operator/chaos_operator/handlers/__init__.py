@@ -1,0 +1,1 @@
+"""Thin Kopf handlers: parse, decide with ``domain``, apply with ``kube``."""

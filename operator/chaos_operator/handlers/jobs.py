@@ -1,0 +1,85 @@
+"""Reconciling a ChaosTrainingJob: shared objects, pods up to the clamped size, status."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import kopf
+
+from chaos_operator import kube
+from chaos_operator.domain.builders import (
+    JOB_LABEL,
+    build_configmap,
+    build_pod,
+    build_pod_role,
+    build_role,
+    build_role_binding,
+    build_service,
+    build_service_account,
+    pod_name,
+)
+from chaos_operator.domain.reconcile import build_status, plan_pods
+from chaos_operator.domain.spec import JobSpec, SpecError, parse_job
+
+
+def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message[:1000],
+        "lastTransitionTime": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+async def _shared_objects(job: JobSpec) -> None:
+    role = build_role(job)
+    for obj in (build_service(job), build_configmap(job), build_service_account(job), role,
+                build_role_binding(job, role["metadata"]["name"])):  # fmt: skip
+        await kube.apply(obj)
+
+
+async def _create_pod(job: JobSpec, index: int) -> None:
+    own = build_pod_role(job, index)
+    await kube.apply(own)
+    await kube.apply(build_role_binding(job, own["metadata"]["name"]))
+    await kube.apply(build_pod(job, index))
+
+
+async def reconcile(
+    body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, pods_by_job: kopf.Index, **_: Any
+) -> None:
+    try:
+        job = parse_job(dict(body))
+    except SpecError as exc:
+        patch.status["phase"] = "Failed"
+        patch.status["conditions"] = [_condition("Valid", False, "InvalidSpec", str(exc))]
+        raise kopf.PermanentError(str(exc)) from None
+    try:
+        await _shared_objects(job)
+        pods = await kube.list_pods(job.namespace, f"{JOB_LABEL}={job.name}")
+        plan = plan_pods(job, pods)
+        for name in plan.delete:
+            logger.info(f"deleting {name} ({'failed' if name in plan.failed else 'released by the group'})")
+            await kube.delete_pod(job.namespace, name)
+        for index in plan.create:
+            logger.info(f"creating {pod_name(job, index)}")
+            await _create_pod(job, index)
+    except kube.Forbidden as exc:
+        kopf.warn(body, reason="Forbidden", message=str(exc))
+        patch.status["conditions"] = [_condition("Reconciled", False, "Forbidden", str(exc))]
+        return  # RBAC must change first; the timer tries again
+    except kube.ApiError as exc:
+        kopf.warn(body, reason="APIError", message=str(exc))
+        patch.status["conditions"] = [_condition("Reconciled", False, "APIError", str(exc))]
+        return
+    # status folds the reports of the pods the index has seen (advisory, may lag a moment)
+    indexed = [dict(p) for p in pods_by_job.get((job.namespace, job.name), [])]
+    indexed = [p for p in indexed if p["metadata"]["name"] not in plan.delete]
+    status = build_status(job, indexed)
+    status["scaleIn"] = {"requested": plan.waiting_for_release}
+    status["conditions"] = [
+        _condition("Reconciled", True, "Reconciled", f"{len(pods)} pods for {job.desired}")
+    ]
+    patch.status.update(status)

@@ -1,0 +1,30 @@
+"""Operator settings: one documented dataclass, applied to Kopf's settings at start-up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import kopf
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    status_interval_s: float = 5.0
+    """How often the timer folds the sidecars' pod reports into the job's status."""
+    retry_delay_s: float = 2.0
+    """Back-off before a handler retries after a retryable API error (5xx, 429)."""
+    replace_backoff_s: float = 5.0
+    """Minimum time between replacing failed pods of one job."""
+    sidecar_image: str = "ghcr.io/chaos-training/sidecar:0.1.0"
+    """Image of the injected sidecar container."""
+
+
+CONFIG = OperatorConfig(status_interval_s=float(os.environ.get("CHAOS_OPERATOR_STATUS_INTERVAL", "5")))
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    settings.persistence.finalizer = "chaostraining.io/operator"
+    settings.posting.level = 20  # INFO and above become Kubernetes Events
+    settings.watching.server_timeout = 60
+    settings.batching.error_delays = [1, 2, 5, 10, 30]
