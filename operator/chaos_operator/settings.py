@@ -18,9 +18,14 @@ class OperatorConfig:
     """Minimum time between replacing failed pods of one job."""
     sidecar_image: str = "ghcr.io/chaos-training/sidecar:0.1.0"
     """Image of the injected sidecar container."""
+    metrics_port: int = 8080
+    """Port of the operator's /metrics (0: off)."""
 
 
-CONFIG = OperatorConfig(status_interval_s=float(os.environ.get("CHAOS_OPERATOR_STATUS_INTERVAL", "5")))
+CONFIG = OperatorConfig(
+    status_interval_s=float(os.environ.get("CHAOS_OPERATOR_STATUS_INTERVAL", "5")),
+    metrics_port=int(os.environ.get("CHAOS_OPERATOR_METRICS_PORT", "8080")),
+)
 
 
 def configure(settings: kopf.OperatorSettings) -> None:

@@ -31,6 +31,8 @@ from chaos_train import state as snapshot_state
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sidecar_client import SidecarClient
 
+REPORT_EVERY = 10  # steps between progress reports to the sidecar (metrics)
+
 
 class LeftGroup(Exception):
     """This member left the group gracefully."""
@@ -70,6 +72,7 @@ class ElasticTrainer:
         self.regroup_needed = True
         self.leaving = False
         self.pending: dict[str, Any] | None = None  # overlap: joiners catching up, see _start_overlap
+        self._just_regrouped = False
         self.sidecar = SidecarClient(config.sidecar_url)
         self._log = config.log_path.open("a", buffering=1)
         self.params = [p for p in model.parameters()]
@@ -200,6 +203,9 @@ class ElasticTrainer:
                 pause_ms=round((time.monotonic() - started) * 1000, 1), **transfer,
             )  # fmt: skip
             self.log("digest", step=self.step, digest=snapshot_state.digest(self.model, self.optimizer))
+            if self.cfg.node_id not in transfer["needers"]:
+                self.sidecar.report(idle_s=time.monotonic() - started)
+            self._just_regrouped = True
             return
 
     def _all_arrived(self, epoch: int, members: list[str]) -> bool:
@@ -396,6 +402,9 @@ class ElasticTrainer:
         if self.cfg.digest_every and self.step % self.cfg.digest_every == 0:
             record["digest"] = snapshot_state.digest(self.model, self.optimizer)
         self.log("step", **record)
+        if self.step % REPORT_EVERY == 0 or self.step == 1 or self._just_regrouped:
+            self.sidecar.report(step=self.step)
+            self._just_regrouped = False
         if sums[0] > 0:
             if self.pending is None and sums[1] == self.world:
                 view = self.sidecar.view()["view"]

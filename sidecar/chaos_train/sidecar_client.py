@@ -3,6 +3,7 @@ thread that long-polls for view changes, so a step boundary only reads a variabl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -37,6 +38,11 @@ class SidecarClient:
 
     def wait_view(self, after: int, timeout: float = 10.0) -> dict[str, Any]:
         return self._call("GET", f"/local/wait-view?after={after}&timeout={timeout}")
+
+    def report(self, **fields: float | int) -> None:
+        """Progress for the sidecar's metrics; best effort (a missing sidecar is not fatal)."""
+        with contextlib.suppress(OSError):
+            self._call("POST", "/local/report", dict(fields), timeout=2.0)
 
     def join(self) -> None:
         self._call("POST", "/local/join")

@@ -7,7 +7,7 @@ from typing import Any
 
 import kopf
 
-from chaos_operator import kube
+from chaos_operator import kube, metrics
 from chaos_operator.domain.builders import (
     JOB_LABEL,
     build_configmap,
@@ -53,6 +53,7 @@ async def reconcile(
     try:
         job = parse_job(dict(body))
     except SpecError as exc:
+        metrics.RECONCILE_ERRORS.labels("InvalidSpec").inc()
         patch.status["phase"] = "Failed"
         patch.status["conditions"] = [_condition("Valid", False, "InvalidSpec", str(exc))]
         raise kopf.PermanentError(str(exc)) from None
@@ -63,14 +64,18 @@ async def reconcile(
         for name in plan.delete:
             logger.info(f"deleting {name} ({'failed' if name in plan.failed else 'released by the group'})")
             await kube.delete_pod(job.namespace, name)
+            metrics.PODS_DELETED.labels("failed" if name in plan.failed else "released").inc()
         for index in plan.create:
             logger.info(f"creating {pod_name(job, index)}")
             await _create_pod(job, index)
+            metrics.PODS_CREATED.inc()
     except kube.Forbidden as exc:
+        metrics.RECONCILE_ERRORS.labels("Forbidden").inc()
         kopf.warn(body, reason="Forbidden", message=str(exc))
         patch.status["conditions"] = [_condition("Reconciled", False, "Forbidden", str(exc))]
         return  # RBAC must change first; the timer tries again
     except kube.ApiError as exc:
+        metrics.RECONCILE_ERRORS.labels("APIError").inc()
         kopf.warn(body, reason="APIError", message=str(exc))
         patch.status["conditions"] = [_condition("Reconciled", False, "APIError", str(exc))]
         return
@@ -83,3 +88,5 @@ async def reconcile(
         _condition("Reconciled", True, "Reconciled", f"{len(pods)} pods for {job.desired}")
     ]
     patch.status.update(status)
+    metrics.RECONCILES.labels("ok").inc()
+    metrics.DESIRED.labels(job.namespace, job.name).set(job.desired)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import generate_latest
 
 from chaos_sidecar.adapters.peer_stream import MAX_FRAME_BYTES, STREAM_PATH, PeerLinks
 from chaos_sidecar.adapters.runtime import EventLog, MembershipRuntime
@@ -18,6 +19,7 @@ from chaos_sidecar.adapters.shard_server import ShardServer
 from chaos_sidecar.config import SidecarConfig
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.membership import machine as sm
+from chaos_sidecar.metrics import SidecarMetrics
 from chaos_sidecar.monitor.estimates import EstimateTable
 from chaos_sidecar.monitor.probe import probe_bandwidth
 from chaos_sidecar.protocol.messages import MAX_MESSAGE_BYTES, View
@@ -28,7 +30,9 @@ from chaos_sidecar.transfer.snapshot import check_name
 CONFIG = web.AppKey("config", SidecarConfig)
 RUNTIME = web.AppKey("runtime", MembershipRuntime)
 VERIFIER = web.AppKey("verifier", Verifier)
+METRICS = web.AppKey("metrics", SidecarMetrics)
 REJECTIONS = web.AppKey("rejections", dict)
+JOIN_REQUESTED = web.AppKey("join_requested", list)  # [monotonic time] once the trainer asked
 ESTIMATES = web.AppKey("estimates", EstimateTable)
 STREAMS = web.AppKey("streams", set)  # open inbound peer streams, closed on shutdown
 
@@ -40,13 +44,47 @@ def _is_local(request: web.Request) -> bool:
         return False
 
 
+def _reject(app: web.Application, reason: str) -> None:
+    rejections = app[REJECTIONS]
+    rejections[reason] = rejections.get(reason, 0) + 1
+    app[METRICS].rejected.labels(reason).inc()
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(request.app[METRICS].registry), content_type="text/plain")
+
+
+async def report_handler(request: web.Request) -> web.Response:
+    """The trainer's progress: ``{"step": int, "idle_s": float}`` (both optional)."""
+    if not _is_local(request):
+        raise web.HTTPForbidden(text="local API")
+    try:
+        payload = await request.json()
+        step = payload.get("step")
+        idle = float(payload.get("idle_s", 0.0))
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+            raise ValueError("step must be a non-negative integer")
+        if not 0 <= idle < 1e6:
+            raise ValueError("idle_s out of range")
+    except (ValueError, TypeError, AttributeError) as exc:
+        return web.json_response({"error": f"bad report: {exc}"}, status=400)
+    metrics = request.app[METRICS]
+    if step is not None:
+        metrics.step.set(step)
+        requested = request.app[JOIN_REQUESTED]
+        if requested:  # the first step after this node asked to join: its scale-out delay
+            metrics.scale_out_delay.observe(time.monotonic() - requested.pop())
+    if idle:
+        metrics.idle.inc(idle)
+    return web.json_response({"ok": True})
+
+
 async def stream_handler(request: web.Request) -> web.StreamResponse:
     """An authenticated inbound peer stream: verify the handshake, then every frame."""
     app = request.app
-    rejections = app[REJECTIONS]
     reason = app[VERIFIER].check("GET", STREAM_PATH, b"", request.headers, time.time_ns())
     if reason is not None:
-        rejections[reason] = rejections.get(reason, 0) + 1
+        _reject(app, reason)
         return web.json_response({"error": reason}, status=401)
     node = request.headers[NODE_HEADER]
     nonce = request.headers[TIMESTAMP_HEADER]
@@ -58,12 +96,12 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     seq = 0
     async for frame in ws:
         if frame.type != aiohttp.WSMsgType.BINARY or len(frame.data) < FRAME_MAC_BYTES:
-            rejections["malformed"] = rejections.get("malformed", 0) + 1
+            _reject(app, "malformed")
             break
         seq += 1
         mac, body = frame.data[:FRAME_MAC_BYTES], frame.data[FRAME_MAC_BYTES:]
         if not hmac.compare_digest(mac, frame_mac(secret, node, nonce, seq, body)):
-            rejections["bad_signature"] = rejections.get("bad_signature", 0) + 1
+            _reject(app, "bad_signature")
             break
         await runtime.receive(body, authenticated_as=node)
     app[STREAMS].discard(ws)
@@ -145,6 +183,16 @@ async def pull_handler(request: web.Request) -> web.Response:
         result = await puller.pull(specs)
     except (TransferError, InputError) as exc:
         return web.json_response({"error": str(exc)}, status=502)
+    metrics = request.app[METRICS]
+    for sid, stats in result.per_source.items():
+        metrics.transfer_bytes.labels(sid).inc(stats.bytes)
+        metrics.transfer_seconds.labels(sid).inc(stats.seconds)
+    metrics.replans.inc(result.replans)
+    for peer, estimate in table.links.items():
+        if estimate.bandwidth_Bps is not None:
+            metrics.bandwidth.labels(peer).set(estimate.bandwidth_Bps)
+        if estimate.rtt_s is not None:
+            metrics.rtt.labels(peer).set(estimate.rtt_s)
     return web.json_response(result.to_json())
 
 
@@ -152,6 +200,8 @@ async def join_handler(request: web.Request) -> web.Response:
     """The trainer is ready: a standby sidecar starts asking for admission (idempotent)."""
     if not _is_local(request):
         raise web.HTTPForbidden(text="local API")
+    if request.app[RUNTIME].state.status == sm.STANDBY:
+        request.app[JOIN_REQUESTED].append(time.monotonic())
     await request.app[RUNTIME].apply(sm.RequestJoin())
     return web.json_response({"status": request.app[RUNTIME].state.status}, status=202)
 
@@ -194,9 +244,11 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     timeout = aiohttp.ClientTimeout(total=max(1.0, app[CONFIG].membership.suspect_timeout))
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=16)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        config = app[CONFIG]
         runtime.links = PeerLinks(
-            session, app[CONFIG].secret, app[CONFIG].node_id, app[CONFIG].membership.retry_interval
-        )
+            session, config.secret, config.node_id, config.membership.retry_interval,
+            on_sent=app[METRICS].monitoring_bytes.inc,
+        )  # fmt: skip
         ticker = asyncio.create_task(runtime.tick_forever(app[CONFIG].membership.retry_interval / 2))
         yield
         ticker.cancel()
@@ -219,14 +271,14 @@ def build_app(config: SidecarConfig, advertise: str) -> web.Application:
     app[ESTIMATES] = EstimateTable()
     app[STREAMS] = set()
     app.on_shutdown.append(_close_streams)
-    rejections = app[REJECTIONS]
+    app[METRICS] = metrics = SidecarMetrics()
+    app[JOIN_REQUESTED] = []
 
     def count(reason: str) -> None:
-        rejections[reason] = rejections.get(reason, 0) + 1
+        _reject(app, reason)
 
-    app[RUNTIME] = MembershipRuntime(
-        state, config.secret, EventLog(config.log_path, config.node_id), on_reject=count
-    )
+    log = EventLog(config.log_path, config.node_id)
+    app[RUNTIME] = MembershipRuntime(state, config.secret, log, metrics, on_reject=count)
     app[VERIFIER] = Verifier(config.secret)
     app.cleanup_ctx.append(_runtime_ctx)
     app.router.add_get(STREAM_PATH, stream_handler)
@@ -246,5 +298,7 @@ def build_app(config: SidecarConfig, advertise: str) -> web.Application:
     app.router.add_post("/local/join", join_handler)
     app.router.add_post("/local/faults", faults_handler)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_post("/local/report", report_handler)
     app.router.add_get("/readyz", readyz)
     return app

@@ -52,6 +52,7 @@ class _Link:
                         await ws.send_bytes(frame)
                         owner.sent_bytes += len(frame)
                         owner.sent_frames += 1
+                        owner.on_sent(len(frame))
                         raw = await self.queue.get()
             except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError, RuntimeError):
                 # peer down or unreachable: drop what is queued, wait, try again on demand
@@ -64,12 +65,18 @@ class PeerLinks:
     """Outbound streams, one per peer address, created on first use."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, secret: bytes, node_id: str, reconnect_pause: float
+        self,
+        session: aiohttp.ClientSession,
+        secret: bytes,
+        node_id: str,
+        reconnect_pause: float,
+        on_sent=None,
     ) -> None:
         self.session = session
         self.secret = secret
         self.node_id = node_id
         self.reconnect_pause = reconnect_pause
+        self.on_sent = on_sent or (lambda n: None)
         self._links: dict[str, _Link] = {}
         self.sent_bytes = 0  # monitoring traffic (membership, heartbeats, topology) this node sent
         self.sent_frames = 0

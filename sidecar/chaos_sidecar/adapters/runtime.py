@@ -18,6 +18,7 @@ from typing import Any
 from chaos_sidecar.adapters.peer_stream import PeerLinks
 from chaos_sidecar.errors import ProtocolError
 from chaos_sidecar.membership import machine as sm
+from chaos_sidecar.metrics import SidecarMetrics
 from chaos_sidecar.protocol.messages import decode, encode
 
 
@@ -44,6 +45,7 @@ class MembershipRuntime:
         state: sm.NodeState,
         secret: bytes,
         log: EventLog,
+        metrics: SidecarMetrics,
         *,
         clock: Callable[[], float] = time.monotonic,
         on_reject: Callable[[str], None] | None = None,
@@ -51,7 +53,9 @@ class MembershipRuntime:
         self.state = state
         self.secret = secret
         self.log = log
+        self.metrics = metrics
         self.clock = clock
+        self._proposed: dict[int, float] = {}  # epoch -> when this node proposed it
         self.blocked: set[str] = set()  # fault injection: peers whose traffic we drop
         self.links: PeerLinks | None = None
         self.changed = asyncio.Condition()
@@ -60,7 +64,10 @@ class MembershipRuntime:
     # --- inputs -----------------------------------------------------------------------------
 
     async def apply(self, event: sm.Event) -> None:
+        started = time.perf_counter()
         self.state, actions = sm.step(self.state, event, self.clock())
+        if any(isinstance(a, sm.Decided) for a in actions):
+            self.metrics.decision_ms.observe((time.perf_counter() - started) * 1000)
         await self._execute(actions)
 
     async def receive(self, raw: bytes, authenticated_as: str) -> str | None:
@@ -97,6 +104,12 @@ class MembershipRuntime:
                     if to not in self.blocked and self.links is not None:
                         self.links.send(address, encode(message))
                 case sm.Installed(view, status):
+                    self.metrics.epoch.set(view.epoch)
+                    self.metrics.members.set(len(view.members))
+                    if view.epoch in self._proposed:
+                        self.metrics.agreement_ms.observe(
+                            (time.monotonic() - self._proposed.pop(view.epoch)) * 1000
+                        )
                     self.log.write(
                         "installed",
                         epoch=view.epoch,
@@ -106,6 +119,9 @@ class MembershipRuntime:
                     )
                     notify = True
                 case sm.Decided(view, changes):
+                    self._proposed[view.epoch] = time.monotonic()
+                    for change in changes:
+                        self.metrics.events.labels(change[0]).inc()
                     self.log.write(
                         "decided",
                         epoch=view.epoch,
@@ -115,6 +131,12 @@ class MembershipRuntime:
                 case sm.Observed(change):
                     self.log.write("observed", change=list(change))
                 case sm.TopologyChanged(version, links):
+                    if (
+                        version[1]
+                        and self.state.view is not None
+                        and self.state.node_id == self.state.view.coordinator
+                    ):
+                        self.metrics.events.labels("topology").inc()
                     self.log.write("topology", version=list(version), down=[list(x) for x in links])
                     notify = True
                 case sm.Rejected(reason):

@@ -1,0 +1,66 @@
+"""Prometheus metrics of one sidecar (prefix ``chaostrain_``), on its own registry.
+
+Latencies are histograms with millisecond buckets; everything is fed by the adapters from
+what the state machine and the puller report, never computed by them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+MS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
+S_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class SidecarMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.events = Counter(
+            "chaostrain_events", "Membership events seen or decided, by kind", ["kind"], registry=r
+        )
+        self.decision_ms = Histogram(
+            "chaostrain_decision_latency_ms",
+            "Time to compute a new view (coordinator)",
+            buckets=MS_BUCKETS,
+            registry=r,
+        )
+        self.agreement_ms = Histogram(
+            "chaostrain_agreement_latency_ms",
+            "Proposal to commit of a view at the proposer",
+            buckets=MS_BUCKETS,
+            registry=r,
+        )
+        self.epoch = Gauge("chaostrain_view_epoch", "Epoch of the committed view", registry=r)
+        self.members = Gauge("chaostrain_members", "Members of the committed view", registry=r)
+        self.step = Gauge("chaostrain_step", "Training step reported by the local trainer", registry=r)
+        self.transfer_bytes = Counter(
+            "chaostrain_transfer_bytes", "Snapshot bytes pulled, by source", ["source"], registry=r
+        )
+        self.transfer_seconds = Counter(
+            "chaostrain_transfer_seconds", "Seconds spent pulling from each source", ["source"], registry=r
+        )
+        self.replans = Counter("chaostrain_replans", "Transfers re-planned after a source failed", registry=r)
+        self.scale_out_delay = Histogram(
+            "chaostrain_scale_out_delay_seconds",
+            "Join requested to the first completed step of this node",
+            buckets=S_BUCKETS,
+            registry=r,
+        )
+        self.idle = Counter("chaostrain_member_idle_seconds", "Seconds the local trainer paused", registry=r)
+        self.bandwidth = Gauge(
+            "chaostrain_link_bandwidth_bytes_per_second", "Estimated link bandwidth", ["peer"], registry=r
+        )
+        self.rtt = Gauge(
+            "chaostrain_link_rtt_seconds", "Estimated link round-trip time", ["peer"], registry=r
+        )
+        self.rejected = Counter(
+            "chaostrain_rejected_messages",
+            "Peer messages or requests refused, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.monitoring_bytes = Counter(
+            "chaostrain_monitoring_sent_bytes",
+            "Bytes sent on peer streams (heartbeats, protocol)",
+            registry=r,
+        )
