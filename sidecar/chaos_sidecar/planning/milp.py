@@ -64,7 +64,7 @@ def solve_for_count(instance: Instance, shards: int) -> dict[str, int]:
         prob += t >= instance.download_floor_s / unit
     # the reference must be exactly optimal: zero gaps, a tight integrality tolerance, and a
     # tiny cutoff increment (CBC otherwise ignores improvements below ~1e-6 of the objective)
-    options = ["integerTolerance 1e-9", "increment 1e-12"]
+    options = ["integerTolerance 1e-9", "increment 1e-12", "primalTolerance 1e-10"]
     solver = pulp.PULP_CBC_CMD(msg=False, gapRel=0, gapAbs=0, options=options)
     status = prob.solve(solver)
     if pulp.LpStatus[status] != "Optimal":
