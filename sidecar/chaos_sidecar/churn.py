@@ -139,7 +139,9 @@ def random_churn(
             members.remove(node)
             out.append({"at_step": at, "event": kind, "node": node})
         elif kind == "link_down":
-            a, b = rng.sample(members, 2)
+            up = [(a, b) for i, a in enumerate(members) for b in members[i + 1 :]
+                  if (a, b) not in down and (b, a) not in down]  # fmt: skip
+            a, b = rng.choice(up)
             down.append((a, b))
             out.append({"at_step": at, "event": "link_down", "node": a, "peer": b})
         else:

@@ -665,7 +665,15 @@ def _compose(
             members.append(m)
             addresses.append(address)
     for joiner, (address, seen) in sorted(s.joins.items()):
-        if _join_is_fresh(s, seen, now) and joiner not in view.members and joiner not in view.departed:
+        # admit only joiners the proposer hears itself: a node cut off from it (say, removed
+        # for reaching only a minority) would otherwise be re-admitted through a neighbour's
+        # forward and removed again, over and over
+        if (
+            _join_is_fresh(s, seen, now)
+            and _hears(s, s.node_id, joiner, now)
+            and joiner not in view.members
+            and joiner not in view.departed
+        ):
             changes.append(("join", joiner))
             members.append(joiner)
             addresses.append(address)
