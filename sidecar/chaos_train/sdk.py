@@ -386,7 +386,10 @@ class ElasticTrainer:
             )
             flags = [1.0 if changed else 0.0, 1.0 if overlap else 0.0]
         else:
-            regroup = self.leaving or latest > self.pending["epoch"] or self._joiners_ready()
+            # the log is bounded: a joiner that cannot replay as fast as we train gets the state
+            # in a blocking regroup once the log is full
+            log_full = self.step - self.pending["from_step"] >= self.cfg.grad_log
+            regroup = self.leaving or latest > self.pending["epoch"] or self._joiners_ready() or log_full
             flags = [1.0 if regroup else 0.0, 0.0]
         loss_sum, sums = data_parallel_step(
             self.model, self.params, self.optimizer, self.loss_fn, self.features, self.labels,
