@@ -130,15 +130,15 @@ class ElasticTrainer:
         with contextlib.suppress(RuntimeError):
             dist.barrier()
 
-    def _await_newer_view(self) -> dict[str, Any]:
-        epoch = self.group_epoch or 0
+    def _await_newer_view(self, epoch: int | None = None) -> None:
+        """Block until the sidecar commits a view newer than ``epoch`` (default: the group's)."""
+        epoch = (self.group_epoch or 0) if epoch is None else epoch
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            snap = self.sidecar.wait_view(epoch, timeout=5.0)
-            view = snap.get("view") or {}
+            view = self.sidecar.wait_view(epoch, timeout=5.0).get("view") or {}
             if view.get("epoch", 0) > epoch:
-                return snap
-        raise RuntimeError("the group's view did not change after a failed collective")
+                return
+        raise RuntimeError(f"the group's view did not move past epoch {epoch}")
 
     # --- regrouping -----------------------------------------------------------------------------
 
@@ -191,7 +191,7 @@ class ElasticTrainer:
                 dist.all_gather(steps, torch.tensor([self.step], dtype=torch.int64))
             except RuntimeError as exc:  # someone died during the rendezvous: the view will change
                 self.log("rendezvous_failed", epoch=epoch, error=str(exc)[:200])
-                self._await_newer_view_from(epoch)
+                self._await_newer_view(epoch)
                 continue
             self.group_epoch, self.rank, self.world, self.members = epoch, rank, len(members), members
             held = [int(s.item()) for s in steps]
@@ -221,13 +221,6 @@ class ElasticTrainer:
                 return False
             time.sleep(0.005)
         return True
-
-    def _await_newer_view_from(self, epoch: int) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            view = self.sidecar.wait_view(epoch, timeout=5.0).get("view") or {}
-            if view.get("epoch", 0) > epoch:
-                return
 
     def _reconcile(self, held: list[int], epoch: int) -> dict[str, Any]:
         """Members behind the newest state pull it from every member that has it."""
