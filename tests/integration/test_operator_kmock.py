@@ -163,3 +163,28 @@ async def test_api_errors_are_survived_and_reported(cluster: Cluster) -> None:
     await cluster.until("Forbidden condition", forbidden)
     service = await cluster.get("/api/v1/namespaces/default/services/mnist-minimal")
     assert service["spec"]["clusterIP"] == "None"
+
+
+async def test_gone_watch_and_failed_pod_replacement(cluster: Cluster) -> None:
+    jobs = kmock.resource("chaostraining.io", "v1alpha1", "chaostrainingjobs")
+    # the first watch stream ends with "410 Gone" (resourceVersion too old), as the API server says it
+    gone = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired",
+            "message": "too old resource version"}  # fmt: skip
+    cluster.emulator[kmock.action.WATCH, jobs][:1] << {"type": "ERROR", "object": gone}
+    job = _job(2)
+    job["spec"]["runPolicy"] = {"backoffLimit": 3}
+    assert await cluster.send("POST", JOBS, job) in (200, 201)
+
+    async def healthy_pods(n: int):
+        pods = await cluster.pods()
+        ok = [p for p in pods if (p.get("status") or {}).get("phase") != "Failed"]
+        return pods if len(pods) == n and len(ok) == n else None
+
+    await cluster.until("2 pods despite the 410 on the watch", lambda: healthy_pods(2))
+    assert await cluster.send("PATCH", f"{PODS}/mnist-minimal-1", {"status": {"phase": "Failed"}}) == 200
+
+    async def replaced():
+        status = (await cluster.get(f"{JOBS}/mnist-minimal")).get("status") or {}
+        return status.get("failures") == 1 and await healthy_pods(2)
+
+    await cluster.until("the failed pod replaced after its backoff", replaced)

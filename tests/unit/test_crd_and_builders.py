@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +194,45 @@ def test_configmap_carries_the_job_config() -> None:
 
     data = json.loads(build_configmap(_job(join="overlap"))["data"]["job.json"])
     assert data["join"] == "overlap" and data["failureTimeoutSeconds"] == 1.0
+
+
+# --- reconcile decisions ---------------------------------------------------------------------
+
+
+def _pod(index: int, phase: str = "Running", released: bool = False) -> dict:
+    from chaos_operator.domain.builders import REPORT_ANNOTATION
+
+    annotations = {REPORT_ANNOTATION: json.dumps({"released": True})} if released else {}
+    return {
+        "metadata": {
+            "name": f"mnist-minimal-{index}",
+            "labels": {INDEX_LABEL: str(index)},
+            "annotations": annotations,
+        },
+        "status": {"phase": phase},
+    }
+
+
+def test_plan_scales_out_to_the_clamped_size_and_in_only_for_released_pods() -> None:
+    from chaos_operator.domain.reconcile import plan_pods
+
+    job = _job(replicas=4, minReplicas=1, maxReplicas=8)
+    assert plan_pods(job, [_pod(0), _pod(2)]).create == [1, 3]
+    smaller = _job(replicas=2, minReplicas=1, maxReplicas=8)
+    plan = plan_pods(smaller, [_pod(i) for i in range(4)])
+    assert plan.delete == [] and plan.waiting_for_release == 2
+    plan = plan_pods(smaller, [_pod(0, released=True), _pod(1), _pod(2), _pod(3, released=True)])
+    assert plan.delete == ["mnist-minimal-0", "mnist-minimal-3"] and plan.create == []
+
+
+def test_failed_pods_are_replaced_with_backoff_until_the_limit() -> None:
+    from chaos_operator.domain.reconcile import backoff_s, plan_pods
+
+    job = _job(replicas=2, minReplicas=1, maxReplicas=8, runPolicy={"backoffLimit": 2})
+    plan = plan_pods(job, [_pod(0), _pod(1, phase="Failed")], now=100.0)
+    assert plan.delete == ["mnist-minimal-1"] and plan.create == [] and plan.retry_after_s == backoff_s(1)
+    later = plan_pods(job, [_pod(0)], failures=1, last_failure_at=100.0, now=100.0 + backoff_s(1))
+    assert later.create == [1]
+    done = plan_pods(job, [_pod(0), _pod(1, phase="Failed")], failures=2, now=200.0)
+    assert done.exhausted and done.create == []
+    assert [backoff_s(n) for n in (1, 2, 3, 10)] == [1.0, 2.0, 4.0, 60.0]

@@ -21,6 +21,18 @@ class PodPlan:
     delete: list[str] = field(default_factory=list)  # pod names to delete (released or failed)
     waiting_for_release: int = 0  # scale-in the group has not carried out yet
     failed: list[str] = field(default_factory=list)
+    failures: int = 0  # failed pods over the job's life, this reconcile's included
+    retry_after_s: float = 0.0  # replacements held back by the backoff
+    exhausted: bool = False  # more failures than runPolicy.backoffLimit: give up
+
+
+BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 60.0
+
+
+def backoff_s(failures: int) -> float:
+    """Delay before replacing pods after the ``failures``-th failure (doubling, capped)."""
+    return 0.0 if failures <= 0 else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 1))
 
 
 def report_of(pod: dict[str, Any]) -> dict[str, Any]:
@@ -41,25 +53,42 @@ def _index(pod: dict[str, Any]) -> int:
         return -1
 
 
-def plan_pods(job: JobSpec, pods: list[dict[str, Any]]) -> PodPlan:
+def plan_pods(
+    job: JobSpec,
+    pods: list[dict[str, Any]],
+    *,
+    failures: int = 0,
+    last_failure_at: float = 0.0,
+    now: float = 0.0,
+) -> PodPlan:
+    """Decide creations and deletions. ``failures``/``last_failure_at`` come from the job's
+    status (failed pods seen before), ``now`` from the caller's clock."""
     live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
     failed = [p["metadata"]["name"] for p in live if (p.get("status") or {}).get("phase") == "Failed"]
     released = [p["metadata"]["name"] for p in live if report_of(p).get("released")]
-    active = [
-        p for p in live if p["metadata"]["name"] not in failed and p["metadata"]["name"] not in released
-    ]
+    gone = set(failed) | set(released)
+    active = [p for p in live if p["metadata"]["name"] not in gone]
+    total_failures = failures + len(failed)
+    if failed:
+        last_failure_at = now
+    delete = sorted(gone)
+    if total_failures > job.backoff_limit:
+        return PodPlan(delete=delete, failed=failed, failures=total_failures, exhausted=True)
     desired = job.desired
-    plan = PodPlan(delete=sorted(set(failed) | set(released)), failed=failed)
-    if len(active) < desired:
-        used = {_index(p) for p in live}
-        index = 0
-        while len(plan.create) < desired - len(active):
-            if index not in used:
-                plan.create.append(index)
-            index += 1
-    elif len(active) > desired:
-        plan = PodPlan(delete=plan.delete, failed=failed, waiting_for_release=len(active) - desired)
-    return plan
+    if len(active) > desired:
+        return PodPlan(delete=delete, failed=failed, failures=total_failures,
+                       waiting_for_release=len(active) - desired)  # fmt: skip
+    wait = last_failure_at + backoff_s(total_failures) - now if total_failures else 0.0
+    if wait > 0:
+        return PodPlan(delete=delete, failed=failed, failures=total_failures, retry_after_s=wait)
+    used = {_index(p) for p in live}
+    create: list[int] = []
+    index = 0
+    while len(create) < desired - len(active):
+        if index not in used:
+            create.append(index)
+        index += 1
+    return PodPlan(create=create, delete=delete, failed=failed, failures=total_failures)
 
 
 def build_status(job: JobSpec, pods: list[dict[str, Any]]) -> dict[str, Any]:

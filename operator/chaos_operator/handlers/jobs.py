@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 from typing import Any
 
 import kopf
@@ -60,7 +61,11 @@ async def reconcile(
     try:
         await _shared_objects(job)
         pods = await kube.list_pods(job.namespace, f"{JOB_LABEL}={job.name}")
-        plan = plan_pods(job, pods)
+        previous = body.get("status") or {}
+        plan = plan_pods(
+            job, pods, failures=int(previous.get("failures") or 0),
+            last_failure_at=float(previous.get("lastFailureAt") or 0.0), now=time.time(),
+        )  # fmt: skip
         for name in plan.delete:
             logger.info(f"deleting {name} ({'failed' if name in plan.failed else 'released by the group'})")
             await kube.delete_pod(job.namespace, name)
@@ -84,6 +89,13 @@ async def reconcile(
     indexed = [p for p in indexed if p["metadata"]["name"] not in plan.delete]
     status = build_status(job, indexed)
     status["scaleIn"] = {"requested": plan.waiting_for_release}
+    status["failures"] = plan.failures
+    if plan.failed:
+        status["lastFailureAt"] = time.time()
+    if plan.exhausted:
+        status["phase"] = "Failed"
+        kopf.warn(body, reason="BackoffLimitExceeded",
+                  message=f"{plan.failures} failed pods > backoffLimit {job.backoff_limit}")  # fmt: skip
     status["conditions"] = [
         _condition("Reconciled", True, "Reconciled", f"{len(pods)} pods for {job.desired}")
     ]
