@@ -29,4 +29,5 @@ def pods_by_job(
 kopf.on.create(*RESOURCE)(jobs.reconcile)
 kopf.on.update(*RESOURCE, field="spec")(jobs.reconcile)
 kopf.on.resume(*RESOURCE)(jobs.reconcile)
+kopf.on.delete(*RESOURCE, optional=True)(jobs.deleted)  # optional: no finalizer blocks deletion
 kopf.timer(*RESOURCE, interval=operator_settings.CONFIG.status_interval_s, idle=1.0)(jobs.reconcile)

@@ -102,3 +102,10 @@ async def reconcile(
     patch.status.update(status)
     metrics.RECONCILES.labels("ok").inc()
     metrics.DESIRED.labels(job.namespace, job.name).set(job.desired)
+
+
+async def deleted(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+    """Nothing to undo by hand: every object carries an owner reference, so the garbage
+    collector removes pods, Service, ConfigMap and RBAC with the job. Count it and say so."""
+    metrics.RECONCILES.labels("deleted").inc()
+    logger.info("job deleted; its objects go with it (owner references)")
