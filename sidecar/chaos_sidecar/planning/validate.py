@@ -31,6 +31,3 @@ def check_plan(instance: Instance, plan: Plan, *, rel_tol: float = 1e-9) -> list
             problems.append(f"makespan_s={plan.makespan_s} but the assignment gives {actual}")
     return problems
 
-
-def recompute_makespan(instance: Instance, shards: int, assignment: dict[str, int]) -> float:
-    return makespan(instance, shards, assignment)
