@@ -34,7 +34,7 @@ from chaos_sidecar.planning import greedy
 from chaos_sidecar.planning.extended import replan
 from chaos_sidecar.planning.model import Instance, Source
 from chaos_sidecar.security import signed_headers
-from chaos_sidecar.transfer.snapshot import Manifest, ShardFile, parse_manifest
+from chaos_sidecar.transfer.snapshot import Manifest, ShardFile, parse_manifest, verify_shard
 
 BODY_MAC_HEADER = "X-Chaos-Body-Mac"
 READ_BUFFER = 4 << 20  # aiohttp pauses reading at this many buffered bytes (default 64 KiB)
@@ -306,7 +306,7 @@ class Puller:
 
     def _verify_and_write(self, index: int, data: bytes) -> bool:
         """Runs on a worker thread: hashing and pwrite release the GIL."""
-        if hashlib.sha256(data).hexdigest() != self._manifest.shards[index]:
+        if not verify_shard(self._manifest, index, data):
             return False
         self._target.write(index, data)
         return True
