@@ -645,6 +645,37 @@ def _desired(s: NodeState, now: float) -> tuple[View | None, tuple[Change, ...]]
     return new, changes
 
 
+def _alive(s: NodeState, x: str, now: float) -> bool:
+    """First-hand sign of life: this node hears ``x``, or ``x``'s own report is fresh."""
+    report = s.reports.get(x)
+    fresh = report is not None and now - report[0] <= s.settings.suspect_timeout
+    return x == s.node_id or _hears(s, s.node_id, x, now) or fresh
+
+
+def _unreachable(s: NodeState, candidates: list[str], now: float) -> set[str]:
+    """Members to remove: repeatedly drop one that, with those hearing it among the remaining
+    candidates, is no majority *of the remaining candidates*.
+
+    Judging everyone against the old view alone can strand a group: with one member dead and
+    one link down in a group of four, the link's two ends reach only two of four, yet the three
+    live members form a perfectly good view of three.
+    """
+    remaining = list(candidates)
+    removed: set[str] = set()
+    while remaining:
+        majority = len(remaining) // 2 + 1
+        support = {x: 1 + sum(1 for m in remaining if m != x and _hears(s, m, x, now)) for x in remaining}
+        short = [x for x in remaining if support[x] < majority]
+        if not short:
+            break
+        # first those with no first-hand sign of life (we do not hear them and their own
+        # reports went stale: others' reports about a dead member lag behind), then the weakest
+        weakest = min(short, key=lambda x: (_alive(s, x, now), support[x], remaining.index(x)))
+        remaining.remove(weakest)
+        removed.add(weakest)
+    return removed
+
+
 def _join_is_fresh(s: NodeState, seen: float, now: float) -> bool:
     """A joiner asks again every retry interval: one silent for two is likely gone."""
     return now - seen <= 2 * s.settings.retry_interval
@@ -654,12 +685,14 @@ def _compose(
     s: NodeState, view: View, now: float, *, removals: bool
 ) -> tuple[View | None, tuple[Change, ...]]:
     changes: list[Change] = []
+    staying = [m for m in view.members if m not in s.leaves]
+    removed = _unreachable(s, staying, now) if removals else set()
     members: list[str] = []
     addresses: list[str] = []
     for m, address in zip(view.members, view.addresses, strict=True):
         if m in s.leaves:
             changes.append(("leave", m))
-        elif removals and _support(s, m, view, now) < view.majority:
+        elif m in removed:
             changes.append(("remove", m))
         else:
             members.append(m)

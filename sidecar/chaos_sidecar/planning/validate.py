@@ -30,4 +30,3 @@ def check_plan(instance: Instance, plan: Plan, *, rel_tol: float = 1e-9) -> list
         if abs(actual - plan.makespan_s) > rel_tol * max(actual, 1e-12):
             problems.append(f"makespan_s={plan.makespan_s} but the assignment gives {actual}")
     return problems
-
