@@ -32,4 +32,4 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.persistence.finalizer = "chaostraining.io/operator"
     settings.posting.level = 20  # INFO and above become Kubernetes Events
     settings.watching.server_timeout = 60
-    settings.batching.error_delays = [1, 2, 5, 10, 30]
+    settings.queueing.error_delays = [1, 2, 5, 10, 30]
