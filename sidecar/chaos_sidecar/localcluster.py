@@ -169,27 +169,23 @@ class LocalCluster:
     ) -> dict[str, Any]:
         """Wait until every live node in ``members`` is a member of one view with exactly ``members``."""
         deadline = time.monotonic() + timeout
-        last: dict[str, Any] = {}
         while True:
             views = await self.views(sorted(members))
-            last = views
-            epochs = {
-                v["view"]["epoch"]
-                for v in views.values()
-                if v and v["status"] == "member" and v["view"] and set(v["view"]["members"]) == members
-            }
-            if len(epochs) == 1 and all(v and v["status"] == "member" for v in views.values()):
-                view = next(iter(views.values()))
-                if all(v["view"]["epoch"] == view["view"]["epoch"] for v in views.values()) and (
-                    check is None or all(check(v) for v in views.values())
-                ):
-                    return view  # type: ignore[return-value]
+            agreed = (
+                all(
+                    v and v["status"] == "member" and v["view"] and set(v["view"]["members"]) == members
+                    for v in views.values()
+                )
+                and len({v["view"]["epoch"] for v in views.values()}) == 1
+            )
+            if agreed and (check is None or all(check(v) for v in views.values())):
+                return next(iter(views.values()))  # type: ignore[return-value]
             if time.monotonic() > deadline:
                 summary = {
                     n: (v["status"], v["view"]["epoch"], v["view"]["members"], v["topology"])
                     if v and v["view"]
                     else v
-                    for n, v in last.items()
+                    for n, v in views.items()
                 }
                 raise ClusterError(f"no agreement on {sorted(members)} within {timeout}s: {summary}")
             await asyncio.sleep(POLL_S)

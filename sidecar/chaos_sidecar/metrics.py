@@ -64,3 +64,12 @@ class SidecarMetrics:
             "Bytes sent on peer streams (heartbeats, protocol)",
             registry=r,
         )
+
+    def rejections(self) -> dict[str, int]:
+        """Rejected messages by reason, read back from the counter (one source of truth)."""
+        return {
+            sample.labels["reason"]: int(sample.value)
+            for family in self.rejected.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }

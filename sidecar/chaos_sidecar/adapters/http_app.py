@@ -31,7 +31,6 @@ CONFIG = web.AppKey("config", SidecarConfig)
 RUNTIME = web.AppKey("runtime", MembershipRuntime)
 VERIFIER = web.AppKey("verifier", Verifier)
 METRICS = web.AppKey("metrics", SidecarMetrics)
-REJECTIONS = web.AppKey("rejections", dict)
 JOIN_REQUESTED = web.AppKey("join_requested", list)  # [monotonic time] once the trainer asked
 ESTIMATES = web.AppKey("estimates", EstimateTable)
 STREAMS = web.AppKey("streams", set)  # open inbound peer streams, closed on shutdown
@@ -45,8 +44,6 @@ def _is_local(request: web.Request) -> bool:
 
 
 def _reject(app: web.Application, reason: str) -> None:
-    rejections = app[REJECTIONS]
-    rejections[reason] = rejections.get(reason, 0) + 1
     app[METRICS].rejected.labels(reason).inc()
 
 
@@ -117,7 +114,9 @@ async def _close_streams(app: web.Application) -> None:
 async def view_handler(request: web.Request) -> web.Response:
     if not _is_local(request):
         raise web.HTTPForbidden(text="local API")
-    return web.json_response(request.app[RUNTIME].snapshot() | {"rejections": request.app[REJECTIONS]})
+    return web.json_response(
+        request.app[RUNTIME].snapshot() | {"rejections": request.app[METRICS].rejections()}
+    )
 
 
 async def wait_view_handler(request: web.Request) -> web.Response:
@@ -267,7 +266,6 @@ def build_app(config: SidecarConfig, advertise: str) -> web.Application:
             state.status = sm.STANDBY
     app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
     app[CONFIG] = config
-    app[REJECTIONS] = {}
     app[ESTIMATES] = EstimateTable()
     app[STREAMS] = set()
     app.on_shutdown.append(_close_streams)
