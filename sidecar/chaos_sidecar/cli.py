@@ -26,7 +26,7 @@ _COMMANDS: dict[str, str] = {
     "operator": "chaos_sidecar.commands.operator:run",
 }
 
-BENCH_SCENARIOS = ("agreement", "planner", "transfer", "monitor", "steptime")
+BENCH_SCENARIOS = ("agreement", "planner", "transfer", "monitor", "steptime", "scale-out")
 
 
 def _number(kind: type, minimum: float, *, strict: bool) -> Callable[[str], float]:
@@ -102,8 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scenario", choices=BENCH_SCENARIOS, required=True)
     bench.add_argument("--nodes", type=_positive_int, default=8, help="processes (agreement)")
     bench.add_argument("--repeats", type=_positive_int, default=30, help="events per kind")
-    bench.add_argument("--sources", type=_positive_int, default=4, help="snapshot sources (transfer)")
-    bench.add_argument("--state-mb", type=_positive_int, default=64, help="snapshot size in MiB (transfer)")
+    bench.add_argument(
+        "--sources", type=_positive_int, default=4, help="snapshot sources (transfer, scale-out)"
+    )
+    bench.add_argument(
+        "--state-mb", type=_positive_int, default=64, help="snapshot size in MiB (transfer, scale-out)"
+    )
+    bench.add_argument(
+        "--links",
+        default="equal",
+        help="equal (every source at --rate-mbps), skewed (40/20/10/10 MB/s) or a scenario JSON file "
+        "{'rates_mbps': [...]} (scale-out)",
+    )
+    bench.add_argument(
+        "--rate-mbps", type=_positive_float, default=1.0, help="per-source rate for --links equal (scale-out)"
+    )
+    bench.add_argument("--methods", help="comma-separated subset of the methods (scale-out; default all)")
     bench.add_argument(
         "--rates-mbps",
         help="per-source upload limits in MB/s (1e6 bytes/s), comma-separated; default unshaped (transfer)",

@@ -39,6 +39,9 @@ class JobConfig:
     seed: int = 0
     live: bool = True
     digest_every: int = 10
+    hidden: int | None = None  # the built-in model's width (state size); None: the worker's default
+    transfer_policy: str = "planned"
+    upload_limits_mbps: dict[str, float] = field(default_factory=dict)  # node -> per-link limit
 
 
 @dataclass
@@ -74,6 +77,8 @@ class LocalJob:
         snapshots = self.cfg.out / "snapshots" / node
         snapshots.mkdir(parents=True, exist_ok=True)
         extra = ["--snapshot-dir", str(snapshots)] + ([] if founding else ["--defer-join"])
+        if node in self.cfg.upload_limits_mbps:
+            extra += ["--upload-limit-mbps", str(self.cfg.upload_limits_mbps[node])]
         sidecar = await self.cluster.start(node, seed=seed, extra=extra)
         cmd = [
             sys.executable, "-m", "chaos_train.worker", "--node-id", node,
@@ -82,8 +87,10 @@ class LocalJob:
             "--log", str(self.trainer_log(node)), "--steps", str(self.cfg.steps),
             "--seed", str(self.cfg.seed), "--samples", str(self.cfg.samples),
             "--global-batch", str(self.cfg.global_batch), "--digest-every", str(self.cfg.digest_every),
-            "--join-mode", self.cfg.join_mode,
+            "--join-mode", self.cfg.join_mode, "--transfer-policy", self.cfg.transfer_policy,
         ]  # fmt: skip
+        if self.cfg.hidden is not None:
+            cmd += ["--hidden", str(self.cfg.hidden)]
         if founding:
             cmd.append("--founding")
         stderr = (self.cfg.out / "logs" / f"{node}.trainer.stderr").open("ab")

@@ -14,11 +14,13 @@ twice.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import json
 import os
 import signal
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,12 @@ from chaos_train.sampler import ElasticSampler
 from chaos_train.sidecar_client import SidecarClient
 
 REPORT_EVERY = 10  # steps between progress reports to the sidecar (metrics)
+# an overlap joiner replays the members' gradients; it only catches up if one replay takes
+# well under one of their steps, otherwise it declines and joins blocking
+REPLAY_SHARE_OF_STEP = 0.5
+
+
+DECLINED = "declined"  # an overlap joiner's catch-up marker when it will join blocking instead
 
 
 class LeftGroup(Exception):
@@ -53,6 +61,7 @@ class TrainerConfig:
     founding: bool = False  # member of the first view: starts from the seeded initial state
     join_mode: str = "blocking"  # or "overlap": members keep training while a joiner catches up
     grad_log: int = 128  # overlap: how many averaged gradients members keep for replay
+    transfer_policy: str = "planned"  # or a benchmark baseline: "equal-split", "single-source"
 
 
 class ElasticTrainer:
@@ -79,15 +88,14 @@ class ElasticTrainer:
         # optimizer state exists from the start so every replica has the same tensor layout
         for p in self.params:
             p.grad = torch.zeros_like(p)
-        optimizer.step() if False else None
-        self._init_optimizer_state()
+        snapshot_state.init_optimizer_state(optimizer)
+        self.grad_bytes = sum(p.numel() * p.element_size() for p in self.params)
+        self.state_bytes = sum(
+            t.numel() * t.element_size() for _, t in snapshot_state.state_tensors(model, optimizer)
+        )
+        self._step_times: collections.deque[float] = collections.deque(maxlen=20)
+        self._last_step_end: float | None = None
         signal.signal(signal.SIGTERM, self._on_sigterm)
-
-    def _init_optimizer_state(self) -> None:
-        for group in self.optimizer.param_groups:
-            if group.get("momentum"):
-                for p in group["params"]:
-                    self.optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
 
     def _on_sigterm(self, signum, frame) -> None:
         self.leaving = True
@@ -100,6 +108,8 @@ class ElasticTrainer:
     # --- the loop -------------------------------------------------------------------------------
 
     def run(self, steps: int) -> None:
+        if not self.cfg.founding:
+            self.log("join_requested")
         self.sidecar.join()  # a standby sidecar asks for admission only now that we are ready
         self.sidecar.start_watching()
         try:
@@ -193,6 +203,7 @@ class ElasticTrainer:
                 self.log("rendezvous_failed", epoch=epoch, error=str(exc)[:200])
                 self._await_newer_view(epoch)
                 continue
+            grouped = time.monotonic()
             self.group_epoch, self.rank, self.world, self.members = epoch, rank, len(members), members
             held = [int(s.item()) for s in steps]
             transfer = self._reconcile(held, epoch)
@@ -200,7 +211,8 @@ class ElasticTrainer:
             self.regroup_needed = False
             self.log(
                 "regroup", epoch=epoch, members=members, rank=rank, step=self.step,
-                pause_ms=round((time.monotonic() - started) * 1000, 1), **transfer,
+                pause_ms=round((time.monotonic() - started) * 1000, 1),
+                group_ms=round((grouped - started) * 1000, 1), **transfer,
             )  # fmt: skip
             self.log("digest", step=self.step, digest=snapshot_state.digest(self.model, self.optimizer))
             if self.cfg.node_id not in transfer["needers"]:
@@ -239,10 +251,12 @@ class ElasticTrainer:
         replayed = 0
         if self.cfg.node_id in needers:
             started = time.monotonic()
-            # a joiner that replayed most of the way (overlap) only needs the last gradients
+            # a joiner that replayed most of the way (overlap) only needs the last gradients,
+            # unless they weigh more than the whole state
             if not (
                 self.step >= 0
                 and newest - self.step <= self.cfg.grad_log
+                and (newest - self.step) * self.grad_bytes <= self.state_bytes
                 and self._replay_to(newest, providers)
             ):
                 self._pull_state(name, providers)
@@ -258,9 +272,13 @@ class ElasticTrainer:
         }
 
     def _pull_state(self, name: str, providers: list[str]) -> None:
-        result = self.sidecar.pull(name, providers)
+        result = self.sidecar.pull(name, providers, self.cfg.transfer_policy)
         if "error" in result:
             raise RuntimeError(f"state transfer failed: {result['error']}")
+        sources = result.get("per_source", [])
+        self.log("pulled", name=name, seconds=result.get("seconds"),
+                 bytes=sum(s["bytes"] for s in sources),
+                 per_source={s["id"]: s["bytes"] for s in sources})  # fmt: skip
         extra = snapshot_state.load(self.cfg.snapshot_dir, name, self.model, self.optimizer)
         self.step, sampler_epoch, cursor = extra[0], extra[1], extra[2]
         self.sampler.load(sampler_epoch, cursor)
@@ -279,7 +297,9 @@ class ElasticTrainer:
         if self.rank == 0:
             note = self.cfg.rendezvous_dir / f"overlap-e{view['epoch']}.json"
             tmp = note.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"snapshot_step": self.step, "sources": self.members}))
+            step_s = statistics.median(self._step_times) if self._step_times else None
+            tmp.write_text(json.dumps({"snapshot_step": self.step, "sources": self.members,
+                                       "step_s": step_s, "grad_bytes": self.grad_bytes}))  # fmt: skip
             tmp.replace(note)
         self.log("overlap_start", step=self.step, joiners=joiners, epoch=view["epoch"],
                  pause_ms=round((time.monotonic() - started) * 1000, 1))  # fmt: skip
@@ -289,7 +309,8 @@ class ElasticTrainer:
         for joiner in self.pending["joiners"]:
             marker = self.cfg.rendezvous_dir / f"caught-up-{joiner}"
             try:
-                if int(marker.read_text() or -1) < self.step - 2:
+                text = marker.read_text()
+                if text != DECLINED and int(text or -1) < self.step - 2:
                     return False
             except (FileNotFoundError, ValueError):
                 return False
@@ -349,10 +370,19 @@ class ElasticTrainer:
                 return  # the members chose a blocking regroup: join that way
             time.sleep(0.01)
         info = json.loads(note.read_text())
+        marker = self.cfg.rendezvous_dir / f"caught-up-{self.cfg.node_id}"
+        links = self.sidecar.links(info["sources"])
+        bandwidth = sum(link.get("bandwidth_Bps") or 0.0 for link in links.values() if isinstance(link, dict))
+        replay_s = info["grad_bytes"] / bandwidth if bandwidth > 0 else float("inf")
+        if info.get("step_s") and replay_s > REPLAY_SHARE_OF_STEP * info["step_s"]:
+            # replaying would fall further behind every step: let the members regroup now
+            marker.write_text(DECLINED)
+            self.log("overlap_declined", replay_s=round(replay_s, 4), step_s=round(info["step_s"], 4),
+                     bandwidth_Bps=round(bandwidth))  # fmt: skip
+            return
         started = time.monotonic()
         self._pull_state(f"state-s{info['snapshot_step']}", info["sources"])
         pulled = time.monotonic()
-        marker = self.cfg.rendezvous_dir / f"caught-up-{self.cfg.node_id}"
         # replay what the members log; report progress until they regroup to let us in
         while True:
             if self._apply_logged(self.step + 1, info["sources"]):
@@ -391,6 +421,10 @@ class ElasticTrainer:
         epoch, cursor = self.sampler.state()
         self.sampler.advance()
         self.step += 1
+        now = time.monotonic()
+        if self._last_step_end is not None and not self._just_regrouped:
+            self._step_times.append(now - self._last_step_end)
+        self._last_step_end = now
         if self.pending is not None:
             self._log_gradient()
         record = {"step": self.step, "loss": round(loss_sum / len(batch), 6), "sampler": [epoch, cursor],

@@ -50,8 +50,13 @@ class SidecarClient:
     def leave(self) -> None:
         self._call("POST", "/local/leave")
 
-    def pull(self, name: str, sources: list[str]) -> dict[str, Any]:
-        return self._call("POST", "/local/pull", {"name": name, "sources": sources}, timeout=600)
+    def pull(self, name: str, sources: list[str], policy: str = "planned") -> dict[str, Any]:
+        body = {"name": name, "sources": sources, "policy": policy}
+        return self._call("POST", "/local/pull", body, timeout=600)
+
+    def links(self, peers: list[str]) -> dict[str, dict[str, float | None]]:
+        """Estimated bandwidth (bytes/s) and RTT of the links from ``peers`` to this node."""
+        return self._call("GET", "/local/links?peers=" + ",".join(peers), timeout=30)
 
     # --- watcher ----------------------------------------------------------------------------
 

@@ -26,6 +26,15 @@ def state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> l
     return out
 
 
+def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Optimizer state exists from the start, so every replica has the same tensor layout
+    (and a snapshot has a place to load into) before the first step."""
+    for group in optimizer.param_groups:
+        if group.get("momentum"):
+            for p in group["params"]:
+                optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+
+
 def digest(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str:
     h = hashlib.sha256()
     for name, tensor in state_tensors(model, optimizer):

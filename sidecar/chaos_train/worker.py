@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from chaos_train import state as snapshot_state
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sdk import ElasticTrainer, TrainerConfig, data_parallel_step, env_backend
 
@@ -32,15 +34,22 @@ def make_data(samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, logits.argmax(dim=1)
 
 
-def make_model(seed: int) -> torch.nn.Module:
+def make_model(seed: int, hidden: int = HIDDEN) -> torch.nn.Module:
     torch.manual_seed(seed)  # every founding member starts bit-identical
     return torch.nn.Sequential(
-        torch.nn.Linear(FEATURES, HIDDEN),
+        torch.nn.Linear(FEATURES, hidden),
         torch.nn.ReLU(),
-        torch.nn.Linear(HIDDEN, HIDDEN),
+        torch.nn.Linear(hidden, hidden),
         torch.nn.ReLU(),
-        torch.nn.Linear(HIDDEN, CLASSES),
+        torch.nn.Linear(hidden, CLASSES),
     )
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,12 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--global-batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--founding", action="store_true")
+    parser.add_argument("--hidden", type=positive_int, default=HIDDEN, help="hidden width (sets state size)")
+    parser.add_argument(
+        "--transfer-policy",
+        choices=("planned", "equal-split", "single-source"),
+        default="planned",
+        help="how a joiner splits its pull over the sources (baselines for the benchmark)",
+    )
     parser.add_argument("--join-mode", choices=("blocking", "overlap"), default="blocking")
     parser.add_argument(
         "--digest-every", type=int, default=10, help="replica digest period in steps (0: off)"
     )
     parser.add_argument("--plain", type=int, metavar="WORLD", help="baseline: a plain loop, no sidecar")
     parser.add_argument("--rank", type=int, default=0, help="rank for --plain")
+    parser.add_argument(
+        "--checkpoint-dir", help="--plain: on SIGUSR1 rank 0 writes a checkpoint here and all stop"
+    )
+    parser.add_argument("--resume", metavar="NAME", help="--plain: start from checkpoint NAME")
     args = parser.parse_args(argv)
     if not args.plain and not (args.sidecar_url and args.snapshot_dir):
         parser.error("--sidecar-url and --snapshot-dir are required (unless --plain)")
@@ -69,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # several trainers share the machine's cores
     os.nice(5)  # the sidecar's heartbeats are latency-critical; the trainer's math is not
     features, labels = make_data(args.samples, args.seed)
-    model = make_model(args.seed)
+    model = make_model(args.seed, args.hidden)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     config = TrainerConfig(
         node_id=args.node_id,
@@ -83,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         founding=args.founding,
         digest_every=args.digest_every,
         join_mode=args.join_mode,
+        transfer_policy=args.transfer_policy,
     )
     loss = torch.nn.CrossEntropyLoss(reduction="sum")
     if args.plain:
@@ -93,23 +114,48 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plain_loop(args, model, optimizer, loss_fn, features, labels) -> None:
-    """The baseline for the SDK's overhead: the same model, data and step, in one fixed
-    torch.distributed group with no sidecar, no elasticity and no per-step logging."""
+    """The baselines: the same model, data and step in one fixed torch.distributed group with
+    no sidecar and no elasticity. With ``--checkpoint-dir`` it is the checkpoint-restart
+    baseline: SIGUSR1 asks for a stop, the request travels in the step's all-reduce so every
+    rank stops after the same step, rank 0 writes a checkpoint and all exit; ``--resume``
+    starts a new group (of any size) from that checkpoint."""
+    stop = []
+    signal.signal(signal.SIGUSR1, lambda signum, frame: stop.append(True))
+    sampler = ElasticSampler(len(features), args.global_batch, args.seed)
+    log = open(args.log, "a", buffering=1)  # noqa: SIM115 - open for the whole loop
+
+    def record(kind: str, **fields) -> None:
+        log.write(json.dumps({"t": time.time(), "node": args.node_id, "type": kind, **fields}) + "\n")
+
+    snapshot_state.init_optimizer_state(optimizer)
+    step = 0
+    if args.resume:
+        extra = snapshot_state.load(Path(args.checkpoint_dir), args.resume, model, optimizer)
+        step = extra[0]
+        sampler.load(extra[1], extra[2])
+        record("loaded", step=step)
     store = dist.FileStore(str(Path(args.rendezvous_dir) / "plain-store"), args.plain)
     dist.init_process_group("gloo", store=store, rank=args.rank, world_size=args.plain)
-    sampler = ElasticSampler(len(features), args.global_batch, args.seed)
+    record("group_ready", step=step)
     params = list(model.parameters())
-    stamps = []
-    for _ in range(args.steps):
-        data_parallel_step(
-            model, params, optimizer, loss_fn, features, labels, sampler.batch(), args.rank, args.plain
-        )
+    while step < args.steps:
+        _, flags = data_parallel_step(
+            model, params, optimizer, loss_fn, features, labels, sampler.batch(), args.rank, args.plain,
+            flags=[1.0 if stop else 0.0],
+        )  # fmt: skip
         sampler.advance()
-        stamps.append(time.time())
+        step += 1
+        record("step", step=step)
+        if flags[0] > 0 and args.checkpoint_dir:
+            if args.rank == 0:
+                epoch, cursor = sampler.state()
+                snapshot_state.save(Path(args.checkpoint_dir), "checkpoint", model, optimizer,
+                                    step=step, extra=[epoch, cursor], epoch=0)  # fmt: skip
+            dist.barrier()
+            record("stopped", step=step)
+            break
     dist.destroy_process_group()
-    with open(args.log, "a") as f:
-        for i, t in enumerate(stamps, 1):
-            f.write(json.dumps({"t": t, "node": args.node_id, "type": "step", "step": i}) + "\n")
+    log.close()
 
 
 if __name__ == "__main__":

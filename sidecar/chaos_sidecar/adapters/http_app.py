@@ -24,7 +24,7 @@ from chaos_sidecar.monitor.estimates import EstimateTable
 from chaos_sidecar.monitor.probe import probe_bandwidth
 from chaos_sidecar.protocol.messages import MAX_MESSAGE_BYTES, View
 from chaos_sidecar.security import FRAME_MAC_BYTES, NODE_HEADER, TIMESTAMP_HEADER, Verifier, frame_mac
-from chaos_sidecar.transfer.puller import Puller, SourceSpec, TransferError
+from chaos_sidecar.transfer.puller import POLICIES, Puller, SourceSpec, TransferError
 from chaos_sidecar.transfer.snapshot import check_name
 
 CONFIG = web.AppKey("config", SidecarConfig)
@@ -34,6 +34,7 @@ METRICS = web.AppKey("metrics", SidecarMetrics)
 JOIN_REQUESTED = web.AppKey("join_requested", list)  # [monotonic time] once the trainer asked
 ESTIMATES = web.AppKey("estimates", EstimateTable)
 STREAMS = web.AppKey("streams", set)  # open inbound peer streams, closed on shutdown
+WARMING = web.AppKey("warming", set)  # link probes started when the trainer asked to join
 
 
 def _is_local(request: web.Request) -> bool:
@@ -150,8 +151,13 @@ async def pull_handler(request: web.Request) -> web.Response:
         payload = await request.json()
         name = check_name(payload["name"])
         ids = [str(x) for x in payload["sources"]]
+        policy = payload.get("policy", "planned")
+        if policy not in POLICIES:
+            raise InputError("policy", f"expected one of {POLICIES}, got {policy!r}")
     except (ValueError, KeyError, TypeError, InputError) as exc:
-        raise web.HTTPBadRequest(text=f"expected {{'name', 'sources'}}: {exc}") from None
+        raise web.HTTPBadRequest(text=f"expected {{'name', 'sources', 'policy'?}}: {exc}") from None
+    if not ids:
+        raise web.HTTPBadRequest(text="sources: expected at least one member")
     runtime = request.app[RUNTIME]
     view = runtime.state.view
     specs = []
@@ -163,15 +169,9 @@ async def pull_handler(request: web.Request) -> web.Response:
     table = request.app[ESTIMATES]
     session = runtime.links.session if runtime.links else None
     assert session is not None
-    unknown = [s for s in specs if s.id not in table.links or table.links[s.id].bandwidth_Bps is None]
-    probes = await asyncio.gather(
-        *(probe_bandwidth(session, s.url, config.secret, config.node_id) for s in unknown),
-        return_exceptions=True,
-    )
-    for spec, probe in zip(unknown, probes, strict=True):
-        if not isinstance(probe, BaseException):
-            table.observe_bandwidth(spec.id, probe[0])
-            table.observe_rtt(spec.id, probe[1])
+    if request.app[WARMING]:  # measured while the group admitted us: wait rather than probe twice
+        await asyncio.wait(request.app[WARMING], timeout=5)
+    await _probe_links(request.app, {s.id: s.url for s in specs})
     for spec in specs:
         spec.bandwidth_Bps = table.bandwidth(spec.id, 1e8)
         rtt = table.links.get(spec.id)
@@ -179,7 +179,7 @@ async def pull_handler(request: web.Request) -> web.Response:
     puller = Puller(session, config.secret, config.node_id, config.snapshot_dir, name,
                     on_throughput=table.observe_bandwidth)  # fmt: skip
     try:
-        result = await puller.pull(specs)
+        result = await puller.pull(specs, policy=policy)
     except (TransferError, InputError) as exc:
         return web.json_response({"error": str(exc)}, status=502)
     metrics = request.app[METRICS]
@@ -195,12 +195,75 @@ async def pull_handler(request: web.Request) -> web.Response:
     return web.json_response(result.to_json())
 
 
+async def _probe_links(app: web.Application, peers: dict[str, str]) -> None:
+    """Measure the links from ``peers`` (id -> URL) that the estimate table does not know."""
+    table, config, runtime = app[ESTIMATES], app[CONFIG], app[RUNTIME]
+    assert runtime.links is not None
+    unknown = {
+        p: url for p, url in peers.items() if p not in table.links or table.links[p].bandwidth_Bps is None
+    }
+    probes = await asyncio.gather(
+        *(
+            probe_bandwidth(runtime.links.session, url, config.secret, config.node_id)
+            for url in unknown.values()
+        ),
+        return_exceptions=True,
+    )
+    for peer, probe in zip(unknown, probes, strict=True):
+        if not isinstance(probe, BaseException):
+            table.observe_bandwidth(peer, probe[0])
+            table.observe_rtt(peer, probe[1])
+
+
+async def links_handler(request: web.Request) -> web.Response:
+    """The estimated links from view members ``?peers=a,b`` to this node (probed if unknown):
+    the trainer weighs an overlap join's gradient replay against its step time with them."""
+    if not _is_local(request):
+        raise web.HTTPForbidden(text="local API")
+    view = request.app[RUNTIME].state.view
+    peers = {}
+    for peer in filter(None, request.query.get("peers", "").split(",")):
+        address = view.address_of(peer) if view else None
+        if address is None:
+            raise web.HTTPBadRequest(text=f"peers: {peer!r} is not in the view")
+        peers[peer] = address
+    if request.app[WARMING]:
+        await asyncio.wait(request.app[WARMING], timeout=5)
+    await _probe_links(request.app, peers)
+    table = request.app[ESTIMATES]
+    estimates = {peer: table.links[peer] for peer in peers if peer in table.links}
+    return web.json_response(
+        {p: {"bandwidth_Bps": e.bandwidth_Bps, "rtt_s": e.rtt_s} for p, e in estimates.items()}
+    )
+
+
+async def _warm_estimates(app: web.Application, deadline_s: float = 30.0) -> None:
+    """A joiner pulls its state right after admission: measure its links to the members while
+    the group admits it and reaches a step boundary, not on the transfer's critical path."""
+    runtime, me = app[RUNTIME], app[CONFIG].node_id
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        view = runtime.state.view
+        if view is not None and me in view.members and len(view.members) > 1:
+            await _probe_links(app, {m: view.address_of(m) for m in view.members if m != me})
+            return
+        await asyncio.sleep(0.02)
+
+
+async def _cancel_background(app: web.Application) -> None:
+    for task in app[WARMING]:
+        task.cancel()
+
+
 async def join_handler(request: web.Request) -> web.Response:
     """The trainer is ready: a standby sidecar starts asking for admission (idempotent)."""
     if not _is_local(request):
         raise web.HTTPForbidden(text="local API")
     if request.app[RUNTIME].state.status == sm.STANDBY:
         request.app[JOIN_REQUESTED].append(time.monotonic())
+        task = asyncio.create_task(_warm_estimates(request.app))
+        request.app[WARMING].add(task)
+        task.add_done_callback(request.app[WARMING].discard)
     await request.app[RUNTIME].apply(sm.RequestJoin())
     return web.json_response({"status": request.app[RUNTIME].state.status}, status=202)
 
@@ -269,6 +332,8 @@ def build_app(config: SidecarConfig, advertise: str) -> web.Application:
     app[ESTIMATES] = EstimateTable()
     app[STREAMS] = set()
     app.on_shutdown.append(_close_streams)
+    app[WARMING] = set()
+    app.on_shutdown.append(_cancel_background)
     app[METRICS] = metrics = SidecarMetrics()
     app[JOIN_REQUESTED] = []
 
@@ -292,6 +357,7 @@ def build_app(config: SidecarConfig, advertise: str) -> web.Application:
     app.router.add_get("/local/view", view_handler)
     app.router.add_get("/local/wait-view", wait_view_handler)
     app.router.add_post("/local/pull", pull_handler)
+    app.router.add_get("/local/links", links_handler)
     app.router.add_post("/local/leave", leave_handler)
     app.router.add_post("/local/join", join_handler)
     app.router.add_post("/local/faults", faults_handler)

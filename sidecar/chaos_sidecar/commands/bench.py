@@ -11,7 +11,7 @@ from chaos_sidecar.cli import print_json
 
 
 def run(args: argparse.Namespace) -> int:
-    module = importlib.import_module(f"chaos_sidecar.benchmarks.{args.scenario}")
+    module = importlib.import_module(f"chaos_sidecar.benchmarks.{args.scenario.replace('-', '_')}")
     result = module.run_from_args(args) if hasattr(module, "run_from_args") else module.run()
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

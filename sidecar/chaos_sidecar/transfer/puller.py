@@ -105,11 +105,26 @@ class _Worker:
     alive: bool = True
 
 
+POLICIES = ("planned", "equal-split", "single-source")
+
+
 def plan_pieces(
-    manifest: Manifest, sources: list[SourceSpec], download_Bps: float | None
+    manifest: Manifest, sources: list[SourceSpec], download_Bps: float | None, policy: str = "planned"
 ) -> tuple[int, dict[str, int]]:
-    """(base shards per piece, pieces per source) from the planner."""
+    """(base shards per piece, pieces per source). ``planned`` asks the shard planner; the two
+    baselines of the benchmark split without it: ``equal-split`` gives every source the same
+    share whatever its bandwidth (Elan), ``single-source`` takes everything from the first
+    source (EDL, Horovod)."""
     base = manifest.shard_count
+    if policy == "single-source":
+        return base, {sources[0].id: 1}
+    if policy == "equal-split":
+        ids = sorted(s.id for s in sources)
+        if base % len(ids) == 0:  # one request per source, like the planner's plans
+            return base // len(ids), dict.fromkeys(ids, 1)
+        return 1, {sid: base // len(ids) + (i < base % len(ids)) for i, sid in enumerate(ids)}
+    if policy != "planned":
+        raise ValueError(f"unknown transfer policy {policy!r}; expected one of {POLICIES}")
     counts = [k for k in (2**i for i in range(base.bit_length())) if base % k == 0] or [1]
     instance = Instance(
         state_bytes=manifest.total_bytes,
@@ -174,12 +189,14 @@ class Puller:
             return parse_manifest(raw)
         raise TransferError(f"no source served a valid manifest: {'; '.join(problems)}")
 
-    async def pull(self, sources: list[SourceSpec], manifest: Manifest | None = None) -> PullResult:
+    async def pull(
+        self, sources: list[SourceSpec], manifest: Manifest | None = None, policy: str = "planned"
+    ) -> PullResult:
         if not sources:
             raise TransferError("no sources")
         started = time.monotonic()
         manifest = manifest or await self.fetch_manifest(sources)
-        per_piece, assignment = plan_pieces(manifest, sources, self.download_Bps)
+        per_piece, assignment = plan_pieces(manifest, sources, self.download_Bps, policy)
         workers = {s.id: _Worker(s) for s in sources}
         next_shard = 0
         for sid in sorted(assignment):

@@ -1,0 +1,347 @@
+"""Scale-out scenario: one node joins a training group; each method of bringing it in is run
+on the same machine, transport and links, one after the other in one run (DESIGN §7).
+
+Every method starts N real nodes training the built-in model, sized so that model plus
+optimizer state is ``--state-mb``; each source's upload to the joiner is rate limited per
+link (the sidecar's token bucket). After a warm-up a joiner asks to join, and the delay is
+measured from its request to its first completed training step in the bigger group.
+
+- ``chaos``: the planned multi-source pull of the SDK's blocking join.
+- ``chaos-overlap``: the same pull while the members keep training (overlap join).
+- ``equal-split``: the blocking join with every source sending an equal share (Elan).
+- ``single-source``: the blocking join with the joiner copying everything from one member
+  (EDL, Horovod).
+- ``checkpoint-restart``: a fixed torch.distributed group (no sidecars) is stopped, rank 0's
+  checkpoint is written to a storage node over its link, every process is restarted at the
+  new size and the joiner reads the checkpoint from storage over its link (Pollux,
+  Autoscaling, torchrun). Real process restarts, imports and loads included.
+
+``limit_s = S / sum of source rates`` is the physical floor of moving the state to the
+joiner; ``ratio_to_limit = delay_s / limit_s``. Each result carries a breakdown of where the
+delay went, read from the processes' own logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from chaos_sidecar.errors import InputError
+from chaos_sidecar.localcluster import LocalCluster
+from chaos_sidecar.localjob import JobConfig, LocalJob
+from chaos_sidecar.transfer.puller import Puller, SourceSpec
+
+METHODS = ("chaos", "chaos-overlap", "equal-split", "single-source", "checkpoint-restart")
+LINK_PRESETS = {"equal": None, "skewed": [40.0, 20.0, 10.0, 10.0]}
+POLICY = {"chaos": "planned", "chaos-overlap": "planned", "equal-split": "equal-split",
+          "single-source": "single-source"}  # fmt: skip
+WARMUP_STEPS = 3
+FEATURES, CLASSES = 64, 10  # the built-in model's input and output widths (chaos_train.worker)
+BIG_STEPS = 10**6  # trainers run until the harness stops them
+DEADLINE_S = 900.0
+
+
+def hidden_for(state_mb: float) -> int:
+    """Width of the built-in MLP whose parameters plus SGD momentum take ``state_mb`` MiB."""
+    params = state_mb * 1024 * 1024 / 8  # float32, twice (weights and momentum)
+    # h^2 + (FEATURES + CLASSES + 2) h + CLASSES = params
+    b = FEATURES + CLASSES + 2
+    return max(8, int((-b + math.sqrt(b * b + 4 * (params - CLASSES))) / 2))
+
+
+def state_bytes(hidden: int) -> int:
+    params = FEATURES * hidden + hidden + hidden * hidden + hidden + hidden * CLASSES + CLASSES
+    return 8 * params
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def first(records: list[dict[str, Any]], kind: str, after: float = 0.0) -> dict[str, Any] | None:
+    return next((r for r in records if r["type"] == kind and r["t"] >= after), None)
+
+
+async def until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+# --- the elastic methods ---------------------------------------------------------------------------
+
+
+async def run_elastic(method: str, rates: list[float], hidden: int, workdir: Path) -> dict[str, Any]:
+    names = [f"n{i}" for i in range(len(rates))]
+    config = JobConfig(
+        nodes=len(rates), steps=BIG_STEPS, churn=[], out=workdir / method, live=False, digest_every=0,
+        join_mode="overlap" if method == "chaos-overlap" else "blocking", hidden=hidden,
+        transfer_policy=POLICY[method], upload_limits_mbps=dict(zip(names, rates, strict=True)),
+    )  # fmt: skip
+    job = LocalJob(config)
+    try:
+        async with job.cluster:
+            await job.start_node(names[0], seed=True, founding=True)
+            for node in names[1:]:
+                await job.start_node(node, founding=True)
+            await job.cluster.wait_agreed(set(names), 60)
+
+            def warm() -> bool:
+                job.poll_logs()
+                failed = [n for n, p in job.trainers.items() if p.poll() is not None]
+                if failed:
+                    raise RuntimeError(f"trainer(s) {failed} exited; see {config.out}/logs")
+                return all(job.progress.get(n, {}).get("step", 0) >= WARMUP_STEPS for n in names)
+
+            await until(warm, 300, "the members to warm up")
+            await job.start_node("joiner")
+            joiner_log = job.trainer_log("joiner")
+
+            def joined() -> bool:
+                if job.trainers["joiner"].poll() is not None:
+                    raise RuntimeError(f"the joiner exited; see {config.out}/logs")
+                return first(read_log(joiner_log), "step") is not None
+
+            await until(joined, DEADLINE_S, "the joiner's first step")
+    finally:
+        for process in job.trainers.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    joiner = read_log(joiner_log)
+    requested = first(joiner, "join_requested")
+    step = first(joiner, "step")
+    regroup = first(joiner, "regroup")
+    pulled = first(joiner, "pulled")
+    assert requested and step and regroup and pulled, "joiner log incomplete"
+    idle = []
+    for node in names:
+        records = read_log(job.trainer_log(node))
+        pauses = [
+            r for r in records if r["type"] in ("regroup", "overlap_start") and r["t"] >= requested["t"]
+        ]
+        idle.append(sum(r["pause_ms"] for r in pauses) / 1000)
+    regroup_started = regroup["t"] - regroup["pause_ms"] / 1000
+    return {
+        "delay_s": step["t"] - requested["t"],
+        "idle_s": sum(idle) / len(idle),
+        "bytes": pulled["bytes"],
+        "breakdown_s": {
+            "agree_and_reach_step_boundary": regroup_started - requested["t"],
+            "transfer": pulled["seconds"],
+            "process_group": regroup["group_ms"] / 1000,
+            "snapshot_save_load_barriers": (regroup["pause_ms"] - regroup["group_ms"]) / 1000
+            - pulled["seconds"],
+            "first_step": step["t"] - regroup["t"],
+        },
+        "bytes_per_source": pulled["per_source"],
+    }
+
+
+# --- checkpoint-restart ------------------------------------------------------------------------------
+
+
+def start_plain(
+    node: str, rank: int, world: int, hidden: int, workdir: Path, rendezvous: Path, resume: bool
+) -> subprocess.Popen:
+    directory = workdir / "checkpoints" / node
+    directory.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "chaos_train.worker", "--node-id", node, "--plain", str(world),
+        "--rank", str(rank), "--rendezvous-dir", str(rendezvous), "--log", str(workdir / f"{node}.jsonl"),
+        "--steps", str(BIG_STEPS), "--hidden", str(hidden), "--checkpoint-dir", str(directory),
+    ]  # fmt: skip
+    if resume:
+        cmd += ["--resume", "checkpoint"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(workdir / f"{node}.stderr").open("ab"))
+
+
+def serving(directory: Path, rate_mbps: float) -> list[str]:
+    return ["--snapshot-dir", str(directory), "--upload-limit-mbps", str(rate_mbps)]
+
+
+async def run_checkpoint_restart(rates: list[float], hidden: int, workdir: Path) -> dict[str, Any]:
+    workdir = workdir / "checkpoint-restart"
+    names = [f"n{i}" for i in range(len(rates))]
+    first_dir, second_dir = workdir / "rendezvous-1", workdir / "rendezvous-2"
+    first_dir.mkdir(parents=True)
+    second_dir.mkdir()
+    processes = [
+        start_plain(n, r, len(names), hidden, workdir, first_dir, False) for r, n in enumerate(names)
+    ]
+    async with LocalCluster(workdir / "links") as links:
+        try:
+            await until(
+                lambda: sum(r["type"] == "step" for r in read_log(workdir / "n0.jsonl")) >= WARMUP_STEPS,
+                300,
+                "the members to warm up",
+            )
+            # the links: rank 0's upload to storage, and storage's upload to the joiner
+            (workdir / "storage").mkdir()
+            writer = await links.start(
+                "n0", seed=True, extra=serving(workdir / "checkpoints" / "n0", rates[0])
+            )
+            storage = await links.start("storage", seed=True, extra=serving(workdir / "storage", max(rates)))
+            requested = time.time()
+            for p in processes:
+                p.send_signal(signal.SIGUSR1)
+            for p in processes:
+                await asyncio.to_thread(p.wait, 120)
+            stopped = time.time()
+            async with aiohttp.ClientSession() as session:
+                # storage stands for a remote object store: it receives over n0's link ...
+                write = Puller(session, links.secret, "storage", workdir / "storage", "checkpoint")
+                await write.pull([SourceSpec("n0", writer.url, 1.0)], policy="single-source")
+                written = time.time()
+                # ... and the joiner reads over storage's link; members read their local copy
+                joiner_dir = workdir / "checkpoints" / "joiner"
+                joiner_dir.mkdir(parents=True)
+                read = Puller(session, links.secret, "joiner", joiner_dir, "checkpoint")
+                result = await read.pull([SourceSpec("storage", storage.url, 1.0)], policy="single-source")
+                read_done = time.time()
+            for node in names[1:]:
+                shutil.copytree(
+                    workdir / "checkpoints" / "n0", workdir / "checkpoints" / node, dirs_exist_ok=True
+                )
+            world = [*names, "joiner"]
+            processes = [
+                start_plain(n, r, len(world), hidden, workdir, second_dir, True) for r, n in enumerate(world)
+            ]
+            joiner_log = workdir / "joiner.jsonl"
+
+            def joined() -> bool:
+                if any(p.poll() not in (None, 0) for p in processes):
+                    raise RuntimeError(f"a restarted worker failed; see {workdir}")
+                return first(read_log(joiner_log), "step") is not None
+
+            await until(joined, DEADLINE_S, "the joiner's first step")
+        finally:
+            for p in processes:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    joiner = read_log(joiner_log)
+    step = first(joiner, "step")
+    loaded = first(joiner, "loaded")
+    ready = first(joiner, "group_ready")
+    assert step and loaded and ready
+    delay = step["t"] - requested
+    total = result.manifest.total_bytes
+    return {
+        "delay_s": delay,
+        "idle_s": delay,  # every member is down from the stop to the first step at the new size
+        "bytes": 2 * total,
+        "breakdown_s": {
+            "stop_and_save": stopped - requested,
+            "write_to_storage": written - stopped,
+            "read_from_storage": read_done - written,
+            "restart_and_load": loaded["t"] - read_done,
+            "rendezvous": ready["t"] - loaded["t"],
+            "first_step": step["t"] - ready["t"],
+        },
+    }
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def parse_links(links: str, sources: int, rate_mbps: float) -> list[float]:
+    """``equal`` (every source at ``rate_mbps``), ``skewed`` (40/20/10/10 MB/s) or a scenario
+    file: JSON ``{"rates_mbps": [...]}`` with one positive rate per source."""
+    if links == "equal":
+        return [rate_mbps] * sources
+    if links in LINK_PRESETS:
+        return list(LINK_PRESETS[links])  # type: ignore[arg-type]
+    path = Path(links)
+    try:
+        rates = json.loads(path.read_text())["rates_mbps"]
+    except FileNotFoundError:
+        raise InputError(
+            "--links", f"expected equal, skewed or a scenario file; {links!r} does not exist"
+        ) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError("--links", f"{links}: expected JSON {{'rates_mbps': [...]}}: {exc}") from None
+    if (
+        not isinstance(rates, list)
+        or not rates
+        or not all(isinstance(r, int | float) and not isinstance(r, bool) and r > 0 for r in rates)
+    ):
+        raise InputError("--links", f"{links}: rates_mbps must be a non-empty list of positive numbers")
+    return [float(r) for r in rates]
+
+
+async def measure(
+    methods: list[str], rates: list[float], state_mb: float, workdir: Path, log
+) -> dict[str, Any]:
+    hidden = hidden_for(state_mb)
+    size = state_bytes(hidden)
+    limit = size / (sum(rates) * 1e6)
+    results: dict[str, Any] = {}
+    for method in methods:
+        log(f"scale-out: {method} ...")
+        if method == "checkpoint-restart":
+            result = await run_checkpoint_restart(rates, hidden, workdir)
+        else:
+            result = await run_elastic(method, rates, hidden, workdir)
+        result["ratio_to_limit"] = result["delay_s"] / limit
+        results[method] = _rounded(result)
+        log(f"scale-out: {method} delay {result['delay_s']:.2f} s ({result['ratio_to_limit']:.2f} x limit)")
+    out: dict[str, Any] = {
+        "scenario": "scale-out",
+        "sources": len(rates),
+        "rates_MBps": rates,
+        "state_bytes": size,
+        "hidden": hidden,
+        "limit_s": round(limit, 4),
+        "methods": results,
+    }
+    chaos = results.get("chaos", {}).get("delay_s")
+    for baseline in ("single-source", "checkpoint-restart", "equal-split"):
+        if chaos and baseline in results and (baseline != "equal-split" or len(set(rates)) > 1):
+            out[f"speedup_vs_{baseline.replace('-', '_')}"] = round(results[baseline]["delay_s"] / chaos, 3)
+    return out
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
+def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    rates = parse_links(args.links, args.sources, args.rate_mbps)
+    methods = args.methods.split(",") if args.methods else list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError("--methods", f"unknown method(s) {unknown}; expected some of {list(METHODS)}")
+    shm = Path("/dev/shm")  # the snapshot volume is memory-backed in the pod (emptyDir: Memory)
+    parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="chaos-scaleout-", dir=parent) as tmp:
+        return asyncio.run(
+            measure(
+                methods,
+                rates,
+                args.state_mb,
+                Path(tmp),
+                lambda line: print(line, file=sys.stderr, flush=True),
+            )
+        )
