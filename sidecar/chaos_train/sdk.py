@@ -37,6 +37,7 @@ REPORT_EVERY = 10  # steps between progress reports to the sidecar (metrics)
 # an overlap joiner replays the members' gradients; it only catches up if one replay takes
 # well under one of their steps, otherwise it declines and joins blocking
 REPLAY_SHARE_OF_STEP = 0.5
+TRANSFER_DEADLINE_S = 3600.0  # a joiner's state transfer; the view changing ends the wait sooner
 
 
 DECLINED = "declined"  # an overlap joiner's catch-up marker when it will join blocking instead
@@ -190,7 +191,7 @@ class ElasticTrainer:
             if not self._all_arrived(epoch, members):
                 continue  # the view moved on while we waited: go for the newer one
             try:
-                store = dist.FileStore(
+                store = self._store = dist.FileStore(
                     str(self.cfg.rendezvous_dir / f"epoch-{epoch}" / "store"), len(members)
                 )
                 dist.init_process_group(
@@ -206,7 +207,12 @@ class ElasticTrainer:
             grouped = time.monotonic()
             self.group_epoch, self.rank, self.world, self.members = epoch, rank, len(members), members
             held = [int(s.item()) for s in steps]
-            transfer = self._reconcile(held, epoch)
+            try:
+                transfer = self._reconcile(held, epoch)
+            except RuntimeError as exc:  # a member died while the state moved
+                self.log("reconcile_failed", epoch=epoch, error=str(exc)[:200])
+                self._await_newer_view(epoch)
+                continue
             self._drop_grad_log()  # any overlap join ends with this regroup
             self.regroup_needed = False
             self.log(
@@ -263,13 +269,25 @@ class ElasticTrainer:
             else:
                 replayed = newest - held[self.rank]
             transfer_ms = (time.monotonic() - started) * 1000
-        dist.barrier()
+            self._store.set(f"transferred-{self.cfg.node_id}", "1")
+        self._await_transfers(needers, epoch)
         return {
             "transfer_ms": round(transfer_ms, 1),
             "sources": providers,
             "needers": needers,
             "replayed": replayed,
         }
+
+    def _await_transfers(self, needers: list[str], epoch: int) -> None:
+        """Wait until every member that was behind holds the state. On a slow link that takes
+        longer than any collective timeout, so this polls the epoch's store instead, and gives
+        up when the group's view moves past ``epoch`` (a member died meanwhile)."""
+        keys = [f"transferred-{n}" for n in needers]
+        deadline = time.monotonic() + TRANSFER_DEADLINE_S
+        while not self._store.check(keys):
+            if self.sidecar.latest_epoch > epoch or time.monotonic() > deadline:
+                raise RuntimeError(f"the state transfer to {needers} did not finish in epoch {epoch}")
+            time.sleep(0.005)
 
     def _pull_state(self, name: str, providers: list[str]) -> None:
         result = self.sidecar.pull(name, providers, self.cfg.transfer_policy)
