@@ -12,7 +12,10 @@ import yaml
 
 from chaos_sidecar.errors import InputError
 
-KINDS = ("join", "leave", "crash", "link_down", "link_up")
+KINDS = ("join", "leave", "crash", "link_down", "link_up", "crash_trainer", "crash_sidecar", "slow_link")
+REMOVALS = ("leave", "crash", "crash_trainer", "crash_sidecar")  # the node is gone afterwards
+DEMO_KINDS = ("join", "leave", "crash", "link_down", "link_up")
+CHAOS_KINDS = KINDS
 
 
 @dataclass(frozen=True)
@@ -21,11 +24,14 @@ class ChurnEvent:
     event: str
     node: str
     peer: str | None = None
+    rate_mbps: float | None = None  # slow_link: the node's new upload limit (None: unlimited)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"at_step": self.at_step, "event": self.event, "node": self.node}
         if self.peer is not None:
             out["peer"] = self.peer
+        if self.event == "slow_link":
+            out["rate_mbps"] = self.rate_mbps
         return out
 
 
@@ -40,7 +46,7 @@ def parse_churn(data: Any, initial: list[str], steps: int, min_size: int = 3) ->
         where = f"churn[{i}]"
         if not isinstance(raw, dict):
             raise InputError(where, "expected an object")
-        unknown = set(raw) - {"at_step", "event", "node", "peer"}
+        unknown = set(raw) - {"at_step", "event", "node", "peer", "rate_mbps"}
         if unknown:
             raise InputError(f"{where}.{sorted(unknown)[0]}", "unknown field")
         at = raw.get("at_step")
@@ -61,17 +67,27 @@ def parse_churn(data: Any, initial: list[str], steps: int, min_size: int = 3) ->
                 raise InputError(f"{where}.peer", "link events need two different current members")
         elif peer is not None:
             raise InputError(f"{where}.peer", f"{kind} takes no peer")
+        rate = raw.get("rate_mbps")
+        if kind == "slow_link":
+            if node not in members:
+                raise InputError(f"{where}.node", f"{node} is not a member at that point")
+            if rate is not None and (
+                isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0
+            ):
+                raise InputError(f"{where}.rate_mbps", f"expected a positive number or null, got {rate!r}")
+        elif "rate_mbps" in raw:
+            raise InputError(f"{where}.rate_mbps", f"{kind} takes no rate_mbps")
         if kind == "join":
             if node in members:
                 raise InputError(f"{where}.node", f"{node} is already a member")
             members.append(node)
-        elif kind in ("leave", "crash"):
+        elif kind in REMOVALS:
             if node not in members:
                 raise InputError(f"{where}.node", f"{node} is not a member at that point")
             if len(members) - 1 < min_size:
                 raise InputError(where, f"would leave fewer than {min_size} members")
             members.remove(node)
-        events.append(ChurnEvent(at, kind, node, peer))
+        events.append(ChurnEvent(at, kind, node, peer, None if rate is None else float(rate)))
     return events
 
 
@@ -110,9 +126,15 @@ def default_churn(initial: list[str], steps: int) -> list[ChurnEvent]:
 
 
 def random_churn(
-    seed: int, initial: list[str], steps: int, events: int = 5, min_size: int = 3
+    seed: int,
+    initial: list[str],
+    steps: int,
+    events: int = 5,
+    min_size: int = 3,
+    kinds: tuple[str, ...] = DEMO_KINDS,
 ) -> list[ChurnEvent]:
-    """Seeded churn that never takes the group below ``min_size`` (crashes need a majority)."""
+    """Seeded churn of ``kinds`` that never takes the group below ``min_size`` (crashes need a
+    majority). ``CHAOS_KINDS`` adds trainer-only and sidecar-only crashes and slow links."""
     rng = random.Random(seed)
     members = list(initial)
     counter = len(initial)
@@ -120,21 +142,24 @@ def random_churn(
     out = []
     at_steps = sorted(rng.sample(range(max(2, steps // 10), max(3, steps * 9 // 10)), events))
     for at in at_steps:
-        choices = ["join", "link_down"]
+        choices = ["join", "link_down", "slow_link"]
         if len(members) > min_size:
-            choices += ["leave", "crash"]
+            choices += list(REMOVALS)
         if down:
             choices.append("link_up")
-        kind = rng.choice(choices)
+        kind = rng.choice([k for k in choices if k in kinds])
         removable = [m for m in members[1:] if all(m not in link for link in down)]  # keep the founder
-        if kind in ("leave", "crash") and not removable:
+        if kind in REMOVALS and not removable:
             kind = "join"
         if kind == "join":
             node = f"n{counter}"
             counter += 1
             members.append(node)
             out.append({"at_step": at, "event": "join", "node": node})
-        elif kind in ("leave", "crash"):
+        elif kind == "slow_link":
+            rate = rng.choice([2.0, 5.0, 20.0, None])
+            out.append({"at_step": at, "event": kind, "node": rng.choice(members), "rate_mbps": rate})
+        elif kind in REMOVALS:
             node = rng.choice(removable)
             members.remove(node)
             out.append({"at_step": at, "event": kind, "node": node})

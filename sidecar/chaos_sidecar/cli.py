@@ -26,7 +26,7 @@ _COMMANDS: dict[str, str] = {
     "operator": "chaos_sidecar.commands.operator:run",
 }
 
-BENCH_SCENARIOS = ("agreement", "planner", "transfer", "monitor", "steptime", "scale-out")
+BENCH_SCENARIOS = ("agreement", "planner", "transfer", "monitor", "steptime", "scale-out", "chaos")
 
 
 def _number(kind: type, minimum: float, *, strict: bool) -> Callable[[str], float]:
@@ -54,6 +54,7 @@ def _number(kind: type, minimum: float, *, strict: bool) -> Callable[[str], floa
 _positive_int = _number(int, 0, strict=True)
 _non_negative_int = _number(int, 0, strict=False)
 _positive_float = _number(float, 0, strict=True)
+_non_negative_float = _number(float, 0, strict=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--kill-one", action="store_true", help="kill a source mid-transfer (transfer)")
     bench.add_argument("--duration", type=_positive_float, default=60.0, help="seconds to watch (monitor)")
     bench.add_argument("--steps", type=_positive_int, default=300, help="training steps (steptime)")
+    bench.add_argument("--rounds", type=_positive_int, default=10, help="rounds of random faults (chaos)")
+    bench.add_argument("--seed", type=_non_negative_int, default=1, help="seed of the first round (chaos)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--out", help="also write the JSON result to this file")
 
@@ -177,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     sidecar.add_argument("--retry-s", type=_positive_float, default=0.1)
     sidecar.add_argument("--fault-injection", action="store_true", help="enable /local/faults (tests)")
     sidecar.add_argument("--snapshot-dir", help="serve snapshots from this directory")
+    sidecar.add_argument(
+        "--trainer-lease-s",
+        type=_non_negative_float,
+        default=3.0,
+        help="leave the group when the trainer that used the local API is silent this long (0: never)",
+    )
     sidecar.add_argument(
         "--upload-limit-mbps", type=_positive_float, help="per-destination upload limit, MB/s (1e6 bytes/s)"
     )

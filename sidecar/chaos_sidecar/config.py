@@ -40,6 +40,9 @@ class SidecarConfig:
     """Where snapshots are served from (the pod's shared-memory volume)."""
     upload_limit_Bps: float | None = None
     """Per-destination upload rate limit (token bucket): the portable link emulation."""
+    trainer_lease_s: float | None = 3.0
+    """Once a trainer has used the local API, a silence this long with no request open means
+    it died: the sidecar leaves the group for it, so the survivors regroup. None: never."""
 
 
 def parse_contacts(text: str) -> tuple[tuple[str, str], ...]:

@@ -155,6 +155,13 @@ class LocalCluster:
             async with self.session.post(self.nodes[x].url + "/local/faults", json={key: [y]}) as response:
                 response.raise_for_status()
 
+    async def set_upload_limit(self, node: str, rate_mbps: float | None) -> None:
+        """Slow down (or restore, with None) every link out of ``node``."""
+        assert self.session is not None
+        url = self.nodes[node].url + "/local/faults"
+        async with self.session.post(url, json={"upload_limit_mbps": rate_mbps}) as response:
+            response.raise_for_status()
+
     # --- waiting ----------------------------------------------------------------------------
 
     async def _until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:

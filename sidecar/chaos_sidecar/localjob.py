@@ -105,6 +105,17 @@ class LocalJob:
         self.cluster.kill(node)
         self.gone.add(node)
 
+    def crash_trainer(self, node: str) -> None:
+        """Only the trainer dies; its sidecar notices the silence and leaves for it."""
+        self.trainers[node].send_signal(signal.SIGKILL)
+        self.trainers[node].wait()
+        self.gone.add(node)
+
+    def crash_sidecar(self, node: str) -> None:
+        """Only the sidecar dies; the group removes the node and its trainer stops."""
+        self.cluster.kill(node)
+        self.gone.add(node)
+
     def leave(self, node: str) -> None:
         self.trainers[node].send_signal(signal.SIGTERM)  # the trainer leaves through its sidecar
         self.gone.add(node)
@@ -203,6 +214,13 @@ class LocalJob:
                 self.leave(event.node)
             case "crash":
                 self.crash(event.node)
+            case "crash_trainer":
+                self.crash_trainer(event.node)
+            case "crash_sidecar":
+                self.crash_sidecar(event.node)
+            case "slow_link":
+                if event.node not in self.gone:
+                    await self.cluster.set_upload_limit(event.node, event.rate_mbps)
             case "link_down":
                 await self.cluster.block(event.node, event.peer)  # type: ignore[arg-type]
             case "link_up":

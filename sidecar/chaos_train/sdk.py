@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from chaos_train import state as snapshot_state
 from chaos_train.sampler import ElasticSampler
-from chaos_train.sidecar_client import SidecarClient
+from chaos_train.sidecar_client import SidecarClient, SidecarLost
 
 REPORT_EVERY = 10  # steps between progress reports to the sidecar (metrics)
 # an overlap joiner replays the members' gradients; it only catches up if one replay takes
@@ -109,6 +109,7 @@ class ElasticTrainer:
     # --- the loop -------------------------------------------------------------------------------
 
     def run(self, steps: int) -> None:
+        self.log("start", pid=os.getpid())
         if not self.cfg.founding:
             self.log("join_requested")
         self.sidecar.join()  # a standby sidecar asks for admission only now that we are ready
@@ -131,6 +132,9 @@ class ElasticTrainer:
             self._finish()
         except LeftGroup:
             self.log("left", step=self.step)
+        except SidecarLost as exc:  # the node is gone from the group; the pod restarts it
+            self.log("sidecar_lost", step=self.step, error=str(exc))
+            raise
         finally:
             self.sidecar.stop()
             if dist.is_initialized():

@@ -12,6 +12,10 @@ import urllib.request
 from typing import Any
 
 
+class SidecarLost(ConnectionError):
+    """The local sidecar is gone: without it this node is no longer part of the group."""
+
+
 class SidecarClient:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
@@ -32,6 +36,10 @@ class SidecarClient:
                 return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             return json.loads(exc.read() or b"{}") | {"error": exc.code}
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ConnectionRefusedError):
+                raise SidecarLost(f"sidecar at {self.url} refused the connection") from None
+            raise
 
     def view(self) -> dict[str, Any]:
         return self._call("GET", "/local/view")

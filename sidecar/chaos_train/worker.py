@@ -20,6 +20,9 @@ import torch.distributed as dist
 from chaos_train import state as snapshot_state
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sdk import ElasticTrainer, TrainerConfig, data_parallel_step, env_backend
+from chaos_train.sidecar_client import SidecarLost
+
+EXIT_SIDECAR_LOST = 3
 
 FEATURES = 64
 CLASSES = 10
@@ -109,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.plain:
         plain_loop(args, model, optimizer, loss, features, labels)
     else:
-        ElasticTrainer(config, model, optimizer, loss, features, labels).run(args.steps)
+        try:
+            ElasticTrainer(config, model, optimizer, loss, features, labels).run(args.steps)
+        except SidecarLost as exc:
+            print(f"chaos_train.worker: {exc}; stopping", file=sys.stderr)
+            return EXIT_SIDECAR_LOST
     return 0
 
 

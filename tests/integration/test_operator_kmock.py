@@ -111,9 +111,9 @@ async def test_job_reconciles_and_scales_out_and_in(cluster: Cluster) -> None:
     rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles"
     for path in (
         "/api/v1/namespaces/default/configmaps/mnist-minimal-config",
-        "/api/v1/namespaces/default/serviceaccounts/mnist-minimal-sidecar",
-        f"{rbac}/mnist-minimal-sidecar",
-        f"{rbac}/mnist-minimal-0-self",
+        "/api/v1/namespaces/default/serviceaccounts/mnist-minimal-0",
+        f"{rbac}/mnist-minimal-0",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/mnist-minimal-1",
     ):
         assert "metadata" in await cluster.get(path), path
 

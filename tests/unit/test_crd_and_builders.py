@@ -18,9 +18,9 @@ from chaos_operator.domain.builders import (
     build_configmap,
     build_pod,
     build_pod_role,
-    build_role,
     build_role_binding,
     build_service,
+    build_service_account,
 )
 from chaos_operator.domain.spec import SpecError, parse_job
 
@@ -162,7 +162,7 @@ def test_pod_gets_sidecar_volume_env_and_probes() -> None:
     assert volumes["chaos-secret"]["secret"]["secretName"] == "mnist-minimal-join"
     trainer = spec["containers"][0]
     assert any(m["name"] == "chaos-snapshots" for m in trainer["volumeMounts"])
-    assert spec["serviceAccountName"] == "mnist-minimal-sidecar"
+    assert spec["serviceAccountName"] == "mnist-minimal-2"
 
 
 def test_builders_do_not_mutate_the_template() -> None:
@@ -173,20 +173,78 @@ def test_builders_do_not_mutate_the_template() -> None:
     assert job.template == before
 
 
+def _allowed(rules: list[dict[str, Any]], verb: str, group: str, resource: str, name: str | None) -> bool:
+    """Kubernetes RBAC for one request: some rule matches group, resource and verb, and names
+    the object if it lists names (a rule with resourceNames never allows list, watch, create)."""
+    for rule in rules:
+        if group not in rule["apiGroups"] or resource not in rule["resources"] or verb not in rule["verbs"]:
+            continue
+        names = rule.get("resourceNames")
+        if not names or (name is not None and name in names):
+            return True
+    return False
+
+
+def _permissions(objects: list[dict[str, Any]], namespace: str, account: str) -> list[dict[str, Any]]:
+    """The rules a service account holds through the Roles and RoleBindings among ``objects``."""
+    roles = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Role"}
+    rules: list[dict[str, Any]] = []
+    for binding in (o for o in objects if o["kind"] == "RoleBinding"):
+        subject = {"kind": "ServiceAccount", "name": account, "namespace": namespace}
+        if subject in binding["subjects"] and binding["roleRef"]["name"] in roles:
+            rules += roles[binding["roleRef"]["name"]]["rules"]
+    return rules
+
+
 def test_rbac_lets_a_sidecar_read_pods_and_patch_only_its_own() -> None:
     job = _job()
-    (rule,) = build_role(job)["rules"]
-    assert rule["verbs"] == ["get", "list", "watch"] and rule["resources"] == ["pods"]
-    (own,) = build_pod_role(job, 3)["rules"]
-    assert own == {
-        "apiGroups": [""],
-        "resources": ["pods"],
-        "resourceNames": ["mnist-minimal-3"],
-        "verbs": ["patch"],
-    }
-    binding = build_role_binding(job, "mnist-minimal-3-self")
-    assert binding["subjects"][0]["name"] == "mnist-minimal-sidecar"
-    assert "patch" not in str(build_role(job))
+    size = 4
+    objects = [
+        o
+        for i in range(size)
+        for o in (
+            build_service_account(job, i),
+            build_pod_role(job, i),
+            build_role_binding(job, i),
+            build_pod(job, i),
+        )
+    ]
+    pods = [o for o in objects if o["kind"] == "Pod"]
+    for pod in pods:
+        me = pod["metadata"]["name"]
+        account = pod["spec"]["serviceAccountName"]
+        assert any(o["kind"] == "ServiceAccount" and o["metadata"]["name"] == account for o in objects)
+        rules = _permissions(objects, job.namespace, account)
+        for other in pods:
+            name = other["metadata"]["name"]
+            assert _allowed(rules, "get", "", "pods", name)  # reads its job's pods
+            assert _allowed(rules, "patch", "", "pods", name) == (name == me), (me, name)
+        assert _allowed(rules, "list", "", "pods", None) and _allowed(rules, "watch", "", "pods", None)
+        denied = [
+            ("update", "", "pods", me),
+            ("delete", "", "pods", me),
+            ("create", "", "pods", None),
+            ("patch", "", "pods", None),
+            ("get", "", "secrets", f"{job.name}-join"),
+            ("list", "", "secrets", None),
+            ("get", "", "configmaps", f"{job.name}-config"),
+            ("patch", "chaostraining.io", "chaostrainingjobs", job.name),
+            ("create", "rbac.authorization.k8s.io", "rolebindings", None),
+            ("get", "", "pods/exec", me),
+            ("create", "", "pods/eviction", me),
+        ]
+        for request in denied:
+            assert not _allowed(rules, *request), (me, request)
+
+
+def test_rbac_evaluator_can_fail() -> None:
+    """The check above would catch the old shared identity: one account bound to every pod's Role."""
+    job = _job()
+    objects = [build_pod_role(job, i) for i in range(2)]
+    shared = {"kind": "ServiceAccount", "name": "shared", "namespace": job.namespace}
+    objects += [dict(build_role_binding(job, i), subjects=[shared]) for i in range(2)]
+    rules = _permissions(objects, job.namespace, "shared")
+    assert _allowed(rules, "patch", "", "pods", "mnist-minimal-1")  # pod 0's sidecar could patch pod 1
 
 
 def test_configmap_carries_the_job_config() -> None:

@@ -58,43 +58,45 @@ def build_configmap(job: JobSpec) -> dict[str, Any]:
             "data": {"job.json": json.dumps(config, sort_keys=True)}}  # fmt: skip
 
 
-def build_service_account(job: JobSpec) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(job, f"{job.name}-sidecar")}
+def service_account_name(job: JobSpec, index: int) -> str:
+    return pod_name(job, index)
 
 
-def build_role(job: JobSpec) -> dict[str, Any]:
-    """Sidecars read pods (of the namespace; RBAC cannot filter by label) and patch pods.
-
-    Patching *only its own* pod cannot be expressed by a Role alone for pods created later;
-    the pod's name is in ``resourceNames`` of a per-pod Role (:func:`build_pod_role`). This
-    Role therefore grants reads only.
-    """
+def build_service_account(job: JobSpec, index: int) -> dict[str, Any]:
+    """Each pod runs as its own identity, so a Role can name the one pod it may patch: with a
+    shared identity, the union of every pod's Role would let any sidecar patch any pod."""
     return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": _meta(job, f"{job.name}-sidecar"),
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(job, service_account_name(job, index)),
     }
 
 
 def build_pod_role(job: JobSpec, index: int) -> dict[str, Any]:
-    """Lets the sidecar of pod ``index`` patch that pod (its report annotation), nothing else."""
+    """Pod ``index``'s sidecar reads pods (of the namespace: RBAC cannot filter by label) and
+    patches its own pod (the report annotation); nothing else."""
     name = pod_name(job, index)
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": _meta(job, f"{name}-self"),
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "resourceNames": [name], "verbs": ["patch"]}],
+        "metadata": _meta(job, name),
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["pods"], "resourceNames": [name], "verbs": ["patch"]},
+        ],
     }
 
 
-def build_role_binding(job: JobSpec, role_name: str) -> dict[str, Any]:
+def build_role_binding(job: JobSpec, index: int) -> dict[str, Any]:
+    name = pod_name(job, index)
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": _meta(job, role_name),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
-        "subjects": [{"kind": "ServiceAccount", "name": f"{job.name}-sidecar", "namespace": job.namespace}],
+        "metadata": _meta(job, name),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": service_account_name(job, index), "namespace": job.namespace}
+        ],
     }
 
 
@@ -163,7 +165,7 @@ def build_pod(job: JobSpec, index: int) -> dict[str, Any]:
         {"name": "chaos-secret", "secret": {"secretName": job.secret_name,
                                             "items": [{"key": job.join_secret_key, "path": "join-secret"}]}},
     ])  # fmt: skip
-    pod_spec["serviceAccountName"] = f"{job.name}-sidecar"
+    pod_spec["serviceAccountName"] = service_account_name(job, index)
     pod_spec["hostname"] = name
     pod_spec["subdomain"] = job.name
     pod_spec.setdefault("restartPolicy", "Never")  # a failed member is replaced, not restarted in place

@@ -14,7 +14,6 @@ from chaos_operator.domain.builders import (
     build_configmap,
     build_pod,
     build_pod_role,
-    build_role,
     build_role_binding,
     build_service,
     build_service_account,
@@ -35,16 +34,18 @@ def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]
 
 
 async def _shared_objects(job: JobSpec) -> None:
-    role = build_role(job)
-    for obj in (build_service(job), build_configmap(job), build_service_account(job), role,
-                build_role_binding(job, role["metadata"]["name"])):  # fmt: skip
+    for obj in (build_service(job), build_configmap(job)):
         await kube.apply(obj)
 
 
 async def _create_pod(job: JobSpec, index: int) -> None:
-    own = build_pod_role(job, index)
-    await kube.apply(own)
-    await kube.apply(build_role_binding(job, own["metadata"]["name"]))
+    """The pod's own identity and permissions first, then the pod that runs as it."""
+    for obj in (
+        build_service_account(job, index),
+        build_pod_role(job, index),
+        build_role_binding(job, index),
+    ):
+        await kube.apply(obj)
     await kube.apply(build_pod(job, index))
 
 

@@ -8,6 +8,7 @@ import hmac
 import ipaddress
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +28,18 @@ from chaos_sidecar.security import FRAME_MAC_BYTES, NODE_HEADER, TIMESTAMP_HEADE
 from chaos_sidecar.transfer.puller import POLICIES, Puller, SourceSpec, TransferError
 from chaos_sidecar.transfer.snapshot import check_name
 
+
+@dataclass
+class TrainerLease:
+    """When the trainer last used the local API, and how many of its requests are open."""
+
+    last: float = 0.0
+    open: int = 0
+
+    def expired(self, limit_s: float, now: float) -> bool:
+        return self.last > 0 and self.open == 0 and now - self.last > limit_s
+
+
 CONFIG = web.AppKey("config", SidecarConfig)
 RUNTIME = web.AppKey("runtime", MembershipRuntime)
 VERIFIER = web.AppKey("verifier", Verifier)
@@ -35,6 +48,34 @@ JOIN_REQUESTED = web.AppKey("join_requested", list)  # [monotonic time] once the
 ESTIMATES = web.AppKey("estimates", EstimateTable)
 STREAMS = web.AppKey("streams", set)  # open inbound peer streams, closed on shutdown
 WARMING = web.AppKey("warming", set)  # link probes started when the trainer asked to join
+LEASE = web.AppKey("lease", TrainerLease)
+SHARDS = web.AppKey("shards", ShardServer)
+
+
+@web.middleware
+async def _trainer_lease(request: web.Request, handler):
+    """Every local-API request renews the trainer's lease while it is open and when it ends."""
+    if not request.path.startswith("/local/") or request.path == "/local/faults":
+        return await handler(request)
+    lease = request.app[LEASE]
+    lease.open += 1
+    try:
+        return await handler(request)
+    finally:
+        lease.open -= 1
+        lease.last = time.monotonic()
+
+
+async def _watch_trainer(app: web.Application) -> None:
+    """A trainer that stops calling (killed, OOM) leaves the group through its sidecar."""
+    lease, runtime, limit = app[LEASE], app[RUNTIME], app[CONFIG].trainer_lease_s
+    assert limit is not None
+    while True:
+        await asyncio.sleep(min(limit / 4, 0.5))
+        if lease.expired(limit, time.monotonic()) and runtime.state.status in (sm.MEMBER, sm.JOINING):
+            runtime.log.write("trainer_lost", silent_s=round(time.monotonic() - lease.last, 3))
+            await runtime.apply(sm.RequestLeave())
+            return
 
 
 def _is_local(request: web.Request) -> bool:
@@ -284,11 +325,23 @@ async def faults_handler(request: web.Request) -> web.Response:
         unblock = payload.get("unblock", [])
         if not all(isinstance(x, str) for x in [*block, *unblock]):
             raise TypeError
+        rate = payload.get("upload_limit_mbps", ...)
+        if (
+            rate is not ...
+            and rate is not None
+            and (isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0)
+        ):
+            raise TypeError
     except (ValueError, TypeError, AttributeError):
-        return web.json_response({"error": "expected {'block': [ids], 'unblock': [ids]}"}, status=400)
+        return web.json_response(
+            {"error": "expected {'block': [ids], 'unblock': [ids], 'upload_limit_mbps': number|null}"},
+            status=400,
+        )
     runtime = request.app[RUNTIME]
     runtime.blocked |= set(block)
     runtime.blocked -= set(unblock)
+    if rate is not ... and SHARDS in request.app:
+        request.app[SHARDS].set_upload_limit(None if rate is None else rate * 1e6)
     return web.json_response({"blocked": sorted(runtime.blocked)})
 
 
@@ -312,8 +365,11 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
             on_sent=app[METRICS].monitoring_bytes.inc,
         )  # fmt: skip
         ticker = asyncio.create_task(runtime.tick_forever(app[CONFIG].membership.retry_interval / 2))
+        watcher = asyncio.create_task(_watch_trainer(app)) if config.trainer_lease_s else None
         yield
         ticker.cancel()
+        if watcher is not None:
+            watcher.cancel()
         await runtime.close()
 
 
@@ -327,7 +383,8 @@ def build_app(config: SidecarConfig, advertise: str) -> web.Application:
         state = sm.initial_joiner(config.node_id, advertise, config.contacts, settings)
         if config.defer_join:
             state.status = sm.STANDBY
-    app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
+    app = web.Application(client_max_size=MAX_MESSAGE_BYTES, middlewares=[_trainer_lease])
+    app[LEASE] = TrainerLease()
     app[CONFIG] = config
     app[ESTIMATES] = EstimateTable()
     app[STREAMS] = set()
@@ -354,6 +411,7 @@ def build_app(config: SidecarConfig, advertise: str) -> web.Application:
             on_reject=count,
         )
         app.router.add_routes(server.routes())
+        app[SHARDS] = server
     app.router.add_get("/local/view", view_handler)
     app.router.add_get("/local/wait-view", wait_view_handler)
     app.router.add_post("/local/pull", pull_handler)

@@ -62,6 +62,11 @@ class ShardServer:
             raise web.HTTPUnauthorized(text=reason)
         return request.headers[NODE_HEADER]
 
+    def set_upload_limit(self, limit_Bps: float | None) -> None:
+        """Change the per-destination limit (fault injection: a link slows down or recovers)."""
+        self.upload_limit_Bps = limit_Bps
+        self.buckets.clear()
+
     def _pace_bytes(self) -> int:
         """Write size: on a rate-limited link, about 10 ms worth, so the bytes flow evenly
         (probes see the rate, and a cut-off reader leaves no large debt in the bucket)."""

@@ -49,6 +49,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         fault_injection=args.fault_injection,
         snapshot_dir=Path(args.snapshot_dir) if args.snapshot_dir else None,
         upload_limit_Bps=args.upload_limit_mbps * 1e6 if args.upload_limit_mbps else None,
+        trainer_lease_s=args.trainer_lease_s or None,
     )
 
 

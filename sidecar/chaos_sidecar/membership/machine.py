@@ -562,10 +562,14 @@ def _on_acceptor_message(s: NodeState, msg: Message, now: float, out: list[Actio
     if body.target != view.epoch + 1:
         out.append(Rejected("stale_epoch"))
         return
-    s.max_round = max(s.max_round, body.ballot[0])
     if body.ballot[0] == 0 and body.ballot[1] != view.coordinator:
         out.append(Rejected("bad_ballot"))
         return
+    if isinstance(body, Accept) and body.view.epoch != body.target:
+        out.append(Rejected("bad_view"))
+        return
+    # only a valid request raises the round this node will outbid (a rejected one changes nothing)
+    s.max_round = max(s.max_round, body.ballot[0])
     if isinstance(body, Prepare):
         # >=: a proposer re-asking with the same ballot (its promise got lost) is answered again
         if s.promised is None or body.ballot >= s.promised:
@@ -574,9 +578,6 @@ def _on_acceptor_message(s: NodeState, msg: Message, now: float, out: list[Actio
             _send(s, msg.sender, Promise(body.target, body.ballot, acc_ballot, acc_view), out)
         else:
             _send(s, msg.sender, Nack(body.target, s.promised), out)
-        return
-    if body.view.epoch != body.target:
-        out.append(Rejected("bad_view"))
         return
     if s.promised is None or body.ballot >= s.promised:
         s.promised = body.ballot

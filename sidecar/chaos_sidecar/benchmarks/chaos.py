@@ -1,0 +1,126 @@
+"""Chaos rounds: the local job on real processes under random faults, checked after each round.
+
+Each round is ``chaos-train local`` with a seeded random churn of every fault kind: whole-node
+kill -9, trainer-only and sidecar-only kill -9, graceful leaves, joins, links cut and restored,
+and links slowed to a few MB/s (so kills also land mid-transfer). Kills land wherever the
+trainers are at that moment (compute, all-reduce, regroup or a state transfer). After the
+round:
+
+- ``divergent``: live replicas whose parameter + optimizer digests differ at some step;
+- ``lost`` / ``duplicated``: samples of the committed steps not seen / seen twice;
+- ``split_brain``: epochs for which two sidecars installed different views (all event logs);
+- ``survivor_restarts``: nodes whose trainer started more than once.
+
+A round that crashes or misses its steps counts under ``failures`` with its seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from chaos_sidecar.churn import CHAOS_KINDS, random_churn
+from chaos_sidecar.jobreport import read_jsonl, summarize
+from chaos_sidecar.localjob import JobConfig, LocalJob
+
+NODES = 4
+STEPS = 150
+SAMPLES = 4096
+EVENTS = 6
+KEEP_FAILED = Path("out/chaos-rounds")
+
+
+def split_brain(sidecar: list[dict[str, Any]]) -> int:
+    """Epochs installed with more than one member list anywhere."""
+    views: dict[int, set[tuple[str, ...]]] = defaultdict(set)
+    for r in sidecar:
+        if r["type"] == "installed":
+            views[r["epoch"]].add(tuple(r["members"]))
+    return sum(1 for v in views.values() if len(v) > 1)
+
+
+def restarts(trainer: list[dict[str, Any]]) -> int:
+    pids: dict[str, set[int]] = defaultdict(set)
+    for r in trainer:
+        if r["type"] == "start":
+            pids[r["node"]].add(r["pid"])
+    return sum(1 for p in pids.values() if len(p) > 1)
+
+
+def run_round(seed: int, workdir: Path) -> dict[str, Any]:
+    initial = [f"n{i}" for i in range(NODES)]
+    churn = random_churn(seed, initial, STEPS, events=EVENTS, kinds=CHAOS_KINDS)
+    cfg = JobConfig(nodes=NODES, steps=STEPS, churn=churn, out=workdir / f"round-{seed}", live=False,
+                    samples=SAMPLES, global_batch=128, digest_every=5)  # fmt: skip
+    job = LocalJob(cfg)
+    wall = asyncio.run(job.run())
+    sidecar = read_jsonl(sorted((cfg.out / "sidecars").glob("*.events.jsonl")))
+    trainer = read_jsonl(sorted((cfg.out / "logs").glob("*.trainer.jsonl")))
+    summary = summarize(cfg, job.injected, sidecar, trainer, wall)
+    return {
+        "seed": seed,
+        "ok": summary["ok"],
+        "divergent": 0 if summary["replicas_identical"] else 1,
+        "lost": summary["samples_lost"],
+        "duplicated": summary["samples_duplicated"],
+        "split_brain": split_brain(sidecar),
+        "survivor_restarts": restarts(trainer),
+        "steps": summary["steps"],
+        "events": [e.event for e in churn],
+        "wall_s": summary["wall_s"],
+    }
+
+
+def measure(rounds: int, first_seed: int, workdir: Path, log) -> dict[str, Any]:
+    totals = dict.fromkeys(("divergent", "lost", "duplicated", "split_brain", "survivor_restarts"), 0)
+    failures: list[int] = []
+    kinds: dict[str, int] = defaultdict(int)
+    started = time.monotonic()
+    for seed in range(first_seed, first_seed + rounds):
+        try:
+            result = run_round(seed, workdir)
+        except Exception as exc:  # a round that breaks is a finding, not the end of the run
+            log(f"round {seed}: FAILED {type(exc).__name__}: {exc}")
+            failures.append(seed)
+            continue
+        for key in totals:
+            totals[key] += result[key]
+        for kind in result["events"]:
+            kinds[kind] += 1
+        if not result["ok"] or any(result[key] for key in totals):
+            failures.append(seed)
+            keep = KEEP_FAILED / f"round-{seed}"  # the logs of a failed round, for a replay
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(workdir / f"round-{seed}", keep)
+        shutil.rmtree(workdir / f"round-{seed}", ignore_errors=True)
+        log(
+            f"round {seed}: {'ok' if seed not in failures else 'FAILED'} {result['wall_s']} s "
+            f"events {','.join(result['events'])}"
+        )
+    return {
+        "scenario": "chaos",
+        "rounds": rounds,
+        "first_seed": first_seed,
+        **totals,
+        "failures": failures,
+        "events_by_kind": dict(sorted(kinds.items())),
+        "wall_s": round(time.monotonic() - started, 1),
+        "failed": bool(failures),
+    }
+
+
+def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    shm = Path("/dev/shm")
+    parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="chaos-rounds-", dir=parent) as tmp:
+        return measure(
+            args.rounds, args.seed, Path(tmp), lambda line: print(line, flush=True, file=sys.stderr)
+        )
