@@ -26,7 +26,9 @@ _COMMANDS: dict[str, str] = {
     "operator": "chaos_sidecar.commands.operator:run",
 }
 
-BENCH_SCENARIOS = ("agreement", "planner", "transfer", "monitor", "steptime", "scale-out", "chaos")
+BENCH_SCENARIOS = (
+    "agreement", "events", "planner", "transfer", "monitor", "steptime", "scale-out", "scalability", "chaos",
+)  # fmt: skip
 
 
 def _number(kind: type, minimum: float, *, strict: bool) -> Callable[[str], float]:
@@ -126,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--kill-one", action="store_true", help="kill a source mid-transfer (transfer)")
     bench.add_argument("--duration", type=_positive_float, default=60.0, help="seconds to watch (monitor)")
     bench.add_argument("--steps", type=_positive_int, default=300, help="training steps (steptime)")
+    bench.add_argument(
+        "--max-nodes", type=_positive_int, default=1000, help="largest simulated group (scalability)"
+    )
     bench.add_argument("--rounds", type=_positive_int, default=10, help="rounds of random faults (chaos)")
     bench.add_argument("--seed", type=_non_negative_int, default=1, help="seed of the first round (chaos)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")

@@ -5,6 +5,11 @@ whose namespace end is shaped to ``rates[i]`` bytes/s with a token bucket filter
 A process started with :meth:`Star.wrap` runs inside namespace ``i`` and reaches the root
 namespace at :meth:`Star.root_ip`; the root reaches it at :meth:`Star.ip`. Needs root and
 iproute2; :func:`unavailable` says why not when it cannot run.
+
+With ``routed=True`` the namespaces also reach each other through the root namespace (IP
+forwarding on for the star's lifetime), and :meth:`Star.partition` cuts every path between
+two sets of namespaces with blackhole routes (packets vanish, as on a failed WAN link) until
+:meth:`Star.heal`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
+
+FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")
 
 
 def unavailable() -> str | None:
@@ -36,7 +44,10 @@ class Star:
     rates_Bps: list[float | None]
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     subnet: int = 77
+    routed: bool = False
     created: list[str] = field(default_factory=list)
+    blackholes: list[tuple[int, int]] = field(default_factory=list)
+    _forwarding: str | None = None
 
     def name(self, i: int) -> str:
         return f"chaos{self.tag}n{i}"
@@ -70,6 +81,22 @@ class Star:
                     burst = max(16 * 1024, int(rate / 250))
                     _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", inner, "root", "tbf",
                          "rate", f"{bits}bit", "burst", str(burst), "latency", "100ms")  # fmt: skip
+            if self.routed:
+                self._forwarding = FORWARDING.read_text().strip()
+                FORWARDING.write_text("1\n")
+                for i in range(self.count):
+                    _run(
+                        "ip",
+                        "netns",
+                        "exec",
+                        self.name(i),
+                        "ip",
+                        "route",
+                        "add",
+                        "default",
+                        "via",
+                        self.root_ip(i),
+                    )
         except subprocess.CalledProcessError as exc:
             self.__exit__()
             raise RuntimeError(
@@ -77,7 +104,35 @@ class Star:
             ) from None
         return self
 
+    def partition(self, side_a: list[int], side_b: list[int]) -> None:
+        """Drop every packet between the two sides, both ways."""
+        for a in side_a:
+            for b in side_b:
+                for src, dst in ((a, b), (b, a)):
+                    _run(
+                        "ip",
+                        "netns",
+                        "exec",
+                        self.name(src),
+                        "ip",
+                        "route",
+                        "add",
+                        "blackhole",
+                        f"{self.ip(dst)}/32",
+                    )
+                    self.blackholes.append((src, dst))
+
+    def heal(self) -> None:
+        for src, dst in self.blackholes:
+            _run(
+                "ip", "netns", "exec", self.name(src), "ip", "route", "del", "blackhole", f"{self.ip(dst)}/32"
+            )
+        self.blackholes.clear()
+
     def __exit__(self, *exc: object) -> None:
         for ns in self.created:  # deleting a namespace removes its veth pair too
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
         self.created.clear()
+        if self._forwarding is not None:
+            FORWARDING.write_text(self._forwarding + "\n")
+            self._forwarding = None

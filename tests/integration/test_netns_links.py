@@ -41,3 +41,31 @@ async def test_tc_shaped_sources_are_measured_and_pulled(tmp_path: Path) -> None
     assert file_digest(result.path) == file_digest(data_path(tmp_path / "origin", "state"))
     shares = {sid: s.bytes for sid, s in result.per_source.items()}
     assert shares["s0"] > shares["s1"]  # the faster link carried more
+
+
+async def test_partition_between_namespaces(tmp_path: Path) -> None:
+    """Five sidecars in five namespaces; blackhole routes cut {n3, n4} from {n0, n1, n2}. The
+    majority side commits a view without the minority; the minority commits nothing; every
+    installed epoch has one member list across all logs; after healing all five agree again."""
+    with netns.Star(5, [None] * 5, routed=True, subnet=78) as star:
+        async with LocalCluster(tmp_path / "cluster") as cluster:
+            for i in range(5):
+                await cluster.start(
+                    f"n{i}", seed=i == 0, host=star.ip(i), wrap=lambda cmd, i=i: star.wrap(i, cmd)
+                )
+            everyone = {f"n{i}" for i in range(5)}
+            await cluster.wait_agreed(everyone, 60)
+            before = (await cluster.view("n3"))["view"]
+            star.partition([0, 1, 2], [3, 4])
+            await cluster.wait_agreed({"n0", "n1", "n2"}, 60)
+            majority = (await cluster.view("n0"))["view"]
+            assert set(majority["members"]) == {"n0", "n1", "n2"} and majority["epoch"] > before["epoch"]
+            for node in ("n3", "n4"):
+                assert (await cluster.view(node))["view"]["epoch"] == before["epoch"]
+            star.heal()
+            await cluster.wait_agreed(everyone, 60)
+            installed: dict[int, set[tuple[str, ...]]] = {}
+            for record in cluster.read_logs():
+                if record["type"] == "installed":
+                    installed.setdefault(record["epoch"], set()).add(tuple(record["members"]))
+    assert all(len(views) == 1 for views in installed.values()), installed
