@@ -8,14 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from chaos_sidecar.benchmarks.agreement import Injection, event_latency
+from chaos_sidecar.churn import REMOVALS
 
 _KIND_FOR_LATENCY = {
     "join": "join",
     "leave": "leave",
     "crash": "failure",
+    "crash_sidecar": "failure",
+    "crash_trainer": "leave",  # its sidecar leaves for it
     "link_down": "link_down",
     "link_up": "link_up",
-}
+}  # slow_link changes no view
 
 
 def read_jsonl(paths: list[Path]) -> list[dict[str, Any]]:
@@ -75,14 +78,15 @@ def event_rows(injected, sidecar: list[dict], trainer: list[dict]) -> list[dict[
         subject = (ev.node, ev.peer) if ev.peer else (ev.node,)
         # records are matched by node names, so the window may outlast the next injection
         # (a joiner's trainer takes seconds to start)
-        latency = event_latency(sidecar, Injection(_KIND_FOR_LATENCY[ev.event], subject, inj.t, inj.t + 60))
+        kind = _KIND_FOR_LATENCY.get(ev.event)
+        latency = kind and event_latency(sidecar, Injection(kind, subject, inj.t, inj.t + 60))
         if ev.event == "join":  # the regroup that brought the joiner in, whenever it came
             regroups = [
                 r for r in trainer if r["type"] == "regroup" and r["t"] >= inj.t and ev.node in r["members"]
             ]
             first_epoch = min((r["epoch"] for r in regroups), default=None)
             regroups = [r for r in regroups if r["epoch"] == first_epoch]
-        elif ev.event in ("leave", "crash"):  # the regroup without the node
+        elif ev.event in REMOVALS:  # the regroup without the node
             regroups = [
                 r
                 for r in trainer

@@ -24,6 +24,7 @@ from chaos_sidecar.churn import ChurnEvent
 from chaos_sidecar.localcluster import LocalCluster
 from chaos_sidecar.membership.machine import Settings
 
+EXIT_NO_STATE = 4  # chaos_train.worker: a joiner found no member holding state (the job was done)
 STRAGGLER_S = 20.0  # after the group's last step, how long a late trainer may take to finish
 
 
@@ -188,7 +189,11 @@ class LocalJob:
                         self.stragglers.append(node)
                     break
                 failed = [
-                    n for n, p in self.trainers.items() if p.poll() not in (None, 0) and n not in self.gone
+                    n
+                    for n, p in self.trainers.items()
+                    if p.poll() not in (None, 0)
+                    and n not in self.gone
+                    and not (self.finished_at is not None and p.returncode == EXIT_NO_STATE)
                 ]
                 if failed:
                     raise RuntimeError(f"trainer(s) {failed} failed; see {self.cfg.out}/logs")

@@ -47,6 +47,11 @@ class LeftGroup(Exception):
     """This member left the group gracefully."""
 
 
+class NoState(Exception):
+    """No member of the group holds the training state (the job finished or every holder is
+    gone): a group of joiners must not start training from scratch."""
+
+
 @dataclass
 class TrainerConfig:
     node_id: str
@@ -132,6 +137,9 @@ class ElasticTrainer:
             self._finish()
         except LeftGroup:
             self.log("left", step=self.step)
+        except NoState as exc:
+            self.log("no_state", error=str(exc))
+            raise
         except SidecarLost as exc:  # the node is gone from the group; the pod restarts it
             self.log("sidecar_lost", step=self.step, error=str(exc))
             raise
@@ -247,6 +255,8 @@ class ElasticTrainer:
     def _reconcile(self, held: list[int], epoch: int) -> dict[str, Any]:
         """Members behind the newest state pull it from every member that has it."""
         newest = max(held)
+        if newest < 0:
+            raise NoState(f"no member of epoch {epoch} holds the state: {self.members}")
         providers = [self.members[r] for r, s in enumerate(held) if s == newest]
         needers = [self.members[r] for r, s in enumerate(held) if s < newest]
         if not needers:

@@ -17,8 +17,9 @@ class SidecarLost(ConnectionError):
 
 
 class SidecarClient:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, node_hint: str = "trainer") -> None:
         self.url = url.rstrip("/")
+        self.node_hint = node_hint  # sent with every call: the sidecar's lease on this trainer
         self._latest: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -29,6 +30,7 @@ class SidecarClient:
     ) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("X-Chaos-Trainer", self.node_hint)
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:

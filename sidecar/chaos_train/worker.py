@@ -19,10 +19,11 @@ import torch.distributed as dist
 
 from chaos_train import state as snapshot_state
 from chaos_train.sampler import ElasticSampler
-from chaos_train.sdk import ElasticTrainer, TrainerConfig, data_parallel_step, env_backend
+from chaos_train.sdk import ElasticTrainer, NoState, TrainerConfig, data_parallel_step, env_backend
 from chaos_train.sidecar_client import SidecarLost
 
 EXIT_SIDECAR_LOST = 3
+EXIT_NO_STATE = 4  # chaos_sidecar.localjob knows this number
 
 FEATURES = 64
 CLASSES = 10
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         except SidecarLost as exc:
             print(f"chaos_train.worker: {exc}; stopping", file=sys.stderr)
             return EXIT_SIDECAR_LOST
+        except NoState as exc:
+            print(f"chaos_train.worker: {exc}; stopping", file=sys.stderr)
+            return EXIT_NO_STATE
     return 0
 
 

@@ -52,10 +52,13 @@ LEASE = web.AppKey("lease", TrainerLease)
 SHARDS = web.AppKey("shards", ShardServer)
 
 
+TRAINER_HEADER = "X-Chaos-Trainer"  # set by the trainer SDK: only its calls hold the lease
+
+
 @web.middleware
 async def _trainer_lease(request: web.Request, handler):
-    """Every local-API request renews the trainer's lease while it is open and when it ends."""
-    if not request.path.startswith("/local/") or request.path == "/local/faults":
+    """Every trainer request renews the trainer's lease, while it is open and when it ends."""
+    if TRAINER_HEADER not in request.headers or not request.path.startswith("/local/"):
         return await handler(request)
     lease = request.app[LEASE]
     lease.open += 1

@@ -79,6 +79,14 @@ def run_round(seed: int, workdir: Path) -> dict[str, Any]:
     }
 
 
+def keep(workdir: Path, seed: int) -> None:
+    """Keep a failed round's logs (out/chaos-rounds/round-SEED) for a replay."""
+    target = KEEP_FAILED / f"round-{seed}"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(workdir / f"round-{seed}", target, ignore_dangling_symlinks=True)
+    shutil.rmtree(workdir / f"round-{seed}", ignore_errors=True)
+
+
 def measure(rounds: int, first_seed: int, workdir: Path, log) -> dict[str, Any]:
     totals = dict.fromkeys(("divergent", "lost", "duplicated", "split_brain", "survivor_restarts"), 0)
     failures: list[int] = []
@@ -90,6 +98,7 @@ def measure(rounds: int, first_seed: int, workdir: Path, log) -> dict[str, Any]:
         except Exception as exc:  # a round that breaks is a finding, not the end of the run
             log(f"round {seed}: FAILED {type(exc).__name__}: {exc}")
             failures.append(seed)
+            keep(workdir, seed)
             continue
         for key in totals:
             totals[key] += result[key]
@@ -97,9 +106,7 @@ def measure(rounds: int, first_seed: int, workdir: Path, log) -> dict[str, Any]:
             kinds[kind] += 1
         if not result["ok"] or any(result[key] for key in totals):
             failures.append(seed)
-            keep = KEEP_FAILED / f"round-{seed}"  # the logs of a failed round, for a replay
-            shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(workdir / f"round-{seed}", keep)
+            keep(workdir, seed)
         shutil.rmtree(workdir / f"round-{seed}", ignore_errors=True)
         log(
             f"round {seed}: {'ok' if seed not in failures else 'FAILED'} {result['wall_s']} s "
