@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     sidecar.add_argument("--retry-s", type=_positive_float, default=0.1)
     sidecar.add_argument("--fault-injection", action="store_true", help="enable /local/faults (tests)")
     sidecar.add_argument("--snapshot-dir", help="serve snapshots from this directory")
+    sidecar.add_argument("--tls-cert", help="PEM certificate for the peer port (with --tls-key, --tls-ca)")
+    sidecar.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    sidecar.add_argument("--tls-ca", help="PEM CA that signed every member's certificate (mutual TLS)")
     sidecar.add_argument(
         "--trainer-lease-s",
         type=_non_negative_float,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +41,51 @@ class SidecarConfig:
     """Where snapshots are served from (the pod's shared-memory volume)."""
     upload_limit_Bps: float | None = None
     """Per-destination upload rate limit (token bucket): the portable link emulation."""
+    tls_cert: Path | None = None
+    """Certificate (PEM) this sidecar presents; with ``tls_key`` the peer port speaks TLS."""
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    """CA (PEM) that signed every member's certificate: peers are verified against it both ways
+    (mutual TLS). The trainer's local API stays plain HTTP on a separate loopback port."""
     trainer_lease_s: float | None = 3.0
     """Once a trainer has used the local API, a silence this long with no request open means
     it died: the sidecar leaves the group for it, so the survivors regroup. None: never."""
+
+
+def server_tls(config: SidecarConfig) -> ssl.SSLContext | None:
+    """The peer port's TLS context (clients must present a certificate signed by the CA)."""
+    if config.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(config.tls_ca))
+    context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_tls(config: SidecarConfig) -> ssl.SSLContext | None:
+    """For connections to peers: verify them against the CA and present our certificate."""
+    if config.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(config.tls_ca))
+    context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+    return context
+
+
+def check_tls_files(cert: str | None, key: str | None, ca: str | None) -> tuple[Path, Path, Path] | None:
+    """All three TLS files or none; each must be readable PEM that ``ssl`` accepts."""
+    given = {"--tls-cert": cert, "--tls-key": key, "--tls-ca": ca}
+    if not any(given.values()):
+        return None
+    for flag, value in given.items():
+        if not value:
+            raise InputError(flag, "TLS needs --tls-cert, --tls-key and --tls-ca together")
+        if not Path(value).is_file():
+            raise InputError(flag, f"{value} is not a readable file")
+    try:
+        ssl.create_default_context(cafile=ca).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise InputError("--tls-cert", f"cannot load the certificate, key or CA: {exc}") from None
+    return Path(cert), Path(key), Path(ca)  # type: ignore[arg-type]
 
 
 def parse_contacts(text: str) -> tuple[tuple[str, str], ...]:

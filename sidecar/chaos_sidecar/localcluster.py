@@ -39,6 +39,7 @@ class Node:
     node_id: str
     process: subprocess.Popen
     url: str = ""
+    local_url: str = ""  # the local API (differs from url when the peer port speaks TLS)
     log_path: Path | None = None
     alive: bool = True
 
@@ -105,7 +106,9 @@ class LocalCluster:
             raise ClusterError(
                 f"{node_id} exited with {process.returncode}; see {self.workdir}/{node_id}.stderr"
             )
-        node.url = json.loads(ready.read_text())["url"]
+        ready_info = json.loads(ready.read_text())
+        node.url = ready_info["url"]
+        node.local_url = ready_info.get("local_url", node.url)
         return node
 
     def kill(self, node_id: str) -> None:
@@ -132,7 +135,7 @@ class LocalCluster:
     async def view(self, node_id: str) -> dict[str, Any] | None:
         assert self.session is not None
         try:
-            async with self.session.get(self.nodes[node_id].url + "/local/view") as response:
+            async with self.session.get(self.nodes[node_id].local_url + "/local/view") as response:
                 return await response.json()
         except (TimeoutError, aiohttp.ClientError, OSError):
             return None
@@ -144,7 +147,7 @@ class LocalCluster:
 
     async def leave(self, node_id: str) -> None:
         assert self.session is not None
-        async with self.session.post(self.nodes[node_id].url + "/local/leave") as response:
+        async with self.session.post(self.nodes[node_id].local_url + "/local/leave") as response:
             response.raise_for_status()
 
     async def block(self, a: str, b: str, *, unblock: bool = False) -> None:
@@ -152,13 +155,15 @@ class LocalCluster:
         assert self.session is not None
         key = "unblock" if unblock else "block"
         for x, y in ((a, b), (b, a)):
-            async with self.session.post(self.nodes[x].url + "/local/faults", json={key: [y]}) as response:
+            async with self.session.post(
+                self.nodes[x].local_url + "/local/faults", json={key: [y]}
+            ) as response:
                 response.raise_for_status()
 
     async def set_upload_limit(self, node: str, rate_mbps: float | None) -> None:
         """Slow down (or restore, with None) every link out of ``node``."""
         assert self.session is not None
-        url = self.nodes[node].url + "/local/faults"
+        url = self.nodes[node].local_url + "/local/faults"
         async with self.session.post(url, json={"upload_limit_mbps": rate_mbps}) as response:
             response.raise_for_status()
 

@@ -83,7 +83,7 @@ class LocalJob:
         sidecar = await self.cluster.start(node, seed=seed, extra=extra)
         cmd = [
             sys.executable, "-m", "chaos_train.worker", "--node-id", node,
-            "--sidecar-url", sidecar.url, "--snapshot-dir", str(snapshots),
+            "--sidecar-url", sidecar.local_url, "--snapshot-dir", str(snapshots),
             "--rendezvous-dir", str(self.cfg.out / "rendezvous"),
             "--log", str(self.trainer_log(node)), "--steps", str(self.cfg.steps),
             "--seed", str(self.cfg.seed), "--samples", str(self.cfg.samples),

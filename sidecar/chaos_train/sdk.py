@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,7 @@ class ElasticTrainer:
         )
         self._step_times: collections.deque[float] = collections.deque(maxlen=20)
         self._last_step_end: float | None = None
+        self._saving: threading.Thread | None = None  # a snapshot being written for a regroup
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum, frame) -> None:
@@ -200,6 +202,9 @@ class ElasticTrainer:
             members = view["members"]
             epoch = view["epoch"]
             rank = members.index(self.cfg.node_id)
+            if self.step >= 0 and set(members) - set(self.members):
+                # someone new will need the state: write it while the process group forms
+                self._start_saving(epoch)
             if not self._all_arrived(epoch, members):
                 continue  # the view moved on while we waited: go for the newer one
             try:
@@ -254,6 +259,8 @@ class ElasticTrainer:
 
     def _reconcile(self, held: list[int], epoch: int) -> dict[str, Any]:
         """Members behind the newest state pull it from every member that has it."""
+        if self._saving is not None:
+            self._saving.join()  # the state may change below (a pull); the writer must be done
         newest = max(held)
         if newest < 0:
             raise NoState(f"no member of epoch {epoch} holds the state: {self.members}")
@@ -263,9 +270,8 @@ class ElasticTrainer:
             return {"transfer_ms": 0.0, "sources": [], "needers": []}
         name = f"state-e{epoch}"
         if self.cfg.node_id in providers:
-            epoch_, cursor = self.sampler.state()
-            snapshot_state.save(self.cfg.snapshot_dir, name, self.model, self.optimizer,
-                                step=self.step, extra=[epoch_, cursor], epoch=epoch)  # fmt: skip
+            self._start_saving(epoch)
+            self._saving.join()
         dist.barrier()
         transfer_ms = 0.0
         replayed = 0
@@ -291,6 +297,19 @@ class ElasticTrainer:
             "needers": needers,
             "replayed": replayed,
         }
+
+    def _start_saving(self, epoch: int) -> None:
+        """Write snapshot ``state-e{epoch}`` of the current state on a thread (once per epoch;
+        the state does not change until the regroup ends, and the writer releases the GIL)."""
+        if self._saving is not None and self._saving.name == f"state-e{epoch}":
+            return
+        epoch_, cursor = self.sampler.state()
+        self._saving = threading.Thread(
+            name=f"state-e{epoch}", target=snapshot_state.save,
+            args=(self.cfg.snapshot_dir, f"state-e{epoch}", self.model, self.optimizer),
+            kwargs={"step": self.step, "extra": [epoch_, cursor], "epoch": epoch},
+        )  # fmt: skip
+        self._saving.start()
 
     def _await_transfers(self, needers: list[str], epoch: int) -> None:
         """Wait until every member that was behind holds the state. On a slow link that takes

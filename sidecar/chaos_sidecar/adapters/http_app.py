@@ -17,7 +17,7 @@ from prometheus_client import generate_latest
 from chaos_sidecar.adapters.peer_stream import MAX_FRAME_BYTES, STREAM_PATH, PeerLinks
 from chaos_sidecar.adapters.runtime import EventLog, MembershipRuntime
 from chaos_sidecar.adapters.shard_server import ShardServer
-from chaos_sidecar.config import SidecarConfig
+from chaos_sidecar.config import SidecarConfig, client_tls
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.membership import machine as sm
 from chaos_sidecar.metrics import SidecarMetrics
@@ -360,7 +360,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     timeout = aiohttp.ClientTimeout(total=max(1.0, app[CONFIG].membership.suspect_timeout))
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=16)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=16, ssl=client_tls(app[CONFIG]) or True)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         config = app[CONFIG]
         runtime.links = PeerLinks(

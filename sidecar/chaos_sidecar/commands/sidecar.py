@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from chaos_sidecar.adapters.http_app import RUNTIME, build_app
-from chaos_sidecar.config import SidecarConfig, parse_contacts, read_secret
+from chaos_sidecar.config import SidecarConfig, check_tls_files, parse_contacts, read_secret, server_tls
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.membership.machine import LEFT, RequestLeave, Settings
 
@@ -23,6 +23,7 @@ LEAVE_TIMEOUT_S = 5.0
 
 def config_from_args(args: argparse.Namespace) -> SidecarConfig:
     contacts = parse_contacts(args.peers)
+    tls = check_tls_files(args.tls_cert, args.tls_key, args.tls_ca)
     if not args.seed and not contacts:
         raise InputError("--peers", "a joining sidecar needs at least one contact (or --seed)")
     try:
@@ -50,6 +51,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         snapshot_dir=Path(args.snapshot_dir) if args.snapshot_dir else None,
         upload_limit_Bps=args.upload_limit_mbps * 1e6 if args.upload_limit_mbps else None,
         trainer_lease_s=args.trainer_lease_s or None,
+        **dict(zip(("tls_cert", "tls_key", "tls_ca"), tls or (None, None, None), strict=True)),
     )
 
 
@@ -58,14 +60,22 @@ async def serve(config: SidecarConfig, ready_file: str | None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config.host, config.port))
     port = sock.getsockname()[1]
-    advertise = config.advertise or f"http://{config.host}:{port}"
+    tls = server_tls(config)
+    advertise = config.advertise or f"{'https' if tls else 'http'}://{config.host}:{port}"
     app = build_app(config, advertise)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    await web.SockSite(runner, sock).start()
+    await web.SockSite(runner, sock, ssl_context=tls).start()
+    local_url = advertise
+    if tls is not None:  # the trainer's local API: plain HTTP, loopback only
+        local = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        local.bind(("127.0.0.1", 0))
+        await web.SockSite(runner, local).start()
+        local_url = f"http://127.0.0.1:{local.getsockname()[1]}"
     if ready_file:
         tmp = Path(ready_file + ".tmp")
-        tmp.write_text(json.dumps({"port": port, "url": advertise, "pid": os.getpid()}))
+        ready = {"port": port, "url": advertise, "local_url": local_url, "pid": os.getpid()}
+        tmp.write_text(json.dumps(ready))
         tmp.replace(ready_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
