@@ -142,7 +142,9 @@ def random_churn(
     out = []
     at_steps = sorted(rng.sample(range(max(2, steps // 10), max(3, steps * 9 // 10)), events))
     for at in at_steps:
-        choices = ["join", "link_down", "slow_link"]
+        up = [(a, b) for i, a in enumerate(members) for b in members[i + 1 :]
+              if (a, b) not in down and (b, a) not in down]  # fmt: skip
+        choices = ["join", "link_down", "slow_link"] if up else ["join", "slow_link"]
         if len(members) > min_size:
             choices += list(REMOVALS)
         if down:
@@ -164,8 +166,6 @@ def random_churn(
             members.remove(node)
             out.append({"at_step": at, "event": kind, "node": node})
         elif kind == "link_down":
-            up = [(a, b) for i, a in enumerate(members) for b in members[i + 1 :]
-                  if (a, b) not in down and (b, a) not in down]  # fmt: skip
             a, b = rng.choice(up)
             down.append((a, b))
             out.append({"at_step": at, "event": "link_down", "node": a, "peer": b})

@@ -48,6 +48,10 @@ class LeftGroup(Exception):
     """This member left the group gracefully."""
 
 
+class JobFinished(Exception):
+    """The group already trained every step (a member that was away comes back too late)."""
+
+
 class NoState(Exception):
     """No member of the group holds the training state (the job finished or every holder is
     gone): a group of joiners must not start training from scratch."""
@@ -136,9 +140,12 @@ class ElasticTrainer:
                 # a SIGTERM is announced in the next step's all-reduce; the whole group then
                 # regroups after that step, and this member leaves instead of regrouping
             self.log("done", step=self.step, digest=snapshot_state.digest(self.model, self.optimizer))
+            self._finished_marker().write_text(str(self.step))
             self._finish()
         except LeftGroup:
             self.log("left", step=self.step)
+        except JobFinished:
+            self.log("job_finished", step=self.step)
         except NoState as exc:
             self.log("no_state", error=str(exc))
             raise
@@ -196,6 +203,10 @@ class ElasticTrainer:
             raise LeftGroup()
         while True:
             view = self._current_member_view()
+            if self._finished_marker().exists():
+                # the others finished while we were away: training on from our older state
+                # would redo steps they already took
+                raise JobFinished()
             started = time.monotonic()
             if dist.is_initialized():
                 dist.destroy_process_group()
@@ -242,6 +253,9 @@ class ElasticTrainer:
                 self.sidecar.report(idle_s=time.monotonic() - started)
             self._just_regrouped = True
             return
+
+    def _finished_marker(self) -> Path:
+        return self.cfg.rendezvous_dir / "finished"
 
     def _all_arrived(self, epoch: int, members: list[str]) -> bool:
         """Arrival barrier for one epoch's process group: every member announces itself in the

@@ -83,7 +83,8 @@ def keep(workdir: Path, seed: int) -> None:
     """Keep a failed round's logs (out/chaos-rounds/round-SEED) for a replay."""
     target = KEEP_FAILED / f"round-{seed}"
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(workdir / f"round-{seed}", target, ignore_dangling_symlinks=True)
+    if (workdir / f"round-{seed}").exists():
+        shutil.copytree(workdir / f"round-{seed}", target, ignore_dangling_symlinks=True)
     shutil.rmtree(workdir / f"round-{seed}", ignore_errors=True)
 
 

@@ -45,8 +45,13 @@ def timed(repeats: int, run: Callable[[], Any]) -> list[float]:
     return out
 
 
-def decides(actions: list[sm.Action]) -> bool:
-    return any(isinstance(a, sm.Decided) for a in actions)
+def decides(result: tuple[sm.NodeState, list[sm.Action]]) -> bool:
+    """The step chose a new view: it says so, or it proposes one (a removal is decided when
+    the coordinator proposes the view without the silent member)."""
+    state, actions = result
+    return any(isinstance(a, sm.Decided) for a in actions) or (
+        state.proposal is not None and state.proposal.own
+    )
 
 
 def silent(state: sm.NodeState, members: tuple[str, ...], victim: str, now: float) -> sm.NodeState:
@@ -67,9 +72,9 @@ def measure_size(n: int, repeats: int) -> dict[str, Any]:
     later = now + SETTINGS.suspect_timeout * 3
     quiet = silent(base, members, victim, later)
     checks = {
-        "join": decides(sm.step(base, join, now)[1]),
-        "leave": decides(sm.step(base, leave, now)[1]),
-        "failure": decides(sm.step(quiet, sm.Tick(), later)[1]),
+        "join": decides(sm.step(base, join, now)),
+        "leave": decides(sm.step(base, leave, now)),
+        "failure": decides(sm.step(quiet, sm.Tick(), later)),
     }
     rows = {
         "heartbeat": timed(repeats, lambda: sm.step(base, heartbeat, now)),
