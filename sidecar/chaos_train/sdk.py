@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import statistics
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +105,6 @@ class ElasticTrainer:
         )
         self._step_times: collections.deque[float] = collections.deque(maxlen=20)
         self._last_step_end: float | None = None
-        self._saving: threading.Thread | None = None  # a snapshot being written for a regroup
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum, frame) -> None:
@@ -213,9 +211,6 @@ class ElasticTrainer:
             members = view["members"]
             epoch = view["epoch"]
             rank = members.index(self.cfg.node_id)
-            if self.step >= 0 and set(members) - set(self.members):
-                # someone new will need the state: write it while the process group forms
-                self._start_saving(epoch)
             if not self._all_arrived(epoch, members):
                 continue  # the view moved on while we waited: go for the newer one
             try:
@@ -273,8 +268,6 @@ class ElasticTrainer:
 
     def _reconcile(self, held: list[int], epoch: int) -> dict[str, Any]:
         """Members behind the newest state pull it from every member that has it."""
-        if self._saving is not None:
-            self._saving.join()  # the state may change below (a pull); the writer must be done
         newest = max(held)
         if newest < 0:
             raise NoState(f"no member of epoch {epoch} holds the state: {self.members}")
@@ -283,10 +276,17 @@ class ElasticTrainer:
         if not needers:
             return {"transfer_ms": 0.0, "sources": [], "needers": []}
         name = f"state-e{epoch}"
+        began = time.monotonic()
         if self.cfg.node_id in providers:
-            self._start_saving(epoch)
-            self._saving.join()
+            epoch_, cursor = self.sampler.state()
+            snapshot_state.save(self.cfg.snapshot_dir, name, self.model, self.optimizer,
+                                step=self.step, extra=[epoch_, cursor], epoch=epoch)  # fmt: skip
+        saved = time.monotonic()
         dist.barrier()
+        timings = {
+            "save_ms": round((saved - began) * 1000, 1),
+            "save_wait_ms": round((time.monotonic() - saved) * 1000, 1),
+        }
         transfer_ms = 0.0
         replayed = 0
         if self.cfg.node_id in needers:
@@ -310,20 +310,8 @@ class ElasticTrainer:
             "sources": providers,
             "needers": needers,
             "replayed": replayed,
+            **timings,
         }
-
-    def _start_saving(self, epoch: int) -> None:
-        """Write snapshot ``state-e{epoch}`` of the current state on a thread (once per epoch;
-        the state does not change until the regroup ends, and the writer releases the GIL)."""
-        if self._saving is not None and self._saving.name == f"state-e{epoch}":
-            return
-        epoch_, cursor = self.sampler.state()
-        self._saving = threading.Thread(
-            name=f"state-e{epoch}", target=snapshot_state.save,
-            args=(self.cfg.snapshot_dir, f"state-e{epoch}", self.model, self.optimizer),
-            kwargs={"step": self.step, "extra": [epoch_, cursor], "epoch": epoch},
-        )  # fmt: skip
-        self._saving.start()
 
     def _await_transfers(self, needers: list[str], epoch: int) -> None:
         """Wait until every member that was behind holds the state. On a slow link that takes
@@ -337,16 +325,18 @@ class ElasticTrainer:
             time.sleep(0.005)
 
     def _pull_state(self, name: str, providers: list[str]) -> None:
+        began = time.monotonic()
         result = self.sidecar.pull(name, providers, self.cfg.transfer_policy)
         if "error" in result:
             raise RuntimeError(f"state transfer failed: {result['error']}")
-        sources = result.get("per_source", [])
-        self.log("pulled", name=name, seconds=result.get("seconds"),
-                 bytes=sum(s["bytes"] for s in sources),
-                 per_source={s["id"]: s["bytes"] for s in sources})  # fmt: skip
+        pulled = time.monotonic()
         extra = snapshot_state.load(self.cfg.snapshot_dir, name, self.model, self.optimizer)
         self.step, sampler_epoch, cursor = extra[0], extra[1], extra[2]
         self.sampler.load(sampler_epoch, cursor)
+        sources = result.get("per_source", [])
+        self.log("pulled", name=name, seconds=result.get("seconds"), call_s=round(pulled - began, 4),
+                 load_s=round(time.monotonic() - pulled, 4), bytes=sum(s["bytes"] for s in sources),
+                 per_source={s["id"]: s["bytes"] for s in sources})  # fmt: skip
 
     # --- overlap joins ----------------------------------------------------------------------------
 

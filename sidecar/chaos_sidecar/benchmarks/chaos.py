@@ -55,6 +55,27 @@ def restarts(trainer: list[dict[str, Any]]) -> int:
     return sum(1 for p in pids.values() if len(p) > 1)
 
 
+KILLS = ("crash", "crash_trainer", "crash_sidecar")
+
+
+def kill_moments(injected, trainer: list[dict[str, Any]]) -> dict[str, int]:
+    """Where each kill landed: during a state transfer (some trainer was pulling), during a
+    regroup, or while the group was stepping (compute and all-reduce)."""
+    pulls = [(r["t"] - (r.get("seconds") or 0.0), r["t"]) for r in trainer if r["type"] == "pulled"]
+    regroups = [(r["t"] - r["pause_ms"] / 1000, r["t"]) for r in trainer if r["type"] == "regroup"]
+    moments = {"mid_transfer": 0, "mid_regroup": 0, "mid_step": 0}
+    for inj in injected:
+        if inj.event.event not in KILLS:
+            continue
+        if any(a <= inj.t <= b for a, b in pulls):
+            moments["mid_transfer"] += 1
+        elif any(a <= inj.t <= b for a, b in regroups):
+            moments["mid_regroup"] += 1
+        else:
+            moments["mid_step"] += 1
+    return moments
+
+
 def run_round(seed: int, workdir: Path) -> dict[str, Any]:
     initial = [f"n{i}" for i in range(NODES)]
     churn = random_churn(seed, initial, STEPS, events=EVENTS, kinds=CHAOS_KINDS)
@@ -75,6 +96,7 @@ def run_round(seed: int, workdir: Path) -> dict[str, Any]:
         "survivor_restarts": restarts(trainer),
         "steps": summary["steps"],
         "events": [e.event for e in churn],
+        "kills": kill_moments(job.injected, trainer),
         "wall_s": summary["wall_s"],
     }
 
@@ -92,6 +114,7 @@ def measure(rounds: int, first_seed: int, workdir: Path, log) -> dict[str, Any]:
     totals = dict.fromkeys(("divergent", "lost", "duplicated", "split_brain", "survivor_restarts"), 0)
     failures: list[int] = []
     kinds: dict[str, int] = defaultdict(int)
+    kills: dict[str, int] = defaultdict(int)
     started = time.monotonic()
     for seed in range(first_seed, first_seed + rounds):
         try:
@@ -105,6 +128,8 @@ def measure(rounds: int, first_seed: int, workdir: Path, log) -> dict[str, Any]:
             totals[key] += result[key]
         for kind in result["events"]:
             kinds[kind] += 1
+        for moment, n in result["kills"].items():
+            kills[moment] += n
         if not result["ok"] or any(result[key] for key in totals):
             failures.append(seed)
             keep(workdir, seed)
@@ -120,6 +145,7 @@ def measure(rounds: int, first_seed: int, workdir: Path, log) -> dict[str, Any]:
         **totals,
         "failures": failures,
         "events_by_kind": dict(sorted(kinds.items())),
+        "kills_landed": dict(kills),
         "wall_s": round(time.monotonic() - started, 1),
         "failed": bool(failures),
     }

@@ -132,8 +132,14 @@ async def run_elastic(method: str, rates: list[float], hidden: int, workdir: Pat
     pulled = first(joiner, "pulled")
     assert requested and step and regroup and pulled, "joiner log incomplete"
     idle = []
+    saves = []
     for node in names:
         records = read_log(job.trainer_log(node))
+        saves += [
+            r.get("save_ms", 0.0) / 1000
+            for r in records
+            if r["type"] == "regroup" and r["epoch"] == regroup["epoch"]
+        ]
         pauses = [
             r for r in records if r["type"] in ("regroup", "overlap_start") and r["t"] >= requested["t"]
         ]
@@ -147,8 +153,13 @@ async def run_elastic(method: str, rates: list[float], hidden: int, workdir: Pat
             "agree_and_reach_step_boundary": regroup_started - requested["t"],
             "transfer": pulled["seconds"],
             "process_group": regroup["group_ms"] / 1000,
-            "snapshot_save_load_barriers": (regroup["pause_ms"] - regroup["group_ms"]) / 1000
-            - pulled["seconds"],
+            "snapshot_save": max(saves, default=0.0),
+            "pull_request": pulled["call_s"] - pulled["seconds"],
+            "load": pulled["load_s"],
+            "barriers": (regroup["pause_ms"] - regroup["group_ms"]) / 1000
+            - max(saves, default=0.0)
+            - pulled["call_s"]
+            - pulled["load_s"],
             "first_step": step["t"] - regroup["t"],
         },
         "bytes_per_source": pulled["per_source"],
