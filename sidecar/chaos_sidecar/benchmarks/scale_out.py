@@ -133,26 +133,26 @@ async def run_elastic(method: str, rates: list[float], hidden: int, workdir: Pat
     assert requested and step and regroup and pulled, "joiner log incomplete"
     idle = []
     saves = []
+    arrivals = []  # when each member reached the step boundary after the join was agreed
     for node in names:
         records = read_log(job.trainer_log(node))
-        saves += [
-            r.get("save_ms", 0.0) / 1000
-            for r in records
-            if r["type"] == "regroup" and r["epoch"] == regroup["epoch"]
-        ]
+        joined = [r for r in records if r["type"] == "regroup" and r["epoch"] == regroup["epoch"]]
+        saves += [r.get("save_ms", 0.0) / 1000 for r in joined]
+        arrivals += [r["t"] - r["pause_ms"] / 1000 for r in joined]
         pauses = [
             r for r in records if r["type"] in ("regroup", "overlap_start") and r["t"] >= requested["t"]
         ]
         idle.append(sum(r["pause_ms"] for r in pauses) / 1000)
-    regroup_started = regroup["t"] - regroup["pause_ms"] / 1000
+    boundary = max(arrivals, default=regroup["t"] - regroup["pause_ms"] / 1000)
+    grouped = regroup["t"] - regroup["pause_ms"] / 1000 + regroup["group_ms"] / 1000
     return {
         "delay_s": step["t"] - requested["t"],
         "idle_s": sum(idle) / len(idle),
         "bytes": pulled["bytes"],
         "breakdown_s": {
-            "agree_and_reach_step_boundary": regroup_started - requested["t"],
+            "agree_and_reach_step_boundary": boundary - requested["t"],
             "transfer": pulled["seconds"],
-            "process_group": regroup["group_ms"] / 1000,
+            "process_group": grouped - boundary,
             "snapshot_save": max(saves, default=0.0),
             "pull_request": pulled["call_s"] - pulled["seconds"],
             "load": pulled["load_s"],
