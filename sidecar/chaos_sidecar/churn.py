@@ -125,6 +125,18 @@ def default_churn(initial: list[str], steps: int) -> list[ChurnEvent]:
     return parse_churn(plan, initial, steps)
 
 
+def connected_enough(members: list[str], down: list[tuple[str, str]]) -> bool:
+    """Every member still has working links to a majority of the group (itself included): the
+    membership rule then keeps everyone, and a group can always agree. A churn that cuts more
+    (say, every link between the three survivors of a crash) leaves no majority anywhere:
+    nothing can, or should, make progress then."""
+    cut = {frozenset(link) for link in down}
+    majority = len(members) // 2 + 1
+    return all(
+        1 + sum(1 for b in members if b != a and frozenset((a, b)) not in cut) >= majority for a in members
+    )
+
+
 def random_churn(
     seed: int,
     initial: list[str],
@@ -143,14 +155,19 @@ def random_churn(
     at_steps = sorted(rng.sample(range(max(2, steps // 10), max(3, steps * 9 // 10)), events))
     for at in at_steps:
         up = [(a, b) for i, a in enumerate(members) for b in members[i + 1 :]
-              if (a, b) not in down and (b, a) not in down]  # fmt: skip
+              if (a, b) not in down and (b, a) not in down
+              and connected_enough(members, [*down, (a, b)])]  # fmt: skip
         choices = ["join", "link_down", "slow_link"] if up else ["join", "slow_link"]
         if len(members) > min_size:
             choices += list(REMOVALS)
         if down:
             choices.append("link_up")
         kind = rng.choice([k for k in choices if k in kinds])
-        removable = [m for m in members[1:] if all(m not in link for link in down)]  # keep the founder
+        removable = [
+            m  # keep the founder, and a group where everyone reaches a majority
+            for m in members[1:]
+            if all(m not in link for link in down) and connected_enough([x for x in members if x != m], down)
+        ]
         if kind in REMOVALS and not removable:
             kind = "join"
         if kind == "join":

@@ -163,12 +163,15 @@ class ElasticTrainer:
     def _await_newer_view(self, epoch: int | None = None) -> None:
         """Block until the sidecar commits a view newer than ``epoch`` (default: the group's)."""
         epoch = (self.group_epoch or 0) if epoch is None else epoch
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        waiting_since = time.monotonic()
+        reported = waiting_since
+        while True:  # a member cut off from any majority pauses here until the group moves on
             view = self.sidecar.wait_view(epoch, timeout=5.0).get("view") or {}
             if view.get("epoch", 0) > epoch:
                 return
-        raise RuntimeError(f"the group's view did not move past epoch {epoch}")
+            if time.monotonic() - reported > 60:
+                reported = time.monotonic()
+                self.log("waiting_for_view", epoch=epoch, waited_s=round(reported - waiting_since))
 
     # --- regrouping -----------------------------------------------------------------------------
 

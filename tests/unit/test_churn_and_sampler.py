@@ -95,3 +95,23 @@ def test_sample_accounting_catches_loss_and_duplication() -> None:
     repeated = [*good[:2], step(3, 0, 16), *good[3:]]
     result = check_samples(repeated, 5, 16, 64)
     assert result["samples_duplicated"] == 16 and result["samples_lost"] == 16
+
+
+def test_random_chaos_churn_always_leaves_a_group_that_can_agree() -> None:
+    """After every event of 300 generated chaos scripts, each member still reaches a majority
+    over working links (the generator once cut all links among a crash's three survivors)."""
+    from chaos_sidecar.churn import CHAOS_KINDS, REMOVALS, connected_enough
+
+    assert not connected_enough(["a", "b", "c"], [("a", "b"), ("b", "c"), ("a", "c")])
+    for seed in range(300):
+        members, down = ["n0", "n1", "n2", "n3"], []
+        for event in random_churn(seed, list(members), 150, events=6, kinds=CHAOS_KINDS):
+            if event.event == "join":
+                members.append(event.node)
+            elif event.event in REMOVALS:
+                members.remove(event.node)
+            elif event.event == "link_down":
+                down.append((event.node, event.peer))
+            elif event.event == "link_up":
+                down = [link for link in down if set(link) != {event.node, event.peer}]
+            assert len(members) >= 3 and connected_enough(members, down), (seed, event)
