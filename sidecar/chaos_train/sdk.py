@@ -38,6 +38,7 @@ REPORT_EVERY = 10  # steps between progress reports to the sidecar (metrics)
 # well under one of their steps, otherwise it declines and joins blocking
 REPLAY_SHARE_OF_STEP = 0.5
 TRANSFER_DEADLINE_S = 3600.0  # a joiner's state transfer; the view changing ends the wait sooner
+RETRY_PATIENCE_S = 5.0  # after a failed collective: wait this long for a view change, then retry
 
 
 DECLINED = "declined"  # an overlap joiner's catch-up marker when it will join blocking instead
@@ -105,6 +106,8 @@ class ElasticTrainer:
         )
         self._step_times: collections.deque[float] = collections.deque(maxlen=20)
         self._last_step_end: float | None = None
+        self._rounds: dict[int, int] = {}  # epoch -> rendezvous round (a failed one is not reused)
+        self._same_epoch_again = False
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum, frame) -> None:
@@ -131,10 +134,11 @@ class ElasticTrainer:
                     self._regroup()
                 try:
                     self._train_step()
-                except RuntimeError as exc:  # a collective failed: someone died
+                except RuntimeError as exc:  # a collective failed: someone died, or timed out
                     self.log("collective_failed", step=self.step, error=str(exc)[:200])
                     self.regroup_needed = True
-                    self._await_newer_view()
+                    if not self._await_newer_view(patience_s=RETRY_PATIENCE_S):
+                        self._retry_epoch()  # nobody left the view: form the same group afresh
                 # a SIGTERM is announced in the next step's all-reduce; the whole group then
                 # regroups after that step, and this member leaves instead of regrouping
             self.log("done", step=self.step, digest=snapshot_state.digest(self.model, self.optimizer))
@@ -160,24 +164,35 @@ class ElasticTrainer:
         with contextlib.suppress(RuntimeError):
             dist.barrier()
 
-    def _await_newer_view(self, epoch: int | None = None) -> None:
-        """Block until the sidecar commits a view newer than ``epoch`` (default: the group's)."""
+    def _await_newer_view(self, epoch: int | None = None, patience_s: float | None = None) -> bool:
+        """Wait until the sidecar commits a view newer than ``epoch`` (default: the group's):
+        True once it has; False when ``patience_s`` passed without one."""
         epoch = (self.group_epoch or 0) if epoch is None else epoch
         waiting_since = time.monotonic()
         reported = waiting_since
         while True:  # a member cut off from any majority pauses here until the group moves on
-            view = self.sidecar.wait_view(epoch, timeout=5.0).get("view") or {}
+            view = self.sidecar.wait_view(epoch, timeout=min(5.0, patience_s or 5.0)).get("view") or {}
             if view.get("epoch", 0) > epoch:
-                return
+                return True
+            if patience_s is not None and time.monotonic() - waiting_since >= patience_s:
+                return False
             if time.monotonic() - reported > 60:
                 reported = time.monotonic()
                 self.log("waiting_for_view", epoch=epoch, waited_s=round(reported - waiting_since))
 
     # --- regrouping -----------------------------------------------------------------------------
 
+    def _retry_epoch(self) -> None:
+        """Regroup in the current view once more, in a fresh rendezvous round: a collective or
+        a rendezvous can fail without anyone leaving (a member too slow for the timeout)."""
+        epoch = self.group_epoch or 0
+        self._rounds[epoch] = self._rounds.get(epoch, 0) + 1
+        self._same_epoch_again = True
+
     def _current_member_view(self) -> dict[str, Any]:
-        """The newest view this node is a member of, newer than the current group's."""
-        after = self.group_epoch or 0
+        """The newest view this node is a member of, newer than the current group's (or the
+        current one again, after ``_retry_epoch``)."""
+        after = (self.group_epoch or 0) - (1 if self._same_epoch_again else 0)
         while True:
             snap = self.sidecar.view()
             view = snap.get("view")
@@ -217,28 +232,31 @@ class ElasticTrainer:
             if not self._all_arrived(epoch, members):
                 continue  # the view moved on while we waited: go for the newer one
             try:
-                store = self._store = dist.FileStore(
-                    str(self.cfg.rendezvous_dir / f"epoch-{epoch}" / "store"), len(members)
-                )
+                store = self._store = dist.FileStore(str(self._round_dir(epoch) / "store"), len(members))
                 dist.init_process_group(
                     self.cfg.backend, store=store, rank=rank, world_size=len(members),
                     timeout=datetime.timedelta(seconds=self.cfg.timeout_s),
                 )  # fmt: skip
                 steps = [torch.zeros(1, dtype=torch.int64) for _ in members]
                 dist.all_gather(steps, torch.tensor([self.step], dtype=torch.int64))
-            except RuntimeError as exc:  # someone died during the rendezvous: the view will change
+            except RuntimeError as exc:  # someone died during the rendezvous, or was too slow
                 self.log("rendezvous_failed", epoch=epoch, error=str(exc)[:200])
-                self._await_newer_view(epoch)
+                if not self._await_newer_view(epoch, patience_s=RETRY_PATIENCE_S):
+                    self._rounds[epoch] = self._rounds.get(epoch, 0) + 1  # same view, next round
                 continue
             grouped = time.monotonic()
+            previous = self.group_epoch
             self.group_epoch, self.rank, self.world, self.members = epoch, rank, len(members), members
             held = [int(s.item()) for s in steps]
             try:
                 transfer = self._reconcile(held, epoch)
             except RuntimeError as exc:  # a member died while the state moved
                 self.log("reconcile_failed", epoch=epoch, error=str(exc)[:200])
-                self._await_newer_view(epoch)
+                self.group_epoch = previous
+                if not self._await_newer_view(epoch, patience_s=RETRY_PATIENCE_S):
+                    self._rounds[epoch] = self._rounds.get(epoch, 0) + 1
                 continue
+            self._same_epoch_again = False
             self._drop_grad_log()  # any overlap join ends with this regroup
             self.regroup_needed = False
             self.log(
@@ -255,11 +273,22 @@ class ElasticTrainer:
     def _finished_marker(self) -> Path:
         return self.cfg.rendezvous_dir / "finished"
 
+    def _round_dir(self, epoch: int) -> Path:
+        """Rendezvous directory of this epoch's current round (a failed round is never reused:
+        its store file may be half torn down)."""
+        return self.cfg.rendezvous_dir / f"epoch-{epoch}" / f"round-{self._rounds.get(epoch, 0)}"
+
     def _all_arrived(self, epoch: int, members: list[str]) -> bool:
         """Arrival barrier for one epoch's process group: every member announces itself in the
-        shared rendezvous directory, then all initialise together (a fresh store per epoch).
+        shared rendezvous directory, then all initialise together (a fresh store per round).
         False if the group's view moves past ``epoch`` first."""
-        directory = self.cfg.rendezvous_dir / f"epoch-{epoch}"
+        # join the newest round anyone has opened: a member too slow for a failed round must
+        # not wait in it while the others moved on
+        opened = [
+            int(p.name.split("-")[1]) for p in (self.cfg.rendezvous_dir / f"epoch-{epoch}").glob("round-*")
+        ]
+        self._rounds[epoch] = max([self._rounds.get(epoch, 0), *opened])
+        directory = self._round_dir(epoch)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / f"ready-{self.cfg.node_id}").touch()
         deadline = time.monotonic() + 120
@@ -408,7 +437,7 @@ class ElasticTrainer:
         epoch = self.sidecar.latest_epoch
         directory = self.cfg.rendezvous_dir / f"epoch-{epoch}"
         return directory.is_dir() and any(
-            p.name != f"ready-{self.cfg.node_id}" for p in directory.glob("ready-*")
+            p.name != f"ready-{self.cfg.node_id}" for p in directory.rglob("ready-*")
         )
 
     def _replay_to(self, target: int, sources: list[str]) -> bool:
