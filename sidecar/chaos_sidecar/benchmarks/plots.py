@@ -25,9 +25,10 @@ def scale_out(result: dict[str, Any], path: Path) -> None:
         parts += [p for p in result["methods"][m]["breakdown_s"] if p not in parts]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     bottoms = [0.0] * len(methods)
-    for part in parts:
+    palette = plt.get_cmap("tab20").colors
+    for i, part in enumerate(parts):
         values = [max(0.0, result["methods"][m]["breakdown_s"].get(part, 0.0)) for m in methods]
-        ax.bar(methods, values, bottom=bottoms, label=part.replace("_", " "))
+        ax.bar(methods, values, bottom=bottoms, label=part.replace("_", " "), color=palette[i % len(palette)])
         bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
     ax.axhline(
         result["limit_s"], color="black", linestyle="--", label=f"physical limit {result['limit_s']:.2f} s"
