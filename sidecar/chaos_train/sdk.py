@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed import distributed_c10d as c10d  # torch is pinned: see _regroup
 
 from chaos_train import state as snapshot_state
 from chaos_train.sampler import ElasticSampler
@@ -233,6 +234,10 @@ class ElasticTrainer:
                 continue  # the view moved on while we waited: go for the newer one
             try:
                 store = self._store = dist.FileStore(str(self._round_dir(epoch) / "store"), len(members))
+                # torch names the default group from a counter it raises before creating it and
+                # resets only in destroy_process_group: after a failed init this member's store
+                # keys would never match the others' again (every later rendezvous timed out)
+                c10d._world.group_count = 0
                 dist.init_process_group(
                     self.cfg.backend, store=store, rank=rank, world_size=len(members),
                     timeout=datetime.timedelta(seconds=self.cfg.timeout_s),
