@@ -37,7 +37,12 @@ class SidecarClient:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
-            return json.loads(exc.read() or b"{}") | {"error": exc.code}
+            body = exc.read()
+            try:  # the sidecar's own errors are JSON; aiohttp's (400 with a text) are not
+                detail = json.loads(body or b"{}")
+            except ValueError:
+                detail = {"message": body.decode(errors="replace")[:500]}
+            return (detail if isinstance(detail, dict) else {}) | {"error": exc.code}
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, ConnectionRefusedError):
                 raise SidecarLost(f"sidecar at {self.url} refused the connection") from None
