@@ -77,6 +77,14 @@ def first(records: list[dict[str, Any]], kind: str, after: float = 0.0) -> dict[
     return next((r for r in records if r["type"] == kind and r["t"] >= after), None)
 
 
+def stop(processes) -> None:
+    """Kill whatever of ``processes`` still runs (trainers run until the harness stops them)."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 async def until(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -121,10 +129,7 @@ async def run_elastic(method: str, rates: list[float], hidden: int, workdir: Pat
 
             await until(joined, DEADLINE_S, "the joiner's first step")
     finally:
-        for process in job.trainers.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        stop(job.trainers.values())
     joiner = read_log(joiner_log)
     requested = first(joiner, "join_requested")
     step = first(joiner, "step")
@@ -244,10 +249,7 @@ async def run_checkpoint_restart(rates: list[float], hidden: int, workdir: Path)
 
             await until(joined, DEADLINE_S, "the joiner's first step")
         finally:
-            for p in processes:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+            stop(processes)
     joiner = read_log(joiner_log)
     step = first(joiner, "step")
     loaded = first(joiner, "loaded")
