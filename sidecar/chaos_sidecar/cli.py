@@ -28,6 +28,7 @@ _COMMANDS: dict[str, str] = {
 
 BENCH_SCENARIOS = (
     "agreement", "events", "planner", "transfer", "monitor", "steptime", "scale-out", "scalability", "chaos",
+    "join-modes",
 )  # fmt: skip
 
 
@@ -127,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--kill-one", action="store_true", help="kill a source mid-transfer (transfer)")
     bench.add_argument("--duration", type=_positive_float, default=60.0, help="seconds to watch (monitor)")
-    bench.add_argument("--steps", type=_positive_int, default=300, help="training steps (steptime)")
+    bench.add_argument(
+        "--steps", type=_positive_int, default=300, help="training steps (steptime, join-modes)"
+    )
+    bench.add_argument(
+        "--hidden", type=_positive_int, help="the built-in model's hidden width (join-modes; default 1024)"
+    )
     bench.add_argument(
         "--max-nodes", type=_positive_int, default=1000, help="largest simulated group (scalability)"
     )

@@ -15,12 +15,13 @@ twice.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
-import datetime
 import json
 import os
 import signal
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed import distributed_c10d as c10d  # torch is pinned: see _regroup
 
 from chaos_train import state as snapshot_state
+from chaos_train.groups import GroupBuild, all_gather_ints, new_process_group
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sidecar_client import SidecarClient, SidecarLost
 
@@ -39,6 +40,10 @@ REPORT_EVERY = 10  # steps between progress reports to the sidecar (metrics)
 # well under one of their steps, otherwise it declines and joins blocking
 REPLAY_SHARE_OF_STEP = 0.5
 TRANSFER_DEADLINE_S = 3600.0  # a joiner's state transfer; the view changing ends the wait sooner
+# an overlap joiner at most this many steps behind at the switch replays them during its first
+# step in the group (members wait for that, if at all, in the step's all-reduce); further
+# behind, it pulls the state while the members wait
+ENTER_MAX_BEHIND = 8
 RETRY_PATIENCE_S = 5.0  # after a failed collective: wait this long for a view change, then retry
 
 
@@ -90,6 +95,19 @@ class ElasticTrainer:
         self.rank = 0
         self.world = 1
         self.members: list[str] = []
+        self.group = None  # this view's process group (see chaos_train.groups)
+        self._store = None
+        self._next: GroupBuild | None = None  # overlap: the joined view's group, built ahead
+        self._abandoned: list[GroupBuild] = []  # kept: dropping one may wait out a posted barrier
+        # overlap: members that enter the group behind and replay during their first step,
+        # taking no share of its batch; a joiner's own catch-up target and gradient sources
+        self._entering: list[str] = []
+        self._catch_up: tuple[int, list[str]] | None = None
+        self._can_replay = False  # an overlap joiner holding a snapshot the members' log continues
+        self._stale_grads: tuple[int, int] | None = None  # gradient log to drop after the next step
+        # overlap: the snapshot and gradient log are written in order on one thread, so members
+        # only pay for copying them (a joiner asking too early finds nothing and asks again)
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         self.regroup_needed = True
         self.leaving = False
         self.pending: dict[str, Any] | None = None  # overlap: joiners catching up, see _start_overlap
@@ -102,9 +120,6 @@ class ElasticTrainer:
             p.grad = torch.zeros_like(p)
         snapshot_state.init_optimizer_state(optimizer)
         self.grad_bytes = sum(p.numel() * p.element_size() for p in self.params)
-        self.state_bytes = sum(
-            t.numel() * t.element_size() for _, t in snapshot_state.state_tensors(model, optimizer)
-        )
         self._step_times: collections.deque[float] = collections.deque(maxlen=20)
         self._last_step_end: float | None = None
         self._rounds: dict[int, int] = {}  # epoch -> rendezvous round (a failed one is not reused)
@@ -156,14 +171,22 @@ class ElasticTrainer:
             self.log("sidecar_lost", step=self.step, error=str(exc))
             raise
         finally:
+            self._writer.shutdown(wait=True)
             self.sidecar.stop()
-            if dist.is_initialized():
-                dist.destroy_process_group()
+            self._close_group(wait=True)
 
     def _finish(self) -> None:
         """All members reach the last step together; a final barrier keeps the group up until then."""
         with contextlib.suppress(RuntimeError):
-            dist.barrier()
+            self.group.barrier().wait()
+
+    def _close_group(self, wait: bool = False) -> None:
+        """Drop this view's group. Freeing a gloo group takes 20-45 ms (it closes every
+        connection, with the GIL released), so unless ``wait`` a thread holds the last reference."""
+        last = [self.group, self._store]
+        self.group = self._store = None
+        if not wait and last[0] is not None:
+            threading.Thread(target=last.clear, name="close-group", daemon=True).start()
 
     def _await_newer_view(self, epoch: int | None = None, patience_s: float | None = None) -> bool:
         """Wait until the sidecar commits a view newer than ``epoch`` (default: the group's):
@@ -211,69 +234,106 @@ class ElasticTrainer:
     def _regroup(self) -> None:
         if self.leaving:
             self.log("leaving", step=self.step)
-            if dist.is_initialized():
-                dist.destroy_process_group()
+            self._close_group()
             self.sidecar.leave()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and self.sidecar.view().get("status") != "left":
                 self.sidecar.wait_view(self.group_epoch or 0, timeout=1.0)
             raise LeftGroup()
         while True:
-            view = self._current_member_view()
+            view = self._built_view() or self._current_member_view()
             if self._finished_marker().exists():
                 # the others finished while we were away: training on from our older state
                 # would redo steps they already took
                 raise JobFinished()
             started = time.monotonic()
-            if dist.is_initialized():
-                dist.destroy_process_group()
+            self._close_group()
             members = view["members"]
             epoch = view["epoch"]
             rank = members.index(self.cfg.node_id)
-            if not self._all_arrived(epoch, members):
-                continue  # the view moved on while we waited: go for the newer one
+            built = self._take_built(epoch, members)
             try:
-                store = self._store = dist.FileStore(str(self._round_dir(epoch) / "store"), len(members))
-                # torch names the default group from a counter it raises before creating it and
-                # resets only in destroy_process_group: after a failed init this member's store
-                # keys would never match the others' again (every later rendezvous timed out)
-                c10d._world.group_count = 0
-                dist.init_process_group(
-                    self.cfg.backend, store=store, rank=rank, world_size=len(members),
-                    timeout=datetime.timedelta(seconds=self.cfg.timeout_s),
-                )  # fmt: skip
-                steps = [torch.zeros(1, dtype=torch.int64) for _ in members]
-                dist.all_gather(steps, torch.tensor([self.step], dtype=torch.int64))
+                opened = built.result() if built is not None else self._open_group(epoch, members)
+                if opened is None:
+                    continue  # the view moved on while we waited: go for the newer one
+                self.group, self._store = opened
+                opened_at = time.monotonic()
+                mine = [self.step, int(self._can_replay)]
+                # a joiner that replayed during an overlap posted the gather already (with the
+                # step it held then; it replays the rest when it enters)
+                gathered = built.gather(mine).result() if built else all_gather_ints(self.group, mine)
             except RuntimeError as exc:  # someone died during the rendezvous, or was too slow
                 self.log("rendezvous_failed", epoch=epoch, error=str(exc)[:200])
-                if not self._await_newer_view(epoch, patience_s=RETRY_PATIENCE_S):
-                    self._rounds[epoch] = self._rounds.get(epoch, 0) + 1  # same view, next round
+                self._close_group()
+                if built is None and self._await_newer_view(epoch, patience_s=RETRY_PATIENCE_S):
+                    continue
+                self._rounds[epoch] = self._rounds.get(epoch, 0) + 1  # same view, next round
                 continue
             grouped = time.monotonic()
             previous = self.group_epoch
             self.group_epoch, self.rank, self.world, self.members = epoch, rank, len(members), members
-            held = [int(s.item()) for s in steps]
             try:
-                transfer = self._reconcile(held, epoch)
+                transfer = self._reconcile(gathered, epoch)
             except RuntimeError as exc:  # a member died while the state moved
                 self.log("reconcile_failed", epoch=epoch, error=str(exc)[:200])
                 self.group_epoch = previous
+                self._close_group()
                 if not self._await_newer_view(epoch, patience_s=RETRY_PATIENCE_S):
                     self._rounds[epoch] = self._rounds.get(epoch, 0) + 1
                 continue
             self._same_epoch_again = False
-            self._drop_grad_log()  # any overlap join ends with this regroup
+            self._end_overlap()
             self.regroup_needed = False
             self.log(
                 "regroup", epoch=epoch, members=members, rank=rank, step=self.step,
                 pause_ms=round((time.monotonic() - started) * 1000, 1),
-                group_ms=round((grouped - started) * 1000, 1), **transfer,
+                group_ms=round((grouped - started) * 1000, 1), open_ms=round((opened_at - started) * 1000, 1),
+                built_ahead=built is not None, **transfer,
             )  # fmt: skip
-            self.log("digest", step=self.step, digest=snapshot_state.digest(self.model, self.optimizer))
+            if self._catch_up is None:  # an entering joiner logs its digest once caught up
+                self._log_digest()
             if self.cfg.node_id not in transfer["needers"]:
                 self.sidecar.report(idle_s=time.monotonic() - started)
             self._just_regrouped = True
             return
+
+    def _open_group(self, epoch: int, members: list[str]):
+        """This epoch's process group and store, once every member arrived; None when the view
+        moves past ``epoch`` first."""
+        if not self._all_arrived(epoch, members):
+            return None
+        store = dist.FileStore(str(self._round_dir(epoch) / "store"), len(members))
+        rank = members.index(self.cfg.node_id)
+        return new_process_group(self.cfg.backend, store, rank, len(members), self.cfg.timeout_s), store
+
+    def _build_ahead(self, view: dict[str, Any]) -> None:
+        """Start building the group of ``view`` on a thread (overlap joins: members and joiner)."""
+        epoch, members = view["epoch"], list(view["members"])
+        self._next = GroupBuild(epoch, members, lambda: self._open_group(epoch, members))
+
+    def _built_view(self) -> dict[str, Any] | None:
+        """The view whose group was built ahead, while it is still the newest: no need to ask
+        the sidecar at the step where the members change groups."""
+        built = self._next
+        if built is None or not built.usable() or self.sidecar.latest_epoch != built.epoch:
+            return None
+        return {"epoch": built.epoch, "members": built.members}
+
+    def _take_built(self, epoch: int, members: list[str]) -> GroupBuild | None:
+        """The group built ahead for exactly this view, if any; one for another view is set aside."""
+        built, self._next = self._next, None
+        if built is None:
+            return None
+        if built.epoch == epoch and built.members == members:
+            return built
+        self._abandoned.append(built)
+        return None
+
+    def _log_digest(self) -> None:
+        """The replica check after a view change (off with ``digest_every`` 0, as in benchmarks:
+        hashing the state takes tens of ms; the final digest is always logged)."""
+        if self.cfg.digest_every:
+            self.log("digest", step=self.step, digest=snapshot_state.digest(self.model, self.optimizer))
 
     def _finished_marker(self) -> Path:
         return self.cfg.rendezvous_dir / "finished"
@@ -303,15 +363,27 @@ class ElasticTrainer:
             time.sleep(0.005)
         return True
 
-    def _reconcile(self, held: list[int], epoch: int) -> dict[str, Any]:
-        """Members behind the newest state pull it from every member that has it."""
+    def _reconcile(self, gathered: list[list[int]], epoch: int) -> dict[str, Any]:
+        """Members behind the newest state get it: an overlap joiner a few steps behind replays
+        the members' logged gradients during its first step (see _train_step); any other pulls
+        the newest state from every member that has it while the others wait."""
+        held = [g[0] for g in gathered]
         newest = max(held)
         if newest < 0:
             raise NoState(f"no member of epoch {epoch} holds the state: {self.members}")
         providers = [self.members[r] for r, s in enumerate(held) if s == newest]
         needers = [self.members[r] for r, s in enumerate(held) if s < newest]
-        if not needers:
-            return {"transfer_ms": 0.0, "sources": [], "needers": []}
+        entering = [
+            self.members[r]
+            for r, (step, can_replay) in enumerate(gathered)
+            if step < newest and can_replay and newest - step <= min(self.cfg.grad_log, ENTER_MAX_BEHIND)
+        ]
+        pulling = [n for n in needers if n not in entering]
+        self._entering = entering
+        self._catch_up = (newest, providers) if self.cfg.node_id in entering else None
+        if not pulling:
+            return {"transfer_ms": 0.0, "sources": providers if needers else [], "needers": needers,
+                    "entering": entering}  # fmt: skip
         name = f"state-e{epoch}"
         began = time.monotonic()
         if self.cfg.node_id in providers:
@@ -319,34 +391,23 @@ class ElasticTrainer:
             snapshot_state.save(self.cfg.snapshot_dir, name, self.model, self.optimizer,
                                 step=self.step, extra=[epoch_, cursor], epoch=epoch)  # fmt: skip
         saved = time.monotonic()
-        dist.barrier()
+        self.group.barrier().wait()
         timings = {
             "save_ms": round((saved - began) * 1000, 1),
             "save_wait_ms": round((time.monotonic() - saved) * 1000, 1),
         }
         transfer_ms = 0.0
-        replayed = 0
-        if self.cfg.node_id in needers:
+        if self.cfg.node_id in pulling:
             started = time.monotonic()
-            # a joiner that replayed most of the way (overlap) only needs the last gradients,
-            # unless they weigh more than the whole state
-            if not (
-                self.step >= 0
-                and newest - self.step <= self.cfg.grad_log
-                and (newest - self.step) * self.grad_bytes <= self.state_bytes
-                and self._replay_to(newest, providers)
-            ):
-                self._pull_state(name, providers)
-            else:
-                replayed = newest - held[self.rank]
+            self._pull_state(name, providers)
             transfer_ms = (time.monotonic() - started) * 1000
             self._store.set(f"transferred-{self.cfg.node_id}", "1")
-        self._await_transfers(needers, epoch)
+        self._await_transfers(pulling, epoch)
         return {
             "transfer_ms": round(transfer_ms, 1),
             "sources": providers,
             "needers": needers,
-            "replayed": replayed,
+            "entering": entering,
             **timings,
         }
 
@@ -379,25 +440,45 @@ class ElasticTrainer:
 
     def _start_overlap(self, view: dict[str, Any]) -> None:
         """Members: publish snapshot S at this step and keep training; log averaged gradients
-        until the joiners have replayed up to (nearly) the present."""
+        until the joiners have replayed up to (nearly) the present. The joined view's group is
+        built meanwhile, so the step where the members change groups costs them one all-gather."""
         started = time.monotonic()
         joiners = [m for m in view["members"] if m not in self.members]
         epoch, cursor = self.sampler.state()
-        snapshot_state.save(self.cfg.snapshot_dir, f"state-s{self.step}", self.model, self.optimizer,
-                            step=self.step, extra=[epoch, cursor], epoch=view["epoch"])  # fmt: skip
+        captured = snapshot_state.capture(self.model, self.optimizer, step=self.step, extra=[epoch, cursor])
         self.pending = {"epoch": view["epoch"], "joiners": joiners, "from_step": self.step}
+        note = None
         if self.rank == 0:
-            note = self.cfg.rendezvous_dir / f"overlap-e{view['epoch']}.json"
-            tmp = note.with_suffix(".tmp")
             step_s = statistics.median(self._step_times) if self._step_times else None
-            tmp.write_text(json.dumps({"snapshot_step": self.step, "sources": self.members,
-                                       "step_s": step_s, "grad_bytes": self.grad_bytes}))  # fmt: skip
-            tmp.replace(note)
+            note = {"snapshot_step": self.step, "sources": self.members, "step_s": step_s,
+                    "grad_bytes": self.grad_bytes}  # fmt: skip
+        self._write_later(self._publish_snapshot, view["epoch"], self.step, captured, note)
+        self._build_ahead(view)
         self.log("overlap_start", step=self.step, joiners=joiners, epoch=view["epoch"],
                  pause_ms=round((time.monotonic() - started) * 1000, 1))  # fmt: skip
 
+    def _publish_snapshot(self, epoch: int, step: int, captured, note: dict[str, Any] | None) -> None:
+        """Write snapshot S; then (rank 0) the note that tells the joiners where it is."""
+        snapshot_state.write(self.cfg.snapshot_dir, f"state-s{step}", captured, step=step, epoch=epoch)
+        if note is not None:
+            path = self.cfg.rendezvous_dir / f"overlap-e{epoch}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(note))
+            tmp.replace(path)
+
+    def _write_later(self, write, *args: Any, **kwargs: Any) -> None:
+        def logged() -> None:
+            try:
+                write(*args, **kwargs)
+            except Exception as exc:  # a joiner then waits for the view to move on
+                self.log("write_failed", what=getattr(write, "__name__", str(write)), error=str(exc)[:200])
+
+        self._writer.submit(logged)
+
     def _joiners_ready(self) -> bool:
         assert self.pending is not None
+        if self._next is not None and not self._next.done():
+            return False  # changing groups now would wait for the joined view's group
         for joiner in self.pending["joiners"]:
             marker = self.cfg.rendezvous_dir / f"caught-up-{joiner}"
             try:
@@ -409,23 +490,37 @@ class ElasticTrainer:
         return True
 
     def _log_gradient(self) -> None:
-        name = f"grads-s{self.step}"
-        flat = torch.cat([p.grad.reshape(-1) for p in self.params])
-        snapshot_state.save_tensor(self.cfg.snapshot_dir, name, flat, step=self.step)
-        old = self.step - self.cfg.grad_log
-        snapshot_state.remove(self.cfg.snapshot_dir, f"grads-s{old}")
+        flat = torch.cat([p.grad.reshape(-1) for p in self.params])  # a copy: the writer owns it
+        directory = self.cfg.snapshot_dir
+        self._write_later(snapshot_state.save_tensor, directory, f"grads-s{self.step}", flat, step=self.step)
+        self._write_later(snapshot_state.remove, directory, f"grads-s{self.step - self.cfg.grad_log}")
 
-    def _drop_grad_log(self) -> None:
+    def _end_overlap(self) -> None:
+        """Any overlap ends with a regroup; its gradient log is kept until the first step of
+        the new group is through (an entering joiner replays the last of it in that step)."""
         if self.pending is not None:
-            for step in range(self.pending["from_step"], self.step + 1):
-                snapshot_state.remove(self.cfg.snapshot_dir, f"grads-s{step}")
+            first = self.pending["from_step"]
+            if self._stale_grads is not None:  # a retried regroup: that log is not dropped yet
+                first = min(first, self._stale_grads[0])
+            self._stale_grads = (first, self.step)
         self.pending = None
 
-    def _apply_logged(self, step: int, sources: list[str]) -> bool:
-        """Replay the averaged gradient of ``step`` (pulled from the members); False if absent."""
+    def _drop_stale_grads(self) -> None:
+        if self._stale_grads is not None:
+            first, last = self._stale_grads
+            for step in range(first, last + 1):
+                self._write_later(snapshot_state.remove, self.cfg.snapshot_dir, f"grads-s{step}")
+        self._stale_grads = None
+
+    def _apply_logged(self, step: int, sources: list[str], wait_s: float = 0.0) -> bool:
+        """Replay the averaged gradient of ``step`` (pulled from the members); False if absent
+        (after ``wait_s``: the members' writer thread may still be writing it)."""
         name = f"grads-s{step}"
-        if "error" in self.sidecar.pull(name, sources):
-            return False
+        deadline = time.monotonic() + wait_s
+        while "error" in self.sidecar.pull(name, sources):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
         flat = snapshot_state.load_tensor(self.cfg.snapshot_dir, name)
         offset = 0
         for p in self.params:
@@ -438,22 +533,30 @@ class ElasticTrainer:
         snapshot_state.remove(self.cfg.snapshot_dir, name)
         return True
 
-    def _members_regrouping(self) -> bool:
-        epoch = self.sidecar.latest_epoch
-        directory = self.cfg.rendezvous_dir / f"epoch-{epoch}"
-        return directory.is_dir() and any(
-            p.name != f"ready-{self.cfg.node_id}" for p in directory.rglob("ready-*")
-        )
-
-    def _replay_to(self, target: int, sources: list[str]) -> bool:
+    def _replay_to(self, target: int, sources: list[str], wait_s: float) -> bool:
         while self.step < target:
-            if not self._apply_logged(self.step + 1, sources):
+            if not self._apply_logged(self.step + 1, sources, wait_s):
                 return False
         return True
 
+    def _members_opened(self, epoch: int, post: bool) -> bool:
+        """Joiner holding a state: the members opened the joined view's group (or it cannot be
+        opened). ``post``: at the head of the members' log, post the group's first all-gather
+        with the step held now (posted earlier, the step would be too old to choose replay)."""
+        built = self._next
+        if built is None or self.sidecar.latest_epoch > epoch:
+            return True
+        if not built.done():
+            return False
+        if not built.usable():
+            return True
+        gather = built.gather([self.step, int(self._can_replay)]) if post else built.posted()
+        return gather is not None and gather.is_completed()
+
     def _overlap_catch_up(self) -> None:
-        """Joiner: pull snapshot S while the members train on, replay their gradients, and
-        say when within reach; the final regroup then only replays the last few steps."""
+        """Joiner: pull snapshot S while the members train on, replay their gradients, and say
+        how far it got; when the members change groups it enters and replays the rest during
+        its first step."""
         view = self._current_member_view()
         note = self.cfg.rendezvous_dir / f"overlap-e{view['epoch']}.json"
         deadline = time.monotonic() + 60
@@ -461,6 +564,7 @@ class ElasticTrainer:
             if time.monotonic() > deadline:
                 return  # the members chose a blocking regroup: join that way
             time.sleep(0.01)
+        self._build_ahead(view)  # the members are building it too: started before anything slow
         info = json.loads(note.read_text())
         marker = self.cfg.rendezvous_dir / f"caught-up-{self.cfg.node_id}"
         links = self.sidecar.links(info["sources"])
@@ -474,13 +578,14 @@ class ElasticTrainer:
             return
         started = time.monotonic()
         self._pull_state(f"state-s{info['snapshot_step']}", info["sources"])
+        self._can_replay = True
         pulled = time.monotonic()
-        # replay what the members log; report progress until they regroup to let us in
-        while True:
+        # replay what the members log; report progress until they open the joined group
+        while time.monotonic() < deadline + 600 and not self._members_opened(view["epoch"], post=False):
             if self._apply_logged(self.step + 1, info["sources"]):
                 continue
             marker.write_text(str(self.step))
-            if self._members_regrouping() or time.monotonic() > deadline + 600:
+            if self._members_opened(view["epoch"], post=True):
                 break
             time.sleep(0.005)
         self.log("overlap_caught_up", step=self.step, snapshot_step=info["snapshot_step"],
@@ -490,7 +595,32 @@ class ElasticTrainer:
 
     # --- one step -------------------------------------------------------------------------------
 
+    def _enter(self) -> None:
+        """An entering joiner replays the steps it is still behind before this step's
+        all-reduce (it computes no gradient in this step, see _share)."""
+        target, sources = self._catch_up
+        began = time.monotonic()
+        if not self._replay_to(target, sources, wait_s=self.cfg.timeout_s / 3):
+            self._can_replay = False  # next time it pulls the whole state
+            self._catch_up = None
+            self._close_group()  # the members' all-reduce fails at once instead of timing out
+            raise RuntimeError(f"the gradients up to step {target} are gone; pulling the state instead")
+        self._catch_up = None
+        self._can_replay = False
+        self.log("entered", step=self.step, replay_ms=round((time.monotonic() - began) * 1000, 1))
+        self._log_digest()
+
+    def _share(self) -> tuple[int, int] | None:
+        """This member's slice of the global batch: (index, of how many); None for none.
+        Members entering in this step take no share, the others split the batch."""
+        working = [m for m in self.members if m not in self._entering]
+        if self.cfg.node_id not in working:
+            return None
+        return working.index(self.cfg.node_id), len(working)
+
     def _train_step(self) -> None:
+        if self._catch_up is not None:
+            self._enter()
         batch = self.sampler.batch()
         latest = self.sidecar.latest_epoch
         if self.pending is None:
@@ -508,8 +638,10 @@ class ElasticTrainer:
             flags = [1.0 if regroup else 0.0, 0.0]
         loss_sum, sums = data_parallel_step(
             self.model, self.params, self.optimizer, self.loss_fn, self.features, self.labels,
-            batch, self.rank, self.world, flags=flags,
+            batch, self._share(), self.group, flags=flags,
         )  # fmt: skip
+        self._entering = []
+        self._drop_stale_grads()  # every entering joiner is through its replay
         epoch, cursor = self.sampler.state()
         self.sampler.advance()
         self.step += 1
@@ -541,14 +673,16 @@ class ElasticTrainer:
         return set(self.members) < set(view.get("members", ()))
 
 
-def data_parallel_step(model, params, optimizer, loss_fn, features, labels, batch, rank, world, flags=()):
-    """One synchronous data-parallel step on this rank's slice of the global batch.
+def data_parallel_step(model, params, optimizer, loss_fn, features, labels, batch, share, group, flags=()):
+    """One synchronous data-parallel step on this member's slice of the global batch.
 
-    The loss is summed and divided by the global batch, so the all-reduced (summed) gradient
-    is the exact average whatever the split. One all-reduce carries gradients, the summed loss
-    and ``flags`` (each summed over ranks). Returns (global loss sum, flag sums).
+    ``share`` is (index, count): the batch is split into ``count`` slices and this member takes
+    slice ``index``; None: no slice (it only takes part in the all-reduce). The loss is summed
+    and divided by the global batch, so the all-reduced (summed) gradient is the exact average
+    whatever the split. One all-reduce on ``group`` carries gradients, the summed loss and
+    ``flags`` (each summed over ranks). Returns (global loss sum, flag sums).
     """
-    mine = ElasticSampler.split(batch, rank, world)
+    mine = ElasticSampler.split(batch, *share) if share is not None else []
     for p in params:
         p.grad = None
     loss_sum = loss_fn(model(features[mine]), labels[mine]) if mine else torch.zeros(())
@@ -557,7 +691,7 @@ def data_parallel_step(model, params, optimizer, loss_fn, features, labels, batc
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     tail = torch.tensor([float(loss_sum.detach()), *flags])
     flat = torch.cat([g.reshape(-1) for g in grads] + [tail])
-    dist.all_reduce(flat)
+    group.allreduce([flat]).wait()
     offset = 0
     for p in params:
         n = p.numel()

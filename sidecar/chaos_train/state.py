@@ -43,13 +43,25 @@ def digest(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str:
     return h.hexdigest()[:16]
 
 
-def save(directory: Path, name: str, model, optimizer, *, step: int, extra: list[int], epoch: int) -> None:
-    """``extra``: small integers (sampler epoch/cursor, scheduler position) stored as int64."""
+Captured = list[tuple[str, str, tuple[int, ...], bytes]]
+
+
+def capture(model, optimizer, *, step: int, extra: list[int]) -> Captured:
+    """A copy of the replica's state (and ``extra``: small integers such as the sampler's epoch
+    and cursor, stored as int64), ready for ``write``; training may go on meanwhile."""
     tensors = []
     for tname, tensor in [*state_tensors(model, optimizer), ("meta.extra", torch.tensor([step, *extra]))]:
         t = tensor.detach().contiguous().cpu()
         tensors.append((tname, _DTYPES[t.dtype], tuple(t.shape), t.view(torch.uint8).numpy().tobytes()))
-    write_snapshot(directory, name, tensors, epoch=epoch, step=step, shard_bytes=256 * 1024)
+    return tensors
+
+
+def write(directory: Path, name: str, captured: Captured, *, step: int, epoch: int) -> None:
+    write_snapshot(directory, name, captured, epoch=epoch, step=step, shard_bytes=256 * 1024)
+
+
+def save(directory: Path, name: str, model, optimizer, *, step: int, extra: list[int], epoch: int) -> None:
+    write(directory, name, capture(model, optimizer, step=step, extra=extra), step=step, epoch=epoch)
 
 
 def load(directory: Path, name: str, model, optimizer) -> list[int]:
@@ -76,8 +88,9 @@ def load(directory: Path, name: str, model, optimizer) -> list[int]:
 
 
 def save_tensor(directory: Path, name: str, tensor: torch.Tensor, *, step: int) -> None:
+    """``tensor`` must not change while this runs (it may run on a writer thread)."""
     t = tensor.detach().contiguous().cpu()
-    raw = t.view(torch.uint8).numpy().tobytes()
+    raw = t.view(torch.uint8).numpy()  # no copy
     write_snapshot(directory, name, [("tensor", _DTYPES[t.dtype], tuple(t.shape), raw)],
                    epoch=0, step=step, shard_bytes=1024 * 1024)  # fmt: skip
 

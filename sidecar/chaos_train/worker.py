@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from chaos_train import state as snapshot_state
+from chaos_train.groups import new_process_group
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sdk import ElasticTrainer, NoState, TrainerConfig, data_parallel_step, env_backend
 from chaos_train.sidecar_client import SidecarLost
@@ -146,13 +147,13 @@ def plain_loop(args, model, optimizer, loss_fn, features, labels) -> None:
         sampler.load(extra[1], extra[2])
         record("loaded", step=step)
     store = dist.FileStore(str(Path(args.rendezvous_dir) / "plain-store"), args.plain)
-    dist.init_process_group("gloo", store=store, rank=args.rank, world_size=args.plain)
+    group = new_process_group("gloo", store, args.rank, args.plain, timeout_s=1800.0)
     record("group_ready", step=step)
     params = list(model.parameters())
     while step < args.steps:
         _, flags = data_parallel_step(
-            model, params, optimizer, loss_fn, features, labels, sampler.batch(), args.rank, args.plain,
-            flags=[1.0 if stop else 0.0],
+            model, params, optimizer, loss_fn, features, labels, sampler.batch(), (args.rank, args.plain),
+            group, flags=[1.0 if stop else 0.0],
         )  # fmt: skip
         sampler.advance()
         step += 1
@@ -162,10 +163,9 @@ def plain_loop(args, model, optimizer, loss_fn, features, labels) -> None:
                 epoch, cursor = sampler.state()
                 snapshot_state.save(Path(args.checkpoint_dir), "checkpoint", model, optimizer,
                                     step=step, extra=[epoch, cursor], epoch=0)  # fmt: skip
-            dist.barrier()
+            group.barrier().wait()
             record("stopped", step=step)
             break
-    dist.destroy_process_group()
     log.close()
 
 

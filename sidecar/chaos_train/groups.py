@@ -1,0 +1,103 @@
+"""Process groups as plain objects, one per view epoch, built at the step boundary or ahead of it.
+
+The trainer never touches torch's default group: a view's group is a ``ProcessGroupGloo``
+(``ProcessGroupNCCL`` on CUDA) made from that epoch's store and used through its own methods.
+So a group can be built on a thread while the previous one still trains (the constructor
+waits for every member with the GIL released), and no torch global has to be reset between
+views.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+
+Opened = tuple[dist.ProcessGroup, dist.Store]
+
+
+def new_process_group(backend: str, store: dist.Store, rank: int, size: int, timeout_s: float):
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if backend == "nccl":
+        options = dist.ProcessGroupNCCL.Options()
+        options._timeout = timeout
+        return dist.ProcessGroupNCCL(store, rank, size, options)
+    if backend != "gloo":
+        raise ValueError(f"backend must be gloo or nccl, got {backend!r}")
+    return dist.ProcessGroupGloo(store, rank, size, timeout)
+
+
+class Gather:
+    """An all-gather of a few integers per rank, posted now and read later."""
+
+    def __init__(self, group, values: list[int]) -> None:
+        mine = torch.tensor(values, dtype=torch.int64)
+        self._out = [torch.zeros_like(mine) for _ in range(group.size())]
+        self._work = group.allgather([self._out], [mine])
+
+    def is_completed(self) -> bool:
+        return self._work.is_completed()
+
+    def result(self) -> list[list[int]]:
+        """Every rank's values, in rank order (raises RuntimeError when a rank failed)."""
+        self._work.wait()
+        return [[int(x) for x in t.tolist()] for t in self._out]
+
+
+def all_gather_ints(group, values: list[int]) -> list[list[int]]:
+    return Gather(group, values).result()
+
+
+class GroupBuild:
+    """The group of an upcoming view, built on a thread while training goes on.
+
+    Its first collective is the all-gather of every member's step (see ``gather``): members
+    run it at the step boundary where they change groups; a joiner posts it as soon as it
+    holds a state and keeps replaying the members' gradients until it completes.
+    """
+
+    def __init__(self, epoch: int, members: list[str], open_group: Callable[[], Opened | None]) -> None:
+        self.epoch = epoch
+        self.members = list(members)
+        self._opened: Opened | None = None
+        self._error: BaseException | None = None
+        self._gather: Gather | None = None
+        self._finished = threading.Event()
+        threading.Thread(target=self._run, args=(open_group,), name=f"group-e{epoch}", daemon=True).start()
+
+    def _run(self, open_group: Callable[[], Opened | None]) -> None:
+        try:
+            self._opened = open_group()
+        except Exception as exc:  # handed to the trainer thread by result()
+            self._error = exc
+        finally:
+            self._finished.set()
+
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    def usable(self) -> bool:
+        """Built, and for this view (not abandoned because the view moved on)."""
+        return self.done() and self._error is None and self._opened is not None
+
+    def result(self) -> Opened | None:
+        """The group and its store; None when the view moved on before everyone arrived."""
+        self._finished.wait()
+        if self._error is not None:
+            raise RuntimeError(f"building the group of epoch {self.epoch} failed: {self._error}")
+        return self._opened
+
+    def posted(self) -> Gather | None:
+        return self._gather
+
+    def gather(self, values: list[int]) -> Gather:
+        """Post the group's first all-gather with ``values``; later calls return that one."""
+        if self._gather is None:
+            opened = self.result()
+            if opened is None:
+                raise RuntimeError(f"the group of epoch {self.epoch} was abandoned")
+            self._gather = Gather(opened[0], values)
+        return self._gather
