@@ -252,6 +252,8 @@ class ElasticTrainer:
             epoch = view["epoch"]
             rank = members.index(self.cfg.node_id)
             built = self._take_built(epoch, members)
+            if built is None and self.cfg.join_mode == "overlap" and self.step >= 0:
+                self._write_note(epoch, {"blocking": True})  # a joiner waiting for S: join now
             try:
                 opened = built.result() if built is not None else self._open_group(epoch, members)
                 if opened is None:
@@ -461,10 +463,14 @@ class ElasticTrainer:
         """Write snapshot S; then (rank 0) the note that tells the joiners where it is."""
         snapshot_state.write(self.cfg.snapshot_dir, f"state-s{step}", captured, step=step, epoch=epoch)
         if note is not None:
-            path = self.cfg.rendezvous_dir / f"overlap-e{epoch}.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(note))
-            tmp.replace(path)
+            self._write_note(epoch, note)
+
+    def _write_note(self, epoch: int, note: dict[str, Any]) -> None:
+        """Tell the joiners of ``epoch`` where snapshot S is, or that this regroup is blocking."""
+        path = self.cfg.rendezvous_dir / f"overlap-e{epoch}.json"
+        tmp = path.with_suffix(f".{self.cfg.node_id}.tmp")
+        tmp.write_text(json.dumps(note))
+        tmp.replace(path)
 
     def _write_later(self, write, *args: Any, **kwargs: Any) -> None:
         def logged() -> None:
@@ -562,10 +568,15 @@ class ElasticTrainer:
         deadline = time.monotonic() + 60
         while not note.exists():
             if time.monotonic() > deadline:
-                return  # the members chose a blocking regroup: join that way
+                return  # no word from the members: join blocking
+            if self.sidecar.latest_epoch > view["epoch"]:  # the members will regroup into that one
+                view = self._current_member_view()
+                note = self.cfg.rendezvous_dir / f"overlap-e{view['epoch']}.json"
             time.sleep(0.01)
-        self._build_ahead(view)  # the members are building it too: started before anything slow
         info = json.loads(note.read_text())
+        if info.get("blocking"):
+            return  # the members regroup blocking (not only joins, or the join came mid-regroup)
+        self._build_ahead(view)  # the members are building it too: started before anything slow
         marker = self.cfg.rendezvous_dir / f"caught-up-{self.cfg.node_id}"
         links = self.sidecar.links(info["sources"])
         bandwidth = sum(link.get("bandwidth_Bps") or 0.0 for link in links.values() if isinstance(link, dict))
