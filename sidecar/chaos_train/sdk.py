@@ -98,7 +98,7 @@ class ElasticTrainer:
         self.group = None  # this view's process group (see chaos_train.groups)
         self._store = None
         self._next: GroupBuild | None = None  # overlap: the joined view's group, built ahead
-        self._abandoned: list[GroupBuild] = []  # kept: dropping one may wait out a posted barrier
+        self._abandoned: list[GroupBuild] = []  # kept: dropping one may wait out a posted all-gather
         # overlap: members that enter the group behind and replay during their first step,
         # taking no share of its batch; a joiner's own catch-up target and gradient sources
         self._entering: list[str] = []
@@ -209,9 +209,11 @@ class ElasticTrainer:
     def _retry_epoch(self) -> None:
         """Regroup in the current view once more, in a fresh rendezvous round: a collective or
         a rendezvous can fail without anyone leaving (a member too slow for the timeout)."""
-        epoch = self.group_epoch or 0
-        self._rounds[epoch] = self._rounds.get(epoch, 0) + 1
+        self._next_round(self.group_epoch or 0)
         self._same_epoch_again = True
+
+    def _next_round(self, epoch: int) -> None:
+        self._rounds[epoch] = self._rounds.get(epoch, 0) + 1
 
     def _current_member_view(self) -> dict[str, Any]:
         """The newest view this node is a member of, newer than the current group's (or the
@@ -269,7 +271,7 @@ class ElasticTrainer:
                 self._close_group()
                 if built is None and self._await_newer_view(epoch, patience_s=RETRY_PATIENCE_S):
                     continue
-                self._rounds[epoch] = self._rounds.get(epoch, 0) + 1  # same view, next round
+                self._next_round(epoch)  # same view, next round
                 continue
             grouped = time.monotonic()
             previous = self.group_epoch
@@ -281,7 +283,7 @@ class ElasticTrainer:
                 self.group_epoch = previous
                 self._close_group()
                 if not self._await_newer_view(epoch, patience_s=RETRY_PATIENCE_S):
-                    self._rounds[epoch] = self._rounds.get(epoch, 0) + 1
+                    self._next_round(epoch)
                 continue
             self._same_epoch_again = False
             self._end_overlap()
@@ -610,14 +612,11 @@ class ElasticTrainer:
         """An entering joiner replays the steps it is still behind before this step's
         all-reduce (it computes no gradient in this step, see _share)."""
         target, sources = self._catch_up
+        self._catch_up, self._can_replay = None, False  # entered now, or it pulls the state next time
         began = time.monotonic()
         if not self._replay_to(target, sources, wait_s=self.cfg.timeout_s / 3):
-            self._can_replay = False  # next time it pulls the whole state
-            self._catch_up = None
             self._close_group()  # the members' all-reduce fails at once instead of timing out
             raise RuntimeError(f"the gradients up to step {target} are gone; pulling the state instead")
-        self._catch_up = None
-        self._can_replay = False
         self.log("entered", step=self.step, replay_ms=round((time.monotonic() - began) * 1000, 1))
         self._log_digest()
 
