@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import queue
 import signal
 import statistics
 import threading
@@ -40,10 +41,9 @@ REPORT_EVERY = 10  # steps between progress reports to the sidecar (metrics)
 # well under one of their steps, otherwise it declines and joins blocking
 REPLAY_SHARE_OF_STEP = 0.5
 TRANSFER_DEADLINE_S = 3600.0  # a joiner's state transfer; the view changing ends the wait sooner
-# an overlap joiner at most this many steps behind at the switch replays them during its first
-# step in the group (members wait for that, if at all, in the step's all-reduce); further
-# behind, it pulls the state while the members wait
-ENTER_MAX_BEHIND = 8
+# a member entering the group by replay keeps this many of its all-reduces posted ahead (it
+# adds no gradient), so the others never wait for its replay
+POST_AHEAD = 4
 RETRY_PATIENCE_S = 5.0  # after a failed collective: wait this long for a view change, then retry
 
 
@@ -99,10 +99,19 @@ class ElasticTrainer:
         self._store = None
         self._next: GroupBuild | None = None  # overlap: the joined view's group, built ahead
         self._abandoned: list[GroupBuild] = []  # kept: dropping one may wait out a posted all-gather
-        # overlap: members that enter the group behind and replay during their first step,
-        # taking no share of its batch; a joiner's own catch-up target and gradient sources
+        # overlap: members that entered the group behind and replay while the others train,
+        # taking no share of the batch until they are through (see _entering_step); a joiner's
+        # own catch-up: the end of the members' log and its sources, the group's step, and the
+        # averaged gradients it received in the group but has not applied yet
         self._entering: list[str] = []
         self._catch_up: tuple[int, list[str]] | None = None
+        self._group_step = 0
+        self._backlog: collections.deque[tuple[int, torch.Tensor]] = collections.deque()
+        # its all-reduces posted ahead: (group, work, tensor, final: the last one it enters in)
+        self._posted: collections.deque[tuple[Any, Any, torch.Tensor, bool]] = collections.deque()
+        self._steps = 0  # the job's last step: nothing is posted ahead past it
+        self._capture: concurrent.futures.Future | None = None  # overlap: snapshot S being copied
+        self._unchecked: tuple[Any, list[list[int]]] | None = None  # see _predicted_gather
         self._can_replay = False  # an overlap joiner holding a snapshot the members' log continues
         self._stale_grads: tuple[int, int] | None = None  # gradient log to drop after the next step
         # overlap: the snapshot and gradient log are written in order on one thread, so members
@@ -112,6 +121,10 @@ class ElasticTrainer:
         self.leaving = False
         self.pending: dict[str, Any] | None = None  # overlap: joiners catching up, see _start_overlap
         self._just_regrouped = False
+        self._idle_s = 0.0  # the last regroup's pause, reported with the next step
+        # closed groups are freed here (see _close_group): one thread, started once
+        self._to_free: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._free_closed, name="close-group", daemon=True).start()
         self.sidecar = SidecarClient(config.sidecar_url)
         self._log = config.log_path.open("a", buffering=1)
         self.params = [p for p in model.parameters()]
@@ -138,6 +151,7 @@ class ElasticTrainer:
 
     def run(self, steps: int) -> None:
         self.log("start", pid=os.getpid())
+        self._steps = steps
         if not self.cfg.founding:
             self.log("join_requested")
         self.sidecar.join()  # a standby sidecar asks for admission only now that we are ready
@@ -145,7 +159,7 @@ class ElasticTrainer:
         try:
             if self.cfg.join_mode == "overlap" and self.step < 0:
                 self._overlap_catch_up()
-            while self.step < steps:
+            while self._group_position() < steps:
                 if self.regroup_needed:
                     self._regroup()
                 try:
@@ -157,6 +171,8 @@ class ElasticTrainer:
                         self._retry_epoch()  # nobody left the view: form the same group afresh
                 # a SIGTERM is announced in the next step's all-reduce; the whole group then
                 # regroups after that step, and this member leaves instead of regrouping
+            while self._replay_one():  # an entering joiner still behind at the last step
+                pass
             self.log("done", step=self.step, digest=snapshot_state.digest(self.model, self.optimizer))
             self._finished_marker().write_text(str(self.step))
             self._finish()
@@ -183,10 +199,18 @@ class ElasticTrainer:
     def _close_group(self, wait: bool = False) -> None:
         """Drop this view's group. Freeing a gloo group takes 20-45 ms (it closes every
         connection, with the GIL released), so unless ``wait`` a thread holds the last reference."""
-        last = [self.group, self._store]
-        self.group = self._store = None
+        closing = [e for e in self._posted if e[0] is self.group]  # their work ends with the group
+        self._posted = collections.deque(e for e in self._posted if e[0] is not self.group)
+        last = [self.group, self._store, closing, self._unchecked]
+        self.group = self._store = self._unchecked = None
         if not wait and last[0] is not None:
-            threading.Thread(target=last.clear, name="close-group", daemon=True).start()
+            self._to_free.put(last)
+            last = []
+
+    def _free_closed(self) -> None:
+        while True:
+            closed = self._to_free.get()
+            closed.clear()  # the last references: the group is freed on this thread
 
     def _await_newer_view(self, epoch: int | None = None, patience_s: float | None = None) -> bool:
         """Wait until the sidecar commits a view newer than ``epoch`` (default: the group's):
@@ -242,6 +266,7 @@ class ElasticTrainer:
             while time.monotonic() < deadline and self.sidecar.view().get("status") != "left":
                 self.sidecar.wait_view(self.group_epoch or 0, timeout=1.0)
             raise LeftGroup()
+        self._await_capture()
         while True:
             view = self._built_view() or self._current_member_view()
             if self._finished_marker().exists():
@@ -261,11 +286,19 @@ class ElasticTrainer:
                 if opened is None:
                     continue  # the view moved on while we waited: go for the newer one
                 self.group, self._store = opened
+                # all-reduces a joiner posted ahead in a group the view moved past are dropped
+                # (that group is kept alive in _abandoned: freeing it could wait out their timeout)
+                self._posted = collections.deque(e for e in self._posted if e[0] is self.group)
                 opened_at = time.monotonic()
                 mine = [self.step, int(self._can_replay)]
                 # a joiner that replayed during an overlap posted the gather already (with the
                 # step it held then; it replays the rest when it enters)
-                gathered = built.gather(mine).result() if built else all_gather_ints(self.group, mine)
+                predicted = self._predicted_gather(built, members)
+                if predicted is not None:  # posted, and checked after the first step
+                    self._unchecked = (built.gather(mine), predicted)
+                    gathered = predicted
+                else:
+                    gathered = built.gather(mine).result() if built else all_gather_ints(self.group, mine)
             except RuntimeError as exc:  # someone died during the rendezvous, or was too slow
                 self.log("rendezvous_failed", epoch=epoch, error=str(exc)[:200])
                 self._close_group()
@@ -294,10 +327,10 @@ class ElasticTrainer:
                 group_ms=round((grouped - started) * 1000, 1), open_ms=round((opened_at - started) * 1000, 1),
                 built_ahead=built is not None, **transfer,
             )  # fmt: skip
-            if self._catch_up is None:  # an entering joiner logs its digest once caught up
+            if self._catch_up is None or self.step == self._catch_up[0]:  # else: once it is
                 self._log_digest()
             if self.cfg.node_id not in transfer["needers"]:
-                self.sidecar.report(idle_s=time.monotonic() - started)
+                self._idle_s = time.monotonic() - started  # reported after the next step
             self._just_regrouped = True
             return
 
@@ -377,14 +410,18 @@ class ElasticTrainer:
             raise NoState(f"no member of epoch {epoch} holds the state: {self.members}")
         providers = [self.members[r] for r, s in enumerate(held) if s == newest]
         needers = [self.members[r] for r, s in enumerate(held) if s < newest]
-        entering = [
-            self.members[r]
-            for r, (step, can_replay) in enumerate(gathered)
-            if step < newest and can_replay and newest - step <= min(self.cfg.grad_log, ENTER_MAX_BEHIND)
-        ]
+        # an overlap joiner enters even when level: it may have posted its first all-reduces
+        # ahead, with no share of the batch (see _post_entering); if the members' log no
+        # longer reaches back to its step, its replay fails and it pulls the state next round
+        entering = [self.members[r] for r, (_, can_replay) in enumerate(gathered) if can_replay]
         pulling = [n for n in needers if n not in entering]
         self._entering = entering
         self._catch_up = (newest, providers) if self.cfg.node_id in entering else None
+        self._group_step = newest
+        # an entering joiner caught in a later regroup pulls the state: what it received in
+        # this group is not in the members' log
+        self._backlog.clear()
+        self._can_replay = False
         if not pulling:
             return {"transfer_ms": 0.0, "sources": providers if needers else [], "needers": needers,
                     "entering": entering}  # fmt: skip
@@ -394,8 +431,11 @@ class ElasticTrainer:
             epoch_, cursor = self.sampler.state()
             snapshot_state.save(self.cfg.snapshot_dir, name, self.model, self.optimizer,
                                 step=self.step, extra=[epoch_, cursor], epoch=epoch)  # fmt: skip
+            self._store.set(f"saved-{self.cfg.node_id}", "1")
         saved = time.monotonic()
-        self.group.barrier().wait()
+        if self.cfg.node_id in pulling:
+            # no collective here: a member entering by replay may have posted all-reduces ahead
+            self._await_keys([f"saved-{p}" for p in providers], "the providers' snapshot", epoch)
         timings = {
             "save_ms": round((saved - began) * 1000, 1),
             "save_wait_ms": round((time.monotonic() - saved) * 1000, 1),
@@ -406,7 +446,7 @@ class ElasticTrainer:
             self._pull_state(name, providers)
             transfer_ms = (time.monotonic() - started) * 1000
             self._store.set(f"transferred-{self.cfg.node_id}", "1")
-        self._await_transfers(pulling, epoch)
+        self._await_keys([f"transferred-{n}" for n in pulling], f"the state transfer to {pulling}", epoch)
         return {
             "transfer_ms": round(transfer_ms, 1),
             "sources": providers,
@@ -415,15 +455,14 @@ class ElasticTrainer:
             **timings,
         }
 
-    def _await_transfers(self, needers: list[str], epoch: int) -> None:
-        """Wait until every member that was behind holds the state. On a slow link that takes
-        longer than any collective timeout, so this polls the epoch's store instead, and gives
-        up when the group's view moves past ``epoch`` (a member died meanwhile)."""
-        keys = [f"transferred-{n}" for n in needers]
+    def _await_keys(self, keys: list[str], what: str, epoch: int) -> None:
+        """Wait until ``keys`` are set in the epoch's store. A transfer on a slow link takes
+        longer than any collective timeout, so this polls the store, and gives up when the
+        group's view moves past ``epoch`` (a member died meanwhile)."""
         deadline = time.monotonic() + TRANSFER_DEADLINE_S
         while not self._store.check(keys):
             if self.sidecar.latest_epoch > epoch or time.monotonic() > deadline:
-                raise RuntimeError(f"the state transfer to {needers} did not finish in epoch {epoch}")
+                raise RuntimeError(f"{what} did not finish in epoch {epoch}")
             time.sleep(0.005)
 
     def _pull_state(self, name: str, providers: list[str]) -> None:
@@ -448,22 +487,27 @@ class ElasticTrainer:
         built meanwhile, so the step where the members change groups costs them one all-gather."""
         started = time.monotonic()
         joiners = [m for m in view["members"] if m not in self.members]
+        self._build_ahead(view)  # first: starting a thread waits for the GIL, which the copy takes
         epoch, cursor = self.sampler.state()
-        captured = snapshot_state.capture(self.model, self.optimizer, step=self.step, extra=[epoch, cursor])
+        # copied on the writer thread while the next step computes; the step waits for it
+        # before its optimizer update (_await_capture)
+        self._capture = self._writer.submit(
+            snapshot_state.capture, self.model, self.optimizer, step=self.step, extra=[epoch, cursor]
+        )
         self.pending = {"epoch": view["epoch"], "joiners": joiners, "from_step": self.step}
         note = None
         if self.rank == 0:
             step_s = statistics.median(self._step_times) if self._step_times else None
             note = {"snapshot_step": self.step, "sources": self.members, "step_s": step_s,
                     "grad_bytes": self.grad_bytes}  # fmt: skip
-        self._write_later(self._publish_snapshot, view["epoch"], self.step, captured, note)
-        self._build_ahead(view)
+        self._write_later(self._publish_snapshot, view["epoch"], self.step, self._capture, note)
         self.log("overlap_start", step=self.step, joiners=joiners, epoch=view["epoch"],
                  pause_ms=round((time.monotonic() - started) * 1000, 1))  # fmt: skip
 
     def _publish_snapshot(self, epoch: int, step: int, captured, note: dict[str, Any] | None) -> None:
         """Write snapshot S; then (rank 0) the note that tells the joiners where it is."""
-        snapshot_state.write(self.cfg.snapshot_dir, f"state-s{step}", captured, step=step, epoch=epoch)
+        state = captured.result()
+        snapshot_state.write(self.cfg.snapshot_dir, f"state-s{step}", state, step=step, epoch=epoch)
         if note is not None:
             self._write_note(epoch, note)
 
@@ -474,6 +518,15 @@ class ElasticTrainer:
         tmp.write_text(json.dumps(note))
         tmp.replace(path)
 
+    def _await_capture(self) -> None:
+        """Snapshot S is being copied from the live state: wait before changing it."""
+        if self._capture is not None:
+            began = time.monotonic()
+            concurrent.futures.wait([self._capture])  # a failed copy is logged by its writer
+            self._capture = None
+            epoch = self.pending["epoch"] if self.pending else None
+            self.log("capture_wait", epoch=epoch, wait_ms=round((time.monotonic() - began) * 1000, 1))
+
     def _write_later(self, write, *args: Any, **kwargs: Any) -> None:
         def logged() -> None:
             try:
@@ -483,19 +536,48 @@ class ElasticTrainer:
 
         self._writer.submit(logged)
 
+    def _joiner_progress(self, joiner: str) -> int | str | None:
+        """An overlap joiner's marker: the step it replayed to (written only once it posted
+        the joined group's all-gather), DECLINED, or None (nothing yet)."""
+        try:
+            text = (self.cfg.rendezvous_dir / f"caught-up-{joiner}").read_text()
+            return text if text == DECLINED else int(text)
+        except (FileNotFoundError, ValueError):  # a marker being rewritten reads empty
+            return None
+
     def _joiners_ready(self) -> bool:
         assert self.pending is not None
         if self._next is not None and not self._next.done():
             return False  # changing groups now would wait for the joined view's group
         for joiner in self.pending["joiners"]:
-            marker = self.cfg.rendezvous_dir / f"caught-up-{joiner}"
-            try:
-                text = marker.read_text()
-                if text != DECLINED and int(text or -1) < self.step - 2:
-                    return False
-            except (FileNotFoundError, ValueError):
+            progress = self._joiner_progress(joiner)
+            if progress is None or (progress != DECLINED and progress < self.step - 2):
                 return False
         return True
+
+    def _predicted_gather(self, built: GroupBuild | None, members: list[str]) -> list[list[int]] | None:
+        """Members changing to the group built during an overlap, when every joiner has posted
+        its all-gather (its marker is a step): the outcome is known, the members at this step
+        and the joiners able to replay, so the members need not wait for it (and for the
+        slowest of them) before their first step; the all-reduce of that step absorbs their
+        skew as in any step, and _check_switch compares the real outcome afterwards. Members
+        that read a marker a moment earlier wait for the gather and reach the same outcome."""
+        if built is None or self.pending is None or self.step < 0:
+            return None
+        joiners = self.pending["joiners"]
+        if set(members) != {*self.members, *joiners}:
+            return None
+        if any(not isinstance(self._joiner_progress(j), int) for j in joiners):
+            return None
+        return [[self.step, 0] if m in self.members else [self.step - 1, 1] for m in members]
+
+    def _check_switch(self) -> None:
+        """After the first step in a group whose all-gather was predicted: compare."""
+        gather, predicted = self._unchecked
+        self._unchecked = None
+        for (step, can_replay), (expected, joiner) in zip(gather.result(), predicted, strict=True):
+            if can_replay != joiner or (step != expected if not joiner else step > expected + 1):
+                raise RuntimeError(f"the group's all-gather {gather.result()} differs from {predicted}")
 
     def _log_gradient(self) -> None:
         flat = torch.cat([p.grad.reshape(-1) for p in self.params])  # a copy: the writer owns it
@@ -529,13 +611,7 @@ class ElasticTrainer:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.005)
-        flat = snapshot_state.load_tensor(self.cfg.snapshot_dir, name)
-        offset = 0
-        for p in self.params:
-            n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
-            offset += n
-        self.optimizer.step()
+        apply_gradients(self.params, self.optimizer, snapshot_state.load_tensor(self.cfg.snapshot_dir, name))
         self.sampler.advance()
         self.step = step
         snapshot_state.remove(self.cfg.snapshot_dir, name)
@@ -558,7 +634,15 @@ class ElasticTrainer:
             return False
         if not built.usable():
             return True
-        gather = built.gather([self.step, int(self._can_replay)]) if post else built.posted()
+        if post and built.posted() is None:
+            built.gather([self.step, int(self._can_replay)])
+            # the group's first step follows; the members do at least one (they regroup only
+            # before the job's last step), so posting it cannot meet their final barrier
+            group = built.result()[0]
+            self._post_entering(group, built.members.index(self.cfg.node_id), len(built.members),
+                                [0.0, 0.0], final=False)  # fmt: skip
+            self.log("posted_ahead", step=self.step, epoch=built.epoch)
+        gather = built.posted()
         return gather is not None and gather.is_completed()
 
     def _overlap_catch_up(self) -> None:
@@ -597,8 +681,10 @@ class ElasticTrainer:
         while time.monotonic() < deadline + 600 and not self._members_opened(view["epoch"], post=False):
             if self._apply_logged(self.step + 1, info["sources"]):
                 continue
-            marker.write_text(str(self.step))
-            if self._members_opened(view["epoch"], post=True):
+            opened = self._members_opened(view["epoch"], post=True)
+            if self._next is not None and self._next.posted() is not None:
+                marker.write_text(str(self.step))  # after posting: see _predicted_gather
+            if opened:
                 break
             time.sleep(0.005)
         self.log("overlap_caught_up", step=self.step, snapshot_step=info["snapshot_step"],
@@ -608,17 +694,29 @@ class ElasticTrainer:
 
     # --- one step -------------------------------------------------------------------------------
 
-    def _enter(self) -> None:
-        """An entering joiner replays the steps it is still behind before this step's
-        all-reduce (it computes no gradient in this step, see _share)."""
-        target, sources = self._catch_up
-        self._catch_up, self._can_replay = None, False  # entered now, or it pulls the state next time
-        began = time.monotonic()
-        if not self._replay_to(target, sources, wait_s=self.cfg.timeout_s / 3):
-            self._close_group()  # the members' all-reduce fails at once instead of timing out
-            raise RuntimeError(f"the gradients up to step {target} are gone; pulling the state instead")
-        self.log("entered", step=self.step, replay_ms=round((time.monotonic() - began) * 1000, 1))
-        self._log_digest()
+    def _group_position(self) -> int:
+        """The group's step: an entering joiner's own state is behind it."""
+        return self._group_step if self.cfg.node_id in self._entering else self.step
+
+    def _replay_one(self) -> bool:
+        """Entering joiner: apply the next averaged gradient it is missing, from the members'
+        log, then from what it received in the group; False when there is none."""
+        if self._catch_up is not None:
+            target, sources = self._catch_up
+            if self.step < target:
+                if not self._apply_logged(self.step + 1, sources, wait_s=self.cfg.timeout_s / 3):
+                    self._close_group()  # the others' next all-reduce fails at once
+                    raise RuntimeError(f"the gradient of step {self.step + 1} is gone; pulling the state")
+                if self.step == target:
+                    self._log_digest()  # the members logged theirs at this step, in the regroup
+                return True
+        if self._backlog:
+            step, flat = self._backlog.popleft()
+            apply_gradients(self.params, self.optimizer, flat)
+            self.sampler.advance()
+            self.step = step
+            return True
+        return False
 
     def _share(self) -> tuple[int, int] | None:
         """This member's slice of the global batch: (index, of how many); None for none.
@@ -628,47 +726,40 @@ class ElasticTrainer:
             return None
         return working.index(self.cfg.node_id), len(working)
 
-    def _train_step(self) -> None:
-        if self._catch_up is not None:
-            self._enter()
-        batch = self.sampler.batch()
+    def _vote(self) -> list[float]:
+        """This member's first two flags for the step's all-reduce: [regroup, overlap]; one
+        per rank follows (see _post_entering)."""
         latest = self.sidecar.latest_epoch
+        entering = self.cfg.node_id in self._entering
         if self.pending is None:
             changed = latest > (self.group_epoch or 0) or self.leaving
-            # overlap only if every member sees nothing new or joins alone (summed below)
+            # overlap only if every member sees nothing new or joins alone (summed below), and
+            # holds the group's state (a member still entering cannot provide snapshot S)
             overlap = (
-                self.cfg.join_mode == "overlap" and not self.leaving and (not changed or self._only_joins())
+                self.cfg.join_mode == "overlap"
+                and not self.leaving
+                and not entering
+                and (not changed or self._only_joins())
             )
-            flags = [1.0 if changed else 0.0, 1.0 if overlap else 0.0]
+            head = [1.0 if changed else 0.0, 1.0 if overlap else 0.0]
         else:
             # the log is bounded: a joiner that cannot replay as fast as we train gets the state
             # in a blocking regroup once the log is full
             log_full = self.step - self.pending["from_step"] >= self.cfg.grad_log
             regroup = self.leaving or latest > self.pending["epoch"] or self._joiners_ready() or log_full
-            flags = [1.0 if regroup else 0.0, 0.0]
-        loss_sum, sums = data_parallel_step(
-            self.model, self.params, self.optimizer, self.loss_fn, self.features, self.labels,
-            batch, self._share(), self.group, flags=flags,
-        )  # fmt: skip
-        self._entering = []
-        self._drop_stale_grads()  # every entering joiner is through its replay
-        epoch, cursor = self.sampler.state()
-        self.sampler.advance()
-        self.step += 1
-        now = time.monotonic()
-        if self._last_step_end is not None and not self._just_regrouped:
-            self._step_times.append(now - self._last_step_end)
-        self._last_step_end = now
-        if self.pending is not None:
-            self._log_gradient()
-        record = {"step": self.step, "loss": round(loss_sum / len(batch), 6), "sampler": [epoch, cursor],
-                  "epoch": self.group_epoch, "world": self.world}  # fmt: skip
-        if self.cfg.digest_every and self.step % self.cfg.digest_every == 0:
-            record["digest"] = snapshot_state.digest(self.model, self.optimizer)
-        self.log("step", **record)
-        if self.step % REPORT_EVERY == 0 or self.step == 1 or self._just_regrouped:
-            self.sidecar.report(step=self.step)
-            self._just_regrouped = False
+            head = [1.0 if regroup else 0.0, 0.0]
+        return head
+
+    def _train_step(self) -> None:
+        if self.cfg.node_id in self._entering:
+            sums = self._entering_step()
+        else:
+            sums = self._working_step(self._vote() + [0.0] * self.world)
+        if self._unchecked is not None:
+            self._check_switch()
+        self._entering = [m for m, slot in zip(self.members, sums[2:], strict=True) if slot > 0]
+        if not self._entering:
+            self._drop_stale_grads()  # every entering joiner is through the members' log
         if sums[0] > 0:
             if self.pending is None and sums[1] == self.world:
                 view = self.sidecar.view()["view"]
@@ -678,20 +769,118 @@ class ElasticTrainer:
             else:
                 self.regroup_needed = True
 
+    def _post_entering(self, group, rank: int, world: int, vote: list[float], final: bool) -> None:
+        """Post an entering member's part of one step's all-reduce: no gradient (it takes no
+        share), its vote, and in its own slot whether it still enters in the step after
+        (not ``final``)."""
+        slots = [0.0] * world
+        slots[rank] = 0.0 if final else 1.0
+        flat = local_gradients(self.model, self.params, self.loss_fn, self.features, self.labels,
+                               [], None, vote + slots)  # fmt: skip
+        self._posted.append((group, group.allreduce([flat]), flat, final))
+
+    def _entering_step(self) -> list[float]:
+        """A joiner that entered behind replays what it is missing while the others compute:
+        its all-reduces are posted ahead, so they do not wait for the replay. A step's averaged
+        gradient is applied at once when the joiner is level with the group, otherwise it
+        waits its turn in the backlog. Level and with nothing posted, it posts its final
+        entering step; from the next one it takes a share."""
+        level = self.step == self._group_step
+        if not self._posted:
+            self._post_entering(self.group, self.rank, self.world, self._vote(), final=level)
+        while (
+            not level
+            and len(self._posted) < POST_AHEAD
+            and not self._posted[-1][3]
+            and self._group_step + len(self._posted) < self._steps
+        ):
+            self._post_entering(self.group, self.rank, self.world, self._vote(), final=False)
+        _, work, flat, final = self._posted[0]
+        while not work.is_completed() and self._replay_one():
+            pass
+        work.wait()
+        self._posted.popleft()
+        self._group_step += 1
+        flags = flat[-(2 + self.world) :]
+        if self.step < self._group_step - 1:
+            if len(self._backlog) >= self.cfg.grad_log:
+                self._close_group()
+                raise RuntimeError("replaying cannot keep up with the group; pulling the state instead")
+            self._backlog.append((self._group_step, flat))
+            return [float(x) for x in flags]
+        epoch, cursor = self.sampler.state()
+        loss_sum = float(apply_gradients(self.params, self.optimizer, flat)[0])
+        self.sampler.advance()
+        self.step += 1
+        if final:
+            self.log("entered", step=self.step)
+        self._log_step(loss_sum, epoch, cursor)
+        return [float(x) for x in flags]
+
+    def _working_step(self, flags: list[float]) -> list[float]:
+        batch = self.sampler.batch()
+        timings: dict[str, float] = {}
+        loss_sum, sums = data_parallel_step(
+            self.model, self.params, self.optimizer, self.loss_fn, self.features, self.labels,
+            batch, self._share(), self.group, flags=flags, fence=self._await_capture, timings=timings,
+        )  # fmt: skip
+        epoch, cursor = self.sampler.state()
+        self.sampler.advance()
+        self.step += 1
+        now = time.monotonic()
+        if self._last_step_end is not None and not self._just_regrouped:
+            self._step_times.append(now - self._last_step_end)
+        self._last_step_end = now
+        if self.pending is not None:
+            self._log_gradient()
+        self._log_step(loss_sum, epoch, cursor, allreduce_ms=round(timings["allreduce_s"] * 1000, 2))
+        return sums
+
+    def _log_step(self, loss_sum: float, epoch: int, cursor: int, **extra: float) -> None:
+        record = {"step": self.step, "loss": round(loss_sum / self.cfg.global_batch, 6),
+                  "sampler": [epoch, cursor], "epoch": self.group_epoch, "world": self.world,
+                  **extra}  # fmt: skip
+        if self.cfg.digest_every and self.step % self.cfg.digest_every == 0:
+            record["digest"] = snapshot_state.digest(self.model, self.optimizer)
+        self.log("step", **record)
+        if self.step % REPORT_EVERY == 0 or self.step == 1 or self._just_regrouped:
+            self.sidecar.report(step=self.step, idle_s=self._idle_s)
+            self._just_regrouped, self._idle_s = False, 0.0
+
     def _only_joins(self) -> bool:
         view = (self.sidecar.view() or {}).get("view") or {}
         return set(self.members) < set(view.get("members", ()))
 
 
-def data_parallel_step(model, params, optimizer, loss_fn, features, labels, batch, share, group, flags=()):
+def data_parallel_step(
+    model, params, optimizer, loss_fn, features, labels, batch, share, group, flags=(), fence=None,
+    timings=None,
+):  # fmt: skip
     """One synchronous data-parallel step on this member's slice of the global batch.
 
     ``share`` is (index, count): the batch is split into ``count`` slices and this member takes
     slice ``index``; None: no slice (it only takes part in the all-reduce). The loss is summed
     and divided by the global batch, so the all-reduced (summed) gradient is the exact average
     whatever the split. One all-reduce on ``group`` carries gradients, the summed loss and
-    ``flags`` (each summed over ranks). Returns (global loss sum, flag sums).
+    ``flags`` (each summed over ranks). ``fence`` is called before the parameters change (a copy
+    of them may still be in progress). ``timings`` (a dict) receives ``allreduce_s``: how long
+    the all-reduce took, waiting for the slowest member included. Returns (global loss sum,
+    flag sums).
     """
+    flat = local_gradients(model, params, loss_fn, features, labels, batch, share, flags)
+    posted = time.monotonic()
+    group.allreduce([flat]).wait()
+    if timings is not None:
+        timings["allreduce_s"] = time.monotonic() - posted
+    if fence is not None:
+        fence()
+    tail = apply_gradients(params, optimizer, flat)
+    return float(tail[0]), [float(x) for x in tail[1:]]
+
+
+def local_gradients(model, params, loss_fn, features, labels, batch, share, flags) -> torch.Tensor:
+    """This member's summed-loss gradient on its slice, flattened, followed by the summed loss
+    and ``flags``: the one tensor a step all-reduces."""
     mine = ElasticSampler.split(batch, *share) if share is not None else []
     for p in params:
         p.grad = None
@@ -700,15 +889,19 @@ def data_parallel_step(model, params, optimizer, loss_fn, features, labels, batc
         (loss_sum / len(batch)).backward()
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     tail = torch.tensor([float(loss_sum.detach()), *flags])
-    flat = torch.cat([g.reshape(-1) for g in grads] + [tail])
-    group.allreduce([flat]).wait()
+    return torch.cat([g.reshape(-1) for g in grads] + [tail])
+
+
+def apply_gradients(params, optimizer, flat: torch.Tensor) -> torch.Tensor:
+    """Take the averaged gradient from the front of ``flat`` and step the optimizer; returns
+    what follows the gradient (the loss and flags, or nothing)."""
     offset = 0
     for p in params:
         n = p.numel()
         p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
     optimizer.step()
-    return float(flat[offset]), [float(x) for x in flat[offset + 1 :]]
+    return flat[offset:]
 
 
 def env_backend() -> str:

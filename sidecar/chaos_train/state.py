@@ -43,16 +43,17 @@ def digest(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str:
     return h.hexdigest()[:16]
 
 
-Captured = list[tuple[str, str, tuple[int, ...], bytes]]
+Captured = list[tuple[str, str, tuple[int, ...], memoryview]]
 
 
 def capture(model, optimizer, *, step: int, extra: list[int]) -> Captured:
     """A copy of the replica's state (and ``extra``: small integers such as the sampler's epoch
-    and cursor, stored as int64), ready for ``write``; training may go on meanwhile."""
+    and cursor, stored as int64), ready for ``write``; training may go on meanwhile. The copy
+    is torch's (it releases the GIL), so it can run on a thread beside training."""
     tensors = []
     for tname, tensor in [*state_tensors(model, optimizer), ("meta.extra", torch.tensor([step, *extra]))]:
-        t = tensor.detach().contiguous().cpu()
-        tensors.append((tname, _DTYPES[t.dtype], tuple(t.shape), t.view(torch.uint8).numpy().tobytes()))
+        t = tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
+        tensors.append((tname, _DTYPES[t.dtype], tuple(t.shape), memoryview(t.view(torch.uint8).numpy())))
     return tensors
 
 

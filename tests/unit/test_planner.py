@@ -82,11 +82,14 @@ def test_greedy_equals_milp(instance) -> None:
     g, m = greedy.solve(instance), milp.solve(instance)
     assert check_plan(instance, g) == []
     assert check_plan(instance, m) == []
-    assert g.makespan_s == pytest.approx(m.makespan_s, rel=1e-9)
-    if g.makespan_s == m.makespan_s:
-        # same tie-breaking: identical plans (when CBC's optimum is bit-identical; within the
-        # 1e-9 band the canonical assignment may legitimately differ)
-        assert (g.shards, g.assignment) == (m.shards, m.assignment)
+    # CBC, even with zero gaps and tight tolerances, sometimes stops ~1e-7 (relative) above
+    # the optimum (seen on instances where several shard counts tie); greedy is exact
+    assert g.makespan_s == pytest.approx(m.makespan_s, rel=1e-6)
+    assert g.makespan_s <= m.makespan_s * (1 + 1e-9)  # never worse than the reference
+    if g.makespan_s == m.makespan_s and g.shards == m.shards:
+        # same tie-breaking: identical assignments (when CBC's optimum is bit-identical; a
+        # slightly worse CBC optimum at one shard count can make it choose another count)
+        assert g.assignment == m.assignment
 
 
 @settings(max_examples=300, deadline=None)
