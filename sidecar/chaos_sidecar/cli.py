@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--hidden", type=_positive_int, help="the built-in model's hidden width (join-modes; default 1024)"
     )
     bench.add_argument(
+        "--runs", type=_positive_int, default=3, help="runs per join mode, alternating (join-modes)"
+    )
+    bench.add_argument(
         "--max-nodes", type=_positive_int, default=1000, help="largest simulated group (scalability)"
     )
     bench.add_argument("--rounds", type=_positive_int, default=10, help="rounds of random faults (chaos)")

@@ -120,8 +120,29 @@ def join_row(event: ChurnEvent, costs: dict[str, dict[str, float]], trainer: lis
     }
 
 
-def measure(steps: int, workdir: Path, hidden: int | None = None) -> dict[str, Any]:
-    modes = {mode: run_mode(mode, steps, workdir, hidden) for mode in MODES}
+def measure(steps: int, workdir: Path, hidden: int | None = None, runs: int = 1) -> dict[str, Any]:
+    """``runs`` runs per mode, alternating modes so that drift in the machine's load hits both;
+    means are over every join of every run."""
+    results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    for run in range(runs):
+        for mode in MODES:
+            results[mode].append(run_mode(mode, steps, workdir / f"run{run}", hidden))
+
+    def mean(mode: str, key: str) -> float | None:
+        values = [j[key] for r in results[mode] for j in r["joins"] if j[key] is not None]
+        return round(statistics.fmean(values), 1) if values else None
+
+    modes = {
+        mode: {
+            "ok": all(r["ok"] for r in results[mode]),
+            "idle_ms_mean": mean(mode, "idle_ms_mean"),
+            "switch_extra_ms_mean": mean(mode, "switch_extra_ms_mean"),
+            "entered_by_replay": sum(j["entered_by_replay"] for r in results[mode] for j in r["joins"]),
+            "joins": sum(len(r["joins"]) for r in results[mode]),
+            "runs": results[mode],
+        }
+        for mode in MODES
+    }
 
     def ratio(key: str) -> float | None:
         blocking, overlap = modes["blocking"][key], modes["overlap"][key]
@@ -132,6 +153,7 @@ def measure(steps: int, workdir: Path, hidden: int | None = None) -> dict[str, A
         "steps": steps,
         "founding": FOUNDING,
         "hidden": hidden,
+        "runs": runs,
         "modes": modes,
         "overlap_to_blocking_idle": ratio("idle_ms_mean"),
         "overlap_to_blocking_switch_wall": ratio("switch_extra_ms_mean"),
@@ -141,4 +163,4 @@ def measure(steps: int, workdir: Path, hidden: int | None = None) -> dict[str, A
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="chaos-join-modes-") as tmp:
-        return measure(args.steps, Path(tmp), args.hidden)
+        return measure(args.steps, Path(tmp), args.hidden, args.runs)
