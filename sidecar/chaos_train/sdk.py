@@ -10,6 +10,13 @@ through their sidecars (planned multi-source transfer), while the others wait ("
 join). A failed collective means a member died: the survivors wait for the view without
 it and regroup the same way; the interrupted step is redone, so no sample is lost or seen
 twice.
+
+In an "overlap" join the members do not wait: they copy their state at a step S, train on
+and log their averaged gradients while the joiner pulls S and replays the log; the joined
+view's group is built meanwhile. At the switch the joiner enters behind: it takes no share of
+the batch, its all-reduces (zeros and its flags) are posted ahead, and it replays the log and
+then the gradients it receives until it is level; its flag in the all-reduce then tells the
+members it takes a share from the next step.
 """
 
 from __future__ import annotations
@@ -292,7 +299,7 @@ class ElasticTrainer:
                 opened_at = time.monotonic()
                 mine = [self.step, int(self._can_replay)]
                 # a joiner that replayed during an overlap posted the gather already (with the
-                # step it held then; it replays the rest when it enters)
+                # step it held then; it replays the rest after entering, see _entering_step)
                 predicted = self._predicted_gather(built, members)
                 if predicted is not None:  # posted, and checked after the first step
                     self._unchecked = (built.gather(mine), predicted)
@@ -325,7 +332,7 @@ class ElasticTrainer:
                 "regroup", epoch=epoch, members=members, rank=rank, step=self.step,
                 pause_ms=round((time.monotonic() - started) * 1000, 1),
                 group_ms=round((grouped - started) * 1000, 1), open_ms=round((opened_at - started) * 1000, 1),
-                built_ahead=built is not None, **transfer,
+                built_ahead=built is not None, gather_predicted=self._unchecked is not None, **transfer,
             )  # fmt: skip
             if self._catch_up is None or self.step == self._catch_up[0]:  # else: once it is
                 self._log_digest()
@@ -401,9 +408,9 @@ class ElasticTrainer:
         return True
 
     def _reconcile(self, gathered: list[list[int]], epoch: int) -> dict[str, Any]:
-        """Members behind the newest state get it: an overlap joiner a few steps behind replays
-        the members' logged gradients during its first step (see _train_step); any other pulls
-        the newest state from every member that has it while the others wait."""
+        """Members behind the newest state get it: an overlap joiner enters and replays the
+        members' logged gradients while they train (see _entering_step); any other pulls the
+        newest state from every member that has it while the others wait."""
         held = [g[0] for g in gathered]
         newest = max(held)
         if newest < 0:
@@ -586,8 +593,8 @@ class ElasticTrainer:
         self._write_later(snapshot_state.remove, directory, f"grads-s{self.step - self.cfg.grad_log}")
 
     def _end_overlap(self) -> None:
-        """Any overlap ends with a regroup; its gradient log is kept until the first step of
-        the new group is through (an entering joiner replays the last of it in that step)."""
+        """Any overlap ends with a regroup; its gradient log is kept until every entering joiner
+        has replayed it (their flags in the all-reduce say so, see _train_step)."""
         if self.pending is not None:
             first = self.pending["from_step"]
             if self._stale_grads is not None:  # a retried regroup: that log is not dropped yet
@@ -647,8 +654,8 @@ class ElasticTrainer:
 
     def _overlap_catch_up(self) -> None:
         """Joiner: pull snapshot S while the members train on, replay their gradients, and say
-        how far it got; when the members change groups it enters and replays the rest during
-        its first step."""
+        how far it got; when the members change groups it enters and replays the rest while
+        they train (see _entering_step)."""
         view = self._current_member_view()
         note = self.cfg.rendezvous_dir / f"overlap-e{view['epoch']}.json"
         deadline = time.monotonic() + 60

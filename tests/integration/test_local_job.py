@@ -61,7 +61,10 @@ def test_overlap_join_replays_to_identical_replicas(tmp_path) -> None:
     assert summary["samples_lost"] == 0 and summary["samples_duplicated"] == 0
     logs = "".join(p.read_text() for p in (out / "logs").glob("*.trainer.jsonl"))
     assert '"overlap_start"' in logs and '"overlap_caught_up"' in logs  # the overlap path ran
-    assert '"entered"' in logs  # the joiner replayed its last steps inside the new group
+    assert '"entered"' in logs  # the joiner became level by replay inside the new group
+    assert '"posted_ahead"' in logs  # ... with its first all-reduce posted before the switch
+    assert '"gather_predicted": true' in logs  # members did not wait for the switch's gather
+    assert '"collective_failed"' not in logs and '"rendezvous_failed"' not in logs
     join = summary["events"][0]
     assert join["transfer_ms"] > 0 and join["sources"]
 
