@@ -44,9 +44,10 @@ from chaos_train.sampler import ElasticSampler
 from chaos_train.sidecar_client import SidecarClient, SidecarLost
 
 REPORT_EVERY = 10  # steps between progress reports to the sidecar (metrics)
-# an overlap joiner replays the members' gradients; it only catches up if one replay takes
-# well under one of their steps, otherwise it declines and joins blocking
-REPLAY_SHARE_OF_STEP = 0.5
+# an overlap joiner replays the members' gradients; they never wait for that, but it only
+# catches up if one replay takes less than one of their steps, otherwise it declines and joins
+# blocking
+REPLAY_SHARE_OF_STEP = 1.0
 TRANSFER_DEADLINE_S = 3600.0  # a joiner's state transfer; the view changing ends the wait sooner
 # a member entering the group by replay keeps this many of its all-reduces posted ahead (it
 # adds no gradient), so the others never wait for its replay
@@ -543,11 +544,16 @@ class ElasticTrainer:
 
         self._writer.submit(logged)
 
+    def _progress_marker(self, epoch: int, joiner: str) -> Path:
+        """Per view: a node that joins again later must not look ready from the last time."""
+        return self.cfg.rendezvous_dir / f"caught-up-e{epoch}-{joiner}"
+
     def _joiner_progress(self, joiner: str) -> int | str | None:
-        """An overlap joiner's marker: the step it replayed to (written only once it posted
-        the joined group's all-gather), DECLINED, or None (nothing yet)."""
+        """An overlap joiner's marker: the step it held when it posted the joined group's
+        all-gather, DECLINED, or None (nothing yet)."""
+        assert self.pending is not None
         try:
-            text = (self.cfg.rendezvous_dir / f"caught-up-{joiner}").read_text()
+            text = self._progress_marker(self.pending["epoch"], joiner).read_text()
             return text if text == DECLINED else int(text)
         except (FileNotFoundError, ValueError):  # a marker being rewritten reads empty
             return None
@@ -556,11 +562,9 @@ class ElasticTrainer:
         assert self.pending is not None
         if self._next is not None and not self._next.done():
             return False  # changing groups now would wait for the joined view's group
-        for joiner in self.pending["joiners"]:
-            progress = self._joiner_progress(joiner)
-            if progress is None or (progress != DECLINED and progress < self.step - 2):
-                return False
-        return True
+        # a joiner that posted its all-gather enters however far behind: it replays while
+        # the members train (see _entering_step)
+        return all(self._joiner_progress(j) is not None for j in self.pending["joiners"])
 
     def _predicted_gather(self, built: GroupBuild | None, members: list[str]) -> list[list[int]] | None:
         """Members changing to the group built during an overlap, when every joiner has posted
@@ -587,9 +591,15 @@ class ElasticTrainer:
                 raise RuntimeError(f"the group's all-gather {gather.result()} differs from {predicted}")
 
     def _log_gradient(self) -> None:
-        flat = torch.cat([p.grad.reshape(-1) for p in self.params])  # a copy: the writer owns it
+        """Every member holds the same averaged gradient, so one logs it: the members take
+        turns (see log_keeper), each doing a 1/n share of the writing and of serving the
+        joiners."""
         directory = self.cfg.snapshot_dir
-        self._write_later(snapshot_state.save_tensor, directory, f"grads-s{self.step}", flat, step=self.step)
+        if log_keeper(self.members, self.step) == self.cfg.node_id:
+            flat = torch.cat([p.grad.reshape(-1) for p in self.params])  # a copy: the writer owns it
+            name = f"grads-s{self.step}"
+            self._write_later(snapshot_state.save_tensor, directory, name, flat, step=self.step)
+        # whoever logged that step
         self._write_later(snapshot_state.remove, directory, f"grads-s{self.step - self.cfg.grad_log}")
 
     def _end_overlap(self) -> None:
@@ -610,11 +620,11 @@ class ElasticTrainer:
         self._stale_grads = None
 
     def _apply_logged(self, step: int, sources: list[str], wait_s: float = 0.0) -> bool:
-        """Replay the averaged gradient of ``step`` (pulled from the members); False if absent
-        (after ``wait_s``: the members' writer thread may still be writing it)."""
+        """Replay the averaged gradient of ``step`` (pulled from the member that logged it);
+        False if absent (after ``wait_s``: its writer thread may still be writing it)."""
         name = f"grads-s{step}"
         deadline = time.monotonic() + wait_s
-        while "error" in self.sidecar.pull(name, sources):
+        while "error" in self.sidecar.pull(name, [log_keeper(sources, step)]):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.005)
@@ -624,16 +634,10 @@ class ElasticTrainer:
         snapshot_state.remove(self.cfg.snapshot_dir, name)
         return True
 
-    def _replay_to(self, target: int, sources: list[str], wait_s: float) -> bool:
-        while self.step < target:
-            if not self._apply_logged(self.step + 1, sources, wait_s):
-                return False
-        return True
-
-    def _members_opened(self, epoch: int, post: bool) -> bool:
+    def _members_opened(self, epoch: int) -> bool:
         """Joiner holding a state: the members opened the joined view's group (or it cannot be
-        opened). ``post``: at the head of the members' log, post the group's first all-gather
-        with the step held now (posted earlier, the step would be too old to choose replay)."""
+        opened). Once the group is built, its first all-gather (with the step held now) and
+        first all-reduce are posted."""
         built = self._next
         if built is None or self.sidecar.latest_epoch > epoch:
             return True
@@ -641,7 +645,7 @@ class ElasticTrainer:
             return False
         if not built.usable():
             return True
-        if post and built.posted() is None:
+        if built.posted() is None:
             built.gather([self.step, int(self._can_replay)])
             # the group's first step follows; the members do at least one (they regroup only
             # before the job's last step), so posting it cannot meet their final barrier
@@ -670,9 +674,11 @@ class ElasticTrainer:
         if info.get("blocking"):
             return  # the members regroup blocking (not only joins, or the join came mid-regroup)
         self._build_ahead(view)  # the members are building it too: started before anything slow
-        marker = self.cfg.rendezvous_dir / f"caught-up-{self.cfg.node_id}"
+        marker = self._progress_marker(view["epoch"], self.cfg.node_id)
         links = self.sidecar.links(info["sources"])
-        bandwidth = sum(link.get("bandwidth_Bps") or 0.0 for link in links.values() if isinstance(link, dict))
+        # each step's gradient comes from one member (see log_keeper): the slowest link counts
+        measured = [link.get("bandwidth_Bps") for link in links.values() if isinstance(link, dict)]
+        bandwidth = min((b for b in measured if b), default=0.0)
         replay_s = info["grad_bytes"] / bandwidth if bandwidth > 0 else float("inf")
         if info.get("step_s") and replay_s > REPLAY_SHARE_OF_STEP * info["step_s"]:
             # replaying would fall further behind every step: let the members regroup now
@@ -684,16 +690,13 @@ class ElasticTrainer:
         self._pull_state(f"state-s{info['snapshot_step']}", info["sources"])
         self._can_replay = True
         pulled = time.monotonic()
-        # replay what the members log; report progress until they open the joined group
-        while time.monotonic() < deadline + 600 and not self._members_opened(view["epoch"], post=False):
-            if self._apply_logged(self.step + 1, info["sources"]):
-                continue
-            opened = self._members_opened(view["epoch"], post=True)
-            if self._next is not None and self._next.posted() is not None:
+        # post the joined group's all-gather once it is built, then say so; replay what the
+        # members log until they open the group
+        while time.monotonic() < deadline + 600 and not self._members_opened(view["epoch"]):
+            if self._next is not None and self._next.posted() is not None and not marker.exists():
                 marker.write_text(str(self.step))  # after posting: see _predicted_gather
-            if opened:
-                break
-            time.sleep(0.005)
+            if not self._apply_logged(self.step + 1, info["sources"]):
+                time.sleep(0.005)
         self.log("overlap_caught_up", step=self.step, snapshot_step=info["snapshot_step"],
                  sources=info["sources"],
                  transfer_ms=round((pulled - started) * 1000, 1),
@@ -909,6 +912,12 @@ def apply_gradients(params, optimizer, flat: torch.Tensor) -> torch.Tensor:
         offset += n
     optimizer.step()
     return flat[offset:]
+
+
+def log_keeper(members: list[str], step: int) -> str:
+    """The member that logs the averaged gradient of ``step`` during an overlap join."""
+    ordered = sorted(members)
+    return ordered[step % len(ordered)]
 
 
 def env_backend() -> str:
