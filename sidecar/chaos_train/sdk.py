@@ -676,10 +676,12 @@ class ElasticTrainer:
         self._build_ahead(view)  # the members are building it too: started before anything slow
         marker = self._progress_marker(view["epoch"], self.cfg.node_id)
         links = self.sidecar.links(info["sources"])
-        # each step's gradient comes from one member (see log_keeper): the slowest link counts
+        # each step's gradient comes from one member, in turns (see log_keeper): the mean of
+        # the links' times for one gradient
         measured = [link.get("bandwidth_Bps") for link in links.values() if isinstance(link, dict)]
-        bandwidth = min((b for b in measured if b), default=0.0)
-        replay_s = info["grad_bytes"] / bandwidth if bandwidth > 0 else float("inf")
+        times = [info["grad_bytes"] / b for b in measured if b]
+        replay_s = statistics.fmean(times) if times else float("inf")
+        bandwidth = info["grad_bytes"] / replay_s if times else 0.0
         if info.get("step_s") and replay_s > REPLAY_SHARE_OF_STEP * info["step_s"]:
             # replaying would fall further behind every step: let the members regroup now
             marker.write_text(DECLINED)

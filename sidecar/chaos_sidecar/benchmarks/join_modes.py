@@ -26,6 +26,7 @@ from chaos_sidecar.localjob import JobConfig, LocalJob
 
 FOUNDING = 3
 MODES = ("blocking", "overlap")
+FALLBACKS = {"overlap_declined", "collective_failed", "rendezvous_failed", "reconcile_failed", "write_failed"}
 
 
 def member_costs(trainer: list[dict[str, Any]], joiner: str) -> dict[str, dict[str, float]]:
@@ -117,6 +118,8 @@ def join_row(event: ChurnEvent, costs: dict[str, dict[str, float]], trainer: lis
         "usual_step_ms": rounded(column("usual_step_ms"), statistics.median),
         "overlap_step_ms": rounded(column("overlap_step_ms"), statistics.median),
         "entered_by_replay": any(r["type"] == "entered" and r["node"] == event.node for r in trainer),
+        # why an overlap joiner pulled the state instead, if it did
+        "joiner_events": sorted({r["type"] for r in trainer if r["node"] == event.node} & FALLBACKS),
     }
 
 
