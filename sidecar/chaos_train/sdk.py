@@ -125,6 +125,7 @@ class ElasticTrainer:
         # overlap: the snapshot and gradient log are written in order on one thread, so members
         # only pay for copying them (a joiner asking too early finds nothing and asks again)
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._writer.submit(lambda: None)  # its thread starts now, not at the step where S is taken
         self.regroup_needed = True
         self.leaving = False
         self.pending: dict[str, Any] | None = None  # overlap: joiners catching up, see _start_overlap
