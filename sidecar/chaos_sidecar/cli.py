@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hidden", type=_positive_int, help="the built-in model's hidden width (join-modes; default 1024)"
     )
     bench.add_argument(
-        "--runs", type=_positive_int, default=3, help="runs per join mode, alternating (join-modes)"
+        "--runs", type=_positive_int, default=3, help="runs per variant, alternating (join-modes, steptime)"
     )
     bench.add_argument(
         "--max-nodes", type=_positive_int, default=1000, help="largest simulated group (scalability)"

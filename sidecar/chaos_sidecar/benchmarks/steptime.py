@@ -1,9 +1,10 @@
 """Steady-state step time: the elastic SDK with its sidecars against a plain loop.
 
 Both run the built-in job (same model, data, global batch and all-reduce) on N processes of
-this machine, one after the other in one run: plain, elastic, plain again (the plain figure is
-the mean of the two, to cancel drift). Step time = median gap between consecutive steps of
-rank 0 after a warm-up.
+this machine, one after the other in one run, alternating: plain, elastic, plain, ... (R
+elastic runs between R + 1 plain ones). Each elastic run is compared with the mean of the
+plain runs on either side (to cancel drift); the ratio is the median of those. Step time =
+median gap between consecutive steps of rank 0 after a warm-up.
 """
 
 from __future__ import annotations
@@ -60,28 +61,35 @@ def _plain(nodes: int, steps: int, workdir: Path) -> float:
     return _median_gap_ms(workdir / "p0.jsonl")
 
 
-def measure(nodes: int, steps: int, workdir: Path) -> dict[str, Any]:
-    plain_before = _plain(nodes, steps, workdir / "plain1")
+def _elastic(nodes: int, steps: int, workdir: Path) -> float:
     # replica digests are a check of the demo, not part of training: off here
-    config = JobConfig(
-        nodes=nodes, steps=steps, churn=[], out=workdir / "elastic", live=False, digest_every=0
-    )
+    config = JobConfig(nodes=nodes, steps=steps, churn=[], out=workdir, live=False, digest_every=0)
     job = LocalJob(config)
     asyncio.run(job.run())
-    elastic = _median_gap_ms(job.trainer_log("n0"))
-    plain_after = _plain(nodes, steps, workdir / "plain2")
-    plain = (plain_before + plain_after) / 2
+    return _median_gap_ms(job.trainer_log("n0"))
+
+
+def measure(nodes: int, steps: int, workdir: Path, runs: int = 1) -> dict[str, Any]:
+    plain = [_plain(nodes, steps, workdir / "plain0")]
+    elastic = []
+    for run in range(1, runs + 1):
+        elastic.append(_elastic(nodes, steps, workdir / f"elastic{run}"))
+        plain.append(_plain(nodes, steps, workdir / f"plain{run}"))
+    ratios = [e / ((plain[i] + plain[i + 1]) / 2) for i, e in enumerate(elastic)]
     return {
         "scenario": "steptime",
         "nodes": nodes,
         "steps": steps,
-        "plain_step_ms": round(plain, 3),
-        "plain_step_ms_runs": [round(plain_before, 3), round(plain_after, 3)],
-        "elastic_step_ms": round(elastic, 3),
-        "ratio": round(elastic / plain, 4),
+        "runs": runs,
+        "plain_step_ms": round(statistics.median(plain), 3),
+        "plain_step_ms_runs": [round(x, 3) for x in plain],
+        "elastic_step_ms": round(statistics.median(elastic), 3),
+        "elastic_step_ms_runs": [round(x, 3) for x in elastic],
+        "ratio_runs": [round(r, 4) for r in ratios],
+        "ratio": round(statistics.median(ratios), 4),
     }
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="chaos-steptime-") as tmp:
-        return measure(args.nodes, args.steps, Path(tmp))
+        return measure(args.nodes, args.steps, Path(tmp), args.runs)
