@@ -121,9 +121,9 @@ class ElasticTrainer:
         self._capture: concurrent.futures.Future | None = None  # overlap: snapshot S being copied
         self._unchecked: tuple[Any, list[list[int]]] | None = None  # see _predicted_gather
         self._can_replay = False  # an overlap joiner holding a snapshot the members' log continues
-        self._stale_grads: tuple[int, int] | None = None  # gradient log to drop after the next step
-        # overlap: the snapshot and gradient log are written in order on one thread, so members
-        # only pay for copying them (a joiner asking too early finds nothing and asks again)
+        self._stale_grads: tuple[int, int] | None = None  # gradient log to drop once no one enters
+        # overlap: the copy of S, snapshot S and the gradient log are done in order on one
+        # thread (a joiner asking too early finds nothing and asks again)
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         self._writer.submit(lambda: None)  # its thread starts now, not at the step where S is taken
         self.regroup_needed = True
