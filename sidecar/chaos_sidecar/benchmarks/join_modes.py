@@ -5,9 +5,9 @@ For every join and every member: idle = the time it waited because of the join: 
 pause (blocking: the joiner's transfer is inside), in overlap mode also starting the copy of
 snapshot S and waiting for that copy before its next update, plus how much longer its first
 step's all-reduce waited than usual. Reported per join as the worst member; the ratio compares
-the means. Also reported, not in the ratio: the wall-clock excess of the regroup plus first
-step over a usual step, which also counts computing slower while an overlap joiner replays
-on the same cores (on one machine all processes share them).
+the means. Also reported, not in the ratio: the regroup pause plus how much longer the first
+step took than a usual one (wall clock), which also counts computing slower while an overlap
+joiner replays on the same cores (on one machine all processes share them).
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def member_costs(trainer: list[dict[str, Any]], joiner: str) -> dict[str, dict[s
         ]
         pauses = regroup["pause_ms"] + sum(s["pause_ms"] for s in starts) + sum(waits)
         extra_wait = max(0.0, first["allreduce_ms"] - usual_wait) if first else 0.0
-        # wall clock: regroup plus first step beyond one usual step (includes computing slower
-        # while the joiner's replay shares this machine's cores)
+        # wall clock: the regroup pause plus the first step beyond a usual one (includes
+        # computing slower while the joiner's replay shares this machine's cores)
         switch = max(0.0, ((first["t"] if first else regroup["t"]) - regroup["t"] - usual) * 1000)
         costs[node] = {
             "pause_ms": pauses,
