@@ -492,8 +492,8 @@ class ElasticTrainer:
 
     def _start_overlap(self, view: dict[str, Any]) -> None:
         """Members: publish snapshot S at this step and keep training; log averaged gradients
-        until the joiners have replayed up to (nearly) the present. The joined view's group is
-        built meanwhile, so the step where the members change groups costs them one all-gather."""
+        until every joiner has posted the joined group's all-gather. That group is built
+        meanwhile, so changing groups costs the members no wait (see _predicted_gather)."""
         started = time.monotonic()
         joiners = [m for m in view["members"] if m not in self.members]
         self._build_ahead(view)  # first: starting a thread waits for the GIL, which the copy takes
@@ -629,11 +629,17 @@ class ElasticTrainer:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.005)
-        apply_gradients(self.params, self.optimizer, snapshot_state.load_tensor(self.cfg.snapshot_dir, name))
-        self.sampler.advance()
-        self.step = step
+        self._apply_averaged(step, snapshot_state.load_tensor(self.cfg.snapshot_dir, name))
         snapshot_state.remove(self.cfg.snapshot_dir, name)
         return True
+
+    def _apply_averaged(self, step: int, flat: torch.Tensor) -> torch.Tensor:
+        """Apply the group's averaged gradient of ``step`` (the next one this replica is
+        missing); returns what followed it in the all-reduce (loss and flags, if any)."""
+        tail = apply_gradients(self.params, self.optimizer, flat)
+        self.sampler.advance()
+        self.step = step
+        return tail
 
     def _members_opened(self, epoch: int) -> bool:
         """Joiner holding a state: the members opened the joined view's group (or it cannot be
@@ -724,10 +730,7 @@ class ElasticTrainer:
                     self._log_digest()  # the members logged theirs at this step, in the regroup
                 return True
         if self._backlog:
-            step, flat = self._backlog.popleft()
-            apply_gradients(self.params, self.optimizer, flat)
-            self.sampler.advance()
-            self.step = step
+            self._apply_averaged(*self._backlog.popleft())
             return True
         return False
 
@@ -822,9 +825,7 @@ class ElasticTrainer:
             self._backlog.append((self._group_step, flat))
             return [float(x) for x in flags]
         epoch, cursor = self.sampler.state()
-        loss_sum = float(apply_gradients(self.params, self.optimizer, flat)[0])
-        self.sampler.advance()
-        self.step += 1
+        loss_sum = float(self._apply_averaged(self._group_step, flat)[0])
         if final:
             self.log("entered", step=self.step)
         self._log_step(loss_sum, epoch, cursor)
