@@ -138,3 +138,49 @@ def test_dead_member_plus_link_down_still_leaves_a_viable_view() -> None:
     # depends on whose reports go stale first: the next epochs settle it, see the simulator)
     assert decided, "no view was proposed: the group is stranded"
     assert len(decided[0].members) == 3 and "n0" in decided[0].members
+
+
+# --- ticking when due ----------------------------------------------------------------------
+
+
+def test_quiet_member_is_due_at_its_heartbeat_or_first_expiry() -> None:
+    from chaos_sidecar.protocol import Heartbeat
+
+    state = sm.initial_member("a", VIEW, SETTINGS, 0.0)
+    state, actions = sm.step(state, sm.Tick(), 0.0)  # first heartbeat out
+    assert sm.is_quiet(state)
+    assert sm.next_due(state) == SETTINGS.heartbeat_interval
+    everyone = ("a", "b", "c")
+    for t in (0.05, 0.15, 0.25, 0.35):  # b keeps beating, c falls silent after 0.05
+        for sender in ("b", "c") if t == 0.05 else ("b",):
+            state, _ = sm.step(state, sm.Receive(Message(sender, 1, Heartbeat(everyone))), t)
+        state, _ = sm.step(state, sm.Tick(), sm.next_due(state))
+    assert sm.is_quiet(state)
+    silent_until = 0.05 + SETTINGS.suspect_timeout  # c's last heartbeat, as a hearing and a report
+    assert sm.next_due(state) == pytest.approx(min(state.next_heartbeat, silent_until))
+    state, actions = sm.step(state, sm.Tick(), silent_until + 0.001)
+    assert sm.Observed(("lost", "c")) in actions
+    assert not sm.is_quiet(state)  # retry pace until c is heard again or removed
+    assert sm.next_due(state) == pytest.approx(state.last_tick + SETTINGS.retry_interval / 2)
+
+
+def test_due_ticks_converge_like_fixed_ticks() -> None:
+    due = _run(range(100), nodes=5, due_ticks=True)
+    assert not [r.violations for r in due if r.violations]
+    assert all(r.converged for r in due)
+
+
+def test_early_ticks_of_a_quiet_member_change_nothing() -> None:
+    """With a tick at every retry half-interval, the simulator checks that every tick before a
+    quiet node's ``next_due`` is a no-op: sleeping until then skips no work."""
+    results = _run(range(100), nodes=5, due_ticks=False)
+    assert not [r.violations for r in results if r.violations]
+
+
+def test_a_late_deadline_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claim every quiet member is due a heartbeat interval later: the heartbeats a fixed
+    tick sends before then expose it."""
+    real = sm.next_due
+    monkeypatch.setattr(sm, "next_due", lambda s: real(s) + SETTINGS.heartbeat_interval)
+    results = _run(range(5), nodes=5, due_ticks=False, faults=frozenset())
+    assert all(any("before its due" in v for v in r.violations) for r in results)

@@ -367,7 +367,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
             session, config.secret, config.node_id, config.membership.retry_interval,
             on_sent=app[METRICS].monitoring_bytes.inc,
         )  # fmt: skip
-        ticker = asyncio.create_task(runtime.tick_forever(app[CONFIG].membership.retry_interval / 2))
+        ticker = asyncio.create_task(runtime.tick_forever())
         watcher = asyncio.create_task(_watch_trainer(app)) if config.trainer_lease_s else None
         yield
         ticker.cancel()

@@ -8,7 +8,9 @@ signed HTTP POSTs, the rest go to the event log and to waiters. It decides nothi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -20,6 +22,8 @@ from chaos_sidecar.errors import ProtocolError
 from chaos_sidecar.membership import machine as sm
 from chaos_sidecar.metrics import SidecarMetrics
 from chaos_sidecar.protocol.messages import decode, encode
+
+MAX_SLEEP_S = 5.0  # a standby node, due never, still looks at its state now and then
 
 
 class EventLog:
@@ -59,6 +63,8 @@ class MembershipRuntime:
         self.blocked: set[str] = set()  # fault injection: peers whose traffic we drop
         self.links: PeerLinks | None = None
         self.changed = asyncio.Condition()
+        self._due = math.inf  # when the ticker sleeps until
+        self._wake = asyncio.Event()  # set when an event brings the next tick forward
         self.on_reject = on_reject or (lambda reason: None)
 
     # --- inputs -----------------------------------------------------------------------------
@@ -68,6 +74,8 @@ class MembershipRuntime:
         self.state, actions = sm.step(self.state, event, self.clock())
         if any(isinstance(a, sm.Decided) for a in actions):
             self.metrics.decision_ms.observe((time.perf_counter() - started) * 1000)
+        if sm.next_due(self.state) < self._due:
+            self._wake.set()
         await self._execute(actions)
 
     async def receive(self, raw: bytes, authenticated_as: str) -> str | None:
@@ -85,14 +93,24 @@ class MembershipRuntime:
         await self.apply(sm.Receive(message))
         return None
 
-    async def tick_forever(self, interval: float) -> None:
+    async def tick_forever(self) -> None:
+        """Tick when the state machine is next due (``sm.next_due``): a quiet member sleeps
+        from heartbeat to heartbeat instead of waking at the retry pace."""
         while True:
+            self._due = sm.next_due(self.state)
+            delay = self._due - self.clock()
+            if delay > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), min(delay, MAX_SLEEP_S))
+                continue  # something happened, or it is time: look again
+            self._due = math.inf
             try:
                 await self.apply(sm.Tick())
             except Exception:  # a bug must not silence the heartbeats: report it, keep ticking
                 traceback.print_exc()
                 self.log.write("error", where="tick")
-            await asyncio.sleep(interval)
+                await asyncio.sleep(self.state.settings.retry_interval)
 
     # --- outputs ----------------------------------------------------------------------------
 

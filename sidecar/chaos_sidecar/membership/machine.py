@@ -26,6 +26,7 @@ state for the next epoch, the highest round seen and ``fast_used``.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -56,6 +57,7 @@ REMOVED = "removed"
 LEFT = "left"
 
 Change = tuple[str, ...]
+MIN_TICK_GAP = 0.001  # seconds; next_due never asks for two ticks closer than this
 MAX_CONTACTS = 64  # ("join", id) | ("leave", id) | ("remove", id)
 
 
@@ -195,6 +197,7 @@ class NodeState:
     next_heartbeat: float = 0.0
     next_retry: float = 0.0
     next_attempt: float = 0.0
+    last_tick: float = -1e18
     last_view_request: float = -1e18
     last_push: dict[str, float] = field(default_factory=dict)
     contact_cursor: int = 0
@@ -271,6 +274,7 @@ def step(state: NodeState, event: Event, now: float) -> tuple[NodeState, list[Ac
     news = True  # whether the event can change what the group should look like
     match event:
         case Tick():
+            s.last_tick = now
             _on_tick(s, now, out)
         case Receive(message):
             news = _on_receive(s, message, now, out)
@@ -289,6 +293,52 @@ def step(state: NodeState, event: Event, now: float) -> tuple[NodeState, list[Ac
     if s.status != LEFT and news:
         _maybe_propose(s, now, out)
     return s, out
+
+
+def next_due(s: NodeState) -> float:
+    """When this node next needs a :class:`Tick`. A quiet member (see :func:`is_quiet`) is
+    due only for its next heartbeat and the first failure-detector expiry: a Tick before then
+    changes nothing. Anything else keeps the retry pace (two ticks per retry interval), as
+    does a joiner asking for admission. Messages never wait for this: they are applied when
+    they arrive, and one that ends the quiet brings the deadline forward."""
+    if s.status in (STANDBY, LEFT):
+        return math.inf
+    if s.status in (JOINING, REMOVED):
+        return s.next_retry
+    if not is_quiet(s):
+        return s.last_tick + s.settings.retry_interval / 2
+    assert s.view is not None
+    timeout = s.settings.suspect_timeout
+    due = s.next_heartbeat
+    for m in s.view.members:
+        if m != s.node_id:
+            due = min(due, s.last_heard[m] + timeout, s.reports[m][0] + timeout)
+    # an expiry is strict (silent for *more* than the timeout): tick just after it, not at it
+    return max(due, s.last_tick + MIN_TICK_GAP)
+
+
+def is_quiet(s: NodeState) -> bool:
+    """A member with nothing in flight: no proposal, no pending join or leave, it hears
+    every member and every member's report says it hears everyone."""
+    view = s.view
+    if (
+        view is None
+        or not s.is_member
+        or s.proposal is not None
+        or s.leaves
+        or s.want_leave
+        or s.topology[1]
+        or any(_join_is_fresh(s, seen, s.now) for _, seen in s.joins.values())
+    ):
+        return False
+    everyone = frozenset(view.members)
+    if s.my_hears != everyone:
+        return False
+    return all(
+        m in s.last_heard and m in s.reports and s.reports[m][1] >= everyone
+        for m in view.members
+        if m != s.node_id
+    )
 
 
 # --- helpers: sending ----------------------------------------------------------------------
@@ -422,7 +472,9 @@ def _on_tick(s: NodeState, now: float, out: list[Action]) -> None:
 
 def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> None:
     """Failure detector: whom do I hear now? Changes go to the coordinator at once, and a
-    regained peer gets a heartbeat back at once, so it regains us without waiting."""
+    regained peer gets a heartbeat back at once, so it regains us without waiting. A loss
+    also brings the next heartbeat forward: when the lost one is the coordinator, the
+    Suspect goes nowhere useful, and the slow-path candidate learns it from heartbeats."""
     assert s.view is not None
     hears = frozenset(m for m in s.view.members if _hears(s, s.node_id, m, now))
     if hears == s.my_hears:
@@ -431,6 +483,7 @@ def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> None:
     for lost in sorted(previous - hears):
         out.append(Observed(("lost", lost)))
         _forward(s, Suspect(lost), out)
+        s.next_heartbeat = now
     for peer in sorted(hears - previous):
         out.append(Observed(("regained", peer)))
         _forward(s, LinkUp(peer), out)

@@ -18,10 +18,11 @@ No wall clock is read except to time the decision step (``decision_ns``).
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from chaos_sidecar.membership import machine as sm
 from chaos_sidecar.protocol.messages import Message, View, decode, encode
@@ -67,6 +68,10 @@ class SimConfig:
     """Leaves are not injected below this size."""
     wire: bool = False
     """Round-trip every message through the JSON codec."""
+    due_ticks: bool = True
+    """Tick each node when :func:`~chaos_sidecar.membership.machine.next_due` says, as the
+    sidecar does; False ticks every node at the retry pace and checks that a quiet node's
+    early ticks change nothing (that ``next_due`` never skips work)."""
     settings: sm.Settings = field(default_factory=sm.Settings)
 
 
@@ -75,6 +80,7 @@ class ScheduleResult:
     seed: int
     events: int = 0
     steps: int = 0
+    ticks: int = 0
     messages: int = 0
     violations: list[str] = field(default_factory=list)
     converged: bool = False
@@ -115,6 +121,7 @@ class _Sim:
         self.jitter = 0.0
         self.extra_delay = 0.0
         self.faults_on = True
+        self.tick_at: dict[str, float] = {}  # due_ticks: each node's scheduled tick
 
     # --- scheduling ----------------------------------------------------------------------
 
@@ -161,6 +168,12 @@ class _Sim:
         elapsed = time.perf_counter_ns() - started
         self.states[node] = new
         self.result.steps += 1
+        if isinstance(event, sm.Tick):
+            self.result.ticks += 1
+            if not self.cfg.due_ticks:
+                self.check_early_tick(node, state, new, actions)
+        if self.cfg.due_ticks:
+            self.schedule_tick(node)
         for action in actions:
             match action:
                 case sm.Send():
@@ -178,6 +191,22 @@ class _Sim:
                 case sm.Decided(view, changes):
                     self.result.decision_ns.append(elapsed)
                     self.log(f"{node} decides e{view.epoch}: {changes}")
+
+    def check_early_tick(self, node: str, before: sm.NodeState, after: sm.NodeState, actions: list) -> None:
+        """A tick before a quiet node's ``next_due`` must change nothing that matters (its
+        clocks aside: when it last ticked, and the retry timer, idle while quiet)."""
+        if not sm.is_quiet(before) or self.now >= sm.next_due(before):
+            return
+        clocks = {"now": before.now, "last_tick": before.last_tick, "next_retry": before.next_retry}
+        if actions or replace(after, **clocks) != before:
+            due = sm.next_due(before)
+            self.violation(f"{node} ticked at {self.now:.4f} before its due {due:.4f}: {actions}")
+
+    def schedule_tick(self, node: str) -> None:
+        due = sm.next_due(self.states[node])
+        if due < self.tick_at.get(node, math.inf):
+            self.tick_at[node] = due = max(due, self.now)
+            self.push(due, "node_tick", node)
 
     def check_install(self, node: str, view: View) -> None:
         previous = self.committed.get(view.epoch)
@@ -282,6 +311,8 @@ class _Sim:
                 self.states[node] = sm.initial_joiner(node, node, contacts, self.cfg.settings)
                 self.epochs[node] = 0
                 self.log(f"FAULT join {node}")
+                if self.cfg.due_ticks:
+                    self.schedule_tick(node)
             case "leave":
                 members = [n for n in live if self.states[n].is_member and n not in self.leaving]
                 top = self.committed[max(self.committed)]
@@ -331,6 +362,9 @@ class _Sim:
         cfg = self.cfg
         tick = cfg.settings.retry_interval / 2
         self.push(0.0, "tick", None)
+        if cfg.due_ticks:
+            for node in sorted(self.states):
+                self.schedule_tick(node)
         if cfg.faults:
             at = 0.0
             while True:
@@ -352,9 +386,16 @@ class _Sim:
                     if to in self.crashed or to in self.left or not self.connected(sender, to):
                         continue
                     self.apply(to, sm.Receive(message))
-                case "tick":
+                case "node_tick":
+                    node = payload  # type: ignore[assignment]
+                    if self.tick_at.get(node) != at:
+                        continue  # superseded by an earlier deadline
+                    del self.tick_at[node]
+                    if node not in self.crashed:
+                        self.apply(node, sm.Tick())
+                case "tick":  # the retry pace: every node ticks (unless due_ticks), convergence
                     for node in sorted(self.states):
-                        if node not in self.crashed and node not in self.left:
+                        if not cfg.due_ticks and node not in self.crashed and node not in self.left:
                             self.apply(node, sm.Tick())
                     if not self.faults_on and self.converged():
                         self.result.converged = True
@@ -368,6 +409,8 @@ class _Sim:
                     if self.faults_on and node in self.crashed:
                         self.crashed.discard(node)
                         self.states[node] = sm.restart(self.states[node], self.now)
+                        if cfg.due_ticks:
+                            self.schedule_tick(node)
                         self.log(f"FAULT restart {node}")
                 case "heal":
                     self.groups = None
