@@ -67,8 +67,9 @@ class LocalJob:
             shutil.rmtree(out)
         (out / "rendezvous").mkdir(parents=True)
         (out / "logs").mkdir()
-        # trainers load the CPU: a failure timeout of 1 s avoids false suspicion on 2 cores
-        self.cluster = LocalCluster(out / "sidecars", settings=Settings(0.1, 1.0, 0.05))
+        # trainers load the CPU: a failure timeout of 1 s avoids false suspicion on 2 cores,
+        # and five heartbeats per timeout are plenty (each costs the trainers' cores)
+        self.cluster = LocalCluster(out / "sidecars", settings=Settings(0.2, 1.0, 0.05))
         self._offsets: dict[str, int] = {}
         self.progress: dict[str, dict[str, Any]] = {}
 

@@ -25,6 +25,7 @@ import collections
 import concurrent.futures
 import contextlib
 import json
+import math
 import os
 import queue
 import signal
@@ -43,7 +44,7 @@ from chaos_train.groups import GroupBuild, all_gather_ints, new_process_group
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sidecar_client import SidecarClient, SidecarLost
 
-REPORT_EVERY = 10  # steps between progress reports to the sidecar (metrics)
+REPORT_EVERY_S = 1.0  # between progress reports to the sidecar (metrics; each is an HTTP call)
 # an overlap joiner replays the members' gradients; they never wait for that, but it only
 # catches up if one replay takes less than one of their steps, otherwise it declines and joins
 # blocking
@@ -131,6 +132,7 @@ class ElasticTrainer:
         self.pending: dict[str, Any] | None = None  # overlap: joiners catching up, see _start_overlap
         self._just_regrouped = False
         self._idle_s = 0.0  # the last regroup's pause, reported with the next step
+        self._reported_at = -math.inf
         # closed groups are freed here (see _close_group): one thread, started once
         self._to_free: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._free_closed, name="close-group", daemon=True).start()
@@ -857,9 +859,10 @@ class ElasticTrainer:
         if self.cfg.digest_every and self.step % self.cfg.digest_every == 0:
             record["digest"] = snapshot_state.digest(self.model, self.optimizer)
         self.log("step", **record)
-        if self.step % REPORT_EVERY == 0 or self.step == 1 or self._just_regrouped:
+        now = time.monotonic()
+        if now - self._reported_at >= REPORT_EVERY_S or self._just_regrouped:
             self.sidecar.report(step=self.step, idle_s=self._idle_s)
-            self._just_regrouped, self._idle_s = False, 0.0
+            self._just_regrouped, self._idle_s, self._reported_at = False, 0.0, now
 
     def _only_joins(self) -> bool:
         view = (self.sidecar.view() or {}).get("view") or {}
