@@ -172,8 +172,7 @@ class _Sim:
             self.result.ticks += 1
             if not self.cfg.due_ticks:
                 self.check_early_tick(node, state, new, actions)
-        if self.cfg.due_ticks:
-            self.schedule_tick(node)
+        self.schedule_tick(node)
         for action in actions:
             match action:
                 case sm.Send():
@@ -203,6 +202,9 @@ class _Sim:
             self.violation(f"{node} ticked at {self.now:.4f} before its due {due:.4f}: {actions}")
 
     def schedule_tick(self, node: str) -> None:
+        """due_ticks: make sure the node ticks by its deadline (no-op with fixed ticks)."""
+        if not self.cfg.due_ticks:
+            return
         due = sm.next_due(self.states[node])
         if due < self.tick_at.get(node, math.inf):
             self.tick_at[node] = due = max(due, self.now)
@@ -311,8 +313,7 @@ class _Sim:
                 self.states[node] = sm.initial_joiner(node, node, contacts, self.cfg.settings)
                 self.epochs[node] = 0
                 self.log(f"FAULT join {node}")
-                if self.cfg.due_ticks:
-                    self.schedule_tick(node)
+                self.schedule_tick(node)
             case "leave":
                 members = [n for n in live if self.states[n].is_member and n not in self.leaving]
                 top = self.committed[max(self.committed)]
@@ -362,9 +363,8 @@ class _Sim:
         cfg = self.cfg
         tick = cfg.settings.retry_interval / 2
         self.push(0.0, "tick", None)
-        if cfg.due_ticks:
-            for node in sorted(self.states):
-                self.schedule_tick(node)
+        for node in sorted(self.states):
+            self.schedule_tick(node)
         if cfg.faults:
             at = 0.0
             while True:
@@ -394,9 +394,10 @@ class _Sim:
                     if node not in self.crashed:
                         self.apply(node, sm.Tick())
                 case "tick":  # the retry pace: every node ticks (unless due_ticks), convergence
-                    for node in sorted(self.states):
-                        if not cfg.due_ticks and node not in self.crashed and node not in self.left:
-                            self.apply(node, sm.Tick())
+                    if not cfg.due_ticks:
+                        for node in sorted(self.states):
+                            if node not in self.crashed and node not in self.left:
+                                self.apply(node, sm.Tick())
                     if not self.faults_on and self.converged():
                         self.result.converged = True
                         self.result.converge_s = self.now - cfg.fault_s
@@ -409,8 +410,7 @@ class _Sim:
                     if self.faults_on and node in self.crashed:
                         self.crashed.discard(node)
                         self.states[node] = sm.restart(self.states[node], self.now)
-                        if cfg.due_ticks:
-                            self.schedule_tick(node)
+                        self.schedule_tick(node)
                         self.log(f"FAULT restart {node}")
                 case "heal":
                     self.groups = None
