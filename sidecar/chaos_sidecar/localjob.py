@@ -26,6 +26,7 @@ from chaos_sidecar.membership.machine import Settings
 
 EXIT_NO_STATE = 4  # chaos_train.worker: a joiner found no member holding state (the job was done)
 STRAGGLER_S = 20.0  # after the group's last step, how long a late trainer may take to finish
+POLL_S = 0.1  # how often the trainers' logs are read: churn lands within about 3 steps
 
 
 @dataclass
@@ -72,6 +73,7 @@ class LocalJob:
         self.cluster = LocalCluster(out / "sidecars", settings=Settings(0.2, 1.0, 0.05))
         self._offsets: dict[str, int] = {}
         self.progress: dict[str, dict[str, Any]] = {}
+        self.done: set[str] = set()  # trainers that logged the last step
 
     # --- processes ------------------------------------------------------------------------------
 
@@ -129,22 +131,19 @@ class LocalJob:
             path = self.trainer_log(node)
             if not path.exists():
                 continue
+            last_step = None  # only the newest step record is shown: parse just that one
             with path.open() as f:
                 f.seek(self._offsets.get(node, 0))
                 for line in f:
                     if not line.endswith("\n"):
                         break
                     self._offsets[node] = self._offsets.get(node, 0) + len(line)
-                    record = json.loads(line)
-                    if record["type"] == "step":
-                        self.progress[node] = record
-
-    def any_done(self) -> bool:
-        for node in self.trainers:
-            path = self.trainer_log(node)
-            if path.exists() and '"type": "done"' in path.read_text()[-400:]:
-                return True
-        return False
+                    if '"type": "step"' in line:
+                        last_step = line
+                    elif '"type": "done"' in line:
+                        self.done.add(node)
+            if last_step is not None:
+                self.progress[node] = json.loads(last_step)
 
     def current_step(self) -> int:
         live = [r["step"] for n, r in self.progress.items() if n not in self.gone]
@@ -182,7 +181,7 @@ class LocalJob:
                 running = [n for n, p in self.trainers.items() if p.poll() is None and n not in self.gone]
                 if not running and not pending:
                     break
-                if self.finished_at is None and self.any_done():
+                if self.finished_at is None and self.done:
                     self.finished_at = time.monotonic()
                 if self.finished_at is not None and time.monotonic() - self.finished_at > STRAGGLER_S:
                     for node in running:  # e.g. a joiner whose trainer started after the last step
@@ -202,7 +201,7 @@ class LocalJob:
                 if self.cfg.live and now - last_print > 0.5:
                     last_print = now
                     print("\r" + self.status_line(note).ljust(100), end="", flush=True)
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(POLL_S)
             self.poll_logs()
             if self.cfg.live:
                 print("\r" + self.status_line("done").ljust(100), flush=True)

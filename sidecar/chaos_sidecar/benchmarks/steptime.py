@@ -3,93 +3,194 @@
 Both run the built-in job (same model, data, global batch and all-reduce) on N processes of
 this machine, one after the other in one run, alternating: plain, elastic, plain, ... (R
 elastic runs between R + 1 plain ones). Each elastic run is compared with the mean of the
-plain runs on either side (to cancel drift); the ratio is the median of those. Step time =
-median gap between consecutive steps of rank 0 after a warm-up.
+plain runs on either side (to cancel drift); the ratio is the median of those, reported with
+its spread because back-to-back runs of the same loop differ by several per cent here.
+
+Step time = rank 0's time from step WARMUP to its last step, divided by the steps: throughput,
+so occasional long steps (a trainer preempted by a sidecar) count. While each run trains, the
+CPU time of this process's children is read from /proc (Linux) and reported per training step
+and per kind of process: with more trainers than cores, every millisecond a sidecar spends
+comes out of the trainers, so this is the share the ratio is made of, measured inside one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from chaos_sidecar.localjob import JobConfig, LocalJob
 
 WARMUP = 20
+SAMPLE_S = 0.5  # how often the CPU sampler reads /proc
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+KINDS = {"chaos_train.worker": "trainer", "chaos_sidecar.cli": "sidecar"}
 
 
-def _median_gap_ms(path: Path) -> float:
-    stamps = [json.loads(line)["t"] for line in path.read_text().splitlines() if '"type": "step"' in line]
-    gaps = [b - a for a, b in zip(stamps[WARMUP:], stamps[WARMUP + 1 :], strict=False)]
-    return statistics.median(gaps) * 1000
+def _step_stamps(path: Path) -> list[float]:
+    return [json.loads(line)["t"] for line in path.read_text().splitlines() if '"type": "step"' in line]
 
 
-def _plain(nodes: int, steps: int, workdir: Path) -> float:
+def _step_ms(path: Path) -> float:
+    stamps = _step_stamps(path)[WARMUP:]
+    if len(stamps) < 2:
+        raise RuntimeError(f"{path}: fewer than {WARMUP + 2} steps logged; use more --steps")
+    return (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1000
+
+
+def _children_cpu_s() -> dict[str, float] | None:
+    """CPU seconds (user + system) of this process's live children by kind, and of this
+    process itself ("harness": it runs the local job); None without /proc."""
+    me = os.getpid()
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    totals: dict[str, float] = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if pid != me and int(fields[1]) != me:  # fields[1]: the parent's pid
+                continue
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+        kind = "harness" if pid == me else next((k for m, k in KINDS.items() if m in cmdline), "other")
+        totals[kind] = totals.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return totals
+
+
+class CpuSampler:
+    """Samples children's CPU and rank 0's step count in a thread while one run trains; the
+    result is CPU ms per training step by kind, between step WARMUP and the last sample."""
+
+    def __init__(self, log: Callable[[], Path]) -> None:
+        self._log = log
+        self._samples: list[tuple[int, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _steps(self) -> int:
+        path = self._log()
+        return path.read_text().count('"type": "step"') if path.exists() else 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            cpu = _children_cpu_s()
+            if cpu is None:
+                return
+            self._samples.append((self._steps(), cpu))
+
+    def per_step_ms(self) -> dict[str, float] | None:
+        steady = [s for s in self._samples if s[0] >= WARMUP]
+        if len(steady) < 2 or steady[-1][0] == steady[0][0]:
+            return None
+        (first_steps, first), (last_steps, last) = steady[0], steady[-1]
+        steps = last_steps - first_steps
+        # a child present in both samples; one that exited in between is not counted
+        return {k: round((last[k] - first.get(k, 0.0)) * 1000 / steps, 3) for k in sorted(last) if k in first}
+
+
+def _plain_cmd(nodes: int, rank: int, steps: int, workdir: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "chaos_train.worker", "--node-id", f"p{rank}", "--plain", str(nodes),
+        "--rank", str(rank), "--rendezvous-dir", str(workdir), "--log", str(workdir / f"p{rank}.jsonl"),
+        "--steps", str(steps),
+    ]  # fmt: skip
+
+
+def _plain(nodes: int, steps: int, workdir: Path) -> tuple[float, dict[str, float] | None]:
     workdir.mkdir(parents=True)
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "chaos_train.worker",
-                "--node-id",
-                f"p{r}",
-                "--plain",
-                str(nodes),
-                "--rank",
-                str(r),
-                "--rendezvous-dir",
-                str(workdir),
-                "--log",
-                str(workdir / f"p{r}.jsonl"),
-                "--steps",
-                str(steps),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        for r in range(nodes)
-    ]
-    for p in procs:
-        if p.wait(timeout=600) != 0:
+    with CpuSampler(lambda: workdir / "p0.jsonl") as sampler:
+        cmds = [_plain_cmd(nodes, rank, steps, workdir) for rank in range(nodes)]
+        procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL) for cmd in cmds]
+        if [p.wait(timeout=600) for p in procs] != [0] * nodes:
             raise RuntimeError("a plain worker failed")
-    return _median_gap_ms(workdir / "p0.jsonl")
+    return _step_ms(workdir / "p0.jsonl"), sampler.per_step_ms()
 
 
-def _elastic(nodes: int, steps: int, workdir: Path) -> float:
+def _elastic(nodes: int, steps: int, workdir: Path) -> tuple[float, dict[str, float] | None]:
     # replica digests are a check of the demo, not part of training: off here
     config = JobConfig(nodes=nodes, steps=steps, churn=[], out=workdir, live=False, digest_every=0)
     job = LocalJob(config)
-    asyncio.run(job.run())
-    return _median_gap_ms(job.trainer_log("n0"))
+    with CpuSampler(lambda: job.trainer_log("n0")) as sampler:
+        asyncio.run(job.run())
+    return _step_ms(job.trainer_log("n0")), sampler.per_step_ms()
 
 
-def measure(nodes: int, steps: int, workdir: Path, runs: int = 1) -> dict[str, Any]:
+def _quartiles(values: list[float]) -> list[float]:
+    if len(values) < 2:
+        return [round(values[0], 4)] * 3
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return [round(q1, 4), round(q2, 4), round(q3, 4)]
+
+
+def _mean_cpu(runs: list[dict[str, float] | None]) -> dict[str, float] | None:
+    known = [r for r in runs if r]
+    if not known:
+        return None
+    kinds = sorted({k for r in known for k in r})
+    return {k: round(statistics.mean(r.get(k, 0.0) for r in known), 3) for k in kinds}
+
+
+def measure(
+    nodes: int, steps: int, workdir: Path, runs: int = 1, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    say = progress or (lambda text: None)
     plain = [_plain(nodes, steps, workdir / "plain0")]
     elastic = []
     for run in range(1, runs + 1):
         elastic.append(_elastic(nodes, steps, workdir / f"elastic{run}"))
         plain.append(_plain(nodes, steps, workdir / f"plain{run}"))
-    ratios = [e / ((plain[i] + plain[i + 1]) / 2) for i, e in enumerate(elastic)]
-    return {
+        before, after = plain[-2][0], plain[-1][0]
+        say(
+            f"run {run}/{runs}: elastic {elastic[-1][0]:.2f} ms between plain {before:.2f} and {after:.2f} ms"
+        )
+    plain_ms = [p[0] for p in plain]
+    elastic_ms = [e[0] for e in elastic]
+    ratios = [e / ((plain_ms[i] + plain_ms[i + 1]) / 2) for i, e in enumerate(elastic_ms)]
+    plain_cpu, elastic_cpu = _mean_cpu([p[1] for p in plain]), _mean_cpu([e[1] for e in elastic])
+    result: dict[str, Any] = {
         "scenario": "steptime",
         "nodes": nodes,
         "steps": steps,
         "runs": runs,
-        "plain_step_ms": round(statistics.median(plain), 3),
-        "plain_step_ms_runs": [round(x, 3) for x in plain],
-        "elastic_step_ms": round(statistics.median(elastic), 3),
-        "elastic_step_ms_runs": [round(x, 3) for x in elastic],
+        "plain_step_ms": round(statistics.median(plain_ms), 3),
+        "plain_step_ms_runs": [round(x, 3) for x in plain_ms],
+        "elastic_step_ms": round(statistics.median(elastic_ms), 3),
+        "elastic_step_ms_runs": [round(x, 3) for x in elastic_ms],
         "ratio_runs": [round(r, 4) for r in ratios],
         "ratio": round(statistics.median(ratios), 4),
+        "ratio_quartiles": _quartiles(ratios),
+        # spread of the baseline itself: what a ratio of 1.0 +- noise looks like here
+        "plain_neighbour_ratios": [round(b / a, 4) for a, b in itertools.pairwise(plain_ms)],
+        "cpu_ms_per_step_plain": plain_cpu,
+        "cpu_ms_per_step_elastic": elastic_cpu,
     }
+    if elastic_cpu and elastic_cpu.get("trainer") and "sidecar" in elastic_cpu:
+        result["sidecar_cpu_share"] = round(elastic_cpu["sidecar"] / elastic_cpu["trainer"], 4)
+    return result
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="chaos-steptime-") as tmp:
-        return measure(args.nodes, args.steps, Path(tmp), args.runs)
+        say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        return measure(args.nodes, args.steps, Path(tmp), args.runs, say)
