@@ -565,8 +565,8 @@ class ElasticTrainer:
         assert self.pending is not None
         if self._next is not None and not self._next.done():
             return False  # changing groups now would wait for the joined view's group
-        # a joiner that posted its all-gather enters however far behind: it replays while
-        # the members train (see _entering_step)
+        # a joiner posts its all-gather once level with the log; the steps the members take
+        # before they switch it replays while they train (see _entering_step)
         return all(self._joiner_progress(j) is not None for j in self.pending["joiners"])
 
     def _predicted_gather(self, built: GroupBuild | None, members: list[str]) -> list[list[int]] | None:
@@ -643,10 +643,10 @@ class ElasticTrainer:
         self.step = step
         return tail
 
-    def _members_opened(self, epoch: int) -> bool:
+    def _members_opened(self, epoch: int, level: bool) -> bool:
         """Joiner holding a state: the members opened the joined view's group (or it cannot be
-        opened). Once the group is built, its first all-gather (with the step held now) and
-        first all-reduce are posted."""
+        opened). Once the group is built and this joiner is ``level`` with the members' log,
+        the group's first all-gather (with the step held now) and first all-reduce are posted."""
         built = self._next
         if built is None or self.sidecar.latest_epoch > epoch:
             return True
@@ -655,6 +655,8 @@ class ElasticTrainer:
         if not built.usable():
             return True
         if built.posted() is None:
+            if not level:
+                return False
             built.gather([self.step, int(self._can_replay)])
             # the group's first step follows; the members do at least one (they regroup only
             # before the job's last step), so posting it cannot meet their final barrier
@@ -701,12 +703,16 @@ class ElasticTrainer:
         self._pull_state(f"state-s{info['snapshot_step']}", info["sources"])
         self._can_replay = True
         pulled = time.monotonic()
-        # post the joined group's all-gather once it is built, then say so; replay what the
-        # members log until they open the group
-        while time.monotonic() < deadline + 600 and not self._members_opened(view["epoch"]):
+        # replay what the members log; once level with it (and the joined group is built) post
+        # that group's all-gather, then say so, and keep replaying until they open the group.
+        # Entering level keeps the replay off the members' first steps in the group: on shared
+        # cores, each of its milliseconds there is waited for by all of them
+        level = False
+        while time.monotonic() < deadline + 600 and not self._members_opened(view["epoch"], level):
             if self._next is not None and self._next.posted() is not None and not marker.exists():
                 marker.write_text(str(self.step))  # after posting: see _predicted_gather
-            if not self._apply_logged(self.step + 1, info["sources"]):
+            level = not self._apply_logged(self.step + 1, info["sources"])
+            if level:
                 time.sleep(0.005)
         self.log("overlap_caught_up", step=self.step, snapshot_step=info["snapshot_step"],
                  sources=info["sources"],
