@@ -8,6 +8,11 @@ step's all-reduce waited than usual. Reported per join as the worst member; the 
 the means. Also reported, not in the ratio: the regroup pause plus how much longer the first
 step took than a usual one (wall clock), which also counts computing slower while an overlap
 joiner replays on the same cores (on one machine all processes share them).
+
+"Than usual" is against the mean of the 40 steps before the join, and not clipped at zero: one
+step's wait scatters around that mean by several ms either way, and counting only its excess
+over the median charged a join about 4-5 ms that a step with no join shows as well. Single
+members can thus show a small negative extra; the means over members and joins are unbiased.
 """
 
 from __future__ import annotations
@@ -47,17 +52,17 @@ def member_costs(trainer: list[dict[str, Any]], joiner: str) -> dict[str, dict[s
         # usual: the 40 steps before the join began (an overlap's steps run beside the joiner)
         began = starts[0]["t"] if starts else regroup["t"]
         before = [r for r in steps if r["t"] < began][-40:]
-        usual = statistics.median(b["t"] - a["t"] for a, b in itertools.pairwise(before))
-        usual_wait = statistics.median(r["allreduce_ms"] for r in before)
+        usual = statistics.fmean(b["t"] - a["t"] for a, b in itertools.pairwise(before))
+        usual_wait = statistics.fmean(r["allreduce_ms"] for r in before)
         first = next((r for r in steps if r["t"] > regroup["t"]), None)
         overlap_gaps = [
             b["t"] - a["t"] for a, b in itertools.pairwise(r for r in steps if began < r["t"] < regroup["t"])
         ]
         pauses = regroup["pause_ms"] + sum(s["pause_ms"] for s in starts) + sum(waits)
-        extra_wait = max(0.0, first["allreduce_ms"] - usual_wait) if first else 0.0
+        extra_wait = first["allreduce_ms"] - usual_wait if first else 0.0
         # wall clock: the regroup pause plus the first step beyond a usual one (includes
         # computing slower while the joiner's replay shares this machine's cores)
-        switch = max(0.0, ((first["t"] if first else regroup["t"]) - regroup["t"] - usual) * 1000)
+        switch = ((first["t"] - regroup["t"]) - usual) * 1000 if first else 0.0
         costs[node] = {
             "pause_ms": pauses,
             "first_wait_extra_ms": extra_wait,
