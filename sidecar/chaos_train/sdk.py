@@ -675,6 +675,8 @@ class ElasticTrainer:
         note = self.cfg.rendezvous_dir / f"overlap-e{view['epoch']}.json"
         deadline = time.monotonic() + 60
         while not note.exists():
+            if self._finished_marker().exists():
+                raise JobFinished()  # joined after the last step: there is nothing to catch up on
             if time.monotonic() > deadline:
                 return  # no word from the members: join blocking
             if self.sidecar.latest_epoch > view["epoch"]:  # the members will regroup into that one
