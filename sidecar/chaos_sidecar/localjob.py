@@ -43,6 +43,7 @@ class JobConfig:
     digest_every: int = 10
     hidden: int | None = None  # the built-in model's width (state size); None: the worker's default
     transfer_policy: str = "planned"
+    grad_log: int | None = None  # overlap: the members' gradient log bound; None: the SDK's default
     upload_limits_mbps: dict[str, float] = field(default_factory=dict)  # node -> per-link limit
 
 
@@ -95,6 +96,8 @@ class LocalJob:
         ]  # fmt: skip
         if self.cfg.hidden is not None:
             cmd += ["--hidden", str(self.cfg.hidden)]
+        if self.cfg.grad_log is not None:
+            cmd += ["--grad-log", str(self.cfg.grad_log)]
         if founding:
             cmd.append("--founding")
         stderr = (self.cfg.out / "logs" / f"{node}.trainer.stderr").open("ab")

@@ -771,7 +771,9 @@ class ElasticTrainer:
         else:
             # the log is bounded: a joiner that cannot replay as fast as we train gets the state
             # in a blocking regroup once the log is full
-            log_full = self.step - self.pending["from_step"] >= self.cfg.grad_log
+            # the step this vote is for still logs its gradient, and drops the one grad_log
+            # before it: regrouping after it keeps every step since S (grad_log of them)
+            log_full = self.step - self.pending["from_step"] >= self.cfg.grad_log - 1
             regroup = self.leaving or latest > self.pending["epoch"] or self._joiners_ready() or log_full
             head = [1.0 if regroup else 0.0, 0.0]
         return head

@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--join-mode", choices=("blocking", "overlap"), default="blocking")
     parser.add_argument(
+        "--grad-log", type=positive_int, default=TrainerConfig.grad_log,
+        help="overlap: averaged gradients the members keep for a joiner's replay",
+    )  # fmt: skip
+    parser.add_argument(
         "--digest-every", type=int, default=10, help="replica digest period in steps (0: off)"
     )
     parser.add_argument("--plain", type=int, metavar="WORLD", help="baseline: a plain loop, no sidecar")
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         founding=args.founding,
         digest_every=args.digest_every,
         join_mode=args.join_mode,
+        grad_log=args.grad_log,
         transfer_policy=args.transfer_policy,
     )
     loss = torch.nn.CrossEntropyLoss(reduction="sum")

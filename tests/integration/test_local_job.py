@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 
 import pytest
+
+from chaos_sidecar.churn import ChurnEvent
+from chaos_sidecar.jobreport import read_jsonl
+from chaos_sidecar.localjob import JobConfig, LocalJob
 
 pytest.importorskip("torch", reason="the trainer needs the 'train' extra (torch)")
 pytestmark = pytest.mark.timeout(300)
@@ -93,3 +98,22 @@ def test_chaos_round_with_trainer_only_and_sidecar_only_kills(tmp_path) -> None:
     assert result["ok"], result
     for counter in ("divergent", "lost", "duplicated", "split_brain", "survivor_restarts"):
         assert result[counter] == 0, (counter, result)
+
+
+def test_overlap_joiner_behind_a_full_log_still_enters_level(tmp_path) -> None:
+    """A log of 1 gradient is full one step after S, long before the joiner holds S: the
+    members regroup and wait in the joined group's all-gather (they stopped logging), the
+    joiner replays to the log's head, posts it, and enters with the members' state."""
+    churn = [ChurnEvent(at_step=20, event="join", node="n2")]
+    cfg = JobConfig(nodes=2, steps=150, churn=churn, out=tmp_path / "out", live=False,
+                    join_mode="overlap", digest_every=0, grad_log=1)  # fmt: skip
+    asyncio.run(LocalJob(cfg).run())
+    records = read_jsonl(sorted((cfg.out / "logs").glob("*.trainer.jsonl")))
+    kinds = {r["type"] for r in records}
+    assert {"overlap_start", "posted_ahead", "entered"} <= kinds
+    assert not kinds & {"collective_failed", "rendezvous_failed", "reconcile_failed", "overlap_declined"}
+    switch = [r for r in records if r["type"] == "regroup" and r["node"] != "n2" and "n2" in r["members"]]
+    starts = {r["node"]: r["step"] for r in records if r["type"] == "overlap_start"}
+    assert switch and all(r["step"] == starts[r["node"]] + cfg.grad_log for r in switch)  # the log was full
+    done = {r["node"]: r["digest"] for r in records if r["type"] == "done"}
+    assert set(done) == {"n0", "n1", "n2"} and len(set(done.values())) == 1
