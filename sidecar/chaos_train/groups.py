@@ -10,6 +10,7 @@ views.
 from __future__ import annotations
 
 import datetime
+import queue
 import threading
 from collections.abc import Callable
 
@@ -51,22 +52,49 @@ def all_gather_ints(group, values: list[int]) -> list[list[int]]:
     return Gather(group, values).result()
 
 
+class BuildThreads:
+    """Threads started ahead that build groups (see GroupBuild). Daemons: a build still waiting
+    for members that will not come must not hold up the trainer's exit. Several: a build for a
+    view that moved on runs until it notices, while the next view's build starts."""
+
+    def __init__(self, count: int = 3) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        for i in range(count):
+            threading.Thread(target=self._work, name=f"group-build-{i}", daemon=True).start()
+
+    def submit(self, fn: Callable[..., None], *args: object) -> None:
+        self._jobs.put((fn, args))
+
+    def _work(self) -> None:
+        while True:
+            fn, args = self._jobs.get()
+            fn(*args)  # GroupBuild._run keeps its own errors
+
+
 class GroupBuild:
-    """The group of an upcoming view, built on a thread while training goes on.
+    """The group of an upcoming view, built on a thread of ``pool`` while training goes on.
+    The pool's threads are started ahead: starting a thread waits until the OS schedules it,
+    several ms on busy cores, and a build starts at the step where a join begins.
 
     Its first collective is the all-gather of every member's step (see ``gather``): members
     run it at the step boundary where they change groups; a joiner posts it as soon as it
     holds a state and keeps replaying the members' gradients until it completes.
     """
 
-    def __init__(self, epoch: int, members: list[str], open_group: Callable[[], Opened | None]) -> None:
+    def __init__(
+        self,
+        epoch: int,
+        members: list[str],
+        open_group: Callable[[], Opened | None],
+        pool: BuildThreads,
+    ) -> None:
         self.epoch = epoch
         self.members = list(members)
         self._opened: Opened | None = None
         self._error: BaseException | None = None
         self._gather: Gather | None = None
         self._finished = threading.Event()
-        threading.Thread(target=self._run, args=(open_group,), name=f"group-e{epoch}", daemon=True).start()
+        pool.submit(self._run, open_group)
 
     def _run(self, open_group: Callable[[], Opened | None]) -> None:
         try:

@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 
 from chaos_train import state as snapshot_state
-from chaos_train.groups import GroupBuild, all_gather_ints, new_process_group
+from chaos_train.groups import BuildThreads, GroupBuild, all_gather_ints, new_process_group
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sidecar_client import SidecarClient, SidecarLost
 
@@ -127,6 +127,7 @@ class ElasticTrainer:
         # thread (a joiner asking too early finds nothing and asks again)
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         self._writer.submit(lambda: None)  # its thread starts now, not at the step where S is taken
+        self._builders = BuildThreads()  # started now, not at the step where a join begins
         self.regroup_needed = True
         self.leaving = False
         self.pending: dict[str, Any] | None = None  # overlap: joiners catching up, see _start_overlap
@@ -357,7 +358,7 @@ class ElasticTrainer:
     def _build_ahead(self, view: dict[str, Any]) -> None:
         """Start building the group of ``view`` on a thread (overlap joins: members and joiner)."""
         epoch, members = view["epoch"], list(view["members"])
-        self._next = GroupBuild(epoch, members, lambda: self._open_group(epoch, members))
+        self._next = GroupBuild(epoch, members, lambda: self._open_group(epoch, members), self._builders)
 
     def _built_view(self) -> dict[str, Any] | None:
         """The view whose group was built ahead, while it is still the newest: no need to ask

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch.distributed as dist
 
-from chaos_train.groups import Gather, GroupBuild, all_gather_ints, new_process_group
+from chaos_train.groups import BuildThreads, Gather, GroupBuild, all_gather_ints, new_process_group
+
+POOL = BuildThreads(2)
 
 
 def _open(store, rank):
@@ -14,8 +16,8 @@ def _open(store, rank):
 
 def test_a_posted_gather_completes_when_the_other_rank_opens_the_group(tmp_path) -> None:
     store = dist.FileStore(str(tmp_path / "store"), 2)
-    joiner = GroupBuild(5, ["a", "b"], _open(store, 1))
-    member = GroupBuild(5, ["a", "b"], _open(store, 0))
+    joiner = GroupBuild(5, ["a", "b"], _open(store, 1), POOL)
+    member = GroupBuild(5, ["a", "b"], _open(store, 0), POOL)
     assert joiner.result() is not None and member.result() is not None
     assert joiner.usable() and member.usable()
     posted = joiner.gather([41, 1])  # the joiner posts early and goes on working
@@ -30,7 +32,7 @@ def test_a_posted_gather_completes_when_the_other_rank_opens_the_group(tmp_path)
 
 
 def test_a_build_whose_view_moved_on_is_not_usable() -> None:
-    build = GroupBuild(3, ["a"], lambda: None)
+    build = GroupBuild(3, ["a"], lambda: None, POOL)
     assert build.result() is None and not build.usable()
     with pytest.raises(RuntimeError, match="abandoned"):
         build.gather([0, 0])
@@ -40,7 +42,7 @@ def test_a_failed_build_raises_in_the_trainer_thread() -> None:
     def fail():
         raise OSError("store unreachable")
 
-    build = GroupBuild(4, ["a"], fail)
+    build = GroupBuild(4, ["a"], fail, POOL)
     with pytest.raises(RuntimeError, match="epoch 4 failed: store unreachable"):
         build.result()
     assert build.done() and not build.usable()
