@@ -77,8 +77,8 @@ class GroupBuild:
     several ms on busy cores, and a build starts at the step where a join begins.
 
     Its first collective is the all-gather of every member's step (see ``gather``): members
-    run it at the step boundary where they change groups; a joiner posts it as soon as it
-    holds a state and keeps replaying the members' gradients until it completes.
+    run it at the step boundary where they change groups; a joiner posts it once it holds a
+    state level with the members' gradient log, and keeps replaying until it completes.
     """
 
     def __init__(
