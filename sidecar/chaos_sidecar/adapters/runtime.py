@@ -64,6 +64,7 @@ class MembershipRuntime:
         self.links: PeerLinks | None = None
         self.changed = asyncio.Condition()
         self._due = math.inf  # when the ticker sleeps until
+        self._next_due = sm.next_due(state)  # of the current state (it changes only in apply)
         self._wake = asyncio.Event()  # set when an event brings the next tick forward
         self.on_reject = on_reject or (lambda reason: None)
 
@@ -74,7 +75,8 @@ class MembershipRuntime:
         self.state, actions = sm.step(self.state, event, self.clock())
         if any(isinstance(a, sm.Decided) for a in actions):
             self.metrics.decision_ms.observe((time.perf_counter() - started) * 1000)
-        if sm.next_due(self.state) < self._due:
+        self._next_due = sm.next_due(self.state)
+        if self._next_due < self._due:
             self._wake.set()
         await self._execute(actions)
 
@@ -97,7 +99,7 @@ class MembershipRuntime:
         """Tick when the state machine is next due (``sm.next_due``): a quiet member sleeps
         from heartbeat to heartbeat instead of waking at the retry pace."""
         while True:
-            self._due = sm.next_due(self.state)
+            self._due = self._next_due
             delay = self._due - self.clock()
             if delay > 0:
                 self._wake.clear()
