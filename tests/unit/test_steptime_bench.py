@@ -32,18 +32,21 @@ def test_children_cpu_counts_a_busy_child_by_kind() -> None:
     assert "trainer" not in after and "sidecar" not in after  # kinds come from the command line
 
 
+STAMPS = [float(i) for i in range(1, 201)]  # step k logged at time k
+
+
 def test_per_step_uses_samples_from_the_warmup_on() -> None:
-    sampler = steptime.CpuSampler(lambda: Path("unused"))
+    sampler = steptime.CpuSampler()
     w = steptime.WARMUP
     sampler._samples = [
         (w - 5, {"trainer": 0.0}),  # before the warm-up: not used
         (w, {"trainer": 1.0, "sidecar": 0.5}),
-        (w + 100, {"trainer": 5.0, "sidecar": 0.7, "harness": 0.1}),  # harness appeared late: left out
+        (w + 100.5, {"trainer": 5.0, "sidecar": 0.7, "harness": 0.1}),  # harness appeared late: left out
     ]
-    assert sampler.per_step_ms() == {"sidecar": 2.0, "trainer": 40.0}
+    assert sampler.per_step_ms(STAMPS) == {"sidecar": 2.0, "trainer": 40.0}
 
 
 def test_per_step_is_none_without_two_steady_samples() -> None:
-    sampler = steptime.CpuSampler(lambda: Path("unused"))
+    sampler = steptime.CpuSampler()
     sampler._samples = [(steptime.WARMUP + 1, {"trainer": 1.0})]
-    assert sampler.per_step_ms() is None
+    assert sampler.per_step_ms(STAMPS) is None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import itertools
 import json
 import os
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,11 +43,11 @@ def _step_stamps(path: Path) -> list[float]:
     return [json.loads(line)["t"] for line in path.read_text().splitlines() if '"type": "step"' in line]
 
 
-def _step_ms(path: Path) -> float:
-    stamps = _step_stamps(path)[WARMUP:]
-    if len(stamps) < 2:
+def _step_ms(path: Path, stamps: list[float]) -> float:
+    steady = stamps[WARMUP:]
+    if len(steady) < 2:
         raise RuntimeError(f"{path}: fewer than {WARMUP + 2} steps logged; use more --steps")
-    return (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1000
+    return (steady[-1] - steady[0]) / (len(steady) - 1) * 1000
 
 
 def _children_cpu_s() -> dict[str, float] | None:
@@ -71,12 +73,12 @@ def _children_cpu_s() -> dict[str, float] | None:
 
 
 class CpuSampler:
-    """Samples children's CPU and rank 0's step count in a thread while one run trains; the
-    result is CPU ms per training step by kind, between step WARMUP and the last sample."""
+    """Samples children's CPU in a thread while one run trains (wall time, CPU by kind); the
+    result is CPU ms per training step by kind, between step WARMUP and the last sample, with
+    the steps counted afterwards from rank 0's step stamps."""
 
-    def __init__(self, log: Callable[[], Path]) -> None:
-        self._log = log
-        self._samples: list[tuple[int, dict[str, float]]] = []
+    def __init__(self) -> None:
+        self._samples: list[tuple[float, dict[str, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
 
@@ -88,19 +90,17 @@ class CpuSampler:
         self._stop.set()
         self._thread.join()
 
-    def _steps(self) -> int:
-        path = self._log()
-        return path.read_text().count('"type": "step"') if path.exists() else 0
-
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_S):
             cpu = _children_cpu_s()
             if cpu is None:
                 return
-            self._samples.append((self._steps(), cpu))
+            self._samples.append((time.time(), cpu))  # the trainers' logs stamp with time.time()
 
-    def per_step_ms(self) -> dict[str, float] | None:
-        steady = [s for s in self._samples if s[0] >= WARMUP]
+    def per_step_ms(self, stamps: list[float]) -> dict[str, float] | None:
+        """``stamps``: rank 0's step times, in order."""
+        counted = [(bisect.bisect_right(stamps, t), cpu) for t, cpu in self._samples]
+        steady = [s for s in counted if s[0] >= WARMUP]
         if len(steady) < 2 or steady[-1][0] == steady[0][0]:
             return None
         (first_steps, first), (last_steps, last) = steady[0], steady[-1]
@@ -119,21 +119,27 @@ def _plain_cmd(nodes: int, rank: int, steps: int, workdir: Path) -> list[str]:
 
 def _plain(nodes: int, steps: int, workdir: Path) -> tuple[float, dict[str, float] | None]:
     workdir.mkdir(parents=True)
-    with CpuSampler(lambda: workdir / "p0.jsonl") as sampler:
+    with CpuSampler() as sampler:
         cmds = [_plain_cmd(nodes, rank, steps, workdir) for rank in range(nodes)]
         procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL) for cmd in cmds]
         if [p.wait(timeout=600) for p in procs] != [0] * nodes:
             raise RuntimeError("a plain worker failed")
-    return _step_ms(workdir / "p0.jsonl"), sampler.per_step_ms()
+    return _measured(workdir / "p0.jsonl", sampler)
 
 
 def _elastic(nodes: int, steps: int, workdir: Path) -> tuple[float, dict[str, float] | None]:
     # replica digests are a check of the demo, not part of training: off here
     config = JobConfig(nodes=nodes, steps=steps, churn=[], out=workdir, live=False, digest_every=0)
     job = LocalJob(config)
-    with CpuSampler(lambda: job.trainer_log("n0")) as sampler:
+    with CpuSampler() as sampler:
         asyncio.run(job.run())
-    return _step_ms(job.trainer_log("n0")), sampler.per_step_ms()
+    return _measured(job.trainer_log("n0"), sampler)
+
+
+def _measured(log: Path, sampler: CpuSampler) -> tuple[float, dict[str, float] | None]:
+    """Step time and CPU per step of one run, from rank 0's log."""
+    stamps = _step_stamps(log)
+    return _step_ms(log, stamps), sampler.per_step_ms(stamps)
 
 
 def _quartiles(values: list[float]) -> list[float]:
