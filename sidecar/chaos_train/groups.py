@@ -31,6 +31,33 @@ def new_process_group(backend: str, store: dist.Store, rank: int, size: int, tim
     return dist.ProcessGroupGloo(store, rank, size, timeout)
 
 
+WAIT_SLICE = datetime.timedelta(seconds=0.2)
+
+
+class GroupLost(RuntimeError):
+    """A collective was given up because the agreed view dropped a member of its group."""
+
+
+def wait_for(work, lost: Callable[[], bool] | None = None) -> None:
+    """``work.wait()``, but raising GroupLost once ``lost()`` says the agreed view dropped a
+    member of the work's group. Such a collective may never complete, and gloo would end it
+    only at its timeout: ``abort()`` does not end a pending operation. ``lost`` is checked
+    every 0.2 s while the work is pending; None waits plainly (NCCL: a timed-out wait there
+    may abort the communicator)."""
+    if lost is None:
+        work.wait()
+        return
+    while True:
+        try:
+            work.wait(WAIT_SLICE)
+            return
+        except RuntimeError:
+            if work.is_completed():
+                raise  # the collective itself failed
+        if lost():
+            raise GroupLost("the agreed view dropped a member of this group")
+
+
 class Gather:
     """An all-gather of a few integers per rank, posted now and read later."""
 
@@ -42,14 +69,15 @@ class Gather:
     def is_completed(self) -> bool:
         return self._work.is_completed()
 
-    def result(self) -> list[list[int]]:
-        """Every rank's values, in rank order (raises RuntimeError when a rank failed)."""
-        self._work.wait()
+    def result(self, lost: Callable[[], bool] | None = None) -> list[list[int]]:
+        """Every rank's values, in rank order (raises RuntimeError when a rank failed; see
+        wait_for for ``lost``)."""
+        wait_for(self._work, lost)
         return [[int(x) for x in t.tolist()] for t in self._out]
 
 
-def all_gather_ints(group, values: list[int]) -> list[list[int]]:
-    return Gather(group, values).result()
+def all_gather_ints(group, values: list[int], lost: Callable[[], bool] | None = None) -> list[list[int]]:
+    return Gather(group, values).result(lost)
 
 
 class BuildThreads:

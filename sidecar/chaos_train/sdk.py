@@ -32,6 +32,7 @@ import signal
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ import torch
 import torch.distributed as dist
 
 from chaos_train import state as snapshot_state
-from chaos_train.groups import BuildThreads, GroupBuild, all_gather_ints, new_process_group
+from chaos_train.groups import BuildThreads, GroupBuild, all_gather_ints, new_process_group, wait_for
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sidecar_client import SidecarClient, SidecarLost
 
@@ -105,6 +106,7 @@ class ElasticTrainer:
         self.world = 1
         self.members: list[str] = []
         self.group = None  # this view's process group (see chaos_train.groups)
+        self._lost: Callable[[], bool] | None = None  # whether the view dropped one of its members
         self._store = None
         self._next: GroupBuild | None = None  # overlap: the joined view's group, built ahead
         self._abandoned: list[GroupBuild] = []  # kept: dropping one may wait out a posted all-gather
@@ -206,7 +208,7 @@ class ElasticTrainer:
     def _finish(self) -> None:
         """All members reach the last step together; a final barrier keeps the group up until then."""
         with contextlib.suppress(RuntimeError):
-            self.group.barrier().wait()
+            wait_for(self.group.barrier(), self._lost)
 
     def _close_group(self, wait: bool = False) -> None:
         """Drop this view's group. Freeing a gloo group takes 20-45 ms (it closes every
@@ -310,7 +312,9 @@ class ElasticTrainer:
                     self._unchecked = (built.gather(mine), predicted)
                     gathered = predicted
                 else:
-                    gathered = built.gather(mine).result() if built else all_gather_ints(self.group, mine)
+                    lost = self._lost_watch(epoch, members)
+                    gathered = (built.gather(mine).result(lost) if built
+                                else all_gather_ints(self.group, mine, lost))  # fmt: skip
             except RuntimeError as exc:  # someone died during the rendezvous, or was too slow
                 self.log("rendezvous_failed", epoch=epoch, error=str(exc)[:200])
                 self._close_group()
@@ -321,6 +325,7 @@ class ElasticTrainer:
             grouped = time.monotonic()
             previous = self.group_epoch
             self.group_epoch, self.rank, self.world, self.members = epoch, rank, len(members), members
+            self._lost = self._lost_watch(epoch, members)
             try:
                 transfer = self._reconcile(gathered, epoch)
             except RuntimeError as exc:  # a member died while the state moved
@@ -345,6 +350,20 @@ class ElasticTrainer:
                 self._idle_s = time.monotonic() - started  # reported after the next step
             self._just_regrouped = True
             return
+
+    def _lost_watch(self, epoch: int, members: list[str]) -> Callable[[], bool] | None:
+        """For wait_for: whether the agreed view dropped one of ``members`` (the group of
+        ``epoch``), so that a collective waiting for it is given up once the view says so,
+        not at gloo's timeout. A view that only adds joiners keeps the group (overlap). None
+        on NCCL (see wait_for)."""
+        if self.cfg.backend != "gloo":
+            return None
+
+        def lost() -> bool:
+            view = self.sidecar.latest_view
+            return view.get("epoch", 0) > epoch and not set(members) <= set(view.get("members", ()))
+
+        return lost
 
     def _open_group(self, epoch: int, members: list[str]):
         """This epoch's process group and store, once every member arrived; None when the view
@@ -590,7 +609,7 @@ class ElasticTrainer:
         """After the first step in a group whose all-gather was predicted: compare."""
         gather, predicted = self._unchecked
         self._unchecked = None
-        for (step, can_replay), (expected, joiner) in zip(gather.result(), predicted, strict=True):
+        for (step, can_replay), (expected, joiner) in zip(gather.result(self._lost), predicted, strict=True):
             if can_replay != joiner or (step != expected if not joiner else step > expected + 1):
                 raise RuntimeError(f"the group's all-gather {gather.result()} differs from {predicted}")
 
@@ -827,7 +846,7 @@ class ElasticTrainer:
         _, work, flat, final = self._posted[0]
         while not work.is_completed() and self._replay_one():
             pass
-        work.wait()
+        wait_for(work, self._lost)
         self._posted.popleft()
         self._group_step += 1
         flags = flat[-(2 + self.world) :]
@@ -850,6 +869,7 @@ class ElasticTrainer:
         loss_sum, sums = data_parallel_step(
             self.model, self.params, self.optimizer, self.loss_fn, self.features, self.labels,
             batch, self._share(), self.group, flags=flags, fence=self._await_capture, timings=timings,
+            lost=self._lost,
         )  # fmt: skip
         epoch, cursor = self.sampler.state()
         self.sampler.advance()
@@ -882,7 +902,7 @@ class ElasticTrainer:
 
 def data_parallel_step(
     model, params, optimizer, loss_fn, features, labels, batch, share, group, flags=(), fence=None,
-    timings=None,
+    timings=None, lost=None,
 ):  # fmt: skip
     """One synchronous data-parallel step on this member's slice of the global batch.
 
@@ -892,12 +912,12 @@ def data_parallel_step(
     whatever the split. One all-reduce on ``group`` carries gradients, the summed loss and
     ``flags`` (each summed over ranks). ``fence`` is called before the parameters change (a copy
     of them may still be in progress). ``timings`` (a dict) receives ``allreduce_s``: how long
-    the all-reduce took, waiting for the slowest member included. Returns (global loss sum,
-    flag sums).
+    the all-reduce took, waiting for the slowest member included. ``lost``: see
+    chaos_train.groups.wait_for. Returns (global loss sum, flag sums).
     """
     flat = local_gradients(model, params, loss_fn, features, labels, batch, share, flags)
     posted = time.monotonic()
-    group.allreduce([flat]).wait()
+    wait_for(group.allreduce([flat]), lost)
     if timings is not None:
         timings["allreduce_s"] = time.monotonic() - posted
     if fence is not None:

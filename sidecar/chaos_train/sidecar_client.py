@@ -93,9 +93,13 @@ class SidecarClient:
 
     @property
     def latest_epoch(self) -> int:
+        return int(self.latest_view.get("epoch", 0))
+
+    @property
+    def latest_view(self) -> dict[str, Any]:
+        """The newest view the watcher has seen ({} before the first)."""
         with self._lock:
-            view = (self._latest or {}).get("view") or {}
-            return int(view.get("epoch", 0))
+            return (self._latest or {}).get("view") or {}
 
     def stop(self) -> None:
         self._stop.set()

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torch.distributed as dist
 
-from chaos_train.groups import BuildThreads, Gather, GroupBuild, all_gather_ints, new_process_group
+from chaos_train.groups import (
+    BuildThreads,
+    Gather,
+    GroupBuild,
+    GroupLost,
+    all_gather_ints,
+    new_process_group,
+    wait_for,
+)
 
 POOL = BuildThreads(2)
 
 
-def _open(store, rank):
-    return lambda: (new_process_group("gloo", store, rank, 2, timeout_s=10.0), store)
+def _open(store, rank, timeout_s=10.0):
+    return lambda: (new_process_group("gloo", store, rank, 2, timeout_s), store)
 
 
 def test_a_posted_gather_completes_when_the_other_rank_opens_the_group(tmp_path) -> None:
@@ -24,7 +33,8 @@ def test_a_posted_gather_completes_when_the_other_rank_opens_the_group(tmp_path)
     assert joiner.gather([99, 0]) is posted  # posted once: later calls return the first
     assert joiner.posted() is posted and member.posted() is None
     assert member.gather([42, 0]).result() == [[42, 0], [41, 1]]
-    assert posted.is_completed() and posted.result() == [[42, 0], [41, 1]]
+    assert posted.result() == [[42, 0], [41, 1]]  # each rank completes on its own thread
+    assert posted.is_completed()
     # the group goes on working after its first gather
     later = Gather(joiner.result()[0], [8])
     assert all_gather_ints(member.result()[0], [7]) == [[7], [8]]
@@ -52,3 +62,46 @@ def test_unknown_backend_is_refused(tmp_path) -> None:
     store = dist.FileStore(str(tmp_path / "store"), 1)
     with pytest.raises(ValueError, match="backend"):
         new_process_group("mpi", store, 0, 1, timeout_s=1.0)
+
+
+def _pair(tmp_path, timeout_s: float):
+    store = dist.FileStore(str(tmp_path / "store"), 2)
+    builds = [GroupBuild(1, ["a", "b"], _open(store, r, timeout_s), POOL) for r in range(2)]
+    return [b.result()[0] for b in builds]
+
+
+def test_a_collective_waiting_for_a_member_the_view_dropped_is_given_up(tmp_path) -> None:
+    first, _ = _pair(tmp_path, timeout_s=60.0)
+    work = first.allreduce([torch.ones(4)])  # the other rank never posts: it is gone
+    checks = []
+
+    def lost() -> bool:
+        checks.append(work.is_completed())
+        return len(checks) == 2  # the view drops the member between two checks
+
+    with pytest.raises(GroupLost):
+        wait_for(work, lost)
+    assert checks == [False, False]  # given up on the view's word, long before gloo's timeout
+
+
+def test_waiting_with_a_watch_still_returns_the_collective(tmp_path) -> None:
+    first, second = _pair(tmp_path, timeout_s=60.0)
+    late = []
+
+    def lost() -> bool:  # the other rank posts only after the first check
+        late.append(second.allreduce([torch.full((4,), 2.0)]))
+        return False
+
+    mine = torch.ones(4)
+    work = first.allreduce([mine])
+    wait_for(work, lost)
+    late[0].wait()
+    assert torch.equal(mine, torch.full((4,), 3.0))
+
+
+def test_a_failed_collective_raises_its_own_error_not_group_lost(tmp_path) -> None:
+    first, _ = _pair(tmp_path, timeout_s=0.5)
+    work = first.allreduce([torch.ones(4)])
+    with pytest.raises(RuntimeError) as raised:
+        wait_for(work, lambda: False)  # the view keeps every member: only gloo's timeout ends it
+    assert not isinstance(raised.value, GroupLost)
