@@ -97,6 +97,7 @@ class BuildThreads:
         while True:
             fn, args = self._jobs.get()
             fn(*args)  # GroupBuild._run keeps its own errors
+            del fn, args  # a build set aside is freed as soon as the trainer drops it too
 
 
 class GroupBuild:

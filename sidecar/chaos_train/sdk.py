@@ -109,7 +109,6 @@ class ElasticTrainer:
         self._lost: Callable[[], bool] | None = None  # whether the view dropped one of its members
         self._store = None
         self._next: GroupBuild | None = None  # overlap: the joined view's group, built ahead
-        self._abandoned: list[GroupBuild] = []  # kept: dropping one may wait out a posted all-gather
         # overlap: members that entered the group behind and replay while the others train,
         # taking no share of the batch until they are through (see _entering_step); a joiner's
         # own catch-up: the end of the members' log and its sources, the group's step, and the
@@ -224,7 +223,8 @@ class ElasticTrainer:
     def _free_closed(self) -> None:
         while True:
             closed = self._to_free.get()
-            closed.clear()  # the last references: the group is freed on this thread
+            # the last references: the group is freed here (a build still running: by its thread)
+            closed.clear()
 
     def _await_newer_view(self, epoch: int | None = None, patience_s: float | None = None) -> bool:
         """Wait until the sidecar commits a view newer than ``epoch`` (default: the group's):
@@ -301,7 +301,7 @@ class ElasticTrainer:
                     continue  # the view moved on while we waited: go for the newer one
                 self.group, self._store = opened
                 # all-reduces a joiner posted ahead in a group the view moved past are dropped
-                # (that group is kept alive in _abandoned: freeing it could wait out their timeout)
+                # (that group is freed on the close-group thread, see _take_built)
                 self._posted = collections.deque(e for e in self._posted if e[0] is self.group)
                 opened_at = time.monotonic()
                 mine = [self.step, int(self._can_replay)]
@@ -388,13 +388,16 @@ class ElasticTrainer:
         return {"epoch": built.epoch, "members": built.members}
 
     def _take_built(self, epoch: int, members: list[str]) -> GroupBuild | None:
-        """The group built ahead for exactly this view, if any; one for another view is set aside."""
+        """The group built ahead for exactly this view, if any. One for another view is freed,
+        off this thread: a collective posted in it waits until every member frees its copy
+        (the connections close), and a member that kept its copy would hold the others
+        there until gloo's timeout."""
         built, self._next = self._next, None
         if built is None:
             return None
         if built.epoch == epoch and built.members == members:
             return built
-        self._abandoned.append(built)
+        self._to_free.put([built])
         return None
 
     def _log_digest(self) -> None:
