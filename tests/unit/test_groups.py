@@ -71,7 +71,7 @@ def _pair(tmp_path, timeout_s: float):
 
 
 def test_a_collective_waiting_for_a_member_the_view_dropped_is_given_up(tmp_path) -> None:
-    first, _ = _pair(tmp_path, timeout_s=60.0)
+    first, second = _pair(tmp_path, timeout_s=60.0)
     work = first.allreduce([torch.ones(4)])  # the other rank never posts: it is gone
     checks = []
 
@@ -82,6 +82,7 @@ def test_a_collective_waiting_for_a_member_the_view_dropped_is_given_up(tmp_path
     with pytest.raises(GroupLost):
         wait_for(work, lost)
     assert checks == [False, False]  # given up on the view's word, long before gloo's timeout
+    del second  # its connections close, which ends the pending work (else freeing waits for it)
 
 
 def test_waiting_with_a_watch_still_returns_the_collective(tmp_path) -> None:
@@ -105,3 +106,15 @@ def test_a_failed_collective_raises_its_own_error_not_group_lost(tmp_path) -> No
     with pytest.raises(RuntimeError) as raised:
         wait_for(work, lambda: False)  # the view keeps every member: only gloo's timeout ends it
     assert not isinstance(raised.value, GroupLost)
+
+
+def test_freeing_a_build_set_aside_fails_the_peers_posted_gather_at_once(tmp_path) -> None:
+    store = dist.FileStore(str(tmp_path / "store"), 2)
+    joiner = GroupBuild(6, ["a", "b"], _open(store, 1, timeout_s=60.0), POOL)
+    member = GroupBuild(6, ["a", "b"], _open(store, 0, timeout_s=60.0), POOL)
+    assert joiner.result() is not None and member.result() is not None
+    posted = joiner.gather([41, 1])  # the member moves to a newer view and never gathers here
+    del member  # what the trainer's close-group thread does with a build it set aside
+    with pytest.raises(RuntimeError) as raised:
+        posted.result()
+    assert "Timed out" not in str(raised.value)  # the connection closed: not gloo's timeout
