@@ -10,24 +10,50 @@ import pytest
 from chaos_sidecar.benchmarks.join_modes import member_costs
 
 
-def _log(waits: list[float], first_wait: float, pause_ms: float, step_s: float = 0.05) -> list[dict]:
-    """Member n0 trains with the given all-reduce waits, regroups (n1 joins), then takes one step."""
+def _log(
+    before: list[float], first_wait: float, after: list[float], pause_ms: float, step_s: float = 0.05,
+    entered_after: int | None = None,
+) -> list[dict]:  # fmt: skip
+    """Member n0 trains with the ``before`` all-reduce waits, regroups (n1 joins), takes its first
+    step (``first_wait``), then the ``after`` steps; n1 logs "entered" after ``entered_after`` of
+    them (an overlap joiner), or logs nothing (blocking)."""
     records = [
-        {"node": "n0", "type": "step", "t": i * step_s, "allreduce_ms": w} for i, w in enumerate(waits)
+        {"node": "n0", "type": "step", "t": i * step_s, "allreduce_ms": w} for i, w in enumerate(before)
     ]
-    t = len(waits) * step_s
+    t = len(before) * step_s
     records.append({"node": "n0", "type": "regroup", "t": t, "epoch": 2, "members": ["n0", "n1"],
                     "pause_ms": pause_ms})  # fmt: skip
-    records.append({"node": "n0", "type": "step", "t": t + step_s, "allreduce_ms": first_wait})
+    for i, w in enumerate([first_wait, *after]):
+        records.append({"node": "n0", "type": "step", "t": t + (i + 1) * step_s, "allreduce_ms": w})
+        if entered_after is not None and i == entered_after:
+            records.append({"node": "n1", "type": "entered", "t": t + (i + 1.5) * step_s})
     return records
 
 
-def test_idle_is_the_pause_plus_the_first_wait_beyond_the_mean() -> None:
-    waits = [10.0, 20.0] * 20  # mean 15
-    costs = member_costs(_log(waits, first_wait=25.0, pause_ms=3.0), "n1")["n0"]
+def test_idle_is_the_pause_plus_the_first_wait_beyond_the_settled_group() -> None:
+    before = [10.0, 20.0] * 20  # mean 15: the smaller group
+    after = [20.0, 30.0] * 20  # mean 25: the joined group waits longer in every step
+    costs = member_costs(_log(before, first_wait=35.0, after=after, pause_ms=3.0), "n1")["n0"]
     assert costs["first_wait_extra_ms"] == 10.0
     assert costs["idle_ms"] == 13.0
+    assert costs["idle_vs_before_ms"] == 23.0  # charged for the bigger group too
     assert costs["usual_step_ms"] == pytest.approx(50.0)
+
+
+def test_steps_before_an_overlap_joiner_entered_are_not_usual() -> None:
+    after = [90.0] * 3 + [25.0] * 40  # replaying beside the members: slower steps
+    costs = member_costs(_log([15.0] * 40, 35.0, after, pause_ms=0.0, entered_after=3), "n1")["n0"]
+    assert costs["first_wait_extra_ms"] == 10.0
+
+
+def test_a_group_that_changes_again_at_once_has_no_usual_step() -> None:
+    log = _log([15.0] * 40, 35.0, [25.0] * 5, pause_ms=1.0)
+    log.append({"node": "n0", "type": "regroup", "t": log[-1]["t"] + 0.01, "epoch": 3,
+                "members": ["n0"], "pause_ms": 1.0})  # fmt: skip
+    log.append({"node": "n0", "type": "step", "t": log[-1]["t"] + 0.05, "allreduce_ms": 1.0})
+    costs = member_costs(log, "n1")["n0"]
+    assert costs["idle_ms"] is None and costs["usual_step_ms"] is None
+    assert costs["idle_vs_before_ms"] == 21.0
 
 
 def test_a_usual_step_as_the_first_costs_nothing_on_average() -> None:
@@ -35,7 +61,7 @@ def test_a_usual_step_as_the_first_costs_nothing_on_average() -> None:
     (clipping at zero, or the median as the baseline, would charge the noise to the join)."""
     rng = random.Random(7)
     waits = [rng.expovariate(1 / 15) for _ in range(40)]
-    extras = [member_costs(_log(waits, first_wait=w, pause_ms=0.0), "n1")["n0"]["first_wait_extra_ms"]
-              for w in waits]  # fmt: skip
+    costs = [member_costs(_log(waits, first_wait=w, after=waits, pause_ms=0.0), "n1")["n0"] for w in waits]
+    extras = [c["first_wait_extra_ms"] for c in costs]
     assert abs(statistics.fmean(extras)) < 1e-9
     assert min(extras) < 0 < max(extras)  # single steps scatter both ways
