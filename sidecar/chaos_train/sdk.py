@@ -397,6 +397,10 @@ class ElasticTrainer:
             return None
         if built.epoch == epoch and built.members == members:
             return built
+        if built.posted() is not None:
+            # the members may have trained in that group with this joiner's posted all-reduces:
+            # those steps are not in their log, so replaying cannot reach them; pull instead
+            self._can_replay = False
         self._to_free.put([built])
         return None
 

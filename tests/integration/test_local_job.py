@@ -49,6 +49,10 @@ def test_local_job_with_join_crash_and_link_events(tmp_path) -> None:
     assert all(e["agreement_ms"] is not None for e in summary["events"])
     assert (out / "timeline.png").stat().st_size > 10_000
     assert len((out / "events.jsonl").read_text().splitlines()) == 4
+    logs = "".join(p.read_text() for p in (out / "logs").glob("*.trainer.jsonl"))
+    # a survivor away from n1 in the ring gives its collective up on the view's word, not at
+    # gloo's timeout (see groups.wait_for)
+    assert "Timed out waiting" not in logs
 
 
 def test_overlap_join_replays_to_identical_replicas(tmp_path) -> None:
