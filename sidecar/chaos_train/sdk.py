@@ -401,6 +401,7 @@ class ElasticTrainer:
             # the members may have trained in that group with this joiner's posted all-reduces:
             # those steps are not in their log, so replaying cannot reach them; pull instead
             self._can_replay = False
+            self.log("posted_group_skipped", epoch=built.epoch, for_epoch=epoch)
         self._to_free.put([built])
         return None
 

@@ -36,7 +36,14 @@ from chaos_sidecar.localjob import JobConfig, LocalJob
 
 FOUNDING = 3
 MODES = ("blocking", "overlap")
-FALLBACKS = {"overlap_declined", "collective_failed", "rendezvous_failed", "reconcile_failed", "write_failed"}
+FALLBACKS = {
+    "overlap_declined",
+    "posted_group_skipped",
+    "collective_failed",
+    "rendezvous_failed",
+    "reconcile_failed",
+    "write_failed",
+}
 
 
 USUAL_STEPS = 40
