@@ -94,7 +94,13 @@ def member_costs(trainer: list[dict[str, Any]], joiner: str) -> dict[str, dict[s
     return costs
 
 
-def _settled_steps(trainer, mine, steps, joiner, regroup, first) -> list[dict[str, Any]]:
+Record = dict[str, Any]
+
+
+def _settled_steps(
+    trainer: list[Record], mine: list[Record], steps: list[Record], joiner: str, regroup: Record,
+    first: Record | None,
+) -> list[Record]:  # fmt: skip
     """A member's steps in the joined group once the joiner is in, up to the next change."""
     if first is None:
         return []
