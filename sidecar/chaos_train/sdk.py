@@ -951,8 +951,8 @@ def local_gradients(model, params, loss_fn, features, labels, batch, share, flag
 def apply_gradients(params, optimizer, flat: torch.Tensor) -> torch.Tensor:
     """Take the averaged gradient from the front of ``flat`` and step the optimizer; returns
     what follows the gradient (the loss and flags, or nothing). The gradients are views of
-    ``flat``, not copies: nothing writes to it after the all-reduce, and a copy of a 35 MB
-    gradient costs 17 ms on one core (mostly page faults of the fresh allocation)."""
+    ``flat``, not copies: nothing writes to it after the all-reduce, and the copies cost
+    0.5 ms per step at the built-in model's 4.5 MB of gradients (1.3 ms at 17 MB)."""
     offset = 0
     for p in params:
         n = p.numel()
