@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--rounds", type=_positive_int, default=10, help="rounds of random faults (chaos)")
     bench.add_argument("--seed", type=_non_negative_int, default=1, help="seed of the first round (chaos)")
+    bench.add_argument(
+        "--keep-logs", metavar="DIR", help="run in DIR (new or empty) and keep every run's logs (join-modes)"
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--out", help="also write the JSON result to this file")
     bench.add_argument("--plot", help="also draw the result as PNG (scale-out, scalability, events)")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import random
 import statistics
+import subprocess
+import sys
 
 import pytest
 
-from chaos_sidecar.benchmarks.join_modes import member_costs
+from chaos_sidecar.benchmarks.join_modes import empty_directory, member_costs
+from chaos_sidecar.errors import InputError
 
 
 def _log(
@@ -65,3 +68,25 @@ def test_a_usual_step_as_the_first_costs_nothing_on_average() -> None:
     extras = [c["first_wait_extra_ms"] for c in costs]
     assert abs(statistics.fmean(extras)) < 1e-9
     assert min(extras) < 0 < max(extras)  # single steps scatter both ways
+
+
+def test_keep_logs_takes_a_new_or_empty_directory_only(tmp_path) -> None:
+    assert empty_directory(str(tmp_path / "new" / "runs")).is_dir()
+    assert empty_directory(str(tmp_path / "new" / "runs")) == tmp_path / "new" / "runs"  # still empty
+    (tmp_path / "new" / "runs" / "old.log").write_text("x")
+    with pytest.raises(InputError, match=r"--keep-logs: .* not an empty directory"):
+        empty_directory(str(tmp_path / "new" / "runs"))
+    with pytest.raises(InputError, match="--keep-logs"):
+        empty_directory(str(tmp_path / "new" / "runs" / "old.log"))
+
+
+def test_cli_refuses_a_directory_with_files_before_running(tmp_path) -> None:
+    (tmp_path / "old.log").write_text("x")
+    result = subprocess.run(
+        [sys.executable, "-m", "chaos_sidecar.cli", "bench", "--scenario", "join-modes", "--keep-logs",
+         str(tmp_path), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--keep-logs" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.log"]  # nothing ran, nothing written

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos_sidecar.churn import ChurnEvent
+from chaos_sidecar.errors import InputError
 from chaos_sidecar.jobreport import read_jsonl, summarize
 from chaos_sidecar.localjob import JobConfig, LocalJob
 
@@ -226,5 +227,17 @@ def measure(steps: int, workdir: Path, hidden: int | None = None, runs: int = 1)
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    if args.keep_logs:  # every run's job directory (logs, summary) stays for a look afterwards
+        return measure(args.steps, empty_directory(args.keep_logs), args.hidden, args.runs)
     with tempfile.TemporaryDirectory(prefix="chaos-join-modes-") as tmp:
         return measure(args.steps, Path(tmp), args.hidden, args.runs)
+
+
+def empty_directory(path: str) -> Path:
+    """``path`` as a directory to write into: created if missing, refused if not empty (the
+    runs' directories inside it would be replaced)."""
+    directory = Path(path)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise InputError("--keep-logs", f"{directory} exists and is not an empty directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
