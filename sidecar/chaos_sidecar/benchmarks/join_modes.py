@@ -45,16 +45,16 @@ FALLBACKS = {
     "reconcile_failed",
     "write_failed",
 }
+USUAL_STEPS = 40  # a group's usual step: the mean of this many once it settled
+FEWEST_USUAL = 10  # fewer settled steps before the group changes again: no usual step
+Record = dict[str, Any]
 
 
-USUAL_STEPS = 40
-
-
-def member_costs(trainer: list[dict[str, Any]], joiner: str) -> dict[str, dict[str, float | None]]:
+def member_costs(trainer: list[Record], joiner: str) -> dict[str, dict[str, float | None]]:
     """Per member of the view that let ``joiner`` in, in ms: idle (its waiting: pauses and the
     first step's extra all-reduce wait), the switch's wall-clock excess over a usual step,
-    and the overlap step time. A member whose new group changed again before it took 10
-    settled steps has no usual step: its costs that need one are None."""
+    and the overlap step time. A member whose new group changed again before it took
+    FEWEST_USUAL settled steps has no usual step: its costs that need one are None."""
     regroups = [
         r for r in trainer if r["type"] == "regroup" and joiner in r["members"] and r["node"] != joiner
     ]
@@ -95,9 +95,6 @@ def member_costs(trainer: list[dict[str, Any]], joiner: str) -> dict[str, dict[s
     return costs
 
 
-Record = dict[str, Any]
-
-
 def _settled_steps(
     trainer: list[Record], mine: list[Record], steps: list[Record], joiner: str, regroup: Record,
     first: Record | None,
@@ -110,10 +107,10 @@ def _settled_steps(
     changes = [r["t"] for r in mine if r["type"] in ("overlap_start", "regroup") and r["t"] > regroup["t"]]
     end = min(changes, default=math.inf)
     after = [r for r in steps if max(entered, first["t"]) < r["t"] < end]
-    return after[:USUAL_STEPS] if len(after) >= 10 else []
+    return after[:USUAL_STEPS] if len(after) >= FEWEST_USUAL else []
 
 
-def _first_wait_extra(first: dict[str, Any] | None, usual: list[dict[str, Any]]) -> float | None:
+def _first_wait_extra(first: Record | None, usual: list[Record]) -> float | None:
     if first is None:
         return 0.0
     if len(usual) < 2:
@@ -121,7 +118,7 @@ def _first_wait_extra(first: dict[str, Any] | None, usual: list[dict[str, Any]])
     return first["allreduce_ms"] - statistics.fmean(r["allreduce_ms"] for r in usual)
 
 
-def _mean_gap_ms(steps: list[dict[str, Any]]) -> float | None:
+def _mean_gap_ms(steps: list[Record]) -> float | None:
     if len(steps) < 2:
         return None
     return statistics.fmean(b["t"] - a["t"] for a, b in itertools.pairwise(steps)) * 1000
