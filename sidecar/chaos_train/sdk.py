@@ -292,6 +292,7 @@ class ElasticTrainer:
             members = view["members"]
             epoch = view["epoch"]
             rank = members.index(self.cfg.node_id)
+            lost = self._lost_watch(epoch, members)
             built = self._take_built(epoch, members)
             if built is None and self.cfg.join_mode == "overlap" and self.step >= 0:
                 self._write_note(epoch, {"blocking": True})  # a joiner waiting for S: join now
@@ -312,7 +313,6 @@ class ElasticTrainer:
                     self._unchecked = (built.gather(mine), predicted)
                     gathered = predicted
                 else:
-                    lost = self._lost_watch(epoch, members)
                     gathered = (built.gather(mine).result(lost) if built
                                 else all_gather_ints(self.group, mine, lost))  # fmt: skip
             except RuntimeError as exc:  # someone died during the rendezvous, or was too slow
@@ -325,7 +325,7 @@ class ElasticTrainer:
             grouped = time.monotonic()
             previous = self.group_epoch
             self.group_epoch, self.rank, self.world, self.members = epoch, rank, len(members), members
-            self._lost = self._lost_watch(epoch, members)
+            self._lost = lost
             try:
                 transfer = self._reconcile(gathered, epoch)
             except RuntimeError as exc:  # a member died while the state moved
