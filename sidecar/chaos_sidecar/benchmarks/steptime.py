@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import bisect
 import itertools
-import json
 import os
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chaos_sidecar.jobreport import read_jsonl
 from chaos_sidecar.localjob import JobConfig, LocalJob
 
 WARMUP = 20
@@ -40,7 +40,7 @@ KINDS = {"chaos_train.worker": "trainer", "chaos_sidecar.cli": "sidecar"}
 
 
 def _step_stamps(path: Path) -> list[float]:
-    return [json.loads(line)["t"] for line in path.read_text().splitlines() if '"type": "step"' in line]
+    return [r["t"] for r in read_jsonl([path]) if r["type"] == "step"]
 
 
 def _step_ms(path: Path, stamps: list[float]) -> float:
