@@ -617,9 +617,10 @@ class ElasticTrainer:
         """After the first step in a group whose all-gather was predicted: compare."""
         gather, predicted = self._unchecked
         self._unchecked = None
-        for (step, can_replay), (expected, joiner) in zip(gather.result(self._lost), predicted, strict=True):
+        outcome = gather.result(self._lost)
+        for (step, can_replay), (expected, joiner) in zip(outcome, predicted, strict=True):
             if can_replay != joiner or (step != expected if not joiner else step > expected + 1):
-                raise RuntimeError(f"the group's all-gather {gather.result()} differs from {predicted}")
+                raise RuntimeError(f"the group's all-gather {outcome} differs from {predicted}")
 
     def _log_gradient(self) -> None:
         """Every member holds the same averaged gradient, so one logs it: the members take
