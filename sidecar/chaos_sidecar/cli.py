@@ -18,11 +18,11 @@ from chaos_sidecar.errors import ChaosError
 
 # subcommand -> "module:function"; the function takes the parsed namespace and returns an exit code.
 _COMMANDS: dict[str, str] = {
-    "sim": "chaos_sidecar.commands.sim:run",
+    "sim": "chaos_lab.commands.sim:run",
     "plan": "chaos_sidecar.commands.plan:run",
-    "bench": "chaos_sidecar.commands.bench:run",
+    "bench": "chaos_lab.commands.bench:run",
     "sidecar": "chaos_sidecar.commands.sidecar:run",
-    "local": "chaos_sidecar.commands.local:run",
+    "local": "chaos_lab.commands.local:run",
     "operator": "chaos_sidecar.commands.operator:run",
 }
 

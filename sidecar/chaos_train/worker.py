@@ -24,7 +24,7 @@ from chaos_train.sdk import ElasticTrainer, NoState, TrainerConfig, data_paralle
 from chaos_train.sidecar_client import SidecarLost
 
 EXIT_SIDECAR_LOST = 3
-EXIT_NO_STATE = 4  # chaos_sidecar.localjob knows this number
+EXIT_NO_STATE = 4  # chaos_lab.localjob knows this number
 
 FEATURES = 64
 CLASSES = 10

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from chaos_lab.localcluster import LocalCluster
 from chaos_operator import metrics as operator_metrics
-from chaos_sidecar.localcluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "chaos-training"

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from chaos_sidecar.churn import ChurnEvent
-from chaos_sidecar.jobreport import read_jsonl
-from chaos_sidecar.localjob import JobConfig, LocalJob
+from chaos_lab.churn import ChurnEvent
+from chaos_lab.jobreport import read_jsonl
+from chaos_lab.localjob import JobConfig, LocalJob
 
 pytest.importorskip("torch", reason="the trainer needs the 'train' extra (torch)")
 pytestmark = pytest.mark.timeout(300)
@@ -93,8 +93,8 @@ def test_bad_churn_file_exits_2(tmp_path) -> None:
 def test_chaos_round_with_trainer_only_and_sidecar_only_kills(tmp_path) -> None:
     """One round of ``bench --scenario chaos`` (seed 5: a sidecar-only kill, a trainer-only kill,
     joins and slow links) ends with every counter at zero."""
-    from chaos_sidecar.benchmarks.chaos import run_round
-    from chaos_sidecar.churn import CHAOS_KINDS, random_churn
+    from chaos_lab.benchmarks.chaos import run_round
+    from chaos_lab.churn import CHAOS_KINDS, random_churn
 
     kinds = {e.event for e in random_churn(5, ["n0", "n1", "n2", "n3"], 150, events=6, kinds=CHAOS_KINDS)}
     assert {"crash_sidecar", "crash_trainer", "join", "slow_link"} <= kinds, kinds

@@ -8,9 +8,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from chaos_sidecar import netns
-from chaos_sidecar.benchmarks.transfer import make_state
-from chaos_sidecar.localcluster import LocalCluster
+from chaos_lab import netns
+from chaos_lab.benchmarks.transfer import make_state
+from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.monitor.probe import probe_bandwidth
 from chaos_sidecar.transfer.puller import Puller, SourceSpec
 from chaos_sidecar.transfer.snapshot import data_path, file_digest

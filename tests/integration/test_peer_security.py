@@ -19,9 +19,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from chaos_lab.benchmarks.transfer import make_state
+from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.adapters.peer_stream import STREAM_PATH
-from chaos_sidecar.benchmarks.transfer import make_state
-from chaos_sidecar.localcluster import LocalCluster
 from chaos_sidecar.protocol import MAX_MESSAGE_BYTES, Heartbeat, Message, encode
 from chaos_sidecar.security import frame_mac, signed_headers
 

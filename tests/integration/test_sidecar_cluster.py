@@ -7,8 +7,8 @@ import time
 import aiohttp
 import pytest
 
+from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.adapters.peer_stream import STREAM_PATH
-from chaos_sidecar.localcluster import LocalCluster
 from chaos_sidecar.security import frame_mac, signed_headers
 
 pytestmark = pytest.mark.timeout(120)

@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.adapters.peer_stream import STREAM_PATH
-from chaos_sidecar.localcluster import LocalCluster
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed"),

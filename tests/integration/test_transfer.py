@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from chaos_sidecar.benchmarks.transfer import make_state, start_sources
+from chaos_lab.benchmarks.transfer import make_state, start_sources
+from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.errors import InputError
-from chaos_sidecar.localcluster import LocalCluster
 from chaos_sidecar.security import signed_headers
 from chaos_sidecar.transfer.puller import Puller, TransferError
 from chaos_sidecar.transfer.snapshot import data_path, file_digest, manifest_path

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from chaos_sidecar.churn import default_churn, load_churn, parse_churn, random_churn
+from chaos_lab.churn import default_churn, load_churn, parse_churn, random_churn
+from chaos_lab.jobreport import check_samples
 from chaos_sidecar.errors import InputError
-from chaos_sidecar.jobreport import check_samples
 from chaos_train.sampler import ElasticSampler
 
 INITIAL = ["n0", "n1", "n2", "n3"]
@@ -100,7 +100,7 @@ def test_sample_accounting_catches_loss_and_duplication() -> None:
 def test_random_chaos_churn_always_leaves_a_group_that_can_agree() -> None:
     """After every event of 300 generated chaos scripts, each member still reaches a majority
     over working links (the generator once cut all links among a crash's three survivors)."""
-    from chaos_sidecar.churn import CHAOS_KINDS, REMOVALS, connected_enough
+    from chaos_lab.churn import CHAOS_KINDS, REMOVALS, connected_enough
 
     assert not connected_enough(["a", "b", "c"], [("a", "b"), ("b", "c"), ("a", "c")])
     for seed in range(300):

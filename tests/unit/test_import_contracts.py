@@ -23,6 +23,8 @@ PURE = (
     "chaos_operator.domain",
 )
 PURE_EXCEPTIONS = ("chaos_sidecar.planning.milp",)
+PRODUCT = ("chaos_sidecar", "chaos_train", "chaos_operator")
+LAB = "chaos_lab"
 IO_FRAMEWORKS = ("aiohttp", "kubernetes", "kopf", "torch")
 
 # framework -> module prefixes allowed to import it (everything else is forbidden)
@@ -79,6 +81,8 @@ def check_module(module: str, imports: list[tuple[str, int]]) -> list[Breach]:
         top = imported.split(".")[0]
         if _within(module, PURE) and not _within(module, PURE_EXCEPTIONS) and top in IO_FRAMEWORKS:
             breaches.append(Breach(module, imported, line, "pure package imports an I/O framework"))
+        if _within(module, PRODUCT) and top == LAB:
+            breaches.append(Breach(module, imported, line, "the product never imports the lab"))
         allowed = ONLY_IN.get(top)
         if allowed is not None and not _within(module, allowed):
             breaches.append(Breach(module, imported, line, f"only {', '.join(allowed)} may import {top}"))
@@ -117,6 +121,12 @@ def test_checker_sees_packages() -> None:
             "only chaos_operator.kube",
         ),
         ("chaos_operator/domain/bad.py", "import kopf\n", "pure package"),
+        (
+            "chaos_sidecar/adapters/bad.py",
+            "from chaos_lab.churn import ChurnEvent\n",
+            "never imports the lab",
+        ),
+        ("chaos_train/bad.py", "def f():\n    import chaos_lab.localjob\n", "never imports the lab"),
     ],
 )
 def test_a_broken_contract_is_reported(tmp_path: Path, module: str, source: str, rule: str) -> None:
@@ -133,6 +143,7 @@ def test_allowed_imports_pass(tmp_path: Path) -> None:
         "chaos_sidecar/planning/milp.py": "import pulp\n",
         "chaos_train/sdk.py": "import torch\n",
         "chaos_operator/kube.py": "import kubernetes\nimport kopf\n",
+        "chaos_lab/localjob.py": "from chaos_sidecar.membership.machine import Settings\n",
     }.items():
         path = tmp_path / module
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from chaos_sidecar.benchmarks.join_modes import empty_directory, member_costs
+from chaos_lab.benchmarks.join_modes import empty_directory, member_costs
 from chaos_sidecar.errors import InputError
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos_sidecar.benchmarks import steptime
+from chaos_lab.benchmarks import steptime
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chaos_sidecar.localcluster import LocalCluster
+from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.membership.machine import Settings
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from chaos_sidecar.benchmarks import agreement
+from chaos_lab.benchmarks import agreement
 
 
 def table(result: dict[str, Any]) -> list[dict[str, Any]]:

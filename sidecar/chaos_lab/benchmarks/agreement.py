@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos_sidecar.localcluster import POLL_S, LocalCluster
-from chaos_sidecar.stats import summary
+from chaos_lab.localcluster import POLL_S, LocalCluster
+from chaos_lab.stats import summary
 
 KINDS = ("join", "leave", "failure", "coordinator_failure", "link_down", "link_up")
 

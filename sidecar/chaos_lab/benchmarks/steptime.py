@@ -30,8 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chaos_sidecar.jobreport import read_jsonl
-from chaos_sidecar.localjob import JobConfig, LocalJob
+from chaos_lab.jobreport import read_jsonl
+from chaos_lab.localjob import JobConfig, LocalJob
 
 WARMUP = 20
 SAMPLE_S = 0.5  # how often the CPU sampler reads /proc

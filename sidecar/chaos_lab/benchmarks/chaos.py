@@ -27,9 +27,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from chaos_sidecar.churn import CHAOS_KINDS, random_churn
-from chaos_sidecar.jobreport import read_jsonl, summarize
-from chaos_sidecar.localjob import JobConfig, LocalJob
+from chaos_lab.churn import CHAOS_KINDS, random_churn
+from chaos_lab.jobreport import read_jsonl, summarize
+from chaos_lab.localjob import JobConfig, LocalJob
 
 NODES = 4
 STEPS = 150

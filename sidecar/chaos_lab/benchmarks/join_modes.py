@@ -30,10 +30,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from chaos_sidecar.churn import ChurnEvent
+from chaos_lab.churn import ChurnEvent
+from chaos_lab.jobreport import read_jsonl, summarize
+from chaos_lab.localjob import JobConfig, LocalJob
 from chaos_sidecar.errors import InputError
-from chaos_sidecar.jobreport import read_jsonl, summarize
-from chaos_sidecar.localjob import JobConfig, LocalJob
 
 FOUNDING = 3
 MODES = ("blocking", "overlap")

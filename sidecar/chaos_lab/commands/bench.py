@@ -7,7 +7,7 @@ import importlib
 import json
 from pathlib import Path
 
-from chaos_sidecar.benchmarks.plots import PLOTTERS
+from chaos_lab.benchmarks.plots import PLOTTERS
 from chaos_sidecar.cli import print_json
 from chaos_sidecar.errors import InputError
 
@@ -15,7 +15,7 @@ from chaos_sidecar.errors import InputError
 def run(args: argparse.Namespace) -> int:
     if args.plot and args.scenario not in PLOTTERS:
         raise InputError("--plot", f"no figure for {args.scenario}; figures exist for {sorted(PLOTTERS)}")
-    module = importlib.import_module(f"chaos_sidecar.benchmarks.{args.scenario.replace('-', '_')}")
+    module = importlib.import_module(f"chaos_lab.benchmarks.{args.scenario.replace('-', '_')}")
     result = module.run_from_args(args) if hasattr(module, "run_from_args") else module.run()
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

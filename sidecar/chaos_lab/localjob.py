@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos_sidecar.churn import ChurnEvent
-from chaos_sidecar.localcluster import LocalCluster
+from chaos_lab.churn import ChurnEvent
+from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.membership.machine import Settings
 
 EXIT_NO_STATE = 4  # chaos_train.worker: a joiner found no member holding state (the job was done)

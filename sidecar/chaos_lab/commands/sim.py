@@ -8,6 +8,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from chaos_lab.stats import summary
 from chaos_sidecar.cli import print_json
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.membership.sim import (
@@ -17,7 +18,6 @@ from chaos_sidecar.membership.sim import (
     parse_faults,
     run_schedule,
 )
-from chaos_sidecar.stats import summary
 
 _CHUNK = 50
 

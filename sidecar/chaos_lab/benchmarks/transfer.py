@@ -21,8 +21,8 @@ from typing import Any
 
 import aiohttp
 
+from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.errors import InputError
-from chaos_sidecar.localcluster import LocalCluster
 from chaos_sidecar.monitor.probe import probe_bandwidth
 from chaos_sidecar.transfer.puller import Puller, SourceSpec
 from chaos_sidecar.transfer.snapshot import data_path, file_digest, manifest_path, write_snapshot

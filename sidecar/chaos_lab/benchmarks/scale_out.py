@@ -39,9 +39,9 @@ from typing import Any
 
 import aiohttp
 
+from chaos_lab.localcluster import LocalCluster
+from chaos_lab.localjob import JobConfig, LocalJob
 from chaos_sidecar.errors import InputError
-from chaos_sidecar.localcluster import LocalCluster
-from chaos_sidecar.localjob import JobConfig, LocalJob
 from chaos_sidecar.transfer.puller import Puller, SourceSpec
 
 METHODS = ("chaos", "chaos-overlap", "equal-split", "single-source", "checkpoint-restart")

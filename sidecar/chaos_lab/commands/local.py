@@ -8,10 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-from chaos_sidecar.churn import default_churn, load_churn
+from chaos_lab.churn import default_churn, load_churn
+from chaos_lab.jobreport import plot, read_jsonl, summarize, timeline_lines
+from chaos_lab.localjob import JobConfig, LocalJob
 from chaos_sidecar.errors import InputError
-from chaos_sidecar.jobreport import plot, read_jsonl, summarize, timeline_lines
-from chaos_sidecar.localjob import JobConfig, LocalJob
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,8 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from chaos_sidecar.benchmarks.agreement import Injection, event_latency
-from chaos_sidecar.churn import REMOVALS
+from chaos_lab.benchmarks.agreement import Injection, event_latency
+from chaos_lab.churn import REMOVALS
 
 _KIND_FOR_LATENCY = {
     "join": "join",
