@@ -1,10 +1,10 @@
 """``chaos-train local``: the main job on one machine, with real processes.
 
 Each node is a sidecar process plus a trainer process (``python -m chaos_train.worker``);
-trainers rendezvous per view epoch through a shared directory and pull state through their
-sidecars. The churn script is applied at training steps; progress is read from the
-trainers' logs. At the end the logs are checked (identical replicas, every sample exactly
-once) and summarised.
+trainers meet per view epoch over the network (a store hosted by the view's first member,
+found through the sidecars) and pull state through their sidecars. The churn script is
+applied at training steps; progress is read from the trainers' logs. At the end the logs
+are checked (identical replicas, every sample exactly once) and summarised.
 """
 
 from __future__ import annotations
@@ -67,8 +67,7 @@ class LocalJob:
         out = self.cfg.out
         if out.exists():
             shutil.rmtree(out)
-        (out / "rendezvous").mkdir(parents=True)
-        (out / "logs").mkdir()
+        (out / "logs").mkdir(parents=True)
         # trainers load the CPU: a failure timeout of 1 s avoids false suspicion on 2 cores,
         # and five heartbeats per timeout are plenty (each costs the trainers' cores)
         self.cluster = LocalCluster(out / "sidecars", settings=Settings(0.2, 1.0, 0.05))
@@ -88,7 +87,6 @@ class LocalJob:
         cmd = [
             sys.executable, "-m", "chaos_train.worker", "--node-id", node,
             "--sidecar-url", sidecar.local_url, "--snapshot-dir", str(snapshots),
-            "--rendezvous-dir", str(self.cfg.out / "rendezvous"),
             "--log", str(self.trainer_log(node)), "--steps", str(self.cfg.steps),
             "--seed", str(self.cfg.seed), "--samples", str(self.cfg.samples),
             "--global-batch", str(self.cfg.global_batch), "--digest-every", str(self.cfg.digest_every),

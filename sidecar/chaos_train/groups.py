@@ -20,7 +20,11 @@ import torch.distributed as dist
 Opened = tuple[dist.ProcessGroup, dist.Store]
 
 
-def new_process_group(backend: str, store: dist.Store, rank: int, size: int, timeout_s: float):
+def new_process_group(
+    backend: str, store: dist.Store, rank: int, size: int, timeout_s: float, address: str | None = None
+):
+    """A process group of ``size`` ranks meeting in ``store``. gloo binds to ``address`` (this
+    node's own host) when given, else to the interface its hostname resolves to."""
     timeout = datetime.timedelta(seconds=timeout_s)
     if backend == "nccl":
         options = dist.ProcessGroupNCCL.Options()
@@ -28,7 +32,11 @@ def new_process_group(backend: str, store: dist.Store, rank: int, size: int, tim
         return dist.ProcessGroupNCCL(store, rank, size, options)
     if backend != "gloo":
         raise ValueError(f"backend must be gloo or nccl, got {backend!r}")
-    return dist.ProcessGroupGloo(store, rank, size, timeout)
+    gloo = dist.ProcessGroupGloo._Options()
+    gloo._timeout = timeout
+    device = dist.ProcessGroupGloo.create_device(hostname=address) if address else None
+    gloo._devices = [device or dist.ProcessGroupGloo.create_default_device()]
+    return dist.ProcessGroupGloo(store, rank, size, gloo)
 
 
 WAIT_SLICE = datetime.timedelta(seconds=0.2)
@@ -114,24 +122,37 @@ class GroupBuild:
         self,
         epoch: int,
         members: list[str],
-        open_group: Callable[[], Opened | None],
+        meet: Callable[[], dist.Store | None],
+        open_group: Callable[[dist.Store], Opened],
         pool: BuildThreads,
     ) -> None:
         self.epoch = epoch
         self.members = list(members)
+        self._store: dist.Store | None = None
+        self._met = threading.Event()  # the members met (or the meeting failed)
         self._opened: Opened | None = None
         self._error: BaseException | None = None
         self._gather: Gather | None = None
         self._finished = threading.Event()
-        pool.submit(self._run, open_group)
+        pool.submit(self._run, meet, open_group)
 
-    def _run(self, open_group: Callable[[], Opened | None]) -> None:
+    def _run(self, meet: Callable[[], dist.Store | None], open_group: Callable[[dist.Store], Opened]) -> None:
         try:
-            self._opened = open_group()
+            self._store = meet()
+            self._met.set()
+            if self._store is not None:
+                self._opened = open_group(self._store)
         except Exception as exc:  # handed to the trainer thread by result()
             self._error = exc
         finally:
+            self._met.set()
             self._finished.set()
+
+    def store(self, wait_s: float = 0.0) -> dist.Store | None:
+        """The store the members met in, once they all did (waiting up to ``wait_s``); None
+        before that, or when the meeting failed or the view moved on."""
+        self._met.wait(wait_s)
+        return self._store
 
     def done(self) -> bool:
         return self._finished.is_set()

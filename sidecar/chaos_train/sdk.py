@@ -42,6 +42,7 @@ import torch.distributed as dist
 
 from chaos_train import state as snapshot_state
 from chaos_train.groups import BuildThreads, GroupBuild, all_gather_ints, new_process_group, wait_for
+from chaos_train.rendezvous import Rendezvous
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sidecar_client import SidecarClient, SidecarLost
 
@@ -57,7 +58,16 @@ POST_AHEAD = 4
 RETRY_PATIENCE_S = 5.0  # after a failed collective: wait this long for a view change, then retry
 
 
-DECLINED = "declined"  # an overlap joiner's catch-up marker when it will join blocking instead
+DECLINED = "declined"  # an overlap joiner's catch-up progress when it will join blocking instead
+# keys in a view's store (see chaos_train.rendezvous): the note that tells the joiners where
+# snapshot S is (or that the members regroup blocking), and each joiner's progress
+NOTE_KEY = "overlap-note"
+BLOCKING_NOTE = {"blocking": True}
+NOTE_WAIT_S = 60.0  # a joiner waits this long for the members' note, then joins blocking
+
+
+def progress_key(joiner: str) -> str:
+    return f"progress/{joiner}"
 
 
 class LeftGroup(Exception):
@@ -78,7 +88,6 @@ class TrainerConfig:
     node_id: str
     sidecar_url: str
     snapshot_dir: Path
-    rendezvous_dir: Path
     log_path: Path
     global_batch: int = 256
     seed: int = 0
@@ -89,6 +98,8 @@ class TrainerConfig:
     join_mode: str = "blocking"  # or "overlap": members keep training while a joiner catches up
     grad_log: int = 128  # overlap: how many averaged gradients members keep for replay
     transfer_policy: str = "planned"  # or a benchmark baseline: "equal-split", "single-source"
+    address: str | None = None  # this node's host for gloo and the stores it hosts; None: the
+    # host its sidecar advertises to peers
 
 
 class ElasticTrainer:
@@ -148,7 +159,7 @@ class ElasticTrainer:
         self.grad_bytes = sum(p.numel() * p.element_size() for p in self.params)
         self._step_times: collections.deque[float] = collections.deque(maxlen=20)
         self._last_step_end: float | None = None
-        self._rounds: dict[int, int] = {}  # epoch -> rendezvous round (a failed one is not reused)
+        self.rendezvous: Rendezvous | None = None  # once the sidecar says where this node is
         self._same_epoch_again = False
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
@@ -165,6 +176,8 @@ class ElasticTrainer:
     def run(self, steps: int) -> None:
         self.log("start", pid=os.getpid())
         self._steps = steps
+        address = self.cfg.address or self.sidecar.node_host()
+        self.rendezvous = Rendezvous(self.sidecar, self.cfg.node_id, address, self.cfg.timeout_s)
         if not self.cfg.founding:
             self.log("join_requested")
         self.sidecar.join()  # a standby sidecar asks for admission only now that we are ready
@@ -187,7 +200,7 @@ class ElasticTrainer:
             while self._replay_one():  # an entering joiner still behind at the last step
                 pass
             self.log("done", step=self.step, digest=snapshot_state.digest(self.model, self.optimizer))
-            self._finished_marker().write_text(str(self.step))
+            self.sidecar.report(finished_step=self.step)  # a member that comes back later stops
             self._finish()
         except LeftGroup:
             self.log("left", step=self.step)
@@ -247,11 +260,8 @@ class ElasticTrainer:
     def _retry_epoch(self) -> None:
         """Regroup in the current view once more, in a fresh rendezvous round: a collective or
         a rendezvous can fail without anyone leaving (a member too slow for the timeout)."""
-        self._next_round(self.group_epoch or 0)
+        self.rendezvous.next_round(self.group_epoch or 0)
         self._same_epoch_again = True
-
-    def _next_round(self, epoch: int) -> None:
-        self._rounds[epoch] = self._rounds.get(epoch, 0) + 1
 
     def _current_member_view(self) -> dict[str, Any]:
         """The newest view this node is a member of, newer than the current group's (or the
@@ -283,7 +293,7 @@ class ElasticTrainer:
         self._await_capture()
         while True:
             view = self._built_view() or self._current_member_view()
-            if self._finished_marker().exists():
+            if self.rendezvous.finished_step is not None:
                 # the others finished while we were away: training on from our older state
                 # would redo steps they already took
                 raise JobFinished()
@@ -294,10 +304,10 @@ class ElasticTrainer:
             rank = members.index(self.cfg.node_id)
             lost = self._lost_watch(epoch, members)
             built = self._take_built(epoch, members)
-            if built is None and self.cfg.join_mode == "overlap" and self.step >= 0:
-                self._write_note(epoch, {"blocking": True})  # a joiner waiting for S: join now
+            # a joiner waiting for snapshot S: join now
+            note = BLOCKING_NOTE if self.cfg.join_mode == "overlap" and self.step >= 0 else None
             try:
-                opened = built.result() if built is not None else self._open_group(epoch, members)
+                opened = built.result() if built is not None else self._open_group(epoch, members, note)
                 if opened is None:
                     continue  # the view moved on while we waited: go for the newer one
                 self.group, self._store = opened
@@ -320,7 +330,7 @@ class ElasticTrainer:
                 self._close_group()
                 if built is None and self._await_newer_view(epoch, patience_s=RETRY_PATIENCE_S):
                     continue
-                self._next_round(epoch)  # same view, next round
+                self.rendezvous.next_round(epoch)  # same view, next round
                 continue
             grouped = time.monotonic()
             previous = self.group_epoch
@@ -333,7 +343,7 @@ class ElasticTrainer:
                 self.group_epoch = previous
                 self._close_group()
                 if not self._await_newer_view(epoch, patience_s=RETRY_PATIENCE_S):
-                    self._next_round(epoch)
+                    self.rendezvous.next_round(epoch)
                 continue
             self._same_epoch_again = False
             self._end_overlap()
@@ -365,19 +375,39 @@ class ElasticTrainer:
 
         return lost
 
-    def _open_group(self, epoch: int, members: list[str]):
-        """This epoch's process group and store, once every member arrived; None when the view
-        moves past ``epoch`` first."""
-        if not self._all_arrived(epoch, members):
-            return None
-        store = dist.FileStore(str(self._round_dir(epoch) / "store"), len(members))
+    def _meet(self, epoch: int, members: list[str]) -> dist.Store | None:
+        """The store of ``epoch``'s current round once every member arrived in it; None when the
+        view moves past ``epoch`` first (see chaos_train.rendezvous)."""
+        meeting = self.rendezvous.meet(epoch, members, moved_on=lambda: self.sidecar.latest_epoch > epoch)
+        return None if meeting is None else meeting.store
+
+    def _group_in(self, store: dist.Store, epoch: int, members: list[str]):
+        """The process group of ``epoch`` in the store its members met in, and that store."""
         rank = members.index(self.cfg.node_id)
-        return new_process_group(self.cfg.backend, store, rank, len(members), self.cfg.timeout_s), store
+        # a connection of its own: the group's set-up waits on the store, and must not hold up
+        # the notes and progress other threads exchange there meanwhile
+        own = dist.PrefixStore("group", store.clone())
+        group = new_process_group(self.cfg.backend, own, rank, len(members), self.cfg.timeout_s,
+                                  self.rendezvous.address)  # fmt: skip
+        return group, store
+
+    def _open_group(self, epoch: int, members: list[str], note: dict[str, Any] | None = None):
+        """This epoch's process group and store, once every member arrived; None when the view
+        moves past ``epoch`` first. ``note`` is left for the view's overlap joiners first."""
+        store = self._meet(epoch, members)
+        if store is None:
+            return None
+        if note is not None:
+            store.set(NOTE_KEY, json.dumps(note))
+        return self._group_in(store, epoch, members)
 
     def _build_ahead(self, view: dict[str, Any]) -> None:
         """Start building the group of ``view`` on a thread (overlap joins: members and joiner)."""
         epoch, members = view["epoch"], list(view["members"])
-        self._next = GroupBuild(epoch, members, lambda: self._open_group(epoch, members), self._builders)
+        self._next = GroupBuild(
+            epoch, members, lambda: self._meet(epoch, members),
+            lambda store: self._group_in(store, epoch, members), self._builders,
+        )  # fmt: skip
 
     def _built_view(self) -> dict[str, Any] | None:
         """The view whose group was built ahead, while it is still the newest: no need to ask
@@ -410,34 +440,6 @@ class ElasticTrainer:
         hashing the state takes tens of ms; the final digest is always logged)."""
         if self.cfg.digest_every:
             self.log("digest", step=self.step, digest=snapshot_state.digest(self.model, self.optimizer))
-
-    def _finished_marker(self) -> Path:
-        return self.cfg.rendezvous_dir / "finished"
-
-    def _round_dir(self, epoch: int) -> Path:
-        """Rendezvous directory of this epoch's current round (a failed round is never reused:
-        its store file may be half torn down)."""
-        return self.cfg.rendezvous_dir / f"epoch-{epoch}" / f"round-{self._rounds.get(epoch, 0)}"
-
-    def _all_arrived(self, epoch: int, members: list[str]) -> bool:
-        """Arrival barrier for one epoch's process group: every member announces itself in the
-        shared rendezvous directory, then all initialise together (a fresh store per round).
-        False if the group's view moves past ``epoch`` first."""
-        # join the newest round anyone has opened: a member too slow for a failed round must
-        # not wait in it while the others moved on
-        opened = [
-            int(p.name.split("-")[1]) for p in (self.cfg.rendezvous_dir / f"epoch-{epoch}").glob("round-*")
-        ]
-        self._rounds[epoch] = max([self._rounds.get(epoch, 0), *opened])
-        directory = self._round_dir(epoch)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / f"ready-{self.cfg.node_id}").touch()
-        deadline = time.monotonic() + 120
-        while not all((directory / f"ready-{m}").exists() for m in members):
-            if self.sidecar.latest_epoch > epoch or time.monotonic() > deadline:
-                return False
-            time.sleep(0.005)
-        return True
 
     def _reconcile(self, gathered: list[list[int]], epoch: int) -> dict[str, Any]:
         """Members behind the newest state get it: an overlap joiner enters and replays the
@@ -539,23 +541,22 @@ class ElasticTrainer:
             step_s = statistics.median(self._step_times) if self._step_times else None
             note = {"snapshot_step": self.step, "sources": self.members, "step_s": step_s,
                     "grad_bytes": self.grad_bytes}  # fmt: skip
-        self._write_later(self._publish_snapshot, view["epoch"], self.step, self._capture, note)
+        self._write_later(self._publish_snapshot, view["epoch"], self.step, self._capture, note, self._next)
         self.log("overlap_start", step=self.step, joiners=joiners, epoch=view["epoch"],
                  pause_ms=round((time.monotonic() - started) * 1000, 1))  # fmt: skip
 
-    def _publish_snapshot(self, epoch: int, step: int, captured, note: dict[str, Any] | None) -> None:
-        """Write snapshot S; then (rank 0) the note that tells the joiners where it is."""
+    def _publish_snapshot(
+        self, epoch: int, step: int, captured, note: dict[str, Any] | None, build: GroupBuild
+    ) -> None:
+        """Write snapshot S; then (rank 0) leave the note that tells the joiners where it is in
+        the joined view's store, once its members met there."""
         state = captured.result()
         snapshot_state.write(self.cfg.snapshot_dir, f"state-s{step}", state, step=step, epoch=epoch)
         if note is not None:
-            self._write_note(epoch, note)
-
-    def _write_note(self, epoch: int, note: dict[str, Any]) -> None:
-        """Tell the joiners of ``epoch`` where snapshot S is, or that this regroup is blocking."""
-        path = self.cfg.rendezvous_dir / f"overlap-e{epoch}.json"
-        tmp = path.with_suffix(f".{self.cfg.node_id}.tmp")
-        tmp.write_text(json.dumps(note))
-        tmp.replace(path)
+            store = build.store(wait_s=NOTE_WAIT_S)
+            if store is None:
+                raise RuntimeError(f"the members of epoch {epoch} did not meet: no note for its joiners")
+            store.set(NOTE_KEY, json.dumps(note))
 
     def _await_capture(self) -> None:
         """Snapshot S is being copied from the live state: wait before changing it."""
@@ -575,19 +576,16 @@ class ElasticTrainer:
 
         self._writer.submit(logged)
 
-    def _progress_marker(self, epoch: int, joiner: str) -> Path:
-        """Per view: a node that joins again later must not look ready from the last time."""
-        return self.cfg.rendezvous_dir / f"caught-up-e{epoch}-{joiner}"
-
-    def _joiner_progress(self, joiner: str) -> int | str | None:
-        """An overlap joiner's marker: the step it held when it posted the joined group's
-        all-gather, DECLINED, or None (nothing yet)."""
-        assert self.pending is not None
-        try:
-            text = self._progress_marker(self.pending["epoch"], joiner).read_text()
-            return text if text == DECLINED else int(text)
-        except (FileNotFoundError, ValueError):  # a marker being rewritten reads empty
+    @staticmethod
+    def _joiner_progress(build: GroupBuild | None, joiner: str) -> int | str | None:
+        """An overlap joiner's progress in the joined view's store (per view: a node that joins
+        again later does not look ready from the last time): the step it held when it posted
+        the joined group's all-gather, DECLINED, or None (nothing yet)."""
+        store = build.store() if build is not None else None
+        if store is None or not store.check([progress_key(joiner)]):
             return None
+        text = store.get(progress_key(joiner)).decode()
+        return text if text == DECLINED else int(text)
 
     def _joiners_ready(self) -> bool:
         assert self.pending is not None
@@ -595,7 +593,7 @@ class ElasticTrainer:
             return False  # changing groups now would wait for the joined view's group
         # a joiner posts its all-gather once level with the log; the steps the members take
         # before they switch it replays while they train (see _entering_step)
-        return all(self._joiner_progress(j) is not None for j in self.pending["joiners"])
+        return all(self._joiner_progress(self._next, j) is not None for j in self.pending["joiners"])
 
     def _predicted_gather(self, built: GroupBuild | None, members: list[str]) -> list[list[int]] | None:
         """Members changing to the group built during an overlap, when every joiner has posted
@@ -609,7 +607,7 @@ class ElasticTrainer:
         joiners = self.pending["joiners"]
         if set(members) != {*self.members, *joiners}:
             return None
-        if any(not isinstance(self._joiner_progress(j), int) for j in joiners):
+        if any(not isinstance(self._joiner_progress(built, j), int) for j in joiners):
             return None
         return [[self.step, 0] if m in self.members else [self.step - 1, 1] for m in members]
 
@@ -701,22 +699,21 @@ class ElasticTrainer:
         how far it got; when the members change groups it enters and replays the rest while
         they train (see _entering_step)."""
         view = self._current_member_view()
-        note = self.cfg.rendezvous_dir / f"overlap-e{view['epoch']}.json"
-        deadline = time.monotonic() + 60
-        while not note.exists():
-            if self._finished_marker().exists():
-                raise JobFinished()  # joined after the last step: there is nothing to catch up on
-            if time.monotonic() > deadline:
-                return  # no word from the members: join blocking
-            if self.sidecar.latest_epoch > view["epoch"]:  # the members will regroup into that one
-                view = self._current_member_view()
-                note = self.cfg.rendezvous_dir / f"overlap-e{view['epoch']}.json"
+        # the members build the joined view's group too: meet them in its store, where they
+        # leave the note (started before anything slow)
+        self._build_ahead(view)
+        deadline = time.monotonic() + NOTE_WAIT_S
+        store = self._next.store(wait_s=NOTE_WAIT_S)
+        while store is not None and not store.check([NOTE_KEY]):
+            if time.monotonic() > deadline or self.sidecar.latest_epoch > view["epoch"]:
+                return  # no word from the members, or they regroup into a newer view: join blocking
             time.sleep(0.01)
-        info = json.loads(note.read_text())
+        if store is None:
+            return  # no meeting (the view moved on, or the job finished): the regroup tells which
+        info = json.loads(store.get(NOTE_KEY))
         if info.get("blocking"):
             return  # the members regroup blocking (not only joins, or the join came mid-regroup)
-        self._build_ahead(view)  # the members are building it too: started before anything slow
-        marker = self._progress_marker(view["epoch"], self.cfg.node_id)
+        progress = progress_key(self.cfg.node_id)
         links = self.sidecar.links(info["sources"])
         # each step's gradient comes from one member, in turns (see log_keeper): the mean of
         # the links' times for one gradient
@@ -726,7 +723,7 @@ class ElasticTrainer:
         bandwidth = info["grad_bytes"] / replay_s if times else 0.0
         if info.get("step_s") and replay_s > REPLAY_SHARE_OF_STEP * info["step_s"]:
             # replaying would fall further behind every step: let the members regroup now
-            marker.write_text(DECLINED)
+            store.set(progress, DECLINED)
             self.log("overlap_declined", replay_s=round(replay_s, 4), step_s=round(info["step_s"], 4),
                      bandwidth_Bps=round(bandwidth))  # fmt: skip
             return
@@ -739,9 +736,11 @@ class ElasticTrainer:
         # Entering level keeps the replay off the members' first steps in the group: on shared
         # cores, each of its milliseconds there is waited for by all of them
         level = False
+        said = False
         while time.monotonic() < deadline + 600 and not self._members_opened(view["epoch"], level):
-            if self._next is not None and self._next.posted() is not None and not marker.exists():
-                marker.write_text(str(self.step))  # after posting: see _predicted_gather
+            if self._next is not None and self._next.posted() is not None and not said:
+                store.set(progress, str(self.step))  # after posting: see _predicted_gather
+                said = True
             level = not self._apply_logged(self.step + 1, info["sources"])
             if level:
                 time.sleep(0.005)

@@ -10,6 +10,11 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import urlsplit
+
+from chaos_sidecar.errors import InputError
+from chaos_sidecar.protocol import local_api
+from chaos_sidecar.protocol.local_api import RendezvousEntry, TrainerStatus
 
 
 class SidecarLost(ConnectionError):
@@ -30,7 +35,7 @@ class SidecarClient:
     ) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("X-Chaos-Trainer", self.node_hint)
+        request.add_header(local_api.TRAINER_HEADER, self.node_hint)
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
@@ -49,29 +54,51 @@ class SidecarClient:
             raise
 
     def view(self) -> dict[str, Any]:
-        return self._call("GET", "/local/view")
+        return self._call("GET", local_api.VIEW)
 
     def wait_view(self, after: int, timeout: float = 10.0) -> dict[str, Any]:
-        return self._call("GET", f"/local/wait-view?after={after}&timeout={timeout}")
+        return self._call("GET", f"{local_api.WAIT_VIEW}?after={after}&timeout={timeout}")
+
+    def node_host(self) -> str:
+        """The host part of the address peers reach this node at: the trainer binds there."""
+        host = urlsplit(self.view()["address"]).hostname
+        if not host:
+            raise SidecarLost(f"sidecar at {self.url} advertises no host")
+        return host
+
+    def publish_rendezvous(self, entry: RendezvousEntry) -> None:
+        answer = self._call("POST", local_api.RENDEZVOUS, entry.to_json(), timeout=10)
+        if "error" in answer:
+            raise RuntimeError(f"publishing the rendezvous of epoch {entry.epoch}: {answer}")
+
+    def rendezvous_status(self, epoch: int, host: str) -> TrainerStatus | None:
+        """What ``host``'s sidecar says of its trainer for ``epoch``; None if it could not be asked."""
+        answer = self._call("GET", f"{local_api.RENDEZVOUS}?epoch={epoch}&host={host}", timeout=10)
+        if "error" in answer:
+            return None
+        try:
+            return TrainerStatus.from_json(answer)
+        except InputError:
+            return None
 
     def report(self, **fields: float | int) -> None:
         """Progress for the sidecar's metrics; best effort (a missing sidecar is not fatal)."""
         with contextlib.suppress(OSError):
-            self._call("POST", "/local/report", dict(fields), timeout=2.0)
+            self._call("POST", local_api.REPORT, dict(fields), timeout=2.0)
 
     def join(self) -> None:
-        self._call("POST", "/local/join")
+        self._call("POST", local_api.JOIN)
 
     def leave(self) -> None:
-        self._call("POST", "/local/leave")
+        self._call("POST", local_api.LEAVE)
 
     def pull(self, name: str, sources: list[str], policy: str = "planned") -> dict[str, Any]:
         body = {"name": name, "sources": sources, "policy": policy}
-        return self._call("POST", "/local/pull", body, timeout=600)
+        return self._call("POST", local_api.PULL, body, timeout=600)
 
     def links(self, peers: list[str]) -> dict[str, dict[str, float | None]]:
         """Estimated bandwidth (bytes/s) and RTT of the links from ``peers`` to this node."""
-        return self._call("GET", "/local/links?peers=" + ",".join(peers), timeout=30)
+        return self._call("GET", f"{local_api.LINKS}?peers=" + ",".join(peers), timeout=30)
 
     # --- watcher ----------------------------------------------------------------------------
 

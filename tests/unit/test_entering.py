@@ -4,6 +4,7 @@ gradient, and the averaged gradients it applies later leave it bit-identical to 
 from __future__ import annotations
 
 import collections
+import datetime
 import itertools
 import threading
 
@@ -29,11 +30,11 @@ def test_a_member_posting_ahead_and_replaying_later_ends_identical(tmp_path) -> 
     features = torch.randn(STEPS * BATCH, 4, generator=torch.Generator().manual_seed(1))
     labels = torch.randint(0, 3, (STEPS * BATCH,), generator=torch.Generator().manual_seed(2))
     loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
-    store = dist.FileStore(str(tmp_path / "store"), 2)
+    store = dist.TCPStore("127.0.0.1", 0, 2, True, datetime.timedelta(seconds=30), wait_for_workers=False)
     groups = {}
 
     def build(rank: int) -> None:
-        groups[rank] = new_process_group("gloo", store, rank, 2, timeout_s=20.0)
+        groups[rank] = new_process_group("gloo", store.clone(), rank, 2, timeout_s=20.0, address="127.0.0.1")
 
     threads = [threading.Thread(target=build, args=(r,)) for r in (0, 1)]
     for t in threads:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -19,14 +21,22 @@ from chaos_train.groups import (
 POOL = BuildThreads(2)
 
 
-def _open(store, rank, timeout_s=10.0):
-    return lambda: (new_process_group("gloo", store, rank, 2, timeout_s), store)
+def _store(world: int = 2) -> dist.TCPStore:
+    """A store on a free loopback port, as a view's first member hosts one."""
+    return dist.TCPStore("127.0.0.1", 0, world, True, datetime.timedelta(seconds=30), wait_for_workers=False)
+
+
+def _build(epoch, store, rank, timeout_s=10.0):
+    """A two-member group build in ``store`` (the members met there)."""
+    open_group = lambda met: (new_process_group("gloo", met.clone(), rank, 2, timeout_s, "127.0.0.1"), met)  # noqa: E731
+    return GroupBuild(epoch, ["a", "b"], lambda: store, open_group, POOL)
 
 
 def test_a_posted_gather_completes_when_the_other_rank_opens_the_group(tmp_path) -> None:
-    store = dist.FileStore(str(tmp_path / "store"), 2)
-    joiner = GroupBuild(5, ["a", "b"], _open(store, 1), POOL)
-    member = GroupBuild(5, ["a", "b"], _open(store, 0), POOL)
+    store = _store()
+    joiner = _build(5, store, 1)
+    member = _build(5, store, 0)
+    assert joiner.store(wait_s=10) is store
     assert joiner.result() is not None and member.result() is not None
     assert joiner.usable() and member.usable()
     posted = joiner.gather([41, 1])  # the joiner posts early and goes on working
@@ -42,8 +52,8 @@ def test_a_posted_gather_completes_when_the_other_rank_opens_the_group(tmp_path)
 
 
 def test_a_build_whose_view_moved_on_is_not_usable() -> None:
-    build = GroupBuild(3, ["a"], lambda: None, POOL)
-    assert build.result() is None and not build.usable()
+    build = GroupBuild(3, ["a"], lambda: None, lambda store: pytest.fail("no meeting, no group"), POOL)
+    assert build.result() is None and not build.usable() and build.store() is None
     with pytest.raises(RuntimeError, match="abandoned"):
         build.gather([0, 0])
 
@@ -52,21 +62,21 @@ def test_a_failed_build_raises_in_the_trainer_thread() -> None:
     def fail():
         raise OSError("store unreachable")
 
-    build = GroupBuild(4, ["a"], fail, POOL)
+    build = GroupBuild(4, ["a"], fail, lambda store: pytest.fail("no meeting, no group"), POOL)
     with pytest.raises(RuntimeError, match="epoch 4 failed: store unreachable"):
         build.result()
     assert build.done() and not build.usable()
 
 
 def test_unknown_backend_is_refused(tmp_path) -> None:
-    store = dist.FileStore(str(tmp_path / "store"), 1)
+    store = _store(1)
     with pytest.raises(ValueError, match="backend"):
         new_process_group("mpi", store, 0, 1, timeout_s=1.0)
 
 
 def _pair(tmp_path, timeout_s: float):
-    store = dist.FileStore(str(tmp_path / "store"), 2)
-    builds = [GroupBuild(1, ["a", "b"], _open(store, r, timeout_s), POOL) for r in range(2)]
+    store = _store()
+    builds = [_build(1, store, r, timeout_s) for r in range(2)]
     return [b.result()[0] for b in builds]
 
 
@@ -109,9 +119,9 @@ def test_a_failed_collective_raises_its_own_error_not_group_lost(tmp_path) -> No
 
 
 def test_freeing_a_build_set_aside_fails_the_peers_posted_gather_at_once(tmp_path) -> None:
-    store = dist.FileStore(str(tmp_path / "store"), 2)
-    joiner = GroupBuild(6, ["a", "b"], _open(store, 1, timeout_s=60.0), POOL)
-    member = GroupBuild(6, ["a", "b"], _open(store, 0, timeout_s=60.0), POOL)
+    store = _store()
+    joiner = _build(6, store, 1, timeout_s=60.0)
+    member = _build(6, store, 0, timeout_s=60.0)
     assert joiner.result() is not None and member.result() is not None
     posted = joiner.gather([41, 1])  # the member moves to a newer view and never gathers here
     del member  # what the trainer's close-group thread does with a build it set aside

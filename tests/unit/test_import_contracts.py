@@ -29,7 +29,7 @@ IO_FRAMEWORKS = ("aiohttp", "kubernetes", "kopf", "torch")
 
 # framework -> module prefixes allowed to import it (everything else is forbidden)
 ONLY_IN = {
-    "torch": ("chaos_train",),
+    "torch": ("chaos_train", "chaos_lab"),  # the lab's baselines run plain torch loops
     "pulp": ("chaos_sidecar.planning.milp",),
     "kubernetes": ("chaos_operator.kube",),
     "kopf": (

@@ -180,8 +180,8 @@ def start_plain(
     directory = workdir / "checkpoints" / node
     directory.mkdir(parents=True, exist_ok=True)
     cmd = [
-        sys.executable, "-m", "chaos_train.worker", "--node-id", node, "--plain", str(world),
-        "--rank", str(rank), "--rendezvous-dir", str(rendezvous), "--log", str(workdir / f"{node}.jsonl"),
+        sys.executable, "-m", "chaos_lab.plain_worker", "--node-id", node, "--world", str(world),
+        "--rank", str(rank), "--store-dir", str(rendezvous), "--log", str(workdir / f"{node}.jsonl"),
         "--steps", str(BIG_STEPS), "--hidden", str(hidden), "--checkpoint-dir", str(directory),
     ]  # fmt: skip
     if resume:

@@ -36,7 +36,7 @@ from chaos_lab.localjob import JobConfig, LocalJob
 WARMUP = 20
 SAMPLE_S = 0.5  # how often the CPU sampler reads /proc
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-KINDS = {"chaos_train.worker": "trainer", "chaos_sidecar.cli": "sidecar"}
+KINDS = {"chaos_train.worker": "trainer", "chaos_lab.plain_worker": "trainer", "chaos_sidecar.cli": "sidecar"}
 
 
 def _step_stamps(path: Path) -> list[float]:
@@ -111,8 +111,8 @@ class CpuSampler:
 
 def _plain_cmd(nodes: int, rank: int, steps: int, workdir: Path) -> list[str]:
     return [
-        sys.executable, "-m", "chaos_train.worker", "--node-id", f"p{rank}", "--plain", str(nodes),
-        "--rank", str(rank), "--rendezvous-dir", str(workdir), "--log", str(workdir / f"p{rank}.jsonl"),
+        sys.executable, "-m", "chaos_lab.plain_worker", "--node-id", f"p{rank}", "--world", str(nodes),
+        "--rank", str(rank), "--store-dir", str(workdir), "--log", str(workdir / f"p{rank}.jsonl"),
         "--steps", str(steps),
     ]  # fmt: skip
 

@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from chaos_sidecar.adapters.peer_stream import MAX_FRAME_BYTES, STREAM_PATH, PeerLinks
+from chaos_sidecar.adapters.rendezvous import TrainerRendezvous, epoch_query
 from chaos_sidecar.adapters.runtime import EventLog, MembershipRuntime
 from chaos_sidecar.adapters.shard_server import ShardServer
 from chaos_sidecar.config import SidecarConfig, client_tls
@@ -23,6 +24,8 @@ from chaos_sidecar.membership import machine as sm
 from chaos_sidecar.metrics import SidecarMetrics
 from chaos_sidecar.monitor.estimates import EstimateTable
 from chaos_sidecar.monitor.probe import probe_bandwidth
+from chaos_sidecar.protocol import local_api
+from chaos_sidecar.protocol.local_api import TRAINER_HEADER, RendezvousEntry, parse_report
 from chaos_sidecar.protocol.messages import MAX_MESSAGE_BYTES, View
 from chaos_sidecar.security import FRAME_MAC_BYTES, NODE_HEADER, TIMESTAMP_HEADER, Verifier, frame_mac
 from chaos_sidecar.transfer.puller import POLICIES, Puller, SourceSpec, TransferError
@@ -50,9 +53,7 @@ STREAMS = web.AppKey("streams", set)  # open inbound peer streams, closed on shu
 WARMING = web.AppKey("warming", set)  # link probes started when the trainer asked to join
 LEASE = web.AppKey("lease", TrainerLease)
 SHARDS = web.AppKey("shards", ShardServer)
-
-
-TRAINER_HEADER = "X-Chaos-Trainer"  # set by the trainer SDK: only its calls hold the lease
+RENDEZVOUS = web.AppKey("rendezvous", TrainerRendezvous)
 
 
 @web.middleware
@@ -75,6 +76,8 @@ async def _watch_trainer(app: web.Application) -> None:
     assert limit is not None
     while True:
         await asyncio.sleep(min(limit / 4, 0.5))
+        if app[RENDEZVOUS].finished_step is not None:
+            return  # the trainer finished the job: this node stays to tell a late joiner so
         if lease.expired(limit, time.monotonic()) and runtime.state.status in (sm.MEMBER, sm.JOINING):
             runtime.log.write("trainer_lost", silent_s=round(time.monotonic() - lease.last, 3))
             await runtime.apply(sm.RequestLeave())
@@ -97,19 +100,16 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 async def report_handler(request: web.Request) -> web.Response:
-    """The trainer's progress: ``{"step": int, "idle_s": float}`` (both optional)."""
+    """The trainer's progress: ``{"step": int, "idle_s": float, "finished_step": int}`` (each
+    optional; ``finished_step`` once it trained the job's last step)."""
     if not _is_local(request):
         raise web.HTTPForbidden(text="local API")
     try:
-        payload = await request.json()
-        step = payload.get("step")
-        idle = float(payload.get("idle_s", 0.0))
-        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-            raise ValueError("step must be a non-negative integer")
-        if not 0 <= idle < 1e6:
-            raise ValueError("idle_s out of range")
-    except (ValueError, TypeError, AttributeError) as exc:
+        step, idle, finished = parse_report(await request.json())
+    except (ValueError, InputError) as exc:
         return web.json_response({"error": f"bad report: {exc}"}, status=400)
+    if finished is not None:
+        request.app[RENDEZVOUS].finished_step = finished
     metrics = request.app[METRICS]
     if step is not None:
         metrics.step.set(step)
@@ -319,6 +319,40 @@ async def leave_handler(request: web.Request) -> web.Response:
     return web.json_response({"leaving": True}, status=202)
 
 
+async def publish_rendezvous_handler(request: web.Request) -> web.Response:
+    """The trainer hosts the store of an epoch's rendezvous round (a RendezvousEntry)."""
+    if not _is_local(request):
+        raise web.HTTPForbidden(text="local API")
+    try:
+        entry = RendezvousEntry.from_json(await request.json())
+    except (ValueError, InputError) as exc:
+        return web.json_response({"error": f"bad rendezvous entry: {exc}"}, status=400)
+    request.app[RENDEZVOUS].publish(entry)
+    return web.json_response(entry.to_json())
+
+
+async def lookup_rendezvous_handler(request: web.Request) -> web.Response:
+    """``?epoch=E&host=ID``: the TrainerStatus of member ID's trainer for epoch E, asked of
+    its sidecar (answered here when ID is this node)."""
+    if not _is_local(request):
+        raise web.HTTPForbidden(text="local API")
+    epoch = epoch_query(request)
+    host = request.query.get("host", "")
+    rendezvous = request.app[RENDEZVOUS]
+    if host == request.app[CONFIG].node_id:
+        return web.json_response(rendezvous.status(epoch).to_json())
+    runtime = request.app[RUNTIME]
+    url = runtime.state.view.address_of(host) if runtime.state.view else None
+    if url is None:
+        raise web.HTTPBadRequest(text=f"host: {host!r} is not in the view")
+    assert runtime.links is not None
+    try:
+        status = await rendezvous.lookup(runtime.links.session, url, epoch)
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError, InputError) as exc:
+        return web.json_response({"error": f"asking {host}: {exc!r}"[:300]}, status=502)
+    return web.json_response(status.to_json())
+
+
 async def faults_handler(request: web.Request) -> web.Response:
     if not request.app[CONFIG].fault_injection or not _is_local(request):
         raise web.HTTPNotFound()
@@ -396,13 +430,15 @@ def build_app(config: SidecarConfig, advertise: str) -> web.Application:
     app.on_shutdown.append(_cancel_background)
     app[METRICS] = metrics = SidecarMetrics()
     app[JOIN_REQUESTED] = []
+    app[VERIFIER] = Verifier(config.secret)
 
     def count(reason: str) -> None:
         _reject(app, reason)
 
     log = EventLog(config.log_path, config.node_id)
     app[RUNTIME] = MembershipRuntime(state, config.secret, log, metrics, on_reject=count)
-    app[VERIFIER] = Verifier(config.secret)
+    app[RENDEZVOUS] = rendezvous = TrainerRendezvous(config.node_id, config.secret, app[VERIFIER], count)
+    app.router.add_get(local_api.PEER_RENDEZVOUS, rendezvous.peer_handler)
     app.cleanup_ctx.append(_runtime_ctx)
     app.router.add_get(STREAM_PATH, stream_handler)
     if config.snapshot_dir is not None:
@@ -415,15 +451,17 @@ def build_app(config: SidecarConfig, advertise: str) -> web.Application:
         )
         app.router.add_routes(server.routes())
         app[SHARDS] = server
-    app.router.add_get("/local/view", view_handler)
-    app.router.add_get("/local/wait-view", wait_view_handler)
-    app.router.add_post("/local/pull", pull_handler)
-    app.router.add_get("/local/links", links_handler)
-    app.router.add_post("/local/leave", leave_handler)
-    app.router.add_post("/local/join", join_handler)
-    app.router.add_post("/local/faults", faults_handler)
+    app.router.add_get(local_api.VIEW, view_handler)
+    app.router.add_get(local_api.WAIT_VIEW, wait_view_handler)
+    app.router.add_post(local_api.PULL, pull_handler)
+    app.router.add_get(local_api.LINKS, links_handler)
+    app.router.add_post(local_api.LEAVE, leave_handler)
+    app.router.add_post(local_api.JOIN, join_handler)
+    app.router.add_post(local_api.FAULTS, faults_handler)
+    app.router.add_post(local_api.RENDEZVOUS, publish_rendezvous_handler)
+    app.router.add_get(local_api.RENDEZVOUS, lookup_rendezvous_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
-    app.router.add_post("/local/report", report_handler)
+    app.router.add_post(local_api.REPORT, report_handler)
     app.router.add_get("/readyz", readyz)
     return app

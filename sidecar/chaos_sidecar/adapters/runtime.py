@@ -176,6 +176,7 @@ class MembershipRuntime:
         s = self.state
         return {
             "node": s.node_id,
+            "address": s.address,  # the URL peers reach this node at; its trainer binds to its host
             "status": s.status,
             "view": None if s.view is None else s.view.to_json(),
             "topology": {"version": list(s.topology[0]), "down": [list(x) for x in s.topology[1]]},

@@ -19,6 +19,7 @@ from chaos_sidecar.errors import InputError
 from chaos_sidecar.membership.machine import LEFT, RequestLeave, Settings
 
 LEAVE_TIMEOUT_S = 5.0
+LOCAL_OR_ANY = ("127.0.0.1", "localhost", "0.0.0.0")  # hosts whose port also serves loopback
 
 
 def config_from_args(args: argparse.Namespace) -> SidecarConfig:
@@ -67,7 +68,9 @@ async def serve(config: SidecarConfig, ready_file: str | None) -> None:
     await runner.setup()
     await web.SockSite(runner, sock, ssl_context=tls).start()
     local_url = advertise
-    if tls is not None:  # the trainer's local API: plain HTTP, loopback only
+    # the trainer's local API: plain HTTP on loopback. A peer port that speaks TLS or listens
+    # on one address of its own (a node with its own IP) gets a separate loopback port for it
+    if tls is not None or config.host not in LOCAL_OR_ANY:
         local = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         local.bind(("127.0.0.1", 0))
         await web.SockSite(runner, local).start()

@@ -1,0 +1,109 @@
+"""The contract between a trainer and its own sidecar (the local API), and the rendezvous
+entries sidecars hand each other for their trainers. Imported by both sides, no I/O.
+
+Trainers meet per view epoch in a store hosted by the view's first member's trainer: that
+trainer publishes where its store listens (:class:`RendezvousEntry`) to its sidecar; any
+other member's trainer asks its own sidecar, which asks the host's sidecar over the
+authenticated peer API. The entry names the epoch and round it is for, so a trainer never
+meets a store of another epoch (fencing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from chaos_sidecar.errors import InputError
+
+TRAINER_HEADER = "X-Chaos-Trainer"  # set by the trainer SDK: only its calls hold its lease
+
+VIEW = "/local/view"
+WAIT_VIEW = "/local/wait-view"
+REPORT = "/local/report"
+JOIN = "/local/join"
+LEAVE = "/local/leave"
+PULL = "/local/pull"
+LINKS = "/local/links"
+FAULTS = "/local/faults"
+RENDEZVOUS = "/local/rendezvous"  # POST: publish this trainer's store; GET: look up a host's
+PEER_RENDEZVOUS = "/v1/rendezvous"  # peer API: this sidecar's trainer's entry
+
+MAX_HOST_CHARS = 253  # a DNS name at most
+KEEP_RENDEZVOUS_EPOCHS = 8  # a sidecar remembers its trainer's stores for this many epochs
+
+
+def _int(payload: dict[str, Any], key: str, minimum: int, maximum: int | None = None) -> int:
+    value = payload.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(key, f"expected an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise InputError(key, f"expected an integer <= {maximum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class RendezvousEntry:
+    """Where the store of one epoch's rendezvous round listens."""
+
+    epoch: int
+    round: int
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "round": self.round, "host": self.host, "port": self.port}
+
+    @classmethod
+    def from_json(cls, payload: object) -> RendezvousEntry:
+        if not isinstance(payload, dict):
+            raise InputError("rendezvous", "expected an object")
+        host = payload.get("host")
+        if not isinstance(host, str) or not 0 < len(host) <= MAX_HOST_CHARS or any(c.isspace() for c in host):
+            raise InputError("host", f"expected a host name or address, got {host!r}")
+        return cls(
+            epoch=_int(payload, "epoch", 0),
+            round=_int(payload, "round", 0),
+            host=host,
+            port=_int(payload, "port", 1, 65535),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerStatus:
+    """What a sidecar tells peers about its trainer: the store it hosts for ``epoch`` (if
+    any), and the step it finished the job at (None while it trains)."""
+
+    entry: RendezvousEntry | None
+    finished_step: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rendezvous": None if self.entry is None else self.entry.to_json(),
+            "finished_step": self.finished_step,
+        }
+
+    @classmethod
+    def from_json(cls, payload: object) -> TrainerStatus:
+        if not isinstance(payload, dict):
+            raise InputError("status", "expected an object")
+        raw = payload.get("rendezvous")
+        finished = payload.get("finished_step")
+        if finished is not None:
+            finished = _int(payload, "finished_step", 0)
+        return cls(None if raw is None else RendezvousEntry.from_json(raw), finished)
+
+
+def parse_report(payload: object) -> tuple[int | None, float, int | None]:
+    """A trainer's progress report: (step, idle seconds, finished step), each optional."""
+    if not isinstance(payload, dict):
+        raise InputError("report", "expected an object")
+    step = None if payload.get("step") is None else _int(payload, "step", 0)
+    finished = None if payload.get("finished_step") is None else _int(payload, "finished_step", 0)
+    idle = payload.get("idle_s", 0.0)
+    if isinstance(idle, bool) or not isinstance(idle, int | float) or not 0 <= idle < 1e6:
+        raise InputError("idle_s", f"expected seconds in [0, 1e6), got {idle!r}")
+    return step, float(idle), finished

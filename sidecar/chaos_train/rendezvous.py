@@ -1,0 +1,112 @@
+"""Trainers of one view epoch meet over the network, in a store hosted by the view's first member.
+
+The host's trainer starts a ``TCPStore`` on a free port of its own address and publishes
+(epoch, round, host, port) to its sidecar; every other member's trainer asks its own sidecar,
+which asks the host's sidecar (authenticated peer API). Each member then announces its
+arrival in the store and waits for all the others: the store is the epoch's meeting place
+for its process group, the overlap-join notes and the joiners' progress. Nothing is shared
+but the network.
+
+Fencing: the host writes ``fence = "<epoch>:<round>"`` before publishing, and a member checks
+it after connecting, so a store of another epoch or round (a port reused by the host) is
+never joined. A round that fails is never reused; a member follows the newest round the
+host has published for its epoch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch.distributed as dist
+
+from chaos_sidecar.protocol.local_api import RendezvousEntry
+from chaos_train.sidecar_client import SidecarClient
+
+ARRIVAL_DEADLINE_S = 120.0  # every member of a view reaches its meeting, or the round is given up
+POLL_S = 0.005  # arrival checks: a store round trip on the host
+LOOKUP_POLL_S = 0.02  # asking the sidecars where the host's store is
+
+
+class RendezvousFailed(RuntimeError):
+    """The epoch's store could not be reached or was not the one expected."""
+
+
+@dataclass
+class Meeting:
+    epoch: int
+    round: int
+    store: dist.Store  # the host holds the listening TCPStore itself: it serves while referenced
+
+
+class Rendezvous:
+    """Meetings of this trainer with the members of each view epoch."""
+
+    def __init__(self, sidecar: SidecarClient, node_id: str, address: str, timeout_s: float) -> None:
+        self.sidecar = sidecar
+        self.node_id = node_id
+        self.address = address  # this node's host: the stores it hosts listen here
+        self.timeout = datetime.timedelta(seconds=timeout_s)
+        self.rounds: dict[int, int] = {}  # epoch -> the round this trainer is at
+        self.finished_step: int | None = None  # a host's trainer said the job is done
+
+    def next_round(self, epoch: int) -> None:
+        """The current round of ``epoch`` failed: meet in a fresh one."""
+        self.rounds[epoch] = self.rounds.get(epoch, 0) + 1
+
+    def meet(
+        self,
+        epoch: int,
+        members: list[str],
+        moved_on: Callable[[], bool],
+        deadline_s: float = ARRIVAL_DEADLINE_S,
+    ) -> Meeting | None:
+        """Meet every member of ``epoch`` in the store of its current round. None when the view
+        moves on (``moved_on()``), the deadline passes, or the host's trainer finished the job
+        (``finished_step`` says so); raises RendezvousFailed when the store cannot be used."""
+        deadline = time.monotonic() + deadline_s
+        if members[0] == self.node_id:
+            round_ = self.rounds.get(epoch, 0)
+            store: dist.Store = dist.TCPStore(
+                self.address, 0, None, True, self.timeout, wait_for_workers=False
+            )
+            store.set("fence", f"{epoch}:{round_}")
+            self.sidecar.publish_rendezvous(RendezvousEntry(epoch, round_, self.address, store.port))
+        else:
+            entry = self._find_host(epoch, members[0], moved_on, deadline)
+            if entry is None:
+                return None
+            round_ = self.rounds[epoch] = entry.round
+            try:
+                store = dist.TCPStore(entry.host, entry.port, None, False, self.timeout)
+                fence = store.get("fence").decode()
+            except (RuntimeError, ValueError) as exc:  # refused, timed out, or gone
+                raise RendezvousFailed(f"the store of epoch {epoch} at {entry.address}: {exc}") from None
+            if fence != f"{epoch}:{round_}":
+                raise RendezvousFailed(f"the store at {entry.address} is {fence}, not {epoch}:{round_}")
+        store.set(f"arrived/{self.node_id}", "1")
+        keys = [f"arrived/{m}" for m in members]
+        while not store.check(keys):
+            if moved_on() or time.monotonic() > deadline:
+                return None
+            time.sleep(POLL_S)
+        return Meeting(epoch, round_, store)
+
+    def _find_host(
+        self, epoch: int, host: str, moved_on: Callable[[], bool], deadline: float
+    ) -> RendezvousEntry | None:
+        """The host's entry for ``epoch`` at this trainer's round or a newer one."""
+        while True:
+            status = self.sidecar.rendezvous_status(epoch, host)
+            if status is not None:
+                if status.finished_step is not None:
+                    self.finished_step = status.finished_step
+                    return None
+                entry = status.entry
+                if entry is not None and entry.epoch == epoch and entry.round >= self.rounds.get(epoch, 0):
+                    return entry
+            if moved_on() or time.monotonic() > deadline:
+                return None
+            time.sleep(LOOKUP_POLL_S)
