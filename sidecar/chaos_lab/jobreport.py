@@ -98,7 +98,7 @@ def event_rows(injected, sidecar: list[dict], trainer: list[dict]) -> list[dict[
             regroups = [r for r in trainer if r["type"] == "regroup" and inj.t <= r["t"] < end]
         transfers = [r for r in regroups if r.get("needers")]
         transfer_ms = max((r["transfer_ms"] for r in transfers), default=0.0)
-        sources = transfers[0]["sources"] if transfers else []
+        bytes_per_source = _bytes_per_source(ev, inj.t, transfers, regroups, trainer)
         member_pause = {
             r["node"]: r["pause_ms"] for r in regroups if r["node"] not in (r.get("needers") or [])
         }
@@ -106,7 +106,6 @@ def event_rows(injected, sidecar: list[dict], trainer: list[dict]) -> list[dict[
             caught = [r for r in trainer if r["type"] == "overlap_caught_up" and r["node"] == ev.node]
             if caught:
                 transfer_ms += caught[0]["transfer_ms"]
-                sources = sources or caught[0].get("sources", [])
                 for r in trainer:
                     if r["type"] == "overlap_start" and ev.node in r["joiners"]:
                         member_pause[r["node"]] = member_pause.get(r["node"], 0.0) + r["pause_ms"]
@@ -119,11 +118,27 @@ def event_rows(injected, sidecar: list[dict], trainer: list[dict]) -> list[dict[
                 "decision_ms": None if latency is None else round(latency["decision_ms"], 3),
                 "agreement_ms": None if latency is None else round(latency["agreement_ms"], 3),
                 "transfer_ms": round(transfer_ms, 1),
-                "sources": sources,
+                "sources": sorted(s for s, n in bytes_per_source.items() if n > 0),  # those that sent
+                "bytes_per_source": bytes_per_source,
                 "member_pause_ms": round(max(member_pause.values(), default=0.0), 1),
             }
         )
     return rows
+
+
+def _bytes_per_source(ev, t: float, transfers, regroups, trainer) -> dict[str, int]:
+    """Bytes each member sent for the state transfer an event caused: the first pull (a
+    trainer's ``pulled`` record) of the joiner, or of each node behind in its regroup, up to
+    that regroup (a later retry's pull belongs to the failure that caused it)."""
+    pullers = {ev.node} if ev.event == "join" else {n for r in transfers for n in r["needers"]}
+    until = max((r["t"] for r in regroups), default=t)
+    sent: dict[str, int] = defaultdict(int)
+    for r in trainer:
+        if r["type"] == "pulled" and r["node"] in pullers and t <= r["t"] <= until:
+            pullers.discard(r["node"])
+            for source, count in r["per_source"].items():
+                sent[source] += count
+    return dict(sorted(sent.items()))
 
 
 def summarize(cfg, injected, sidecar: list[dict], trainer: list[dict], wall_s: float) -> dict[str, Any]:
@@ -163,7 +178,7 @@ def summarize(cfg, injected, sidecar: list[dict], trainer: list[dict], wall_s: f
 def timeline_lines(summary: dict[str, Any]) -> list[str]:
     lines = [
         f"{'step':>5}  {'event':<10} {'node':<10} {'decision':>10} {'agreement':>10} "
-        f"{'transfer':>10} {'pause':>9}  sources"
+        f"{'transfer':>10} {'pause':>9}  bytes per source"
     ]
     for e in summary["events"]:
 
@@ -174,7 +189,7 @@ def timeline_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(
             f"{e['at_step']:>5}  {e['kind']:<10} {node:<10} {ms(e['decision_ms']):>10} "
             f"{ms(e['agreement_ms']):>10} {ms(e['transfer_ms']):>10} {ms(e['member_pause_ms']):>9}  "
-            f"{','.join(e['sources']) or '-'}"
+            f"{' '.join(f'{s}:{n / 1e6:.2f}MB' for s, n in e['bytes_per_source'].items() if n) or '-'}"
         )
     return lines
 

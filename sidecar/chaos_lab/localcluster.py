@@ -78,17 +78,28 @@ class LocalCluster:
         extra: list[str] | None = None,
         wrap=None,
         host: str = "127.0.0.1",
+        directory: Path | None = None,
     ) -> Node:
-        ready = self.workdir / f"{node_id}.ready"
+        """Start ``node_id``'s sidecar. Its files (ready file, event log, stderr) go to the
+        cluster's directory, or to ``directory`` (with a copy of the join secret): a node that
+        shares nothing on disk with the others."""
+        secret_file = self.secret_file
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            secret_file = directory / "join-secret"
+            secret_file.write_bytes(self.secret)
+            os.chmod(secret_file, 0o600)
+        where = directory or self.workdir
+        ready = where / f"{node_id}.ready"
         ready.unlink(missing_ok=True)
-        log = self.workdir / f"{node_id}.events.jsonl"
+        log = where / f"{node_id}.events.jsonl"
         if contacts is None:
             contacts = [n for n, node in self.nodes.items() if node.alive]
         peers = ",".join(f"{n}={self.nodes[n].url}" for n in contacts)
         s = self.settings
         cmd = [
             sys.executable, "-m", "chaos_sidecar.cli", "sidecar",
-            "--node-id", node_id, "--port", "0", "--secret-file", str(self.secret_file),
+            "--node-id", node_id, "--port", "0", "--secret-file", str(secret_file),
             "--ready-file", str(ready), "--log", str(log), "--fault-injection",
             "--heartbeat-s", str(s.heartbeat_interval), "--suspect-timeout-s", str(s.suspect_timeout),
             "--retry-s", str(s.retry_interval),
@@ -97,15 +108,13 @@ class LocalCluster:
         cmd += ["--host", host, *(extra or [])]
         if wrap is not None:
             cmd = wrap(cmd)
-        stderr = (self.workdir / f"{node_id}.stderr").open("ab")
-        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
+        stderr = (where / f"{node_id}.stderr").open("ab")
+        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, cwd=where)
         node = Node(node_id, process, log_path=log)
         self.nodes[node_id] = node
         await self._until(lambda: ready.exists() or process.poll() is not None, 30, f"{node_id} to listen")
         if process.poll() is not None:
-            raise ClusterError(
-                f"{node_id} exited with {process.returncode}; see {self.workdir}/{node_id}.stderr"
-            )
+            raise ClusterError(f"{node_id} exited with {process.returncode}; see {where}/{node_id}.stderr")
         ready_info = json.loads(ready.read_text())
         node.url = ready_info["url"]
         node.local_url = ready_info.get("local_url", node.url)
@@ -168,6 +177,24 @@ class LocalCluster:
             response.raise_for_status()
 
     # --- waiting ----------------------------------------------------------------------------
+
+    async def wait_members(self, members: set[str], timeout: float = 20.0) -> None:
+        """Wait until every node in ``members`` says it is a member (``/readyz`` on its peer
+        port: reachable from outside the node, unlike the local API)."""
+        assert self.session is not None
+
+        async def ready(node: str) -> bool:
+            try:
+                async with self.session.get(self.nodes[node].url + "/readyz") as response:
+                    return response.status == 200
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                return False
+
+        deadline = time.monotonic() + timeout
+        while not all(await asyncio.gather(*(ready(n) for n in sorted(members)))):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{sorted(members)} were not all members within {timeout}s")
+            await asyncio.sleep(POLL_S)
 
     async def _until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout

@@ -10,7 +10,9 @@ are checked (identical replicas, every sample exactly once) and summarised.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chaos_lab import netns
 from chaos_lab.churn import ChurnEvent
 from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.membership.machine import Settings
@@ -45,6 +48,18 @@ class JobConfig:
     transfer_policy: str = "planned"
     grad_log: int | None = None  # overlap: the members' gradient log bound; None: the SDK's default
     upload_limits_mbps: dict[str, float] = field(default_factory=dict)  # node -> per-link limit
+    # "loopback": every node on this host's loopback; "netns": each node in its own network
+    # namespace with its own address and directory, its link shaped to ``links`` (bytes/s)
+    hosts: str = "loopback"
+    links: dict[str, float | None] = field(default_factory=dict)
+
+    def node_names(self) -> list[str]:
+        """Every node the job may run: the founding ones, then the churn script's joiners."""
+        names = [f"n{i}" for i in range(self.nodes)]
+        for event in self.churn:
+            if event.node not in names:
+                names.append(event.node)
+        return names
 
 
 @dataclass
@@ -62,6 +77,8 @@ class LocalJob:
     gone: set[str] = field(default_factory=set)
     stragglers: list[str] = field(default_factory=list)
     finished_at: float | None = None
+    star: netns.Star | None = None  # the nodes' namespaces and links (hosts "netns")
+    foreign_opens: list[str] = field(default_factory=list)  # files a node opened in another's directory
 
     def __post_init__(self) -> None:
         out = self.cfg.out
@@ -77,13 +94,29 @@ class LocalJob:
 
     # --- processes ------------------------------------------------------------------------------
 
+    def node_dir(self, node: str) -> Path | None:
+        """A node's private directory (hosts "netns"); None on loopback."""
+        return self.cfg.out / "nodes" / node if self.star is not None else None
+
+    def _wrap(self, node: str):
+        """How a node's processes are started: inside its namespace (hosts "netns")."""
+        if self.star is None:
+            return None
+        index = self.cfg.node_names().index(node)
+        return lambda cmd: self.star.wrap(index, cmd)
+
     async def start_node(self, node: str, *, seed: bool = False, founding: bool = False) -> None:
-        snapshots = self.cfg.out / "snapshots" / node
+        private = self.node_dir(node)
+        snapshots = private / "snapshots" if private else self.cfg.out / "snapshots" / node
         snapshots.mkdir(parents=True, exist_ok=True)
         extra = ["--snapshot-dir", str(snapshots)] + ([] if founding else ["--defer-join"])
         if node in self.cfg.upload_limits_mbps:
             extra += ["--upload-limit-mbps", str(self.cfg.upload_limits_mbps[node])]
-        sidecar = await self.cluster.start(node, seed=seed, extra=extra)
+        wrap = self._wrap(node)
+        host = self.star.ip(self.cfg.node_names().index(node)) if self.star else "127.0.0.1"
+        sidecar = await self.cluster.start(
+            node, seed=seed, extra=extra, wrap=wrap, host=host, directory=private
+        )
         cmd = [
             sys.executable, "-m", "chaos_train.worker", "--node-id", node,
             "--sidecar-url", sidecar.local_url, "--snapshot-dir", str(snapshots),
@@ -98,11 +131,43 @@ class LocalJob:
             cmd += ["--grad-log", str(self.cfg.grad_log)]
         if founding:
             cmd.append("--founding")
-        stderr = (self.cfg.out / "logs" / f"{node}.trainer.stderr").open("ab")
-        self.trainers[node] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
+        stderr = self.trainer_log(node).with_suffix(".stderr").open("ab")
+        cmd = wrap(cmd) if wrap else cmd
+        self.trainers[node] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, cwd=private)
 
     def trainer_log(self, node: str) -> Path:
-        return self.cfg.out / "logs" / f"{node}.trainer.jsonl"
+        return (self.node_dir(node) or self.cfg.out / "logs") / f"{node}.trainer.jsonl"
+
+    def trainer_logs(self) -> list[Path]:
+        return sorted(self.cfg.out.glob("nodes/*/*.trainer.jsonl")) + sorted(
+            self.cfg.out.glob("logs/*.trainer.jsonl")
+        )
+
+    def sidecar_logs(self) -> list[Path]:
+        return sorted(self.cfg.out.glob("nodes/*/*.events.jsonl")) + sorted(
+            self.cfg.out.glob("sidecars/*.events.jsonl")
+        )
+
+    def check_privacy(self) -> None:
+        """Hosts "netns": record any file a node's process holds open in another node's directory."""
+        nodes = self.cfg.out.resolve() / "nodes"
+        processes = {n: [p.pid] for n, p in self.trainers.items()}
+        for n, sidecar in self.cluster.nodes.items():
+            processes.setdefault(n, []).append(sidecar.process.pid)
+        for node, pids in processes.items():
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    for fd in os.listdir(f"/proc/{pid}/fd"):
+                        with contextlib.suppress(OSError):
+                            target = Path(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                            if target.is_relative_to(nodes) and target.relative_to(nodes).parts[0] != node:
+                                self.foreign_opens.append(f"{node} (pid {pid}): {target}")
+
+    def link(self, a: str, b: str, *, up: bool) -> None:
+        """Hosts "netns": cut or restore the route between two nodes, for all traffic."""
+        assert self.star is not None
+        names = self.cfg.node_names()
+        (self.star.restore if up else self.star.cut)(names.index(a), names.index(b))
 
     def crash(self, node: str) -> None:
         self.trainers[node].send_signal(signal.SIGKILL)
@@ -162,18 +227,36 @@ class LocalJob:
     # --- the run --------------------------------------------------------------------------------
 
     async def run(self) -> float:
+        if self.cfg.hosts != "netns":
+            return await self._run()
+        netns.remove_stale()
+        names = self.cfg.node_names()
+        rates = [self.cfg.links.get(n) for n in names]
+        with netns.Star(len(names), rates, subnet=100 + os.getpid() % 100, routed=True) as star:
+            self.star = star
+            try:
+                return await self._run()
+            finally:
+                self.cluster.close()  # every process out of the namespaces before they go
+
+    async def _run(self) -> float:
         started = time.monotonic()
         async with self.cluster:
             names = [f"n{i}" for i in range(self.cfg.nodes)]
             await self.start_node(names[0], seed=True, founding=True)
             for node in names[1:]:
                 await self.start_node(node, founding=True)
-            await self.cluster.wait_agreed(set(names), 60)
+            if self.star is None:
+                await self.cluster.wait_agreed(set(names), 60)
+            else:  # the harness cannot reach a node's local API from outside its namespace
+                await self.cluster.wait_members(set(names), 60)
             pending = list(self.cfg.churn)
             note = "training"
             last_print = 0.0
             while True:
                 self.poll_logs()
+                if self.star is not None:
+                    self.check_privacy()
                 step = self.current_step()
                 while pending and step >= pending[0].at_step:
                     event = pending.pop(0)
@@ -224,9 +307,14 @@ class LocalJob:
                 self.crash_trainer(event.node)
             case "crash_sidecar":
                 self.crash_sidecar(event.node)
+            case "slow_link" if self.star is not None:
+                rate = None if event.rate_mbps is None else event.rate_mbps * 1e6
+                self.star.set_rate(self.cfg.node_names().index(event.node), rate)
             case "slow_link":
                 if event.node not in self.gone:
                     await self.cluster.set_upload_limit(event.node, event.rate_mbps)
+            case "link_down" | "link_up" if self.star is not None:
+                self.link(event.node, event.peer, up=event.event == "link_up")  # type: ignore[arg-type]
             case "link_down":
                 await self.cluster.block(event.node, event.peer)  # type: ignore[arg-type]
             case "link_up":

@@ -15,6 +15,7 @@ two sets of namespaces with blackhole routes (packets vanish, as on a failed WAN
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -22,6 +23,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")
+PREFIX = "chaos"
+# a namespace's name carries the pid of the process that made it: namespaces whose maker is
+# gone (a harness that crashed or was killed) are removed by the next run (remove_stale)
+_NAME = re.compile(rf"^{PREFIX}([0-9a-f]+)x[0-9a-f]+n\d+$")
+
+
+def owned_tag() -> str:
+    """A tag for a star made by this process (see remove_stale)."""
+    return f"{os.getpid():x}x{uuid.uuid4().hex[:2]}"  # short: veth names hold 15 characters
+
+
+def remove_stale() -> list[str]:
+    """Delete the namespaces (and with them their veth pairs) of runs whose process is gone."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    stale = []
+    for name in listed:
+        match = _NAME.match(name)
+        if match and not Path(f"/proc/{int(match.group(1), 16)}").exists():
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+            stale.append(name)
+    return stale
 
 
 def unavailable() -> str | None:
@@ -42,7 +64,7 @@ def _run(*cmd: str) -> None:
 class Star:
     count: int
     rates_Bps: list[float | None]
-    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    tag: str = field(default_factory=owned_tag)
     subnet: int = 77
     routed: bool = False
     created: list[str] = field(default_factory=list)
@@ -50,7 +72,7 @@ class Star:
     _forwarding: str | None = None
 
     def name(self, i: int) -> str:
-        return f"chaos{self.tag}n{i}"
+        return f"{PREFIX}{self.tag}n{i}"
 
     def ip(self, i: int) -> str:
         return f"10.{self.subnet}.{i}.1"
@@ -74,13 +96,8 @@ class Star:
                 _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
                 _run("ip", "addr", "add", f"{self.root_ip(i)}/30", "dev", outer)
                 _run("ip", "link", "set", outer, "up")
-                rate = self.rates_Bps[i]
-                if rate:
-                    # shape what the namespace sends (its uploads) at `rate` bytes/s
-                    bits = int(rate * 8)
-                    burst = max(16 * 1024, int(rate / 250))
-                    _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", inner, "root", "tbf",
-                         "rate", f"{bits}bit", "burst", str(burst), "latency", "100ms")  # fmt: skip
+                if self.rates_Bps[i]:
+                    self._shape(i, self.rates_Bps[i], "add")
             if self.routed:
                 self._forwarding = FORWARDING.read_text().strip()
                 FORWARDING.write_text("1\n")
@@ -103,6 +120,43 @@ class Star:
                 f"building namespaces failed: {' '.join(exc.cmd)}: {exc.stderr.strip()}"
             ) from None
         return self
+
+    def _shape(self, i: int, rate_Bps: float, verb: str) -> None:
+        """Shape what namespace ``i`` sends (its uploads) at ``rate_Bps`` bytes/s."""
+        bits = int(rate_Bps * 8)
+        burst = max(16 * 1024, int(rate_Bps / 250))
+        _run("ip", "netns", "exec", self.name(i), "tc", "qdisc", verb, "dev", f"c{self.tag}i{i}", "root",
+             "tbf", "rate", f"{bits}bit", "burst", str(burst), "latency", "100ms")  # fmt: skip
+
+    def set_rate(self, i: int, rate_Bps: float | None) -> None:
+        """Change (or with None, restore) namespace ``i``'s upload rate: a link slows down."""
+        rate = rate_Bps or self.rates_Bps[i]
+        if rate:
+            self._shape(i, rate, "replace")
+        else:
+            subprocess.run(["ip", "netns", "exec", self.name(i), "tc", "qdisc", "del", "dev",
+                            f"c{self.tag}i{i}", "root"], capture_output=True)  # fmt: skip
+
+    def cut(self, a: int, b: int) -> None:
+        """Drop every packet between namespaces ``a`` and ``b``, both ways (a failed link)."""
+        self.partition([a], [b])
+
+    def restore(self, a: int, b: int) -> None:
+        """Undo :meth:`cut` for ``a`` and ``b`` (both ways)."""
+        for src, dst in ((a, b), (b, a)):
+            if (src, dst) in self.blackholes:
+                _run(
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.name(src),
+                    "ip",
+                    "route",
+                    "del",
+                    "blackhole",
+                    f"{self.ip(dst)}/32",
+                )
+                self.blackholes.remove((src, dst))
 
     def partition(self, side_a: list[int], side_b: list[int]) -> None:
         """Drop every packet between the two sides, both ways."""

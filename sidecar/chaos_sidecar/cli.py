@@ -161,6 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--join-mode", choices=("blocking", "overlap"), default="blocking")
     local.add_argument("--out", default="out/local", help="output directory (replaced)")
     local.add_argument("--live", action="store_true", help="live progress even when not on a terminal")
+    local.add_argument(
+        "--hosts",
+        choices=("loopback", "netns"),
+        default="loopback",
+        help="netns: every node in its own network namespace, address and directory (needs root)",
+    )
+    local.add_argument(
+        "--links",
+        default="equal",
+        help="--hosts netns: each node's link, equal (unshaped), skewed (40/20/10/10 MB/s) or a JSON file "
+        "{'rates_mbps': {'n0': 40, ...}}",
+    )
+    local.add_argument(
+        "--hidden", type=_positive_int, help="the built-in model's hidden width (default 1024)"
+    )
 
     operator = sub.add_parser(
         "operator",

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import torch
 
-from chaos_sidecar.transfer.snapshot import data_path, manifest_path, read_manifest, write_snapshot
+from chaos_sidecar.transfer.snapshot import (
+    data_path,
+    manifest_path,
+    read_manifest,
+    shard_bytes_for,
+    write_snapshot,
+)
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
            torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32"}  # fmt: skip
@@ -58,7 +64,8 @@ def capture(model, optimizer, *, step: int, extra: list[int]) -> Captured:
 
 
 def write(directory: Path, name: str, captured: Captured, *, step: int, epoch: int) -> None:
-    write_snapshot(directory, name, captured, epoch=epoch, step=step, shard_bytes=256 * 1024)
+    total = sum(raw.nbytes for _, _, _, raw in captured)
+    write_snapshot(directory, name, captured, epoch=epoch, step=step, shard_bytes=shard_bytes_for(total))
 
 
 def save(directory: Path, name: str, model, optimizer, *, step: int, extra: list[int], epoch: int) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 
+from chaos_lab import netns
 from chaos_lab.churn import default_churn, load_churn
 from chaos_lab.jobreport import plot, read_jsonl, summarize, timeline_lines
+from chaos_lab.links import parse_links
 from chaos_lab.localjob import JobConfig, LocalJob
 from chaos_sidecar.errors import InputError
 
@@ -19,21 +22,36 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--nodes", "at least 3 nodes (a crash must leave a majority)")
     initial = [f"n{i}" for i in range(args.nodes)]
     churn = load_churn(args.churn, initial, args.steps) if args.churn else default_churn(initial, args.steps)
+    if args.hosts == "netns" and (why := netns.unavailable()):
+        raise InputError("--hosts", f"netns needs namespaces, but {why}")
     out = Path(args.out)
     cfg = JobConfig(nodes=args.nodes, steps=args.steps, churn=churn, out=out, join_mode=args.join_mode,
-                    live=sys.stdout.isatty() or args.live)  # fmt: skip
-    print(f"chaos-train local: {args.nodes} nodes, {args.steps} steps, {len(churn)} churn events -> {out}")
+                    live=sys.stdout.isatty() or args.live, hosts=args.hosts, hidden=args.hidden)  # fmt: skip
+    if args.hosts == "netns":
+        cfg.links = parse_links(args.links, cfg.node_names())
+    elif args.links != "equal":
+        raise InputError("--links", "shaped links need --hosts netns")
+    print(f"chaos-train local: {args.nodes} nodes ({args.hosts}), {args.steps} steps, "
+          f"{len(churn)} churn events -> {out}")  # fmt: skip
+    if args.hosts == "netns":
+        print("  links (MB/s sent): " + ", ".join(
+            f"{n} {'unshaped' if r is None else f'{r / 1e6:g}'}" for n, r in cfg.links.items()))  # fmt: skip
     for event in churn:
         print(
             f"  at step {event.at_step:>4}: {event.event} {event.node}"
             + (f"-{event.peer}" if event.peer else "")
         )
     job = LocalJob(cfg)
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: processes and namespaces go
     wall = asyncio.run(job.run())
-    sidecar = read_jsonl(sorted((out / "sidecars").glob("*.events.jsonl")))
-    trainer = read_jsonl(sorted((out / "logs").glob("*.trainer.jsonl")))
+    sidecar = read_jsonl(job.sidecar_logs())
+    trainer = read_jsonl(job.trainer_logs())
     summary = summarize(cfg, job.injected, sidecar, trainer, wall)
     summary["stragglers"] = job.stragglers
+    summary["hosts"] = args.hosts
+    if args.hosts == "netns":  # each node kept to its own directory
+        summary["foreign_opens"] = sorted(set(job.foreign_opens))
+        summary["ok"] = summary["ok"] and not job.foreign_opens
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     with (out / "events.jsonl").open("w") as f:
         for row in summary["events"]:
@@ -53,3 +71,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {out}/summary.json, {out}/events.jsonl, {out}/timeline.png")
     return 0 if summary["ok"] else 1
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -3,8 +3,9 @@
 1. Fetch the manifest from the first source that answers; check its MAC (join secret) and
    its structure. Every byte is then checked against its per-shard SHA-256.
 2. Plan with the shard planner: the snapshot's shards are the finest cut; the planner picks
-   how many of them travel together (a divisor of the shard count on the power-of-two chain)
-   and how many such pieces each source sends, from the sources' bandwidth estimates.
+   how many pieces the snapshot travels in (a power of two up to the shard count: pieces are
+   runs of whole shards, their sizes differ by at most one shard) and how many pieces each
+   source sends, from the sources' bandwidth estimates.
 3. One worker per source pulls its pieces one after another (the planner's model). Each
    base shard is verified as it completes and written in place.
 4. A source that errors or stalls (no byte for ``stall_s``) is dropped: the shards it had
@@ -110,22 +111,19 @@ POLICIES = ("planned", "equal-split", "single-source")
 
 def plan_pieces(
     manifest: Manifest, sources: list[SourceSpec], download_Bps: float | None, policy: str = "planned"
-) -> tuple[int, dict[str, int]]:
-    """(base shards per piece, pieces per source). ``planned`` asks the shard planner; the two
-    baselines of the benchmark split without it: ``equal-split`` gives every source the same
-    share whatever its bandwidth (Elan), ``single-source`` takes everything from the first
-    source (EDL, Horovod)."""
+) -> dict[str, int]:
+    """Pieces per source; the snapshot travels in as many pieces as they add up to (see
+    piece_bounds). ``planned`` asks the shard planner; the two baselines of the benchmark split
+    without it: ``equal-split`` gives every source the same share whatever its bandwidth
+    (Elan), ``single-source`` takes everything from the first source (EDL, Horovod)."""
     base = manifest.shard_count
     if policy == "single-source":
-        return base, {sources[0].id: 1}
-    if policy == "equal-split":
-        ids = sorted(s.id for s in sources)
-        if base % len(ids) == 0:  # one request per source, like the planner's plans
-            return base // len(ids), dict.fromkeys(ids, 1)
-        return 1, {sid: base // len(ids) + (i < base % len(ids)) for i, sid in enumerate(ids)}
+        return {sources[0].id: 1}
+    if policy == "equal-split":  # one request per source, like the planner's plans
+        return dict.fromkeys(sorted(s.id for s in sources)[:base], 1)
     if policy != "planned":
         raise ValueError(f"unknown transfer policy {policy!r}; expected one of {POLICIES}")
-    counts = [k for k in (2**i for i in range(base.bit_length())) if base % k == 0] or [1]
+    counts = [2**i for i in range(base.bit_length())]  # every power of two up to the shard count
     instance = Instance(
         state_bytes=manifest.total_bytes,
         sources=tuple(
@@ -137,8 +135,12 @@ def plan_pieces(
         download_Bps=download_Bps,
         shard_counts=tuple(counts),
     )
-    plan = greedy.solve(instance)
-    return base // plan.shards, plan.assignment
+    return greedy.solve(instance).assignment
+
+
+def piece_bounds(shard_count: int, pieces: int) -> list[int]:
+    """The first shard of each of ``pieces`` nearly equal runs of whole shards, and the end."""
+    return [i * shard_count // pieces for i in range(pieces + 1)]
 
 
 class Puller:
@@ -196,14 +198,14 @@ class Puller:
             raise TransferError("no sources")
         started = time.monotonic()
         manifest = manifest or await self.fetch_manifest(sources)
-        per_piece, assignment = plan_pieces(manifest, sources, self.download_Bps, policy)
+        assignment = plan_pieces(manifest, sources, self.download_Bps, policy)
         workers = {s.id: _Worker(s) for s in sources}
-        next_shard = 0
+        bounds = piece_bounds(manifest.shard_count, sum(assignment.values()))
+        piece = 0
         for sid in sorted(assignment):
             for _ in range(assignment[sid]):
-                workers[sid].queue.append(_Piece(next_shard, per_piece))
-                next_shard += per_piece
-        assert next_shard == manifest.shard_count
+                workers[sid].queue.append(_Piece(bounds[piece], bounds[piece + 1] - bounds[piece]))
+                piece += 1
         self._manifest = manifest
         self._workers = workers
         self._done = [False] * manifest.shard_count
@@ -242,7 +244,7 @@ class Puller:
             manifest=manifest,
             path=path,
             seconds=time.monotonic() - started,
-            plan={"shards_per_piece": per_piece, "pieces": assignment, "base_shards": manifest.shard_count},
+            plan={"pieces": assignment, "base_shards": manifest.shard_count},
             per_source={sid: w.stats for sid, w in workers.items()},
             replans=self._replans,
             refetched=self._refetched,

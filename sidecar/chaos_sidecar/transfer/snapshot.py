@@ -190,6 +190,18 @@ def shard_digests(path: Path, total: int, shard_bytes: int) -> tuple[str, ...]:
     return tuple(digests)
 
 
+MIN_SHARD_BYTES = 4096
+MAX_SHARD_BYTES = 256 * 1024
+TARGET_SHARDS = 64  # enough pieces for a joiner to spread a small state over many sources
+
+
+def shard_bytes_for(total_bytes: int) -> int:
+    """The shard size of a state of ``total_bytes``: about TARGET_SHARDS shards, each between
+    MIN_SHARD_BYTES (hashing and request overhead) and MAX_SHARD_BYTES (a shard is verified and
+    re-fetched whole)."""
+    return max(MIN_SHARD_BYTES, min(MAX_SHARD_BYTES, -(-total_bytes // TARGET_SHARDS)))
+
+
 def write_snapshot(
     directory: Path,
     name: str,
