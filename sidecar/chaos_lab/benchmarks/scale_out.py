@@ -1,5 +1,6 @@
 """Scale-out scenario: one node joins a training group; each method of bringing it in is run
-on the same machine, transport and links, one after the other in one run (DESIGN §7).
+on the same machine, transport and links, one after the other in one run, so the ratios compare
+like with like.
 
 Every method starts N real nodes training the built-in model, sized so that model plus
 optimizer state is ``--state-mb``; each source's upload to the joiner is rate limited per
