@@ -16,7 +16,12 @@ from chaos_lab.commands.bench import SCENARIOS
 from chaos_sidecar import cli
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCUMENTS = [ROOT / "README.md", ROOT / "Makefile", *sorted((ROOT / "docs").glob("*.md"))]
+DOCUMENTS = [
+    ROOT / "README.md",
+    ROOT / "Makefile",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "bench").rglob("*.md")),
+]
 
 
 def _exit_code_and_output(capsys, argv: list[str]) -> tuple[int, str]:
@@ -143,3 +148,19 @@ def test_building_the_parser_loads_no_heavy_framework() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_without_the_lab_the_product_commands_still_work() -> None:
+    """As in the images: the entry points are declared but chaos_lab cannot be imported."""
+    import subprocess
+
+    probe = (
+        "import sys; sys.modules['chaos_lab'] = None; "  # None in sys.modules: importing it fails
+        "from chaos_sidecar import cli; print(cli.parse(['plan', 'x.json']).command); "
+        "cli.main(['--help'])"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("plan\n")
+    assert "sidecar" in result.stdout and "operator" in result.stdout
+    assert not re.search(r"^\s+(bench|local|sim)\s", result.stdout, flags=re.MULTILINE)
