@@ -188,6 +188,15 @@ def modules_of(source_roots: tuple[Path, ...]) -> dict[str, list[tuple[str, int]
     }
 
 
+def write_tree(root: Path, sources: dict[str, str]) -> tuple[Path, ...]:
+    """A source tree of the given files under ``root``, as ``check_tree``'s source roots."""
+    for module, source in sources.items():
+        path = root / module
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+    return (root,)
+
+
 def test_no_module_imports_upward_across_the_layers_of_the_design() -> None:
     breaches = check_layers(modules_of(SOURCE_ROOTS), read_layers(DESIGN.read_text()))
     assert not breaches, "\n".join(map(str, breaches))
@@ -212,24 +221,10 @@ def test_the_design_names_the_layers_in_order() -> None:
     ],
 )
 def test_a_broken_layer_is_reported(tmp_path: Path, module: str, source: str, rule: str) -> None:
-    path = tmp_path / module
-    path.parent.mkdir(parents=True)
-    path.write_text(source)
-    breaches = check_layers(modules_of((tmp_path,)), read_layers(DESIGN.read_text()))
+    breaches = check_layers(
+        modules_of(write_tree(tmp_path, {module: source})), read_layers(DESIGN.read_text())
+    )
     assert any(rule in b.rule for b in breaches), breaches
-
-
-def test_layers_allow_imports_downward_and_within_a_package(tmp_path: Path) -> None:
-    for module, source in {
-        "chaos_sidecar/commands/sidecar.py": "from chaos_sidecar.adapters.http_app import build_app\n",
-        "chaos_operator/runner.py": "from chaos_operator import kube, main\n",
-        "chaos_lab/localjob.py": "from chaos_sidecar.membership.machine import Settings\n",
-        "chaos_sidecar/cli.py": "from chaos_sidecar import __version__\n",
-    }.items():
-        path = tmp_path / module
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(source)
-    assert check_layers(modules_of((tmp_path,)), read_layers(DESIGN.read_text())) == []
 
 
 def test_source_tree_keeps_the_import_contracts() -> None:
@@ -270,22 +265,24 @@ def test_checker_sees_packages() -> None:
     ],
 )
 def test_a_broken_contract_is_reported(tmp_path: Path, module: str, source: str, rule: str) -> None:
-    path = tmp_path / module
-    path.parent.mkdir(parents=True)
-    path.write_text(source)
-    breaches = check_tree((tmp_path,))
+    breaches = check_tree(write_tree(tmp_path, {module: source}))
     assert breaches, f"{module} should breach a contract"
     assert any(rule in b.rule for b in breaches), breaches
 
 
 def test_allowed_imports_pass(tmp_path: Path) -> None:
-    for module, source in {
-        "chaos_sidecar/planning/milp.py": "import pulp\n",
-        "chaos_train/sdk.py": "import torch\n",
-        "chaos_operator/kube.py": "import kubernetes\nimport kopf\n",
-        "chaos_lab/localjob.py": "from chaos_sidecar.membership.machine import Settings\n",
-    }.items():
-        path = tmp_path / module
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(source)
-    assert check_tree((tmp_path,)) == []
+    """Frameworks where they belong, imports downward and within a package."""
+    roots = write_tree(
+        tmp_path,
+        {
+            "chaos_sidecar/planning/milp.py": "import pulp\n",
+            "chaos_train/sdk.py": "import torch\n",
+            "chaos_operator/kube.py": "import kubernetes\nimport kopf\n",
+            "chaos_operator/runner.py": "from chaos_operator import kube, main\n",
+            "chaos_lab/localjob.py": "from chaos_sidecar.membership.machine import Settings\n",
+            "chaos_sidecar/commands/sidecar.py": "from chaos_sidecar.adapters.http_app import build_app\n",
+            "chaos_sidecar/cli.py": "from chaos_sidecar import __version__\n",
+        },
+    )
+    assert check_tree(roots) == []
+    assert check_layers(modules_of(roots), read_layers(DESIGN.read_text())) == []
