@@ -1,4 +1,6 @@
-"""The Kopf operator for ChaosTrainingJob (advisory control plane, DESIGN §4).
+"""The Kopf operator for ChaosTrainingJob: the advisory control plane.
 
-Layout reserved by the foundation; the operator itself is issue 8.
+It turns a job into pods, services and RBAC, carries out the size the group agreed on within
+the job's bounds and reports status; the sidecars decide membership without it. See
+docs/operator.md.
 """

@@ -14,10 +14,6 @@ class OperatorConfig:
     """How often the timer folds the sidecars' pod reports into the job's status."""
     retry_delay_s: float = 2.0
     """Back-off before a handler retries after a retryable API error (5xx, 429)."""
-    replace_backoff_s: float = 5.0
-    """Minimum time between replacing failed pods of one job."""
-    sidecar_image: str = "ghcr.io/chaos-training/sidecar:0.1.0"
-    """Image of the injected sidecar container."""
     metrics_port: int = 8080
     """Port of the operator's /metrics (0: off)."""
 

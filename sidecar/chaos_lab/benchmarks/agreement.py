@@ -20,6 +20,7 @@ from typing import Any
 
 from chaos_lab.localcluster import POLL_S, LocalCluster
 from chaos_lab.stats import summary
+from chaos_sidecar.cliutil import positive_int
 
 KINDS = ("join", "leave", "failure", "coordinator_failure", "link_down", "link_up")
 
@@ -237,6 +238,11 @@ async def measure(nodes: int, repeats: int, workdir: Path, seed: int = 0) -> dic
         "membership_unchanged_by_link_events": True,
         "run_s": round(time.monotonic() - started, 1),
     }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", type=positive_int, default=8, help="sidecar processes")
+    parser.add_argument("--repeats", type=positive_int, default=30, help="events per kind")
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:

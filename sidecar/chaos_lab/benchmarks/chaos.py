@@ -30,6 +30,7 @@ from typing import Any
 from chaos_lab.churn import CHAOS_KINDS, random_churn
 from chaos_lab.jobreport import read_jsonl, summarize
 from chaos_lab.localjob import JobConfig, LocalJob
+from chaos_sidecar.cliutil import non_negative_int, positive_int
 
 NODES = 4
 STEPS = 150
@@ -149,6 +150,11 @@ def measure(rounds: int, first_seed: int, workdir: Path, log) -> dict[str, Any]:
         "wall_s": round(time.monotonic() - started, 1),
         "failed": bool(failures),
     }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=positive_int, default=10, help="rounds of random faults")
+    parser.add_argument("--seed", type=non_negative_int, default=1, help="seed of the first round")
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -28,6 +28,10 @@ def table(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    agreement.add_arguments(parser)  # the same run, tabulated
+
+
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
     result = agreement.run_from_args(args)
     return result | {"scenario": "events", "table": table(result)}

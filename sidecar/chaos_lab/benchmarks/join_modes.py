@@ -33,6 +33,7 @@ from typing import Any
 from chaos_lab.churn import ChurnEvent
 from chaos_lab.jobreport import read_jsonl, summarize
 from chaos_lab.localjob import JobConfig, LocalJob
+from chaos_sidecar.cliutil import positive_int
 from chaos_sidecar.errors import InputError
 
 FOUNDING = 3
@@ -221,6 +222,17 @@ def measure(steps: int, workdir: Path, hidden: int | None = None, runs: int = 1)
         "overlap_to_blocking_switch_wall": ratio("switch_extra_ms_mean"),
         "failed": not all(m["ok"] for m in modes.values()),
     }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=positive_int, default=300, help="training steps per run")
+    parser.add_argument(
+        "--hidden", type=positive_int, help="the built-in model's hidden width (default 1024)"
+    )
+    parser.add_argument("--runs", type=positive_int, default=3, help="runs per mode, alternating")
+    parser.add_argument(
+        "--keep-logs", metavar="DIR", help="run in DIR (new or empty) and keep every run's logs"
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:

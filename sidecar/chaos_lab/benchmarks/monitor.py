@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos_lab.localcluster import LocalCluster
+from chaos_sidecar.cliutil import positive_float, positive_int
 from chaos_sidecar.membership.machine import Settings
 
 
@@ -61,6 +62,11 @@ async def measure(nodes: int, duration_s: float, workdir: Path) -> dict[str, Any
         "traffic_Bps_per_node": traffic,
         "failed": bool(lost or changes),
     }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", type=positive_int, default=8, help="sidecar processes")
+    parser.add_argument("--duration", type=positive_float, default=60.0, help="seconds to watch")
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:

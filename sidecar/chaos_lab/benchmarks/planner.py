@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 import statistics
 
@@ -68,3 +69,11 @@ def run(repeats: int = 9, seed: int = 0) -> dict:
         "repeats": repeats,
         "seed": seed,
     }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No options: the instances and repeats are fixed (seed 0, 9 repeats)."""
+
+
+def run_from_args(args: argparse.Namespace) -> dict:
+    return run()

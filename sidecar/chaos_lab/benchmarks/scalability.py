@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from chaos_sidecar.cliutil import positive_int
 from chaos_sidecar.membership import machine as sm
 from chaos_sidecar.planning import greedy
 from chaos_sidecar.planning.model import Instance, Source
@@ -101,6 +102,11 @@ def measure_size(n: int, repeats: int) -> dict[str, Any]:
             for k, v in rows.items()
         },
     }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-nodes", type=positive_int, default=1000, help="largest simulated group")
+    parser.add_argument("--repeats", type=positive_int, default=30, help="timed steps per measurement")
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:

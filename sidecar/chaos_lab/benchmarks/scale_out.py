@@ -1,5 +1,6 @@
 """Scale-out scenario: one node joins a training group; each method of bringing it in is run
-on the same machine, transport and links, one after the other in one run (DESIGN §7).
+on the same machine, transport and links, one after the other in one run, so the ratios compare
+like with like.
 
 Every method starts N real nodes training the built-in model, sized so that model plus
 optimizer state is ``--state-mb``; each source's upload to the joiner is rate limited per
@@ -41,6 +42,7 @@ import aiohttp
 
 from chaos_lab.localcluster import LocalCluster
 from chaos_lab.localjob import JobConfig, LocalJob
+from chaos_sidecar.cliutil import positive_float, positive_int
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.transfer.puller import Puller, SourceSpec
 
@@ -338,6 +340,21 @@ def _rounded(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _rounded(v) for k, v in value.items()}
     return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sources", type=positive_int, default=4, help="members the joiner pulls from")
+    parser.add_argument("--state-mb", type=positive_int, default=64, help="training state in MiB")
+    parser.add_argument(
+        "--links",
+        default="equal",
+        help="equal (every source at --rate-mbps), skewed (40/20/10/10 MB/s) or a scenario JSON file "
+        "{'rates_mbps': [...]}",
+    )
+    parser.add_argument(
+        "--rate-mbps", type=positive_float, default=1.0, help="per-source rate for --links equal"
+    )
+    parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default all)")
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:

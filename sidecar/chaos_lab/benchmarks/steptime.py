@@ -32,6 +32,7 @@ from typing import Any
 
 from chaos_lab.jobreport import read_jsonl
 from chaos_lab.localjob import JobConfig, LocalJob
+from chaos_sidecar.cliutil import positive_int
 
 WARMUP = 20
 SAMPLE_S = 0.5  # how often the CPU sampler reads /proc
@@ -194,6 +195,12 @@ def measure(
     if elastic_cpu and elastic_cpu.get("trainer") and "sidecar" in elastic_cpu:
         result["sidecar_cpu_share"] = round(elastic_cpu["sidecar"] / elastic_cpu["trainer"], 4)
     return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", type=positive_int, default=8, help="trainer processes")
+    parser.add_argument("--steps", type=positive_int, default=300, help="training steps per run")
+    parser.add_argument("--runs", type=positive_int, default=3, help="runs per variant, alternating")
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:

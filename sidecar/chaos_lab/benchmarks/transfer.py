@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from chaos_lab.localcluster import LocalCluster
+from chaos_sidecar.cliutil import positive_int
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.monitor.probe import probe_bandwidth
 from chaos_sidecar.transfer.puller import Puller, SourceSpec
@@ -139,6 +140,16 @@ async def measure(
         "refetched": result.refetched,
         "failed": not verified,
     }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sources", type=positive_int, default=4, help="sidecars serving the snapshot")
+    parser.add_argument("--state-mb", type=positive_int, default=64, help="snapshot size in MiB")
+    parser.add_argument(
+        "--rates-mbps",
+        help="per-source upload limits in MB/s (1e6 bytes/s), comma-separated; default unshaped",
+    )
+    parser.add_argument("--kill-one", action="store_true", help="kill a source mid-transfer")
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -9,15 +9,49 @@ import signal
 import sys
 from pathlib import Path
 
-from chaos_lab import netns
-from chaos_lab.churn import default_churn, load_churn
-from chaos_lab.jobreport import plot, read_jsonl, summarize, timeline_lines
-from chaos_lab.links import parse_links
-from chaos_lab.localjob import JobConfig, LocalJob
+from chaos_sidecar.cliutil import Subparsers, positive_int
 from chaos_sidecar.errors import InputError
 
 
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "local",
+        help="run the main job: N nodes (sidecar + trainer processes) with scripted churn",
+        description="Start N nodes on this machine, each a sidecar and a trainer process, train a "
+        "built-in model on generated data while the churn script runs, then check and summarise.",
+    )
+    parser.add_argument("--nodes", type=positive_int, default=4)
+    parser.add_argument("--steps", type=positive_int, default=600)
+    parser.add_argument("--churn", help="churn FILE (JSON/YAML) or random:SEED; default: the demo scenario")
+    parser.add_argument("--join-mode", choices=("blocking", "overlap"), default="blocking")
+    parser.add_argument("--out", default="out/local", help="output directory (replaced)")
+    parser.add_argument("--live", action="store_true", help="live progress even when not on a terminal")
+    parser.add_argument(
+        "--hosts",
+        choices=("loopback", "netns"),
+        default="loopback",
+        help="netns: every node in its own network namespace, address and directory (needs root)",
+    )
+    parser.add_argument(
+        "--links",
+        default="equal",
+        help="--hosts netns: each node's link, equal (unshaped), skewed (40/20/10/10 MB/s) or a JSON file "
+        "{'rates_mbps': {'n0': 40, ...}}",
+    )
+    parser.add_argument(
+        "--hidden", type=positive_int, help="the built-in model's hidden width (default 1024)"
+    )
+    parser.set_defaults(run=run)
+
+
 def run(args: argparse.Namespace) -> int:
+    # the harness (aiohttp, yaml) is loaded when the job runs, not whenever the CLI parses
+    from chaos_lab import netns
+    from chaos_lab.churn import default_churn, load_churn
+    from chaos_lab.jobreport import plot, read_jsonl, summarize, timeline_lines
+    from chaos_lab.links import parse_links
+    from chaos_lab.localjob import JobConfig, LocalJob
+
     if args.nodes < 3:
         raise InputError("--nodes", "at least 3 nodes (a crash must leave a majority)")
     initial = [f"n{i}" for i in range(args.nodes)]

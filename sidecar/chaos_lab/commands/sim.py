@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from chaos_lab.stats import summary
-from chaos_sidecar.cli import print_json
+from chaos_sidecar.cliutil import Subparsers, non_negative_int, positive_int, print_json
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.membership.sim import (
     FAULT_KINDS,
@@ -20,6 +20,27 @@ from chaos_sidecar.membership.sim import (
 )
 
 _CHUNK = 50
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sim",
+        help="run the membership protocol under a seeded fault-injecting simulator",
+        description="Run N membership state machines under seeded random schedules with "
+        "faults, checking safety and liveness invariants after every step.",
+    )
+    parser.add_argument("--nodes", type=positive_int, default=5, help="initial group size")
+    parser.add_argument("--schedules", type=positive_int, default=100, help="schedules to run")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the first schedule")
+    parser.add_argument(
+        "--faults",
+        default="all",
+        help="comma-separated fault kinds, 'all' or 'none' (see --list-faults)",
+    )
+    parser.add_argument("--replay", type=non_negative_int, help="replay one schedule by its seed")
+    parser.add_argument("--list-faults", action="store_true", help="print the fault kinds and exit")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(run=run)
 
 
 def _run_chunk(seeds: range, config: SimConfig) -> list[ScheduleResult]:

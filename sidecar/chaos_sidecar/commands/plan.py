@@ -7,12 +7,25 @@ import json
 import sys
 from pathlib import Path
 
-from chaos_sidecar.cli import print_json
+from chaos_sidecar.cliutil import Subparsers, print_json
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.planning import greedy
 from chaos_sidecar.planning.model import Plan, parse_instance
 
 AGREE_REL = 1e-9
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="solve a shard-planning instance (JSON file)",
+        description="Choose the shard count and per-source shard assignment minimising the "
+        "joiner's makespan.",
+    )
+    parser.add_argument("instance", help="instance JSON file ('-' for stdin)")
+    parser.add_argument("--solver", choices=("greedy", "milp", "both"), default="greedy")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run)
 
 
 def load_instance_json(path: str) -> object:

@@ -11,15 +11,53 @@ import signal
 import socket
 from pathlib import Path
 
-from aiohttp import web
-
-from chaos_sidecar.adapters.http_app import RUNTIME, build_app
+from chaos_sidecar.cliutil import Subparsers, non_negative_float, non_negative_int, positive_float
 from chaos_sidecar.config import SidecarConfig, check_tls_files, parse_contacts, read_secret, server_tls
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.membership.machine import LEFT, RequestLeave, Settings
 
 LEAVE_TIMEOUT_S = 5.0
 LOCAL_OR_ANY = ("127.0.0.1", "localhost", "0.0.0.0")  # hosts whose port also serves loopback
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sidecar",
+        help="run one sidecar process (membership peer API on aiohttp)",
+        description="Run a sidecar: the authenticated peer API, the local trainer API and ops endpoints.",
+    )
+    parser.add_argument("--node-id", required=True, help="this member's id")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=non_negative_int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--peers", default="", help="comma-separated id=http://host:port of members to join through"
+    )
+    parser.add_argument("--advertise", help="base URL peers use (default http://HOST:PORT)")
+    parser.add_argument("--seed", action="store_true", help="found a new group instead of joining")
+    parser.add_argument(
+        "--defer-join", action="store_true", help="join only when the trainer asks (POST /local/join)"
+    )
+    parser.add_argument("--secret-file", help="file holding the shared join secret")
+    parser.add_argument("--ready-file", help="write {'port', 'url', 'pid'} here once listening")
+    parser.add_argument("--log", help="append the JSONL event log here")
+    parser.add_argument("--heartbeat-s", type=positive_float, default=0.1)
+    parser.add_argument("--suspect-timeout-s", type=positive_float, default=0.5)
+    parser.add_argument("--retry-s", type=positive_float, default=0.1)
+    parser.add_argument("--fault-injection", action="store_true", help="enable /local/faults (tests)")
+    parser.add_argument("--snapshot-dir", help="serve snapshots from this directory")
+    parser.add_argument("--tls-cert", help="PEM certificate for the peer port (with --tls-key, --tls-ca)")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-ca", help="PEM CA that signed every member's certificate (mutual TLS)")
+    parser.add_argument(
+        "--trainer-lease-s",
+        type=non_negative_float,
+        default=3.0,
+        help="leave the group when the trainer that used the local API is silent this long (0: never)",
+    )
+    parser.add_argument(
+        "--upload-limit-mbps", type=positive_float, help="per-destination upload limit, MB/s (1e6 bytes/s)"
+    )
+    parser.set_defaults(run=run)
 
 
 def config_from_args(args: argparse.Namespace) -> SidecarConfig:
@@ -57,6 +95,11 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
 
 
 async def serve(config: SidecarConfig, ready_file: str | None) -> None:
+    # the web stack is loaded only when a sidecar runs, not whenever the CLI parses
+    from aiohttp import web
+
+    from chaos_sidecar.adapters.http_app import RUNTIME, build_app
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config.host, config.port))

@@ -4,7 +4,7 @@ Pure: no clocks, no sockets, no randomness. The adapter (or the simulator) feeds
 executes the returned actions. One Paxos instance per epoch decides view ``e+1``; its
 acceptors are the members of view ``e``.
 
-Rules (see DESIGN §5.1):
+Rules (docs/membership.md explains them, with the guards found by the simulator):
 
 * Fast path: the coordinator of view ``e`` owns ballot ``(0, coordinator)`` for ``e+1`` and
   sends ACCEPT directly; it spends that ballot at most once per epoch (``fast_used`` is
