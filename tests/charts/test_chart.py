@@ -1,4 +1,5 @@
-"""The Helm chart: lint with the real Helm library, values schema, CRD copy, dashboards."""
+"""The Helm chart and the objects the operator builds, checked with the ecosystem's own tools: Helm's
+Go SDK, the Kubernetes OpenAPI schemas (kubernetes-validate), Prometheus' PromQL grammar."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import helm_python
 import jsonschema
+import kubernetes_validate
 import promql_parser
 import pytest
 import yaml
@@ -18,12 +20,22 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chaos_lab.localcluster import LocalCluster
 from chaos_operator import metrics as operator_metrics
+from chaos_operator.domain.builders import (
+    build_configmap,
+    build_pod,
+    build_pod_role,
+    build_role_binding,
+    build_service,
+    build_service_account,
+)
+from chaos_operator.domain.spec import parse_job
 from chaos_sidecar.metrics import SidecarMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "chaos-training"
 OLDEST_KUBERNETES = "1.30.0"  # Chart.yaml's kubeVersion floor
 NEWEST_KUBERNETES = "1.37.0"
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("kube_version", [OLDEST_KUBERNETES, NEWEST_KUBERNETES])
@@ -229,3 +241,74 @@ def test_monitors_take_labels_and_annotations_and_carry_the_job_label(render_cha
         "job_namespace": ["__meta_kubernetes_namespace"],
     }
     assert "annotations" not in next(o for o in render_chart() if o["kind"] == "Deployment")["metadata"]
+
+
+# --- Kubernetes' own schemas ---------------------------------------------------------------------
+
+RENDERINGS = {
+    "defaults": {},
+    "monitors-and-dashboards": {
+        "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+        "dashboards": {"enabled": True},
+    },
+    "namespaced": {"operator": {"clusterWide": False}, "metrics": {"podMonitor": {"enabled": True}}},
+}
+MONITOR_KINDS = {"ServiceMonitor", "PodMonitor"}  # prometheus-operator's: no Kubernetes schema for them
+
+
+def _schema_failures(objects: list[dict], kube_version: str) -> list[str]:
+    """Strict validation (unknown fields refused) against Kubernetes ``kube_version``'s OpenAPI."""
+    failures = []
+    for obj in objects:
+        if obj["kind"] in MONITOR_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(obj, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = "/".join(map(str, exc.absolute_path))
+            failures.append(f"{obj['kind']}/{obj['metadata'].get('name')}: {where}: {exc.message}")
+    return failures
+
+
+def _built_objects(example: Path) -> list[dict]:
+    """What the operator creates for ``example``: shared objects, and each pod with its RBAC."""
+    manifest = yaml.safe_load(example.read_text())
+    manifest["metadata"] |= {"namespace": "ml", "uid": "0b0e4f9c-5a55-4c9e-9d0e-2d1f4d4b7a10"}
+    job = parse_job(manifest)
+    objects = [build_service(job), build_configmap(job)]
+    for index in sorted({0, job.desired - 1}):
+        objects += [build_service_account(job, index), build_pod_role(job, index)]
+        objects += [build_role_binding(job, index), build_pod(job, index)]
+    return objects
+
+
+@pytest.mark.parametrize("kube_version", [OLDEST_KUBERNETES, NEWEST_KUBERNETES])
+@pytest.mark.parametrize("rendering", sorted(RENDERINGS))
+def test_every_rendered_object_passes_the_kubernetes_schemas(render_chart, rendering, kube_version) -> None:
+    objects = render_chart(RENDERINGS[rendering])
+    assert {"Deployment", "Service", "ServiceAccount", "CustomResourceDefinition"} <= {
+        o["kind"] for o in objects
+    }
+    assert _schema_failures(objects, kube_version) == []
+
+
+@pytest.mark.parametrize("kube_version", [OLDEST_KUBERNETES, NEWEST_KUBERNETES])
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_every_object_the_operator_builds_passes_the_kubernetes_schemas(example: Path, kube_version) -> None:
+    objects = _built_objects(example)
+    assert {o["kind"] for o in objects} == {
+        "Service",
+        "ConfigMap",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Pod",
+    }
+    assert _schema_failures(objects, kube_version) == []
+
+
+def test_the_strict_schemas_refuse_an_unknown_field() -> None:
+    pod = _built_objects(EXAMPLES[0])[-1]
+    pod["spec"]["containers"][0]["imagePullPolcy"] = "Always"  # a typo a loose check would let pass
+    failures = _schema_failures([pod], OLDEST_KUBERNETES)
+    assert len(failures) == 1 and "imagePullPolcy" in failures[0]
