@@ -4,7 +4,10 @@
 #   sidecar  - the per-pod sidecar (no torch)
 #   trainer  - the trainer image: our SDK plus torch (user code goes on top of it)
 
-FROM python:3.11-slim AS build
+# One exact base for every stage, so a rebuild does not silently change Python or Debian.
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -15,7 +18,7 @@ RUN python -m venv /opt/core \
  && python -m venv /opt/train \
  && /opt/train/bin/pip install --extra-index-url https://download.pytorch.org/whl/cpu '.[train]'
 
-FROM python:3.11-slim AS runtime-base
+FROM ${PYTHON_IMAGE} AS runtime-base
 RUN groupadd --system --gid 10001 chaos \
  && useradd --system --uid 10001 --gid chaos --home-dir /home/chaos --create-home chaos
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
@@ -25,15 +28,21 @@ WORKDIR /home/chaos
 FROM runtime-base AS operator
 COPY --from=build /opt/core /opt/core
 ENV PATH=/opt/core/bin:$PATH
+# metrics (chart value metrics.port) and the liveness endpoint
+EXPOSE 8080 8081
 ENTRYPOINT ["chaos-train", "operator"]
 
 FROM runtime-base AS sidecar
 COPY --from=build /opt/core /opt/core
 ENV PATH=/opt/core/bin:$PATH
-EXPOSE 7070 9090
+# the peer port: peer API, trainer API and /metrics
+EXPOSE 7070
 ENTRYPOINT ["chaos-train", "sidecar"]
 
 FROM runtime-base AS trainer
 COPY --from=build /opt/train /opt/train
 ENV PATH=/opt/train/bin:$PATH
-ENTRYPOINT ["python"]
+# a job's pod template sets the trainer's command (e.g. python -m chaos_train.worker, or the
+# user's script); without one the image prints the chaos-train CLI's help
+ENTRYPOINT ["chaos-train"]
+CMD ["--help"]

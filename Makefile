@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean prometheus
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# promtool and the Prometheus server for the conformance tests: Debian's prometheus package,
+# installed when missing and we are root; otherwise those tests skip and say why.
+prometheus:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
+	    || echo "make: could not install Debian's prometheus package"; \
+	  else echo "make: promtool/prometheus missing and not root: the Prometheus tests will skip"; fi; \
+	fi
+
+test: lint prometheus
 	$(BIN)/python -m pytest
 
 clean:

@@ -1,14 +1,18 @@
 """Prometheus metrics of one sidecar (prefix ``chaostrain_``), on its own registry.
 
-Latencies are histograms with millisecond buckets; everything is fed by the adapters from
-what the state machine and the puller report, never computed by them.
+Every name ends in its base unit (``_seconds``, ``_bytes``), as ``promtool check metrics``
+wants. Everything is fed by the adapters from what the state machine and the puller report,
+never computed by them.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-MS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
+# protocol latencies run from tens of microseconds (one state-machine step) to seconds (a slow quorum)
+_LATENCY_MS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
+LATENCY_BUCKETS = tuple(ms / 1000 for ms in _LATENCY_MS)
+EVENT_KINDS = ("join", "leave", "remove", "topology")  # the view changes, and link changes
 S_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -18,16 +22,18 @@ class SidecarMetrics:
         self.events = Counter(
             "chaostrain_events", "Membership events seen or decided, by kind", ["kind"], registry=r
         )
-        self.decision_ms = Histogram(
-            "chaostrain_decision_latency_ms",
+        for kind in EVENT_KINDS:  # at zero from the start: "no failures" shows as 0, not as no data
+            self.events.labels(kind)
+        self.decision_seconds = Histogram(
+            "chaostrain_decision_latency_seconds",
             "Time to compute a new view (coordinator)",
-            buckets=MS_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.agreement_ms = Histogram(
-            "chaostrain_agreement_latency_ms",
+        self.agreement_seconds = Histogram(
+            "chaostrain_agreement_latency_seconds",
             "Proposal to commit of a view at the proposer",
-            buckets=MS_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.epoch = Gauge("chaostrain_view_epoch", "Epoch of the committed view", registry=r)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,9 @@ def test_examples_are_admitted(path: Path) -> None:
     parse_job(_defaulted(SCHEMA, manifest) | {"metadata": manifest["metadata"]})
 
 
-def _minimal(**spec: Any) -> dict[str, Any]:
+def _minimal(name: str = "mnist-minimal", **spec: Any) -> dict[str, Any]:
     manifest = yaml.safe_load((ROOT / "examples" / "minimal.yaml").read_text())
+    manifest["metadata"]["name"] = name
     manifest["spec"].update(spec)
     return manifest
 
@@ -113,6 +115,9 @@ def _minimal(**spec: Any) -> dict[str, Any]:
         (_minimal(federation={"peers": ["not a url"]}), "peers"),
         (_minimal(federation={"joinSecretRef": {}}), "name"),
         (_minimal(runPolicy={"cleanPodPolicy": "Sometimes"}), "cleanPodPolicy"),
+        (_minimal(name="j" * 59), "metadata.name"),  # its pods' hostnames would not fit 63
+        (_minimal(name="9lives"), "metadata.name"),  # the Service needs a DNS-1035 label
+        (_minimal(name="a.b"), "metadata.name"),
         (
             {"apiVersion": "chaostraining.io/v1alpha1", "kind": "ChaosTrainingJob", "spec": {"replicas": 3}},
             "template",
@@ -163,6 +168,16 @@ def test_pod_gets_sidecar_volume_env_and_probes() -> None:
     trainer = spec["containers"][0]
     assert any(m["name"] == "chaos-snapshots" for m in trainer["volumeMounts"])
     assert spec["serviceAccountName"] == "mnist-minimal-2"
+
+
+def test_the_longest_admitted_name_gives_pods_valid_hostnames() -> None:
+    longest = _minimal(name="j" * 58, replicas=1024, minReplicas=1, maxReplicas=1024)
+    assert admit(longest) == []
+    body = _defaulted(SCHEMA, longest)
+    body["metadata"] |= {"namespace": "ml", "uid": "u-1"}
+    pod = build_pod(parse_job(body), 9999)  # indices stay below the pod count, at most 1024 live
+    assert len(pod["spec"]["hostname"]) == 63
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", pod["spec"]["hostname"])
 
 
 def test_builders_do_not_mutate_the_template() -> None:

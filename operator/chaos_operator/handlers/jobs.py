@@ -33,6 +33,11 @@ def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]
     }
 
 
+def _count_error(namespace: str, name: str, reason: str) -> None:
+    metrics.RECONCILE_ERRORS.labels(namespace, name, reason).inc()
+    metrics.RECONCILES.labels(namespace, name, "error").inc()
+
+
 async def _shared_objects(job: JobSpec) -> None:
     for obj in (build_service(job), build_configmap(job)):
         await kube.apply(obj)
@@ -52,10 +57,12 @@ async def _create_pod(job: JobSpec, index: int) -> None:
 async def reconcile(
     body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, pods_by_job: kopf.Index, **_: Any
 ) -> None:
+    key = (body.metadata.namespace or "default", body.metadata.name or "")  # the job's metric labels
+    metrics.track_job(*key)
     try:
         job = parse_job(dict(body))
     except SpecError as exc:
-        metrics.RECONCILE_ERRORS.labels("InvalidSpec").inc()
+        _count_error(*key, "InvalidSpec")
         patch.status["phase"] = "Failed"
         patch.status["conditions"] = [_condition("Valid", False, "InvalidSpec", str(exc))]
         raise kopf.PermanentError(str(exc)) from None
@@ -67,21 +74,21 @@ async def reconcile(
             job, pods, failures=int(previous.get("failures") or 0),
             last_failure_at=float(previous.get("lastFailureAt") or 0.0), now=time.time(),
         )  # fmt: skip
-        for name in plan.delete:
-            logger.info(f"deleting {name} ({'failed' if name in plan.failed else 'released by the group'})")
-            await kube.delete_pod(job.namespace, name)
-            metrics.PODS_DELETED.labels("failed" if name in plan.failed else "released").inc()
+        for pod in plan.delete:
+            logger.info(f"deleting {pod} ({'failed' if pod in plan.failed else 'released by the group'})")
+            await kube.delete_pod(job.namespace, pod)
+            metrics.PODS_DELETED.labels(*key, "failed" if pod in plan.failed else "released").inc()
         for index in plan.create:
             logger.info(f"creating {pod_name(job, index)}")
             await _create_pod(job, index)
-            metrics.PODS_CREATED.inc()
+            metrics.PODS_CREATED.labels(*key).inc()
     except kube.Forbidden as exc:
-        metrics.RECONCILE_ERRORS.labels("Forbidden").inc()
+        _count_error(*key, "Forbidden")
         kopf.warn(body, reason="Forbidden", message=str(exc))
         patch.status["conditions"] = [_condition("Reconciled", False, "Forbidden", str(exc))]
         return  # RBAC must change first; the timer tries again
     except kube.ApiError as exc:
-        metrics.RECONCILE_ERRORS.labels("APIError").inc()
+        _count_error(*key, "APIError")
         kopf.warn(body, reason="APIError", message=str(exc))
         patch.status["conditions"] = [_condition("Reconciled", False, "APIError", str(exc))]
         return
@@ -101,12 +108,12 @@ async def reconcile(
         _condition("Reconciled", True, "Reconciled", f"{len(pods)} pods for {job.desired}")
     ]
     patch.status.update(status)
-    metrics.RECONCILES.labels("ok").inc()
-    metrics.DESIRED.labels(job.namespace, job.name).set(job.desired)
+    metrics.RECONCILES.labels(*key, "ok").inc()
+    metrics.DESIRED.labels(*key).set(job.desired)
 
 
 async def deleted(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     """Nothing to undo by hand: every object carries an owner reference, so the garbage
-    collector removes pods, Service, ConfigMap and RBAC with the job. Count it and say so."""
-    metrics.RECONCILES.labels("deleted").inc()
+    collector removes pods, Service, ConfigMap and RBAC with the job. Its series go too."""
+    metrics.forget_job(body.metadata.namespace or "default", body.metadata.name or "")
     logger.info("job deleted; its objects go with it (owner references)")

@@ -74,7 +74,7 @@ class MembershipRuntime:
         started = time.perf_counter()
         self.state, actions = sm.step(self.state, event, self.clock())
         if any(isinstance(a, sm.Decided) for a in actions):
-            self.metrics.decision_ms.observe((time.perf_counter() - started) * 1000)
+            self.metrics.decision_seconds.observe(time.perf_counter() - started)
         self._next_due = sm.next_due(self.state)
         if self._next_due < self._due:
             self._wake.set()
@@ -127,8 +127,8 @@ class MembershipRuntime:
                     self.metrics.epoch.set(view.epoch)
                     self.metrics.members.set(len(view.members))
                     if view.epoch in self._proposed:
-                        self.metrics.agreement_ms.observe(
-                            (time.monotonic() - self._proposed.pop(view.epoch)) * 1000
+                        self.metrics.agreement_seconds.observe(
+                            time.monotonic() - self._proposed.pop(view.epoch)
                         )
                     self.log.write(
                         "installed",
