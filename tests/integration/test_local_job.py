@@ -45,7 +45,10 @@ def test_local_job_with_join_crash_and_link_events(tmp_path) -> None:
     kinds = [e["kind"] for e in summary["events"]]
     assert kinds == ["join", "crash", "link_down", "link_up"]
     join = summary["events"][0]
-    assert join["transfer_ms"] > 0 and set(join["sources"]) == {"n0", "n1", "n2"}
+    sent = join["bytes_per_source"]
+    # the planner splits the state over the members its estimates favour: at least two of three
+    assert join["transfer_ms"] > 0 and set(sent) == {"n0", "n1", "n2"}
+    assert join["sources"] == sorted(n for n, b in sent.items() if b > 0) and len(join["sources"]) >= 2
     assert all(e["agreement_ms"] is not None for e in summary["events"])
     assert (out / "timeline.png").stat().st_size > 10_000
     assert len((out / "events.jsonl").read_text().splitlines()) == 4
