@@ -145,17 +145,7 @@ class Star:
         """Undo :meth:`cut` for ``a`` and ``b`` (both ways)."""
         for src, dst in ((a, b), (b, a)):
             if (src, dst) in self.blackholes:
-                _run(
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.name(src),
-                    "ip",
-                    "route",
-                    "del",
-                    "blackhole",
-                    f"{self.ip(dst)}/32",
-                )
+                self._blackhole("del", src, dst)
                 self.blackholes.remove((src, dst))
 
     def partition(self, side_a: list[int], side_b: list[int]) -> None:
@@ -163,25 +153,17 @@ class Star:
         for a in side_a:
             for b in side_b:
                 for src, dst in ((a, b), (b, a)):
-                    _run(
-                        "ip",
-                        "netns",
-                        "exec",
-                        self.name(src),
-                        "ip",
-                        "route",
-                        "add",
-                        "blackhole",
-                        f"{self.ip(dst)}/32",
-                    )
+                    self._blackhole("add", src, dst)
                     self.blackholes.append((src, dst))
 
     def heal(self) -> None:
         for src, dst in self.blackholes:
-            _run(
-                "ip", "netns", "exec", self.name(src), "ip", "route", "del", "blackhole", f"{self.ip(dst)}/32"
-            )
+            self._blackhole("del", src, dst)
         self.blackholes.clear()
+
+    def _blackhole(self, verb: str, src: int, dst: int) -> None:
+        """Add or delete the route in ``src`` that drops every packet to ``dst``."""
+        _run("ip", "netns", "exec", self.name(src), "ip", "route", verb, "blackhole", f"{self.ip(dst)}/32")
 
     def __exit__(self, *exc: object) -> None:
         for ns in self.created:  # deleting a namespace removes its veth pair too
