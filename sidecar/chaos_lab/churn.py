@@ -18,21 +18,43 @@ DEMO_KINDS = ("join", "leave", "crash", "link_down", "link_up")
 CHAOS_KINDS = KINDS
 
 
+HEALING = ("link_up",)  # events that can only help a stalled group make progress again
+
+
 @dataclass(frozen=True)
 class ChurnEvent:
-    at_step: int
+    """One scripted fault, due at a training step (``at_step``), at a time (``at_s``: seconds
+    since the group first agreed), or at whichever comes first when both are given."""
+
+    at_step: int | None
     event: str
     node: str
     peer: str | None = None
     rate_mbps: float | None = None  # slow_link: the node's new upload limit (None: unlimited)
+    at_s: float | None = None
+
+    def due(self, step: int, elapsed_s: float) -> bool:
+        return (self.at_step is not None and step >= self.at_step) or (
+            self.at_s is not None and elapsed_s >= self.at_s
+        )
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"at_step": self.at_step, "event": self.event, "node": self.node}
+        out: dict[str, Any] = {"event": self.event, "node": self.node}
+        if self.at_step is not None:
+            out["at_step"] = self.at_step
+        if self.at_s is not None:
+            out["at_s"] = self.at_s
         if self.peer is not None:
             out["peer"] = self.peer
         if self.event == "slow_link":
             out["rate_mbps"] = self.rate_mbps
         return out
+
+    def label(self) -> str:
+        """``at step 40: crash n1``, ``at 12.5 s: link_up n0-n3``."""
+        when = [f"step {self.at_step}"] if self.at_step is not None else []
+        when += [f"{self.at_s:g} s"] if self.at_s is not None else []
+        return f"at {' or '.join(when)}: {self.event} {self.node}" + (f"-{self.peer}" if self.peer else "")
 
 
 def parse_churn(data: Any, initial: list[str], steps: int, min_size: int = 3) -> list[ChurnEvent]:
@@ -41,20 +63,29 @@ def parse_churn(data: Any, initial: list[str], steps: int, min_size: int = 3) ->
         raise InputError("churn", "expected a list of events")
     members = list(initial)
     events = []
-    last_step = 0
+    last_step, last_s = 0, 0.0
     for i, raw in enumerate(data):
         where = f"churn[{i}]"
         if not isinstance(raw, dict):
             raise InputError(where, "expected an object")
-        unknown = set(raw) - {"at_step", "event", "node", "peer", "rate_mbps"}
+        unknown = set(raw) - {"at_step", "at_s", "event", "node", "peer", "rate_mbps"}
         if unknown:
             raise InputError(f"{where}.{sorted(unknown)[0]}", "unknown field")
-        at = raw.get("at_step")
-        if isinstance(at, bool) or not isinstance(at, int) or not 0 < at < steps:
-            raise InputError(f"{where}.at_step", f"expected an integer in 1..{steps - 1}, got {at!r}")
-        if at < last_step:
-            raise InputError(f"{where}.at_step", "events must be in step order")
-        last_step = at
+        at, at_s = raw.get("at_step"), raw.get("at_s")
+        if at is None and at_s is None:
+            raise InputError(f"{where}.at_step", "expected at_step (a training step), at_s (seconds) or both")
+        if at is not None:
+            if isinstance(at, bool) or not isinstance(at, int) or not 0 < at < steps:
+                raise InputError(f"{where}.at_step", f"expected an integer in 1..{steps - 1}, got {at!r}")
+            if at < last_step:
+                raise InputError(f"{where}.at_step", "events must be in step order")
+            last_step = at
+        if at_s is not None:
+            if isinstance(at_s, bool) or not isinstance(at_s, int | float) or not 0 < at_s < 1e6:
+                raise InputError(f"{where}.at_s", f"expected a positive number of seconds, got {at_s!r}")
+            if at_s < last_s:
+                raise InputError(f"{where}.at_s", "events must be in time order")
+            last_s = float(at_s)
         kind = raw.get("event")
         if kind not in KINDS:
             raise InputError(f"{where}.event", f"expected one of {', '.join(KINDS)}, got {kind!r}")
@@ -87,7 +118,8 @@ def parse_churn(data: Any, initial: list[str], steps: int, min_size: int = 3) ->
             if len(members) - 1 < min_size:
                 raise InputError(where, f"would leave fewer than {min_size} members")
             members.remove(node)
-        events.append(ChurnEvent(at, kind, node, peer, None if rate is None else float(rate)))
+        rate = None if rate is None else float(rate)
+        events.append(ChurnEvent(at, kind, node, peer, rate, None if at_s is None else float(at_s)))
     return events
 
 
@@ -153,6 +185,7 @@ class GroupModel:
             self.members.append(event.node)
             self.joiners.append(event.node)
         elif event.event in REMOVALS:
+            assert event.at_step is not None, "the model follows step-keyed scripts"
             self.members.remove(event.node)
             self.removed.append((event.node, event.at_step))
         elif event.event == "link_down":
@@ -194,7 +227,7 @@ class GroupModel:
         trial = GroupModel(list(self.members), list(self.joiners), list(self.removed), list(self.down),
                            self.relay)  # fmt: skip
         trial.apply(event)
-        return trial.keeps_majority(event.at_step)
+        return trial.keeps_majority(event.at_step or 0)
 
 
 def random_churn(

@@ -20,13 +20,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos_lab.churn import ChurnEvent
+from chaos_lab.churn import HEALING, ChurnEvent
 from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.membership.machine import Settings
 
 EXIT_NO_STATE = 4  # chaos_train.worker: a joiner found no member holding state (the job was done)
 STRAGGLER_S = 20.0  # after the group's last step, how long a late trainer may take to finish
 POLL_S = 0.1  # how often the trainers' logs are read: churn lands within about 3 steps
+# A group that has not stepped for this long may be waiting for a link to heal: the next
+# scripted healing event fires now instead of at a step that may never come. Longer than a
+# regroup after a crash (a failure timeout) plus a state transfer on a slowed link.
+HEAL_AFTER_S = 5.0
+
+
+class JobStalled(RuntimeError):
+    """The group stopped making progress, or the job ran past its deadline; ``nodes`` says
+    where each live node was stuck (its sidecar's view and status, its trainer's last step)."""
+
+    def __init__(self, reason: str, nodes: dict[str, dict[str, Any]]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.nodes = nodes
+
+
+def take_due(pending: list[ChurnEvent], step: int, elapsed_s: float, idle_s: float) -> ChurnEvent | None:
+    """Pop the next event to apply: the first pending one once it is due; or, when the group
+    has not stepped for HEAL_AFTER_S, the first healing one ahead of its turn (its step may
+    never come: the group may be waiting for exactly that link)."""
+    if pending and pending[0].due(step, elapsed_s):
+        return pending.pop(0)
+    if idle_s >= HEAL_AFTER_S:
+        for i, event in enumerate(pending):
+            if event.event in HEALING:
+                return pending.pop(i)
+    return None
 
 
 @dataclass
@@ -45,6 +72,8 @@ class JobConfig:
     transfer_policy: str = "planned"
     grad_log: int | None = None  # overlap: the members' gradient log bound; None: the SDK's default
     upload_limits_mbps: dict[str, float] = field(default_factory=dict)  # node -> per-link limit
+    deadline_s: float | None = None  # the whole run, from the first start (None: no limit)
+    stall_limit_s: float | None = None  # no new step for this long ends the run (None: no limit)
 
 
 @dataclass
@@ -73,6 +102,7 @@ class LocalJob:
         # and five heartbeats per timeout are plenty (each costs the trainers' cores)
         self.cluster = LocalCluster(out / "sidecars", settings=Settings(0.2, 1.0, 0.05))
         self._offsets: dict[str, int] = {}
+        self._last_line: dict[str, str] = {}
         self.progress: dict[str, dict[str, Any]] = {}
         self.done: set[str] = set()  # trainers that logged the last step
 
@@ -141,6 +171,7 @@ class LocalJob:
                     if not line.endswith("\n"):
                         break
                     self._offsets[node] = self._offsets.get(node, 0) + len(line)
+                    self._last_line[node] = line  # parsed only when the job stalls
                     if '"type": "step"' in line:
                         last_step = line
                     elif '"type": "done"' in line:
@@ -174,37 +205,55 @@ class LocalJob:
             pending = list(self.cfg.churn)
             note = "training"
             last_print = 0.0
-            while True:
-                self.poll_logs()
-                step = self.current_step()
-                while pending and step >= pending[0].at_step:
-                    event = pending.pop(0)
-                    await self.apply(event, step)
-                    note = f"event: {event.event} {event.node}" + (f"-{event.peer}" if event.peer else "")
-                running = [n for n, p in self.trainers.items() if p.poll() is None and n not in self.gone]
-                if not running and not pending:
-                    break
-                if self.finished_at is None and self.done:
-                    self.finished_at = time.monotonic()
-                if self.finished_at is not None and time.monotonic() - self.finished_at > STRAGGLER_S:
-                    for node in running:  # e.g. a joiner whose trainer started after the last step
-                        self.trainers[node].kill()
-                        self.stragglers.append(node)
-                    break
-                failed = [
-                    n
-                    for n, p in self.trainers.items()
-                    if p.poll() not in (None, 0)
-                    and n not in self.gone
-                    and not (self.finished_at is not None and p.returncode == EXIT_NO_STATE)
-                ]
-                if failed:
-                    raise RuntimeError(f"trainer(s) {failed} failed; see {self.cfg.out}/logs")
-                now = time.monotonic()
-                if self.cfg.live and now - last_print > 0.5:
-                    last_print = now
-                    print("\r" + self.status_line(note).ljust(100), end="", flush=True)
-                await asyncio.sleep(POLL_S)
+            # the stall clocks start at the first step: before it the trainers are starting up
+            agreed_at = progress_at = healed_at = time.monotonic()
+            progress_step = 0
+            try:
+                while True:
+                    self.poll_logs()
+                    step = self.current_step()
+                    now = time.monotonic()
+                    if step > progress_step or progress_step == 0:
+                        progress_step, progress_at = step, now
+                    idle_s = now - max(progress_at, healed_at)
+                    while (event := take_due(pending, step, now - agreed_at, idle_s)) is not None:
+                        early = not event.due(step, now - agreed_at)
+                        await self.apply(event, step)
+                        note = ("stalled, healing early: " if early else "event: ") + event.label()
+                        if early:
+                            healed_at, idle_s = now, 0.0
+                    running = [n for n, p in self.trainers.items() if p.poll() is None and n not in self.gone]
+                    if not running and not pending:
+                        break
+                    if self.finished_at is None and self.done:
+                        self.finished_at = time.monotonic()
+                    if self.finished_at is not None and time.monotonic() - self.finished_at > STRAGGLER_S:
+                        for node in running:  # e.g. a joiner whose trainer started after the last step
+                            self.trainers[node].kill()
+                            self.stragglers.append(node)
+                        break
+                    failed = [
+                        n
+                        for n, p in self.trainers.items()
+                        if p.poll() not in (None, 0)
+                        and n not in self.gone
+                        and not (self.finished_at is not None and p.returncode == EXIT_NO_STATE)
+                    ]
+                    if failed:
+                        raise RuntimeError(f"trainer(s) {failed} failed; see {self.cfg.out}/logs")
+                    reason = self.stall_reason(now - started, now - progress_at, step)
+                    if reason is not None:
+                        raise JobStalled(reason, await self.stuck_nodes())
+                    if self.cfg.live and now - last_print > 0.5:
+                        last_print = now
+                        print("\r" + self.status_line(note).ljust(100), end="", flush=True)
+                    await asyncio.sleep(POLL_S)
+            except BaseException:
+                for process in self.trainers.values():  # no trainer outlives a failed job
+                    if process.poll() is None:
+                        process.kill()
+                        process.wait()
+                raise
             self.poll_logs()
             if self.cfg.live:
                 print("\r" + self.status_line("done").ljust(100), flush=True)
@@ -212,6 +261,43 @@ class LocalJob:
                 if node in self.gone and process.poll() is None:
                     process.wait(timeout=60)
         return time.monotonic() - started
+
+    def stall_reason(self, running_s: float, idle_s: float, step: int) -> str | None:
+        """Why the run must end now (past its deadline, or no step for too long), or None."""
+        deadline, stall = self.cfg.deadline_s, self.cfg.stall_limit_s
+        if deadline is not None and running_s > deadline:
+            return f"deadline: still running after {deadline:g} s (step {step} of {self.cfg.steps})"
+        if stall is not None and self.finished_at is None and idle_s > stall:
+            return f"stalled: no step for {stall:g} s, at step {step} of {self.cfg.steps}"
+        return None
+
+    async def stuck_nodes(self) -> dict[str, dict[str, Any]]:
+        """Each live node's sidecar (status, view, cut links, majority) and trainer (last step,
+        last log record): where a stalled group was stuck."""
+        live_sidecars = self.cluster.live()
+        live_trainers = [n for n, p in self.trainers.items() if p.poll() is None]
+        views = await self.cluster.views(live_sidecars)
+        out: dict[str, dict[str, Any]] = {}
+        for node in sorted({*live_sidecars, *live_trainers}):
+            state: dict[str, Any] = {"sidecar": None, "trainer": None}
+            snapshot = views.get(node)
+            if snapshot is not None:
+                view = snapshot.get("view") or {}
+                state["sidecar"] = {
+                    "status": snapshot["status"],
+                    "epoch": view.get("epoch"),
+                    "members": view.get("members"),
+                    "down_links": snapshot["topology"]["down"],
+                    "majority": snapshot.get("majority"),
+                }
+            if node in live_trainers:
+                last = self._last_line.get(node)
+                state["trainer"] = {
+                    "step": self.progress.get(node, {}).get("step"),
+                    "last_record": json.loads(last)["type"] if last else None,
+                }
+            out[node] = state
+        return out
 
     async def apply(self, event: ChurnEvent, step: int) -> None:
         self.injected.append(Injected(event, time.time(), step))

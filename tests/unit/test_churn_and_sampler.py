@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from chaos_lab.churn import default_churn, load_churn, parse_churn, random_churn
+from chaos_lab.churn import ChurnEvent, default_churn, load_churn, parse_churn, random_churn
 from chaos_lab.jobreport import check_samples
 from chaos_sidecar.errors import InputError
 from chaos_train.sampler import ElasticSampler
@@ -172,3 +172,39 @@ def test_random_churn_keeps_a_connected_majority_in_every_possible_view(kinds: s
         script = random_churn(seed, INITIAL, 150, events=7, kinds=chosen)
         for upto in range(1, len(script) + 1):
             assert majority_connected_everywhere(script, INITIAL, upto, relay=RELAY), (seed, script[upto - 1])
+
+
+def test_events_keyed_to_time_as_well_as_steps() -> None:
+    script = [
+        {"at_s": 2.5, "event": "link_down", "node": "n0", "peer": "n1"},
+        {"at_step": 40, "at_s": 30, "event": "link_up", "node": "n0", "peer": "n1"},
+    ]
+    down, up = parse_churn(script, INITIAL, 100)
+    assert down.at_step is None and down.at_s == 2.5
+    assert not down.due(step=99, elapsed_s=2.0) and down.due(step=0, elapsed_s=2.5)
+    assert up.due(step=40, elapsed_s=0.0) and up.due(step=0, elapsed_s=30.0)  # whichever first
+    assert parse_churn([e.to_json() for e in (down, up)], INITIAL, 100) == [down, up]
+    assert up.label() == "at step 40 or 30 s: link_up n0-n1"
+    for bad, field in (
+        ({"event": "join", "node": "x"}, "churn[0].at_step"),
+        ({"at_s": -1, "event": "join", "node": "x"}, "churn[0].at_s"),
+        ({"at_s": True, "event": "join", "node": "x"}, "churn[0].at_s"),
+    ):
+        with pytest.raises(InputError) as info:
+            parse_churn([bad], INITIAL, 100)
+        assert info.value.field == field
+    with pytest.raises(InputError, match="time order"):
+        parse_churn([{**script[0], "at_s": 9}, {**script[1], "at_s": 3}], INITIAL, 100)
+
+
+def test_a_stalled_group_gets_the_next_healing_event_ahead_of_its_turn() -> None:
+    from chaos_lab.localjob import HEAL_AFTER_S, take_due
+
+    crash = ChurnEvent(50, "crash", "n1")
+    link_up = ChurnEvent(90, "link_up", "n0", "n3")
+    pending = [crash, link_up]
+    assert take_due(pending, step=10, elapsed_s=5.0, idle_s=0.0) is None
+    assert take_due(pending, step=10, elapsed_s=5.0, idle_s=HEAL_AFTER_S) is link_up  # not the crash
+    assert pending == [crash]
+    assert take_due(pending, step=10, elapsed_s=99.0, idle_s=HEAL_AFTER_S) is None  # no heal left
+    assert take_due(pending, step=50, elapsed_s=5.0, idle_s=0.0) is crash and pending == []

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from chaos_lab.churn import default_churn, load_churn
 from chaos_lab.jobreport import plot, read_jsonl, summarize, timeline_lines
-from chaos_lab.localjob import JobConfig, LocalJob
+from chaos_lab.localjob import JobConfig, JobStalled, LocalJob
 from chaos_sidecar.errors import InputError
+
+STALL_LIMIT_S = 120.0  # no step for this long: the run ends, saying where each node was stuck
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,15 +23,18 @@ def run(args: argparse.Namespace) -> int:
     churn = load_churn(args.churn, initial, args.steps) if args.churn else default_churn(initial, args.steps)
     out = Path(args.out)
     cfg = JobConfig(nodes=args.nodes, steps=args.steps, churn=churn, out=out, join_mode=args.join_mode,
-                    live=sys.stdout.isatty() or args.live)  # fmt: skip
+                    live=sys.stdout.isatty() or args.live, stall_limit_s=STALL_LIMIT_S)  # fmt: skip
     print(f"chaos-train local: {args.nodes} nodes, {args.steps} steps, {len(churn)} churn events -> {out}")
     for event in churn:
-        print(
-            f"  at step {event.at_step:>4}: {event.event} {event.node}"
-            + (f"-{event.peer}" if event.peer else "")
-        )
+        print(f"  {event.label()}")
     job = LocalJob(cfg)
-    wall = asyncio.run(job.run())
+    try:
+        wall = asyncio.run(job.run())
+    except JobStalled as exc:
+        print(f"\nchaos-train local: {exc.reason}; logs in {out}", file=sys.stderr)
+        for node, state in exc.nodes.items():
+            print(f"  {node}: {json.dumps(state)}", file=sys.stderr)
+        return 1
     sidecar = read_jsonl(sorted((out / "sidecars").glob("*.events.jsonl")))
     trainer = read_jsonl(sorted((out / "logs").glob("*.trainer.jsonl")))
     summary = summarize(cfg, job.injected, sidecar, trainer, wall)
