@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,19 @@ class JobStalled(RuntimeError):
         super().__init__(reason)
         self.reason = reason
         self.nodes = nodes
+
+
+def new_lines(path: Path | None, offsets: dict[str, int], key: str) -> Iterator[str]:
+    """The complete lines appended to ``path`` since ``offsets[key]``, which moves past them."""
+    if path is None or not path.exists():
+        return
+    with path.open() as f:
+        f.seek(offsets.get(key, 0))
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            offsets[key] = offsets.get(key, 0) + len(line)
+            yield line
 
 
 def take_due(pending: list[ChurnEvent], step: int, elapsed_s: float, idle_s: float) -> ChurnEvent | None:
@@ -91,6 +105,9 @@ class LocalJob:
     gone: set[str] = field(default_factory=set)
     stragglers: list[str] = field(default_factory=list)
     finished_at: float | None = None
+    no_majority: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> its sidecar's record
+    _last_line: dict[str, str] = field(default_factory=dict)  # trainer logs: parsed only on a stall
+    _sidecar_offsets: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         out = self.cfg.out
@@ -102,7 +119,6 @@ class LocalJob:
         # and five heartbeats per timeout are plenty (each costs the trainers' cores)
         self.cluster = LocalCluster(out / "sidecars", settings=Settings(0.2, 1.0, 0.05))
         self._offsets: dict[str, int] = {}
-        self._last_line: dict[str, str] = {}
         self.progress: dict[str, dict[str, Any]] = {}
         self.done: set[str] = set()  # trainers that logged the last step
 
@@ -161,23 +177,24 @@ class LocalJob:
 
     def poll_logs(self) -> None:
         for node in self.trainers:
-            path = self.trainer_log(node)
-            if not path.exists():
-                continue
             last_step = None  # only the newest step record is shown: parse just that one
-            with path.open() as f:
-                f.seek(self._offsets.get(node, 0))
-                for line in f:
-                    if not line.endswith("\n"):
-                        break
-                    self._offsets[node] = self._offsets.get(node, 0) + len(line)
-                    self._last_line[node] = line  # parsed only when the job stalls
-                    if '"type": "step"' in line:
-                        last_step = line
-                    elif '"type": "done"' in line:
-                        self.done.add(node)
+            for line in new_lines(self.trainer_log(node), self._offsets, node):
+                self._last_line[node] = line
+                if '"type": "step"' in line:
+                    last_step = line
+                elif '"type": "done"' in line:
+                    self.done.add(node)
             if last_step is not None:
                 self.progress[node] = json.loads(last_step)
+
+    def poll_majority(self) -> None:
+        """Which sidecars reach no majority of their view, from their event logs."""
+        for node_id, node in self.cluster.nodes.items():
+            for line in new_lines(node.log_path, self._sidecar_offsets, node_id):
+                if '"type":"no_majority"' in line:
+                    self.no_majority[node_id] = json.loads(line)
+                elif '"type":"no_majority_over"' in line:
+                    self.no_majority.pop(node_id, None)
 
     def current_step(self) -> int:
         live = [r["step"] for n, r in self.progress.items() if n not in self.gone]
@@ -190,6 +207,13 @@ class LocalJob:
         )
         loss = f"{latest['loss']:.4f}" if latest else "-"
         members = latest["world"] if latest else 0
+        stuck = [
+            f"{node} reaches {','.join(r['reaches'])} of {r['members']} (needs {r['needed']})"
+            for node, r in sorted(self.no_majority.items())
+            if node not in self.gone
+        ]
+        if stuck:
+            note = "NO MAJORITY: " + "; ".join(stuck)
         return f"step {step:>5}/{self.cfg.steps}  loss {loss}  members {members}  {note}"
 
     # --- the run --------------------------------------------------------------------------------
@@ -246,6 +270,7 @@ class LocalJob:
                         raise JobStalled(reason, await self.stuck_nodes())
                     if self.cfg.live and now - last_print > 0.5:
                         last_print = now
+                        self.poll_majority()
                         print("\r" + self.status_line(note).ljust(100), end="", flush=True)
                     await asyncio.sleep(POLL_S)
             except BaseException:

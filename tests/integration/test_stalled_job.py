@@ -4,6 +4,9 @@ was stuck instead of waiting forever (real sidecar and trainer processes)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -48,20 +51,36 @@ def test_a_group_without_a_majority_is_reported_stuck_not_waited_for(tmp_path) -
     for node, state in nodes.items():  # still members of the view with n4: nothing committed
         assert state["sidecar"]["status"] == "member", (node, state)
         assert "n4" in state["sidecar"]["members"], (node, state)
+        assert state["sidecar"]["majority"]["reachable"] is False, (node, state)
+        assert (
+            len(state["sidecar"]["majority"]["reaches"]) == 2 and state["sidecar"]["majority"]["needed"] == 3
+        )
         assert state["trainer"]["step"] is not None and state["trainer"]["step"] < STEPS
     assert all(p.poll() is not None for p in stalled.trainers.values())  # no trainer outlives it
 
 
 def test_a_scripted_link_up_fires_by_time_when_the_group_stops_stepping(tmp_path) -> None:
-    """The link-ups are scripted for a step the stuck group never reaches: the first (n0-n2)
-    fires by time, the group drops n4 (n0 and n2 reach three of five) and trains on, and the
-    others fire at their step."""
+    """``chaos-train local --live``: the link-ups are scripted for a step the stuck group never
+    reaches. The live line names the members that reach no majority; the first link-up (n0-n2)
+    fires by time, the group drops n4 (n0 and n2 reach three of five) and trains on to the end,
+    and the other link-ups fire at their step."""
     heal = [ChurnEvent(HEAL_STEP, "link_up", e.node, e.peer) for e in NO_MAJORITY if e.event == "link_down"]
-    healed = job(tmp_path, [*NO_MAJORITY, *heal], stall_limit_s=60.0, deadline_s=200.0)
-    asyncio.run(healed.run())
-    applied = [(i.event.event, i.step) for i in healed.injected]
+    churn = tmp_path / "churn.json"
+    churn.write_text(json.dumps([e.to_json() for e in [*NO_MAJORITY, *heal]]))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "chaos_sidecar.cli", "local", "--nodes", "5", "--steps", str(STEPS),
+         "--churn", str(churn), "--out", str(out), "--live"],
+        capture_output=True, text=True, timeout=220,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "NO MAJORITY: n0 reaches n0,n1 of 5 (needs 3)" in result.stdout, result.stdout[-3000:]
+    assert "stalled, healing early: at step 100: link_up n0-n2" in result.stdout, result.stdout[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    applied = [(e["kind"], e["at_step"]) for e in summary["events"]]
     assert [kind for kind, _ in applied] == ["link_down"] * 4 + ["crash"] + ["link_up"] * 4, applied
-    early = applied[5][1]
-    assert early < HEAL_STEP, applied  # the first link-up fired at the stuck step, by time
-    trainer = read_jsonl(sorted((healed.cfg.out / "logs").glob("*.trainer.jsonl")))
-    assert max(r["step"] for r in trainer if r["type"] == "step") == STEPS
+    assert applied[5][1] < HEAL_STEP <= applied[6][1], applied  # the first by time, at the stuck step
+    assert summary["steps"] == STEPS and summary["ok"], summary
+    sidecar = read_jsonl(sorted((out / "sidecars").glob("*.events.jsonl")))
+    lost = {r["node"] for r in sidecar if r["type"] == "no_majority"}
+    assert lost == {"n0", "n1", "n2", "n3"}, lost

@@ -140,6 +140,29 @@ def test_dead_member_plus_link_down_still_leaves_a_viable_view() -> None:
     assert len(decided[0].members) == 3 and "n0" in decided[0].members
 
 
+def test_a_member_reports_when_it_reaches_no_majority_and_when_it_does_again() -> None:
+    from chaos_sidecar.protocol import Heartbeat
+
+    def majority_changes(actions: list) -> list:
+        return [a for a in actions if isinstance(a, sm.MajorityChanged)]
+
+    state = sm.initial_member("a", VIEW, SETTINGS, 0.0)
+    state, actions = sm.step(state, sm.Receive(Message("b", 1, Heartbeat(("a", "b", "c")))), 0.1)
+    assert not majority_changes(actions) and not state.majority_lost
+    # c falls silent first: a still reaches a and b, two of three
+    state, actions = sm.step(state, sm.Tick(), 0.1 + SETTINGS.suspect_timeout * 0.9)
+    state, actions = sm.step(state, sm.Receive(Message("b", 1, Heartbeat(("a", "b")))), 0.2)
+    state, actions = sm.step(state, sm.Tick(), 0.2 + SETTINGS.suspect_timeout * 0.9)
+    assert not majority_changes(actions) and not state.majority_lost
+    state, actions = sm.step(state, sm.Tick(), 0.2 + SETTINGS.suspect_timeout * 1.5)  # b too
+    assert majority_changes(actions) == [sm.MajorityChanged(False, ("a",), 2)] and state.majority_lost
+    assert not sm.is_quiet(state)
+    state, actions = sm.step(state, sm.Tick(), 0.2 + SETTINGS.suspect_timeout * 1.7)
+    assert not majority_changes(actions)  # said once, not on every tick
+    state, actions = sm.step(state, sm.Receive(Message("c", 1, Heartbeat(("a", "c")))), 1.5)
+    assert majority_changes(actions) == [sm.MajorityChanged(True, ("a", "c"), 2)] and not state.majority_lost
+
+
 # --- ticking when due ----------------------------------------------------------------------
 
 

@@ -161,6 +161,15 @@ class MembershipRuntime:
                     notify = True
                 case sm.Rejected(reason):
                     self.on_reject(reason)
+                case sm.MajorityChanged(reachable, reaches, needed):
+                    # over: reaches a majority again, or is no member any more
+                    self.metrics.no_majority.set(0 if reachable else 1)
+                    if not reachable:
+                        self.metrics.majority_lost.inc()
+                    view = self.state.view
+                    self.log.write("no_majority_over" if reachable else "no_majority", reaches=list(reaches),
+                                   needed=needed, members=len(view.members) if view else 0)  # fmt: skip
+                    notify = True
         if notify:
             async with self.changed:
                 self.changed.notify_all()
@@ -179,6 +188,9 @@ class MembershipRuntime:
             "status": s.status,
             "view": None if s.view is None else s.view.to_json(),
             "topology": {"version": list(s.topology[0]), "down": [list(x) for x in s.topology[1]]},
+            "majority": None
+            if not s.is_member or s.view is None
+            else {"reachable": not s.majority_lost, "reaches": sorted(s.my_hears), "needed": s.view.majority},
             "blocked": sorted(self.blocked),
             "traffic": {
                 "sent_bytes": self.links.sent_bytes if self.links else 0,

@@ -155,7 +155,17 @@ class Accepting:
     view: View
 
 
-Action = Send | Installed | Decided | Observed | TopologyChanged | Rejected | Accepting
+@dataclass(frozen=True, slots=True)
+class MajorityChanged:
+    """This member stopped (or started again) reaching a majority of its view, itself
+    included: while it reaches none, nothing it takes part in can commit."""
+
+    reachable: bool
+    reaches: tuple[str, ...]
+    needed: int
+
+
+Action = Send | Installed | Decided | Observed | TopologyChanged | Rejected | Accepting | MajorityChanged
 
 
 # --- state ----------------------------------------------------------------------------------
@@ -193,6 +203,7 @@ class NodeState:
     last_heard: dict[str, float] = field(default_factory=dict)
     reports: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
     my_hears: frozenset[str] = frozenset()
+    majority_lost: bool = False  # a member that reaches no majority of its view (my_hears)
     topology: tuple[tuple[int, int], tuple[tuple[str, str], ...]] = ((0, 0), ())
     next_heartbeat: float = 0.0
     next_retry: float = 0.0
@@ -443,6 +454,15 @@ def _grace(s: NodeState, view: View, now: float, newcomers: frozenset[str] | Non
     s.my_hears = frozenset(m for m in view.members if _hears(s, s.node_id, m, now))
 
 
+def _check_majority(s: NodeState, out: list[Action]) -> None:
+    """Report when this member stops or starts again reaching a majority of its view."""
+    lost = s.is_member and s.view is not None and len(s.my_hears) < s.view.majority
+    if lost != s.majority_lost:
+        s.majority_lost = lost
+        needed = s.view.majority if s.view is not None else 0
+        out.append(MajorityChanged(not lost, tuple(sorted(s.my_hears)), needed))
+
+
 # --- event handlers ------------------------------------------------------------------------
 
 
@@ -480,6 +500,7 @@ def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> None:
     if hears == s.my_hears:
         return
     previous, s.my_hears = s.my_hears, hears
+    _check_majority(s, out)
     for lost in sorted(previous - hears):
         out.append(Observed(("lost", lost)))
         _forward(s, Suspect(lost), out)
@@ -934,6 +955,7 @@ def _install(s: NodeState, view: View, now: float, out: list[Action]) -> None:
     else:
         _grace(s, view, now, frozenset(view.members) - frozenset(previous.members))
     out.append(Installed(view, s.status))
+    _check_majority(s, out)
 
 
 def _update_topology(s: NodeState, now: float, out: list[Action]) -> None:
