@@ -164,7 +164,7 @@ LINGER_STEPS = 30
 # Whether members relay membership messages between peers that cannot reach each other
 # directly (one hop through a member that reaches both): then a group needs a connected
 # majority, not a fully connected one.
-RELAY = False
+RELAY = True
 
 
 @dataclass

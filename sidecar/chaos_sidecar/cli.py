@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="comma-separated fault kinds, 'all' or 'none' (see --list-faults)",
     )
+    sim.add_argument(
+        "--final-bridge",
+        action="store_true",
+        help="after the faults stop, keep two sides cut from each other but for one hub: the group "
+        "must converge through it and keep its view for 2 s (partial connectivity)",
+    )
     sim.add_argument("--replay", type=_non_negative_int, help="replay one schedule by its seed")
     sim.add_argument("--list-faults", action="store_true", help="print the fault kinds and exit")
     sim.add_argument("--json", action="store_true", help="print one JSON object")
