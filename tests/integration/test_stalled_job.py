@@ -8,11 +8,12 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from chaos_lab.churn import ChurnEvent
-from chaos_lab.jobreport import read_jsonl
+from chaos_lab.churn import ChurnEvent, parse_churn
+from chaos_lab.jobreport import read_jsonl, summarize
 from chaos_lab.localjob import JobConfig, JobStalled, LocalJob
 
 pytest.importorskip("torch", reason="the trainer needs the 'train' extra (torch)")
@@ -84,3 +85,21 @@ def test_a_scripted_link_up_fires_by_time_when_the_group_stops_stepping(tmp_path
     sidecar = read_jsonl(sorted((out / "sidecars").glob("*.events.jsonl")))
     lost = {r["node"] for r in sidecar if r["type"] == "no_majority"}
     assert lost == {"n0", "n1", "n2", "n3"}, lost
+
+
+def test_round_4715_as_first_written_now_finishes(tmp_path) -> None:
+    """The script that hung ``bench --scenario chaos --seed 4711``: n0-n3 cut, then n1 crashes
+    while the view may still be {n0, n1, n3}. n0 and n3 now reach each other through n4 (a
+    member by then, or a node asking to join), so the group drops n1 and trains to the end."""
+    script = json.loads((Path(__file__).resolve().parents[1] / "data" / "round-4715-churn.json").read_text())
+    churn = parse_churn(script, ["n0", "n1", "n2", "n3"], 150)
+    cfg = JobConfig(nodes=4, steps=150, churn=churn, out=tmp_path / "out", live=False, samples=4096,
+                    global_batch=128, digest_every=5, stall_limit_s=45.0, deadline_s=200.0)  # fmt: skip
+    job = LocalJob(cfg)
+    wall = asyncio.run(job.run())
+    sidecar = read_jsonl(sorted((cfg.out / "sidecars").glob("*.events.jsonl")))
+    trainer = read_jsonl(sorted((cfg.out / "logs").glob("*.trainer.jsonl")))
+    summary = summarize(cfg, job.injected, sidecar, trainer, wall)
+    assert summary["ok"] and summary["steps"] == 150, summary
+    last = max((r for r in sidecar if r["type"] == "installed"), key=lambda r: r["epoch"])
+    assert {"n0", "n3"} <= set(last["members"]) and "n1" not in last["members"], last

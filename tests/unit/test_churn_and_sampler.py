@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -100,14 +101,9 @@ def test_sample_accounting_catches_loss_and_duplication() -> None:
 # round 4715 of `bench --scenario chaos --seed 4711` as the old generator wrote it: after the
 # crash of n1 the view could still be {n0, n1, n3} (n4 not admitted yet), where n0 and n3, cut
 # from each other, each reach only themselves of the two live nodes
-HUNG_ROUND_4715 = [
-    {"at_step": 28, "event": "crash_trainer", "node": "n2"},
-    {"at_step": 48, "event": "slow_link", "node": "n0", "rate_mbps": 5.0},
-    {"at_step": 105, "event": "join", "node": "n4"},
-    {"at_step": 117, "event": "link_down", "node": "n0", "peer": "n3"},
-    {"at_step": 123, "event": "crash", "node": "n1"},
-    {"at_step": 134, "event": "join", "node": "n5"},
-]
+HUNG_ROUND_4715 = json.loads(
+    (Path(__file__).resolve().parents[1] / "data" / "round-4715-churn.json").read_text()
+)
 
 
 def majority_connected_everywhere(script: list, initial: list[str], upto: int, relay: bool) -> bool:

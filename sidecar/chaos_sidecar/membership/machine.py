@@ -526,6 +526,8 @@ def _grace(s: NodeState, view: View, now: float, newcomers: frozenset[str] | Non
         else:
             seen, hears = s.reports[m]
             s.reports[m] = (seen, (hears | fresh) & everyone)
+            if m in s.direct_reports:
+                s.direct_reports[m] = (s.direct_reports[m] | fresh) & everyone
     s.my_hears = frozenset(m for m in view.members if _hears(s, s.node_id, m, now))
 
 
