@@ -219,6 +219,15 @@ class LocalJob:
     # --- the run --------------------------------------------------------------------------------
 
     async def run(self) -> float:
+        try:
+            return await self._run()
+        finally:  # no trainer outlives the job, however it ends (normally, all have exited)
+            for process in self.trainers.values():
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+
+    async def _run(self) -> float:
         started = time.monotonic()
         async with self.cluster:
             names = [f"n{i}" for i in range(self.cfg.nodes)]
@@ -232,53 +241,46 @@ class LocalJob:
             # the stall clocks start at the first step: before it the trainers are starting up
             agreed_at = progress_at = healed_at = time.monotonic()
             progress_step = 0
-            try:
-                while True:
-                    self.poll_logs()
-                    step = self.current_step()
-                    now = time.monotonic()
-                    if step > progress_step or progress_step == 0:
-                        progress_step, progress_at = step, now
-                    idle_s = now - max(progress_at, healed_at)
-                    while (event := take_due(pending, step, now - agreed_at, idle_s)) is not None:
-                        early = not event.due(step, now - agreed_at)
-                        await self.apply(event, step)
-                        note = ("stalled, healing early: " if early else "event: ") + event.label()
-                        if early:
-                            healed_at, idle_s = now, 0.0
-                    running = [n for n, p in self.trainers.items() if p.poll() is None and n not in self.gone]
-                    if not running and not pending:
-                        break
-                    if self.finished_at is None and self.done:
-                        self.finished_at = time.monotonic()
-                    if self.finished_at is not None and time.monotonic() - self.finished_at > STRAGGLER_S:
-                        for node in running:  # e.g. a joiner whose trainer started after the last step
-                            self.trainers[node].kill()
-                            self.stragglers.append(node)
-                        break
-                    failed = [
-                        n
-                        for n, p in self.trainers.items()
-                        if p.poll() not in (None, 0)
-                        and n not in self.gone
-                        and not (self.finished_at is not None and p.returncode == EXIT_NO_STATE)
-                    ]
-                    if failed:
-                        raise RuntimeError(f"trainer(s) {failed} failed; see {self.cfg.out}/logs")
-                    reason = self.stall_reason(now - started, now - progress_at, step)
-                    if reason is not None:
-                        raise JobStalled(reason, await self.stuck_nodes())
-                    if self.cfg.live and now - last_print > 0.5:
-                        last_print = now
-                        self.poll_majority()
-                        print("\r" + self.status_line(note).ljust(100), end="", flush=True)
-                    await asyncio.sleep(POLL_S)
-            except BaseException:
-                for process in self.trainers.values():  # no trainer outlives a failed job
-                    if process.poll() is None:
-                        process.kill()
-                        process.wait()
-                raise
+            while True:
+                self.poll_logs()
+                step = self.current_step()
+                now = time.monotonic()
+                if step > progress_step or progress_step == 0:
+                    progress_step, progress_at = step, now
+                idle_s = now - max(progress_at, healed_at)
+                while (event := take_due(pending, step, now - agreed_at, idle_s)) is not None:
+                    early = not event.due(step, now - agreed_at)
+                    await self.apply(event, step)
+                    note = ("stalled, healing early: " if early else "event: ") + event.label()
+                    if early:
+                        healed_at, idle_s = now, 0.0
+                running = [n for n, p in self.trainers.items() if p.poll() is None and n not in self.gone]
+                if not running and not pending:
+                    break
+                if self.finished_at is None and self.done:
+                    self.finished_at = time.monotonic()
+                if self.finished_at is not None and time.monotonic() - self.finished_at > STRAGGLER_S:
+                    for node in running:  # e.g. a joiner whose trainer started after the last step
+                        self.trainers[node].kill()
+                        self.stragglers.append(node)
+                    break
+                failed = [
+                    n
+                    for n, p in self.trainers.items()
+                    if p.poll() not in (None, 0)
+                    and n not in self.gone
+                    and not (self.finished_at is not None and p.returncode == EXIT_NO_STATE)
+                ]
+                if failed:
+                    raise RuntimeError(f"trainer(s) {failed} failed; see {self.cfg.out}/logs")
+                reason = self.stall_reason(now - started, now - progress_at, step)
+                if reason is not None:
+                    raise JobStalled(reason, await self.stuck_nodes())
+                if self.cfg.live and now - last_print > 0.5:
+                    last_print = now
+                    self.poll_majority()
+                    print("\r" + self.status_line(note).ljust(100), end="", flush=True)
+                await asyncio.sleep(POLL_S)
             self.poll_logs()
             if self.cfg.live:
                 print("\r" + self.status_line("done").ljust(100), flush=True)

@@ -48,6 +48,7 @@ CONTACT_BOOKKEEPING = (
     "last_view_request",
     "last_push",
     "my_hears",
+    "my_direct",
     "next_heartbeat",
     "now",
 )

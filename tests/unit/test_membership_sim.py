@@ -194,7 +194,8 @@ def test_a_member_relays_to_a_peer_it_no_longer_hears_directly() -> None:
         state, ticked = sm.step(state, sm.Tick(), t + 0.001)
         observed += [a.change for a in actions + more + ticked if isinstance(a, sm.Observed)]
         sends += [(t, a) for a in ticked if isinstance(a, sm.Send)]
-    assert observed == [] and state.my_hears == {"a", "b", "c"} and not state.majority_lost
+    assert observed == [("link_down", "c")]  # the link, not the peer: no loss, no removal
+    assert state.my_hears == {"a", "b", "c"} and state.my_direct == {"a", "b"} and not state.majority_lost
     assert state.last_direct["c"] == 0.0 < state.last_heard["c"]
     relayed = [(t, a) for t, a in sends if isinstance(a.message.body, Relay)]
     assert relayed and all(a.to == "b" and a.message.body.to == "c" for _, a in relayed)

@@ -137,7 +137,8 @@ class Decided:
 @dataclass(frozen=True, slots=True)
 class Observed:
     """This node saw a change first-hand: ``("join", j)``, ``("leave", me)``, ``("lost", p)``,
-    ``("regained", p)``."""
+    ``("regained", p)``, and of its direct links, relays aside: ``("link_down", p)``,
+    ``("link_up", p)``."""
 
     change: Change
 
@@ -212,6 +213,7 @@ class NodeState:
     reports: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
     direct_reports: dict[str, frozenset[str]] = field(default_factory=dict)  # whom each hears directly
     my_hears: frozenset[str] = frozenset()
+    my_direct: frozenset[str] = frozenset()  # of my_hears, the members heard directly
     majority_lost: bool = False  # a member that reaches no majority of its view (my_hears)
     topology: tuple[tuple[int, int], tuple[tuple[str, str], ...]] = ((0, 0), ())
     next_heartbeat: float = 0.0
@@ -529,6 +531,8 @@ def _grace(s: NodeState, view: View, now: float, newcomers: frozenset[str] | Non
             if m in s.direct_reports:
                 s.direct_reports[m] = (s.direct_reports[m] | fresh) & everyone
     s.my_hears = frozenset(m for m in view.members if _hears(s, s.node_id, m, now))
+    direct = _direct_heard_by(s, s.node_id, now)
+    s.my_direct = frozenset(m for m in view.members if m in direct)
 
 
 def _check_majority(s: NodeState, out: list[Action]) -> None:
@@ -573,6 +577,11 @@ def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> None:
     also brings the next heartbeat forward: when the lost one is the coordinator, the
     Suspect goes nowhere useful, and the slow-path candidate learns it from heartbeats."""
     assert s.view is not None
+    direct = frozenset(m for m in s.view.members if m in _direct_heard_by(s, s.node_id, now))
+    if direct != s.my_direct:  # a link, not a peer: relays may still carry it
+        previous_direct, s.my_direct = s.my_direct, direct
+        out.extend(Observed(("link_down", m)) for m in sorted(previous_direct - direct))
+        out.extend(Observed(("link_up", m)) for m in sorted(direct - previous_direct))
     hears = frozenset(m for m in s.view.members if _hears(s, s.node_id, m, now))
     if hears == s.my_hears:
         return
@@ -641,7 +650,13 @@ def _on_receive(s: NodeState, msg: Message, now: float, out: list[Action], *, re
         s.last_direct[sender] = now
     body = msg.body
     news = True
-    if s.is_member and sender not in s.my_hears and s.view is not None and sender in s.view.members:
+    lost_link = not relayed and sender not in s.my_direct
+    if (
+        s.is_member
+        and (sender not in s.my_hears or lost_link)
+        and s.view is not None
+        and sender in s.view.members
+    ):
         _refresh_hears(s, now, out)
     elif isinstance(body, Heartbeat) and msg.epoch == s.epoch:
         previous = s.reports.get(sender)
