@@ -19,10 +19,10 @@ Rules (see DESIGN §5.1):
   majority. A link down between two members that both still reach a majority only changes
   the topology table (gossiped with heartbeats, versioned by ``(epoch, counter)``).
 * Relaying: a member that has not heard a peer directly for half the failure timeout also
-  sends it each message through a member that hears both directly (one hop, end to end
-  authenticated by the adapters). Hearing counts relayed messages, so the membership rule
-  and the quorums need a connected majority, not a fully connected one; the topology table
-  keeps showing the direct links that are down.
+  sends it each message through a member that hears both directly, or failing one a node
+  asking to join (one hop, end to end authenticated by the adapters). Hearing counts relayed
+  messages, so the membership rule and the quorums need a connected majority, not a fully
+  connected one; the topology table keeps showing the direct links that are down.
 * Pending joins and leaves seen while a proposal is in flight are batched into the next one.
 
 Durable state (what survives a crash, see :func:`restart`): the committed view, the acceptor
@@ -605,11 +605,11 @@ def _ask_admission(s: NodeState, out: list[Action]) -> None:
     s.contact_cursor += 1
     ask = Message(s.node_id, s.epoch, Join(s.node_id, s.address))
     out.append(Send(cid, caddr, ask))
-    coordinator = s.view.coordinator if s.view is not None else None
-    if coordinator not in (None, cid, s.node_id):
+    coordinator = s.view.coordinator if s.view is not None else cid  # a first join knows none
+    if coordinator not in (cid, s.node_id):
         # a removed node may be cut off from the coordinator, which admits only joiners it
         # hears itself: the contact relays the request, and the coordinator hears us through it
-        out.append(Send(cid, caddr, Message(s.node_id, s.epoch, Relay(coordinator, ask))))  # type: ignore[arg-type]
+        out.append(Send(cid, caddr, Message(s.node_id, s.epoch, Relay(coordinator, ask))))
 
 
 def _retry(s: NodeState, now: float, out: list[Action]) -> None:
