@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +18,43 @@ DEMO_KINDS = ("join", "leave", "crash", "link_down", "link_up")
 CHAOS_KINDS = KINDS
 
 
+HEALING = ("link_up",)  # events that can only help a stalled group make progress again
+
+
 @dataclass(frozen=True)
 class ChurnEvent:
-    at_step: int
+    """One scripted fault, due at a training step (``at_step``), at a time (``at_s``: seconds
+    since the group first agreed), or at whichever comes first when both are given."""
+
+    at_step: int | None
     event: str
     node: str
     peer: str | None = None
     rate_mbps: float | None = None  # slow_link: the node's new upload limit (None: unlimited)
+    at_s: float | None = None
+
+    def due(self, step: int, elapsed_s: float) -> bool:
+        return (self.at_step is not None and step >= self.at_step) or (
+            self.at_s is not None and elapsed_s >= self.at_s
+        )
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"at_step": self.at_step, "event": self.event, "node": self.node}
+        out: dict[str, Any] = {"event": self.event, "node": self.node}
+        if self.at_step is not None:
+            out["at_step"] = self.at_step
+        if self.at_s is not None:
+            out["at_s"] = self.at_s
         if self.peer is not None:
             out["peer"] = self.peer
         if self.event == "slow_link":
             out["rate_mbps"] = self.rate_mbps
         return out
+
+    def label(self) -> str:
+        """``at step 40: crash n1``, ``at 12.5 s: link_up n0-n3``."""
+        when = [f"step {self.at_step}"] if self.at_step is not None else []
+        when += [f"{self.at_s:g} s"] if self.at_s is not None else []
+        return f"at {' or '.join(when)}: {self.event} {self.node}" + (f"-{self.peer}" if self.peer else "")
 
 
 def parse_churn(data: Any, initial: list[str], steps: int, min_size: int = 3) -> list[ChurnEvent]:
@@ -41,20 +63,29 @@ def parse_churn(data: Any, initial: list[str], steps: int, min_size: int = 3) ->
         raise InputError("churn", "expected a list of events")
     members = list(initial)
     events = []
-    last_step = 0
+    last_step, last_s = 0, 0.0
     for i, raw in enumerate(data):
         where = f"churn[{i}]"
         if not isinstance(raw, dict):
             raise InputError(where, "expected an object")
-        unknown = set(raw) - {"at_step", "event", "node", "peer", "rate_mbps"}
+        unknown = set(raw) - {"at_step", "at_s", "event", "node", "peer", "rate_mbps"}
         if unknown:
             raise InputError(f"{where}.{sorted(unknown)[0]}", "unknown field")
-        at = raw.get("at_step")
-        if isinstance(at, bool) or not isinstance(at, int) or not 0 < at < steps:
-            raise InputError(f"{where}.at_step", f"expected an integer in 1..{steps - 1}, got {at!r}")
-        if at < last_step:
-            raise InputError(f"{where}.at_step", "events must be in step order")
-        last_step = at
+        at, at_s = raw.get("at_step"), raw.get("at_s")
+        if at is None and at_s is None:
+            raise InputError(f"{where}.at_step", "expected at_step (a training step), at_s (seconds) or both")
+        if at is not None:
+            if isinstance(at, bool) or not isinstance(at, int) or not 0 < at < steps:
+                raise InputError(f"{where}.at_step", f"expected an integer in 1..{steps - 1}, got {at!r}")
+            if at < last_step:
+                raise InputError(f"{where}.at_step", "events must be in step order")
+            last_step = at
+        if at_s is not None:
+            if isinstance(at_s, bool) or not isinstance(at_s, int | float) or not 0 < at_s < 1e6:
+                raise InputError(f"{where}.at_s", f"expected a positive number of seconds, got {at_s!r}")
+            if at_s < last_s:
+                raise InputError(f"{where}.at_s", "events must be in time order")
+            last_s = float(at_s)
         kind = raw.get("event")
         if kind not in KINDS:
             raise InputError(f"{where}.event", f"expected one of {', '.join(KINDS)}, got {kind!r}")
@@ -87,7 +118,8 @@ def parse_churn(data: Any, initial: list[str], steps: int, min_size: int = 3) ->
             if len(members) - 1 < min_size:
                 raise InputError(where, f"would leave fewer than {min_size} members")
             members.remove(node)
-        events.append(ChurnEvent(at, kind, node, peer, None if rate is None else float(rate)))
+        rate = None if rate is None else float(rate)
+        events.append(ChurnEvent(at, kind, node, peer, rate, None if at_s is None else float(at_s)))
     return events
 
 
@@ -125,16 +157,77 @@ def default_churn(initial: list[str], steps: int) -> list[ChurnEvent]:
     return parse_churn(plan, initial, steps)
 
 
-def connected_enough(members: list[str], down: list[tuple[str, str]]) -> bool:
-    """Every member still has working links to a majority of the group (itself included): the
-    membership rule then keeps everyone, and a group can always agree. A churn that cuts more
-    (say, every link between the three survivors of a crash) leaves no majority anywhere:
-    nothing can, or should, make progress then."""
-    cut = {frozenset(link) for link in down}
-    majority = len(members) // 2 + 1
-    return all(
-        1 + sum(1 for b in members if b != a and frozenset((a, b)) not in cut) >= majority for a in members
-    )
+# A node removed by the script may linger in the view for a while: the trainers' collectives
+# wait for it until the view drops it (one failure timeout), so the group moves on only a few
+# steps meanwhile. Past this many steps the generator counts the removal as done.
+LINGER_STEPS = 30
+# Whether members relay membership messages between peers that cannot reach each other
+# directly (one hop through a member that reaches both): then a group needs a connected
+# majority, not a fully connected one.
+RELAY = True
+
+
+@dataclass
+class GroupModel:
+    """The group a churn script leaves behind, with what a script cannot know: whether a
+    joiner is admitted yet (the group trains on without it, so possibly never within the
+    script) and whether a node removed lately has left the view. Every view the group may
+    hold is checked (:meth:`keeps_majority`)."""
+
+    members: list[str]  # as the script sees it: every join done, every removal done
+    joiners: list[str] = field(default_factory=list)
+    removed: list[tuple[str, int]] = field(default_factory=list)  # (node, step of its removal)
+    down: list[tuple[str, str]] = field(default_factory=list)
+    relay: bool = RELAY
+
+    def apply(self, event: ChurnEvent) -> None:
+        if event.event == "join":
+            self.members.append(event.node)
+            self.joiners.append(event.node)
+        elif event.event in REMOVALS:
+            assert event.at_step is not None, "the model follows step-keyed scripts"
+            self.members.remove(event.node)
+            self.removed.append((event.node, event.at_step))
+        elif event.event == "link_down":
+            self.down.append((event.node, event.peer))  # type: ignore[arg-type]
+        elif event.event == "link_up":
+            self.down = [link for link in self.down if set(link) != {event.node, event.peer}]
+
+    def possible_views(self, step: int) -> list[frozenset[str]]:
+        """Every member set the group's view may have at ``step``."""
+        settled = frozenset(self.members) - frozenset(self.joiners)
+        lingering = [node for node, at in self.removed if step - at < LINGER_STEPS]
+        maybe = [*self.joiners, *lingering]
+        views = []
+        for mask in range(1 << len(maybe)):
+            views.append(settled | {node for i, node in enumerate(maybe) if mask >> i & 1})
+        return views
+
+    def reach(self, view: frozenset[str]) -> dict[str, set[str]]:
+        """Whom each live member of ``view`` reaches among them (itself included)."""
+        live = view & set(self.members)
+        cut = {frozenset(link) for link in self.down}
+        direct = {a: {b for b in live if frozenset((a, b)) not in cut} for a in live}
+        if not self.relay:
+            return direct
+        return {a: set().union(*(direct[r] for r in direct[a])) for a in live}
+
+    def keeps_majority(self, step: int) -> bool:
+        """In every view the group may hold, every live member reaches a majority of it: the
+        membership rule then keeps everyone and some member can always get a quorum."""
+        for view in self.possible_views(step):
+            majority = len(view) // 2 + 1
+            if any(len(reached) < majority for reached in self.reach(view).values()):
+                return False
+            if len(view & set(self.members)) < majority:
+                return False
+        return True
+
+    def allows(self, event: ChurnEvent) -> bool:
+        trial = GroupModel(list(self.members), list(self.joiners), list(self.removed), list(self.down),
+                           self.relay)  # fmt: skip
+        trial.apply(event)
+        return trial.keeps_majority(event.at_step or 0)
 
 
 def random_churn(
@@ -145,48 +238,44 @@ def random_churn(
     min_size: int = 3,
     kinds: tuple[str, ...] = DEMO_KINDS,
 ) -> list[ChurnEvent]:
-    """Seeded churn of ``kinds`` that never takes the group below ``min_size`` (crashes need a
-    majority). ``CHAOS_KINDS`` adds trainer-only and sidecar-only crashes and slow links."""
+    """Seeded churn of ``kinds`` that never takes the group below ``min_size`` and after
+    every event leaves a majority of every view the group may hold connected
+    (:class:`GroupModel`); a kind with no such event falls back to a join, which never
+    breaks that. ``CHAOS_KINDS`` adds trainer-only and sidecar-only crashes and slow links."""
     rng = random.Random(seed)
-    members = list(initial)
+    group = GroupModel(list(initial))
     counter = len(initial)
-    down: list[tuple[str, str]] = []
-    out = []
+    out: list[ChurnEvent] = []
     at_steps = sorted(rng.sample(range(max(2, steps // 10), max(3, steps * 9 // 10)), events))
     for at in at_steps:
-        up = [(a, b) for i, a in enumerate(members) for b in members[i + 1 :]
-              if (a, b) not in down and (b, a) not in down
-              and connected_enough(members, [*down, (a, b)])]  # fmt: skip
-        choices = ["join", "link_down", "slow_link"] if up else ["join", "slow_link"]
+        members = group.members
+        choices = ["join", "slow_link", "link_down"]
         if len(members) > min_size:
             choices += list(REMOVALS)
-        if down:
+        if group.down:
             choices.append("link_up")
         kind = rng.choice([k for k in choices if k in kinds])
-        removable = [
-            m  # keep the founder, and a group where everyone reaches a majority
-            for m in members[1:]
-            if all(m not in link for link in down) and connected_enough([x for x in members if x != m], down)
-        ]
-        if kind in REMOVALS and not removable:
-            kind = "join"
-        if kind == "join":
-            node = f"n{counter}"
-            counter += 1
-            members.append(node)
-            out.append({"at_step": at, "event": "join", "node": node})
+        candidates: list[ChurnEvent] = []
+        if kind in REMOVALS:
+            # keep the founder, and nodes at a cut link (its link_up must find both)
+            candidates = [ChurnEvent(at, kind, m) for m in members[1:]
+                          if all(m not in link for link in group.down)]  # fmt: skip
+        elif kind == "link_down":
+            cut = {frozenset(link) for link in group.down}
+            candidates = [ChurnEvent(at, kind, a, b) for i, a in enumerate(members) for b in members[i + 1 :]
+                          if frozenset((a, b)) not in cut]  # fmt: skip
+        elif kind == "link_up":
+            candidates = [ChurnEvent(at, kind, *group.down[0])]
         elif kind == "slow_link":
             rate = rng.choice([2.0, 5.0, 20.0, None])
-            out.append({"at_step": at, "event": kind, "node": rng.choice(members), "rate_mbps": rate})
-        elif kind in REMOVALS:
-            node = rng.choice(removable)
-            members.remove(node)
-            out.append({"at_step": at, "event": kind, "node": node})
-        elif kind == "link_down":
-            a, b = rng.choice(up)
-            down.append((a, b))
-            out.append({"at_step": at, "event": "link_down", "node": a, "peer": b})
+            candidates = [ChurnEvent(at, kind, rng.choice(members), rate_mbps=rate)]
+        candidates = [c for c in candidates if group.allows(c)]
+        if candidates:
+            event = rng.choice(candidates)
         else:
-            a, b = down.pop(0)
-            out.append({"at_step": at, "event": "link_up", "node": a, "peer": b})
-    return parse_churn(out, initial, steps, min_size=min_size)
+            event = ChurnEvent(at, "join", f"n{counter}")
+        if event.event == "join":
+            counter += 1
+        group.apply(event)
+        out.append(event)
+    return parse_churn([e.to_json() for e in out], initial, steps, min_size=min_size)

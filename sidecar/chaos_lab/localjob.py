@@ -18,18 +18,59 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chaos_lab import netns
-from chaos_lab.churn import ChurnEvent
+from chaos_lab.churn import HEALING, ChurnEvent
 from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.membership.machine import Settings
 
 EXIT_NO_STATE = 4  # chaos_train.worker: a joiner found no member holding state (the job was done)
 STRAGGLER_S = 20.0  # after the group's last step, how long a late trainer may take to finish
 POLL_S = 0.1  # how often the trainers' logs are read: churn lands within about 3 steps
+# A group that has not stepped for this long may be waiting for a link to heal: the next
+# scripted healing event fires now instead of at a step that may never come. Longer than a
+# regroup after a crash (a failure timeout) plus a state transfer on a slowed link.
+HEAL_AFTER_S = 5.0
+
+
+class JobStalled(RuntimeError):
+    """The group stopped making progress, or the job ran past its deadline; ``nodes`` says
+    where each live node was stuck (its sidecar's view and status, its trainer's last step)."""
+
+    def __init__(self, reason: str, nodes: dict[str, dict[str, Any]]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.nodes = nodes
+
+
+def new_lines(path: Path | None, offsets: dict[str, int], key: str) -> Iterator[str]:
+    """The complete lines appended to ``path`` since ``offsets[key]``, which moves past them."""
+    if path is None or not path.exists():
+        return
+    with path.open() as f:
+        f.seek(offsets.get(key, 0))
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            offsets[key] = offsets.get(key, 0) + len(line)
+            yield line
+
+
+def take_due(pending: list[ChurnEvent], step: int, elapsed_s: float, idle_s: float) -> ChurnEvent | None:
+    """Pop the next event to apply: the first pending one once it is due; or, when the group
+    has not stepped for HEAL_AFTER_S, the first healing one ahead of its turn (its step may
+    never come: the group may be waiting for exactly that link)."""
+    if pending and pending[0].due(step, elapsed_s):
+        return pending.pop(0)
+    if idle_s >= HEAL_AFTER_S:
+        for i, event in enumerate(pending):
+            if event.event in HEALING:
+                return pending.pop(i)
+    return None
 
 
 @dataclass
@@ -61,6 +102,9 @@ class JobConfig:
                 names.append(event.node)
         return names
 
+    deadline_s: float | None = None  # the whole run, from the first start (None: no limit)
+    stall_limit_s: float | None = None  # no new step for this long ends the run (None: no limit)
+
 
 @dataclass
 class Injected:
@@ -79,6 +123,9 @@ class LocalJob:
     finished_at: float | None = None
     star: netns.Star | None = None  # the nodes' namespaces and links (hosts "netns")
     foreign_opens: list[str] = field(default_factory=list)  # files a node opened in another's directory
+    no_majority: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> its sidecar's record
+    _last_line: dict[str, str] = field(default_factory=dict)  # trainer logs: parsed only on a stall
+    _sidecar_offsets: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         out = self.cfg.out
@@ -194,22 +241,24 @@ class LocalJob:
 
     def poll_logs(self) -> None:
         for node in self.trainers:
-            path = self.trainer_log(node)
-            if not path.exists():
-                continue
             last_step = None  # only the newest step record is shown: parse just that one
-            with path.open() as f:
-                f.seek(self._offsets.get(node, 0))
-                for line in f:
-                    if not line.endswith("\n"):
-                        break
-                    self._offsets[node] = self._offsets.get(node, 0) + len(line)
-                    if '"type": "step"' in line:
-                        last_step = line
-                    elif '"type": "done"' in line:
-                        self.done.add(node)
+            for line in new_lines(self.trainer_log(node), self._offsets, node):
+                self._last_line[node] = line
+                if '"type": "step"' in line:
+                    last_step = line
+                elif '"type": "done"' in line:
+                    self.done.add(node)
             if last_step is not None:
                 self.progress[node] = json.loads(last_step)
+
+    def poll_majority(self) -> None:
+        """Which sidecars reach no majority of their view, from their event logs."""
+        for node_id, node in self.cluster.nodes.items():
+            for line in new_lines(node.log_path, self._sidecar_offsets, node_id):
+                if '"type":"no_majority"' in line:
+                    self.no_majority[node_id] = json.loads(line)
+                elif '"type":"no_majority_over"' in line:
+                    self.no_majority.pop(node_id, None)
 
     def current_step(self) -> int:
         live = [r["step"] for n, r in self.progress.items() if n not in self.gone]
@@ -222,22 +271,35 @@ class LocalJob:
         )
         loss = f"{latest['loss']:.4f}" if latest else "-"
         members = latest["world"] if latest else 0
+        stuck = [
+            f"{node} reaches {','.join(r['reaches'])} of {r['members']} (needs {r['needed']})"
+            for node, r in sorted(self.no_majority.items())
+            if node not in self.gone
+        ]
+        if stuck:
+            note = "NO MAJORITY: " + "; ".join(stuck)
         return f"step {step:>5}/{self.cfg.steps}  loss {loss}  members {members}  {note}"
 
     # --- the run --------------------------------------------------------------------------------
 
     async def run(self) -> float:
-        if self.cfg.hosts != "netns":
-            return await self._run()
-        netns.remove_stale()
-        names = self.cfg.node_names()
-        rates = [self.cfg.links.get(n) for n in names]
-        with netns.Star(len(names), rates, subnet=100 + os.getpid() % 100, routed=True) as star:
-            self.star = star
-            try:
+        try:
+            if self.cfg.hosts != "netns":
                 return await self._run()
-            finally:
-                self.cluster.close()  # every process out of the namespaces before they go
+            netns.remove_stale()
+            names = self.cfg.node_names()
+            rates = [self.cfg.links.get(n) for n in names]
+            with netns.Star(len(names), rates, subnet=100 + os.getpid() % 100, routed=True) as star:
+                self.star = star
+                try:
+                    return await self._run()
+                finally:
+                    self.cluster.close()  # every process out of the namespaces before they go
+        finally:  # no trainer outlives the job, however it ends (normally, all have exited)
+            for process in self.trainers.values():
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
 
     async def _run(self) -> float:
         started = time.monotonic()
@@ -253,15 +315,24 @@ class LocalJob:
             pending = list(self.cfg.churn)
             note = "training"
             last_print = 0.0
+            # the stall clocks start at the first step: before it the trainers are starting up
+            agreed_at = progress_at = healed_at = time.monotonic()
+            progress_step = 0
             while True:
                 self.poll_logs()
                 if self.star is not None:
                     self.check_privacy()
                 step = self.current_step()
-                while pending and step >= pending[0].at_step:
-                    event = pending.pop(0)
+                now = time.monotonic()
+                if step > progress_step or progress_step == 0:
+                    progress_step, progress_at = step, now
+                idle_s = now - max(progress_at, healed_at)
+                while (event := take_due(pending, step, now - agreed_at, idle_s)) is not None:
+                    early = not event.due(step, now - agreed_at)
                     await self.apply(event, step)
-                    note = f"event: {event.event} {event.node}" + (f"-{event.peer}" if event.peer else "")
+                    note = ("stalled, healing early: " if early else "event: ") + event.label()
+                    if early:
+                        healed_at, idle_s = now, 0.0
                 running = [n for n, p in self.trainers.items() if p.poll() is None and n not in self.gone]
                 if not running and not pending:
                     break
@@ -281,9 +352,12 @@ class LocalJob:
                 ]
                 if failed:
                     raise RuntimeError(f"trainer(s) {failed} failed; see {self.cfg.out}/logs")
-                now = time.monotonic()
+                reason = self.stall_reason(now - started, now - progress_at, step)
+                if reason is not None:
+                    raise JobStalled(reason, await self.stuck_nodes())
                 if self.cfg.live and now - last_print > 0.5:
                     last_print = now
+                    self.poll_majority()
                     print("\r" + self.status_line(note).ljust(100), end="", flush=True)
                 await asyncio.sleep(POLL_S)
             self.poll_logs()
@@ -293,6 +367,43 @@ class LocalJob:
                 if node in self.gone and process.poll() is None:
                     process.wait(timeout=60)
         return time.monotonic() - started
+
+    def stall_reason(self, running_s: float, idle_s: float, step: int) -> str | None:
+        """Why the run must end now (past its deadline, or no step for too long), or None."""
+        deadline, stall = self.cfg.deadline_s, self.cfg.stall_limit_s
+        if deadline is not None and running_s > deadline:
+            return f"deadline: still running after {deadline:g} s (step {step} of {self.cfg.steps})"
+        if stall is not None and self.finished_at is None and idle_s > stall:
+            return f"stalled: no step for {stall:g} s, at step {step} of {self.cfg.steps}"
+        return None
+
+    async def stuck_nodes(self) -> dict[str, dict[str, Any]]:
+        """Each live node's sidecar (status, view, cut links, majority) and trainer (last step,
+        last log record): where a stalled group was stuck."""
+        live_sidecars = self.cluster.live()
+        live_trainers = [n for n, p in self.trainers.items() if p.poll() is None]
+        views = await self.cluster.views(live_sidecars)
+        out: dict[str, dict[str, Any]] = {}
+        for node in sorted({*live_sidecars, *live_trainers}):
+            state: dict[str, Any] = {"sidecar": None, "trainer": None}
+            snapshot = views.get(node)
+            if snapshot is not None:
+                view = snapshot.get("view") or {}
+                state["sidecar"] = {
+                    "status": snapshot["status"],
+                    "epoch": view.get("epoch"),
+                    "members": view.get("members"),
+                    "down_links": snapshot["topology"]["down"],
+                    "majority": snapshot.get("majority"),
+                }
+            if node in live_trainers:
+                last = self._last_line.get(node)
+                state["trainer"] = {
+                    "step": self.progress.get(node, {}).get("step"),
+                    "last_record": json.loads(last)["type"] if last else None,
+                }
+            out[node] = state
+        return out
 
     async def apply(self, event: ChurnEvent, step: int) -> None:
         self.injected.append(Injected(event, time.time(), step))

@@ -65,6 +65,16 @@ class SidecarMetrics:
             ["reason"],
             registry=r,
         )
+        self.no_majority = Gauge(
+            "chaostrain_no_majority",
+            "1 while this member reaches no majority of its view (nothing can commit)",
+            registry=r,
+        )
+        self.majority_lost = Counter(
+            "chaostrain_majority_lost",
+            "Times this member stopped reaching a majority of its view",
+            registry=r,
+        )
         self.monitoring_bytes = Counter(
             "chaostrain_monitoring_sent_bytes",
             "Bytes sent on peer streams (heartbeats, protocol)",

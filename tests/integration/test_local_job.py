@@ -94,14 +94,14 @@ def test_bad_churn_file_exits_2(tmp_path) -> None:
 
 
 def test_chaos_round_with_trainer_only_and_sidecar_only_kills(tmp_path) -> None:
-    """One round of ``bench --scenario chaos`` (seed 5: a sidecar-only kill, a trainer-only kill,
-    joins and slow links) ends with every counter at zero."""
+    """One round of ``bench --scenario chaos`` (seed 24: a sidecar-only kill, a trainer-only kill,
+    a join, a slow link, a link cut and restored) ends with every counter at zero."""
     from chaos_lab.benchmarks.chaos import run_round
     from chaos_lab.churn import CHAOS_KINDS, random_churn
 
-    kinds = {e.event for e in random_churn(5, ["n0", "n1", "n2", "n3"], 150, events=6, kinds=CHAOS_KINDS)}
-    assert {"crash_sidecar", "crash_trainer", "join", "slow_link"} <= kinds, kinds
-    result = run_round(5, tmp_path)
+    kinds = {e.event for e in random_churn(24, ["n0", "n1", "n2", "n3"], 150, events=6, kinds=CHAOS_KINDS)}
+    assert {"crash_sidecar", "crash_trainer", "join", "slow_link", "link_down"} <= kinds, kinds
+    result = run_round(24, tmp_path)
     assert result["ok"], result
     for counter in ("divergent", "lost", "duplicated", "split_brain", "survivor_restarts"):
         assert result[counter] == 0, (counter, result)

@@ -94,3 +94,29 @@ async def test_partition_between_namespaces(tmp_path: Path) -> None:
                 if record["type"] == "installed":
                     installed.setdefault(record["epoch"], set()).add(frozenset(record["members"]))
     assert all(len(views) == 1 for views in installed.values()), installed
+
+
+async def test_a_member_relays_between_two_that_cannot_reach_each_other(tmp_path: Path) -> None:
+    """Four sidecars in four namespaces; blackhole routes cut n0-n3, then n1 is killed. n0 and
+    n3 each reach two of the four directly: without relaying nothing could commit (round 4715
+    of the chaos bench). n2 reaches both and relays, so {n0, n2, n3} agree on a view without
+    n1 while the cut stays, and the topology table still shows n0-n3 down."""
+    with netns.Star(4, [None] * 4, routed=True, subnet=79) as star:
+        async with LocalCluster(tmp_path / "cluster") as cluster:
+            for i in range(4):
+                await cluster.start(
+                    f"n{i}", seed=i == 0, host=star.ip(i), wrap=lambda cmd, i=i: star.wrap(i, cmd)
+                )
+            before = await _until_agreed(cluster, {"n0", "n1", "n2", "n3"})
+            star.partition([0], [3])
+            cluster.kill("n1")
+            after = await _until_agreed(cluster, {"n0", "n2", "n3"}, timeout=30)
+            assert after > before
+            records = cluster.read_logs()
+    topology = [r["down"] for r in records if r["type"] == "topology" and r["node"] == "n0"]
+    assert topology and ["n0", "n3"] in topology[-1], topology
+    installed: dict[int, set[frozenset[str]]] = {}
+    for record in records:
+        if record["type"] == "installed":
+            installed.setdefault(record["epoch"], set()).add(frozenset(record["members"]))
+    assert all(len(views) == 1 for views in installed.values()), installed

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from chaos_lab.churn import default_churn, load_churn, parse_churn, random_churn
+from chaos_lab.churn import ChurnEvent, default_churn, load_churn, parse_churn, random_churn
 from chaos_lab.jobreport import check_samples
 from chaos_sidecar.errors import InputError
 from chaos_train.sampler import ElasticSampler
@@ -97,21 +98,109 @@ def test_sample_accounting_catches_loss_and_duplication() -> None:
     assert result["samples_duplicated"] == 16 and result["samples_lost"] == 16
 
 
-def test_random_chaos_churn_always_leaves_a_group_that_can_agree() -> None:
-    """After every event of 300 generated chaos scripts, each member still reaches a majority
-    over working links (the generator once cut all links among a crash's three survivors)."""
-    from chaos_lab.churn import CHAOS_KINDS, REMOVALS, connected_enough
+# round 4715 of `bench --scenario chaos --seed 4711` as the old generator wrote it: after the
+# crash of n1 the view could still be {n0, n1, n3} (n4 not admitted yet), where n0 and n3, cut
+# from each other, each reach only themselves of the two live nodes
+HUNG_ROUND_4715 = json.loads(
+    (Path(__file__).resolve().parents[1] / "data" / "round-4715-churn.json").read_text()
+)
 
-    assert not connected_enough(["a", "b", "c"], [("a", "b"), ("b", "c"), ("a", "c")])
-    for seed in range(300):
-        members, down = ["n0", "n1", "n2", "n3"], []
-        for event in random_churn(seed, list(members), 150, events=6, kinds=CHAOS_KINDS):
-            if event.event == "join":
-                members.append(event.node)
-            elif event.event in REMOVALS:
-                members.remove(event.node)
-            elif event.event == "link_down":
-                down.append((event.node, event.peer))
-            elif event.event == "link_up":
-                down = [link for link in down if set(link) != {event.node, event.peer}]
-            assert len(members) >= 3 and connected_enough(members, down), (seed, event)
+
+def majority_connected_everywhere(script: list, initial: list[str], upto: int, relay: bool) -> bool:
+    """Test oracle, written apart from the generator's model: replays ``script[:upto]`` and
+    tries every view the group may hold (any subset of the joiners admitted, any removal of
+    the last LINGER_STEPS still pending); in each, every live member must reach a majority of
+    the view over links that are up (or through one live member of the view, with relay)."""
+    from itertools import chain, combinations
+
+    from chaos_lab.churn import LINGER_STEPS, REMOVALS
+
+    alive, joined, gone, cut = set(initial), [], [], set()
+    for e in script[:upto]:
+        if e.event == "join":
+            alive.add(e.node)
+            joined.append(e.node)
+        elif e.event in REMOVALS:
+            alive.discard(e.node)
+            gone.append((e.at_step, e.node))
+        elif e.event in ("link_down", "link_up"):
+            (cut.add if e.event == "link_down" else cut.discard)(frozenset((e.node, e.peer)))
+    now = script[upto - 1].at_step
+    pending = joined + [node for at, node in gone if now - at < LINGER_STEPS]
+    base = alive - set(joined)
+    subsets = chain.from_iterable(combinations(pending, k) for k in range(len(pending) + 1))
+    for extra in subsets:
+        view = base | set(extra)
+        live = view & alive
+
+        def linked(a: str, b: str, live=live) -> bool:
+            return a == b or frozenset((a, b)) not in cut
+
+        for a in live:
+            reached = [b for b in live if linked(a, b) or (relay and any(linked(a, r) and linked(r, b)
+                                                                         for r in live))]  # fmt: skip
+            if len(reached) < len(view) // 2 + 1:
+                return False
+    return True
+
+
+def test_the_oracle_rejects_round_4715_as_first_written() -> None:
+    from chaos_lab.churn import GroupModel
+
+    script = parse_churn(HUNG_ROUND_4715, INITIAL, 150)
+    assert majority_connected_everywhere(script, INITIAL, 4, relay=False)
+    assert not majority_connected_everywhere(script, INITIAL, 5, relay=False)  # the crash of n1
+    group = GroupModel(list(INITIAL), relay=False)
+    for event in script[:4]:
+        assert group.allows(event)
+        group.apply(event)
+    assert not group.allows(script[4])
+
+
+@pytest.mark.parametrize("kinds", ["demo", "chaos"])
+def test_random_churn_keeps_a_connected_majority_in_every_possible_view(kinds: str) -> None:
+    """The generator's promise, over 1,000 seeds of 7 events each (per kind set): after every
+    event, every view the group may hold has every live member reaching a majority of it."""
+    from chaos_lab.churn import CHAOS_KINDS, DEMO_KINDS, RELAY
+
+    chosen = CHAOS_KINDS if kinds == "chaos" else DEMO_KINDS
+    for seed in range(1000):
+        script = random_churn(seed, INITIAL, 150, events=7, kinds=chosen)
+        for upto in range(1, len(script) + 1):
+            assert majority_connected_everywhere(script, INITIAL, upto, relay=RELAY), (seed, script[upto - 1])
+
+
+def test_events_keyed_to_time_as_well_as_steps() -> None:
+    script = [
+        {"at_s": 2.5, "event": "link_down", "node": "n0", "peer": "n1"},
+        {"at_step": 40, "at_s": 30, "event": "link_up", "node": "n0", "peer": "n1"},
+    ]
+    down, up = parse_churn(script, INITIAL, 100)
+    assert down.at_step is None and down.at_s == 2.5
+    assert not down.due(step=99, elapsed_s=2.0) and down.due(step=0, elapsed_s=2.5)
+    assert up.due(step=40, elapsed_s=0.0) and up.due(step=0, elapsed_s=30.0)  # whichever first
+    assert parse_churn([e.to_json() for e in (down, up)], INITIAL, 100) == [down, up]
+    assert up.label() == "at step 40 or 30 s: link_up n0-n1"
+    for bad, field in (
+        ({"event": "join", "node": "x"}, "churn[0].at_step"),
+        ({"at_s": -1, "event": "join", "node": "x"}, "churn[0].at_s"),
+        ({"at_s": True, "event": "join", "node": "x"}, "churn[0].at_s"),
+    ):
+        with pytest.raises(InputError) as info:
+            parse_churn([bad], INITIAL, 100)
+        assert info.value.field == field
+    with pytest.raises(InputError, match="time order"):
+        parse_churn([{**script[0], "at_s": 9}, {**script[1], "at_s": 3}], INITIAL, 100)
+
+
+def test_a_stalled_group_gets_the_next_healing_event_ahead_of_its_turn() -> None:
+    from chaos_lab.localjob import HEAL_AFTER_S, take_due
+
+    crash = ChurnEvent(50, "crash", "n1")
+    link_up = ChurnEvent(90, "link_up", "n0", "n3")
+    pending = [crash, link_up]
+    assert take_due(pending, step=10, elapsed_s=5.0, idle_s=0.0) is None
+    assert take_due(pending, step=10, elapsed_s=5.0, idle_s=HEAL_AFTER_S) is link_up  # not the crash
+    assert pending == [crash]
+    assert take_due(pending, step=10, elapsed_s=99.0, idle_s=HEAL_AFTER_S) is None  # no heal left
+    assert take_due(pending, step=50, elapsed_s=5.0, idle_s=0.0) is crash and pending == []

@@ -29,6 +29,7 @@ from chaos_sidecar.protocol import (
     Nack,
     Prepare,
     Promise,
+    Relay,
     Suspect,
     View,
     ViewRequest,
@@ -41,7 +42,16 @@ SETTINGS = sm.Settings(0.1, 0.5, 0.05)
 NODES = ("a", "b", "c", "d", "x")  # d and x are not members
 
 
-CONTACT_BOOKKEEPING = ("last_heard", "last_view_request", "last_push", "my_hears", "next_heartbeat", "now")
+CONTACT_BOOKKEEPING = (
+    "last_heard",
+    "last_direct",
+    "last_view_request",
+    "last_push",
+    "my_hears",
+    "my_direct",
+    "next_heartbeat",
+    "now",
+)
 
 
 def protocol_state(state: sm.NodeState) -> dict:
@@ -85,6 +95,8 @@ def random_body(rng: random.Random):
             lambda: Nack(epoch, ballot),
             lambda: Commit(random_view(rng)),
             lambda: ViewRequest(),
+            # relayed: to this node (b), to be passed on, or to itself (refused)
+            lambda: Relay(rng.choice(NODES), Message(rng.choice(NODES), epoch, ViewRequest())),
         ]
     )()
 

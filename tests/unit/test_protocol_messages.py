@@ -24,6 +24,7 @@ from chaos_sidecar.protocol import (
     Nack,
     Prepare,
     Promise,
+    Relay,
     Suspect,
     View,
     ViewRequest,
@@ -48,6 +49,8 @@ SAMPLES = [
     Nack(4, (3, "c")),
     Commit(VIEW),
     ViewRequest(),
+    Heartbeat(("a", "b", "c"), (3, 2), (("a", "c"),), ("a", "b")),
+    Relay("c", Message("b", 3, Accept(4, (0, "a"), VIEW)), "1700000000000000000.abcdef"),
 ]
 
 
@@ -55,6 +58,15 @@ SAMPLES = [
 def test_round_trip(body) -> None:
     message = Message("a", 3, body)
     assert decode(encode(message)) == message
+    # canonical: a relayed message's seal is checked over its re-encoding at the destination
+    assert encode(decode(encode(message))) == encode(message)
+
+
+def test_a_relayed_message_is_not_relayed_again() -> None:
+    inner = Message("b", 3, Relay("c", Message("b", 3, ViewRequest())))
+    with pytest.raises(ProtocolError) as info:
+        decode(encode(Message("a", 3, Relay("c", inner))))
+    assert info.value.reason == "bad_field" and "body.inner" in str(info.value)
 
 
 def _raw(**overrides) -> bytes:

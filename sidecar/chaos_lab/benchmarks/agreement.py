@@ -64,17 +64,16 @@ def event_latency(records: list[dict[str, Any]], inj: Injection) -> dict[str, fl
         )
     else:
         a, b = inj.subject
-        word = "lost" if inj.kind == "link_down" else "regained"
+        # a cut link is seen as a link lost (relays may keep the peer heard), or a peer lost
+        words = ("link_down", "lost") if inj.kind == "link_down" else ("link_up", "regained")
         seen = _first(
             records,
             lo,
             hi,
             lambda r: (
                 r["type"] == "observed"
-                and (
-                    (r["node"] == a and r["change"] == [word, b])
-                    or (r["node"] == b and r["change"] == [word, a])
-                )
+                and r["change"][0] in words
+                and ((r["node"] == a and r["change"][1] == b) or (r["node"] == b and r["change"][1] == a))
             ),
         )
         link = sorted([a, b])

@@ -11,7 +11,10 @@ round:
 - ``split_brain``: epochs for which two sidecars installed different views (all event logs);
 - ``survivor_restarts``: nodes whose trainer started more than once.
 
-A round that crashes or misses its steps counts under ``failures`` with its seed.
+A round that crashes, misses its steps, stalls (no step for ``STALL_LIMIT_S``) or runs past
+``DEADLINE_S`` counts under ``failures`` with its seed, and under ``failed_rounds`` with the
+reason and, for a stall, where each live node was stuck; its logs are kept in
+``out/chaos-rounds/round-SEED`` and the next round runs.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 
 from chaos_lab.churn import CHAOS_KINDS, random_churn
 from chaos_lab.jobreport import read_jsonl, summarize
-from chaos_lab.localjob import JobConfig, LocalJob
+from chaos_lab.localjob import JobConfig, JobStalled, LocalJob
 from chaos_sidecar.cliutil import non_negative_int, positive_int
 
 NODES = 4
@@ -37,6 +40,10 @@ STEPS = 150
 SAMPLES = 4096
 EVENTS = 6
 KEEP_FAILED = Path("out/chaos-rounds")
+# A round takes 15-40 s on 2 cores; a group that has not stepped for STALL_LIMIT_S (scripted
+# link-ups fire by time after 5 s of it) is stuck, not slow.
+STALL_LIMIT_S = 45.0
+DEADLINE_S = 300.0
 
 
 def split_brain(sidecar: list[dict[str, Any]]) -> int:
@@ -81,7 +88,8 @@ def run_round(seed: int, workdir: Path) -> dict[str, Any]:
     initial = [f"n{i}" for i in range(NODES)]
     churn = random_churn(seed, initial, STEPS, events=EVENTS, kinds=CHAOS_KINDS)
     cfg = JobConfig(nodes=NODES, steps=STEPS, churn=churn, out=workdir / f"round-{seed}", live=False,
-                    samples=SAMPLES, global_batch=128, digest_every=5)  # fmt: skip
+                    samples=SAMPLES, global_batch=128, digest_every=5,
+                    deadline_s=DEADLINE_S, stall_limit_s=STALL_LIMIT_S)  # fmt: skip
     job = LocalJob(cfg)
     wall = asyncio.run(job.run())
     sidecar = read_jsonl(sorted((cfg.out / "sidecars").glob("*.events.jsonl")))
@@ -113,17 +121,25 @@ def keep(workdir: Path, seed: int) -> None:
 
 def measure(rounds: int, first_seed: int, workdir: Path, log) -> dict[str, Any]:
     totals = dict.fromkeys(("divergent", "lost", "duplicated", "split_brain", "survivor_restarts"), 0)
-    failures: list[int] = []
+    failed_rounds: list[dict[str, Any]] = []
     kinds: dict[str, int] = defaultdict(int)
     kills: dict[str, int] = defaultdict(int)
     started = time.monotonic()
+
+    def fail(seed: int, reason: str, **details: Any) -> None:
+        log(f"round {seed}: FAILED {reason}")
+        failed_rounds.append({"seed": seed, "reason": reason, "logs": str(KEEP_FAILED / f"round-{seed}"),
+                              **details})  # fmt: skip
+        keep(workdir, seed)
+
     for seed in range(first_seed, first_seed + rounds):
         try:
             result = run_round(seed, workdir)
+        except JobStalled as exc:  # a stalled group is an outcome to report, then the next round
+            fail(seed, exc.reason, stuck=exc.nodes)
+            continue
         except Exception as exc:  # a round that breaks is a finding, not the end of the run
-            log(f"round {seed}: FAILED {type(exc).__name__}: {exc}")
-            failures.append(seed)
-            keep(workdir, seed)
+            fail(seed, f"{type(exc).__name__}: {exc}")
             continue
         for key in totals:
             totals[key] += result[key]
@@ -131,20 +147,22 @@ def measure(rounds: int, first_seed: int, workdir: Path, log) -> dict[str, Any]:
             kinds[kind] += 1
         for moment, n in result["kills"].items():
             kills[moment] += n
-        if not result["ok"] or any(result[key] for key in totals):
-            failures.append(seed)
-            keep(workdir, seed)
+        bad = [f"{key}={result[key]}" for key in totals if result[key]]
+        if not result["ok"] or bad:
+            fail(
+                seed, "checks failed: " + (", ".join(bad) or f"{result['steps']} steps, replicas or samples")
+            )
+        else:
+            log(f"round {seed}: ok {result['wall_s']} s events {','.join(result['events'])}")
         shutil.rmtree(workdir / f"round-{seed}", ignore_errors=True)
-        log(
-            f"round {seed}: {'ok' if seed not in failures else 'FAILED'} {result['wall_s']} s "
-            f"events {','.join(result['events'])}"
-        )
+    failures = [r["seed"] for r in failed_rounds]
     return {
         "scenario": "chaos",
         "rounds": rounds,
         "first_seed": first_seed,
         **totals,
         "failures": failures,
+        "failed_rounds": failed_rounds,
         "events_by_kind": dict(sorted(kinds.items())),
         "kills_landed": dict(kills),
         "wall_s": round(time.monotonic() - started, 1),

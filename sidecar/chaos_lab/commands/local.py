@@ -12,6 +12,8 @@ from pathlib import Path
 from chaos_sidecar.cliutil import Subparsers, positive_int
 from chaos_sidecar.errors import InputError
 
+STALL_LIMIT_S = 120.0  # no step for this long: the run ends, saying where each node was stuck
+
 
 def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from chaos_lab.churn import default_churn, load_churn
     from chaos_lab.jobreport import plot, read_jsonl, summarize, timeline_lines
     from chaos_lab.links import parse_links
-    from chaos_lab.localjob import JobConfig, LocalJob
+    from chaos_lab.localjob import JobConfig, JobStalled, LocalJob
 
     if args.nodes < 3:
         raise InputError("--nodes", "at least 3 nodes (a crash must leave a majority)")
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--hosts", f"netns needs namespaces, but {why}")
     out = Path(args.out)
     cfg = JobConfig(nodes=args.nodes, steps=args.steps, churn=churn, out=out, join_mode=args.join_mode,
-                    live=sys.stdout.isatty() or args.live, hosts=args.hosts, hidden=args.hidden)  # fmt: skip
+                    live=sys.stdout.isatty() or args.live, hosts=args.hosts, hidden=args.hidden,
+                    stall_limit_s=STALL_LIMIT_S)  # fmt: skip
     if args.hosts == "netns":
         cfg.links = parse_links(args.links, cfg.node_names())
     elif args.links != "equal":
@@ -71,13 +74,16 @@ def run(args: argparse.Namespace) -> int:
         print("  links (MB/s sent): " + ", ".join(
             f"{n} {'unshaped' if r is None else f'{r / 1e6:g}'}" for n, r in cfg.links.items()))  # fmt: skip
     for event in churn:
-        print(
-            f"  at step {event.at_step:>4}: {event.event} {event.node}"
-            + (f"-{event.peer}" if event.peer else "")
-        )
+        print(f"  {event.label()}")
     job = LocalJob(cfg)
     signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: processes and namespaces go
-    wall = asyncio.run(job.run())
+    try:
+        wall = asyncio.run(job.run())
+    except JobStalled as exc:
+        print(f"\nchaos-train local: {exc.reason}; logs in {out}", file=sys.stderr)
+        for node, state in exc.nodes.items():
+            print(f"  {node}: {json.dumps(state)}", file=sys.stderr)
+        return 1
     sidecar = read_jsonl(job.sidecar_logs())
     trainer = read_jsonl(job.trainer_logs())
     summary = summarize(cfg, job.injected, sidecar, trainer, wall)

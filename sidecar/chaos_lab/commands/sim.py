@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 
 from chaos_lab.stats import summary
 from chaos_sidecar.cliutil import Subparsers, non_negative_int, positive_int, print_json
@@ -20,6 +21,7 @@ from chaos_sidecar.membership.sim import (
 )
 
 _CHUNK = 50
+FINAL_BRIDGE_HOLD_S = 2.0  # a group that converges only in passing (removing, re-admitting) fails
 
 
 def register(subparsers: Subparsers) -> None:
@@ -36,6 +38,12 @@ def register(subparsers: Subparsers) -> None:
         "--faults",
         default="all",
         help="comma-separated fault kinds, 'all' or 'none' (see --list-faults)",
+    )
+    parser.add_argument(
+        "--final-bridge",
+        action="store_true",
+        help="after the faults stop, keep two sides cut from each other but for one hub: the group "
+        "must converge through it and keep its view for 2 s (partial connectivity)",
     )
     parser.add_argument("--replay", type=non_negative_int, help="replay one schedule by its seed")
     parser.add_argument("--list-faults", action="store_true", help="print the fault kinds and exit")
@@ -64,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if args.nodes < 3:
         raise InputError("--nodes", "the protocol needs at least 3 nodes to tolerate a fault")
     config = SimConfig(nodes=args.nodes, faults=faults)
+    if args.final_bridge:
+        config = replace(config, final_bridge=True, hold_s=FINAL_BRIDGE_HOLD_S)
     if args.replay is not None:
         return _replay(args.replay, config, as_json=args.json)
 
@@ -100,13 +110,16 @@ def run(args: argparse.Namespace) -> int:
         "converge_s": summary(converge),
         "decision_latency_us": summary(decision_us, 1),
         "max_epoch": max((r.max_epoch for r in results), default=0),
+        "final_bridge": config.final_bridge,
+        "bridged_commits": sum(r.bridged_commits for r in results),
         "run_s": round(elapsed, 2),
     }
     for failure in failures[:3]:
         print(f"schedule seed={failure.seed} failed: {failure.violations[0]}", file=sys.stderr)
         print("\n".join(failure.trace[-20:]), file=sys.stderr)
         print(
-            f"replay: chaos-train sim --nodes {args.nodes} --faults {args.faults} --replay {failure.seed}",
+            f"replay: chaos-train sim --nodes {args.nodes} --faults {args.faults} "
+            f"{'--final-bridge ' if args.final_bridge else ''}--replay {failure.seed}",
             file=sys.stderr,
         )
     if args.json:
@@ -117,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             f"{report['schedules']} schedules, {report['events']} fault events, "
             f"{report['violations']} violations, {report['converged']} converged, "
             f"decision p50={d['p50']}us p99={d['p99']}us, max epoch {report['max_epoch']}, "
-            f"{report['run_s']}s"
+            f"{report['bridged_commits']} epochs committed while bridged, {report['run_s']}s"
         )
     return 1 if failures else 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -21,7 +22,8 @@ from chaos_sidecar.adapters.peer_stream import PeerLinks
 from chaos_sidecar.errors import ProtocolError
 from chaos_sidecar.membership import machine as sm
 from chaos_sidecar.metrics import SidecarMetrics
-from chaos_sidecar.protocol.messages import decode, encode
+from chaos_sidecar.protocol.messages import Message, Relay, decode, encode
+from chaos_sidecar.security import Verifier, check_relay_seal, relay_seal
 
 MAX_SLEEP_S = 5.0  # a standby node, due never, still looks at its state now and then
 
@@ -67,6 +69,7 @@ class MembershipRuntime:
         self._next_due = sm.next_due(state)  # of the current state (it changes only in apply)
         self._wake = asyncio.Event()  # set when an event brings the next tick forward
         self.on_reject = on_reject or (lambda reason: None)
+        self.relay_verifier = Verifier(secret)  # seals of relayed messages: fresh, once each
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -92,8 +95,25 @@ class MembershipRuntime:
             return "spoofed_sender"
         if message.sender in self.blocked:
             return "blocked"
+        body = message.body
+        if isinstance(body, Relay) and body.to == self.state.node_id:
+            # the relay is authenticated by its stream; the origin by its seal
+            inner = encode(body.inner)
+            reason = check_relay_seal(self.relay_verifier, body.seal, body.inner.sender, body.to, inner,
+                                      time.time_ns())  # fmt: skip
+            if reason is not None:
+                self.on_reject(f"relay_{reason}")
+                return f"relay_{reason}"
         await self.apply(sm.Receive(message))
         return None
+
+    def _sealed(self, message: Message) -> Message:
+        """A relayed message of this node's own gets its end-to-end seal."""
+        body = message.body
+        if not isinstance(body, Relay) or body.seal or body.inner.sender != self.state.node_id:
+            return message
+        seal = relay_seal(self.secret, body.inner.sender, body.to, encode(body.inner), time.time_ns())
+        return dataclasses.replace(message, body=dataclasses.replace(body, seal=seal))
 
     async def tick_forever(self) -> None:
         """Tick when the state machine is next due (``sm.next_due``): a quiet member sleeps
@@ -122,7 +142,7 @@ class MembershipRuntime:
             match action:
                 case sm.Send(to, address, message):
                     if to not in self.blocked and self.links is not None:
-                        self.links.send(address, encode(message))
+                        self.links.send(address, encode(self._sealed(message)))
                 case sm.Installed(view, status):
                     self.metrics.epoch.set(view.epoch)
                     self.metrics.members.set(len(view.members))
@@ -161,6 +181,15 @@ class MembershipRuntime:
                     notify = True
                 case sm.Rejected(reason):
                     self.on_reject(reason)
+                case sm.MajorityChanged(reachable, reaches, needed):
+                    # over: reaches a majority again, or is no member any more
+                    self.metrics.no_majority.set(0 if reachable else 1)
+                    if not reachable:
+                        self.metrics.majority_lost.inc()
+                    view = self.state.view
+                    self.log.write("no_majority_over" if reachable else "no_majority", reaches=list(reaches),
+                                   needed=needed, members=len(view.members) if view else 0)  # fmt: skip
+                    notify = True
         if notify:
             async with self.changed:
                 self.changed.notify_all()
@@ -180,6 +209,9 @@ class MembershipRuntime:
             "status": s.status,
             "view": None if s.view is None else s.view.to_json(),
             "topology": {"version": list(s.topology[0]), "down": [list(x) for x in s.topology[1]]},
+            "majority": None
+            if not s.is_member or s.view is None
+            else {"reachable": not s.majority_lost, "reaches": sorted(s.my_hears), "needed": s.view.majority},
             "blocked": sorted(self.blocked),
             "traffic": {
                 "sent_bytes": self.links.sent_bytes if self.links else 0,

@@ -18,6 +18,11 @@ Rules (docs/membership.md explains them, with the guards found by the simulator)
 * Membership rule: member ``x`` stays while ``x`` plus the members that hear it form a
   majority. A link down between two members that both still reach a majority only changes
   the topology table (gossiped with heartbeats, versioned by ``(epoch, counter)``).
+* Relaying: a member that has not heard a peer directly for half the failure timeout also
+  sends it each message through a member that hears both directly, or failing one a node
+  asking to join (one hop, end to end authenticated by the adapters). Hearing counts relayed
+  messages, so the membership rule and the quorums need a connected majority, not a fully
+  connected one; the topology table keeps showing the direct links that are down.
 * Pending joins and leaves seen while a proposal is in flight are batched into the next one.
 
 Durable state (what survives a crash, see :func:`restart`): the committed view, the acceptor
@@ -45,6 +50,7 @@ from chaos_sidecar.protocol.messages import (
     Nack,
     Prepare,
     Promise,
+    Relay,
     Suspect,
     View,
     ViewRequest,
@@ -59,6 +65,7 @@ LEFT = "left"
 Change = tuple[str, ...]
 MIN_TICK_GAP = 0.001  # seconds; next_due never asks for two ticks closer than this
 MAX_CONTACTS = 64  # ("join", id) | ("leave", id) | ("remove", id)
+RELAYS = 2  # relays per message: while one relay's news of a cut link lags, the other carries it
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +137,8 @@ class Decided:
 @dataclass(frozen=True, slots=True)
 class Observed:
     """This node saw a change first-hand: ``("join", j)``, ``("leave", me)``, ``("lost", p)``,
-    ``("regained", p)``."""
+    ``("regained", p)``, and of its direct links, relays aside: ``("link_down", p)``,
+    ``("link_up", p)``."""
 
     change: Change
 
@@ -155,7 +163,17 @@ class Accepting:
     view: View
 
 
-Action = Send | Installed | Decided | Observed | TopologyChanged | Rejected | Accepting
+@dataclass(frozen=True, slots=True)
+class MajorityChanged:
+    """This member stopped (or started again) reaching a majority of its view, itself
+    included: while it reaches none, nothing it takes part in can commit."""
+
+    reachable: bool
+    reaches: tuple[str, ...]
+    needed: int
+
+
+Action = Send | Installed | Decided | Observed | TopologyChanged | Rejected | Accepting | MajorityChanged
 
 
 # --- state ----------------------------------------------------------------------------------
@@ -190,9 +208,13 @@ class NodeState:
     want_leave: bool = False
     joins: dict[str, tuple[str, float]] = field(default_factory=dict)  # id -> (address, seen)
     leaves: dict[str, float] = field(default_factory=dict)
-    last_heard: dict[str, float] = field(default_factory=dict)
+    last_heard: dict[str, float] = field(default_factory=dict)  # directly or relayed
+    last_direct: dict[str, float] = field(default_factory=dict)  # directly
     reports: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
+    direct_reports: dict[str, frozenset[str]] = field(default_factory=dict)  # whom each hears directly
     my_hears: frozenset[str] = frozenset()
+    my_direct: frozenset[str] = frozenset()  # of my_hears, the members heard directly
+    majority_lost: bool = False  # a member that reaches no majority of its view (my_hears)
     topology: tuple[tuple[int, int], tuple[tuple[str, str], ...]] = ((0, 0), ())
     next_heartbeat: float = 0.0
     next_retry: float = 0.0
@@ -209,7 +231,9 @@ class NodeState:
             joins=dict(self.joins),
             leaves=dict(self.leaves),
             last_heard=dict(self.last_heard),
+            last_direct=dict(self.last_direct),
             reports=dict(self.reports),
+            direct_reports=dict(self.direct_reports),
             last_push=dict(self.last_push),
         )
 
@@ -253,6 +277,10 @@ def restart(state: NodeState, now: float) -> NodeState:
     )
     if state.view is not None:
         _grace(fresh, state.view, now)
+        if state.want_leave and state.node_id in state.view.members:
+            # the wish to leave is durable: a coordinator proposes its own leave from here
+            # (the others forward it), or it would stay forever
+            fresh.leaves[state.node_id] = now
     return fresh
 
 
@@ -311,15 +339,16 @@ def next_due(s: NodeState) -> float:
     timeout = s.settings.suspect_timeout
     due = s.next_heartbeat
     for m in s.view.members:
-        if m != s.node_id:
-            due = min(due, s.last_heard[m] + timeout, s.reports[m][0] + timeout)
+        if m != s.node_id:  # direct hearing counts for half the timeout (relays may go on)
+            heard = s.last_direct.get(m, s.last_heard[m])
+            due = min(due, heard + timeout / 2, s.last_heard[m] + timeout, s.reports[m][0] + timeout)
     # an expiry is strict (silent for *more* than the timeout): tick just after it, not at it
     return max(due, s.last_tick + MIN_TICK_GAP)
 
 
 def is_quiet(s: NodeState) -> bool:
     """A member with nothing in flight: no proposal, no pending join or leave, it hears
-    every member and every member's report says it hears everyone."""
+    every member directly and every member's report says it hears everyone directly."""
     view = s.view
     if (
         view is None
@@ -332,10 +361,13 @@ def is_quiet(s: NodeState) -> bool:
     ):
         return False
     everyone = frozenset(view.members)
-    if s.my_hears != everyone:
+    if s.my_hears != everyone or not _direct_heard_by(s, s.node_id, s.now) >= everyone:
         return False
     return all(
-        m in s.last_heard and m in s.reports and s.reports[m][1] >= everyone
+        m in s.last_heard
+        and m in s.reports
+        and s.reports[m][1] >= everyone
+        and s.direct_reports.get(m, everyone) >= everyone
         for m in view.members
         if m != s.node_id
     )
@@ -358,8 +390,62 @@ def _address(s: NodeState, node: str) -> str:
 
 
 def _send(s: NodeState, to: str, body: Body, out: list[Action]) -> None:
-    if to != s.node_id:
-        out.append(Send(to, _address(s, to), Message(s.node_id, s.epoch, body)))
+    """Send directly, and through relays as well when ``to`` has not been heard directly for
+    a while (the direct copy still goes: the link may come back)."""
+    if to == s.node_id:
+        return
+    message = Message(s.node_id, s.epoch, body)
+    out.append(Send(to, _address(s, to), message))
+    for relay in _relays_for(s, to):
+        out.append(Send(relay, _address(s, relay), Message(s.node_id, s.epoch, Relay(to, message))))
+
+
+def _relays_for(s: NodeState, to: str) -> list[str]:
+    """Whom to relay through while this node has not heard ``to`` directly for half the
+    failure timeout (relayed copies then keep ``to`` heard before the failure detector would
+    give up on it): up to RELAYS members that both hear directly, by their fresh reports;
+    failing any, a node asking to join that this node hears (it sends no reports, so it may
+    not reach ``to``: the choice rotates with time)."""
+    view, now = s.view, s.now
+    if view is None or not s.is_member or to not in view.members:
+        return []
+    fresh = now - s.settings.suspect_timeout / 2
+    if s.last_direct.get(to, -1e18) >= fresh:
+        return []
+    relays = [
+        relay
+        for relay in view.members
+        if relay not in (s.node_id, to)
+        and s.last_direct.get(relay, -1e18) >= fresh
+        and s.reports.get(relay, (-1e18,))[0] >= fresh  # its report says who it hears directly now
+        and to in _direct_heard_by(s, relay, now)
+    ]
+    if relays:
+        return relays[:RELAYS]
+    joiners = sorted(j for j, (_, seen) in s.joins.items() if _join_is_fresh(s, seen, now) and j != to)
+    return [joiners[int(now / s.settings.retry_interval) % len(joiners)]] if joiners else []
+
+
+def _direct_heard_by(s: NodeState, a: str, now: float) -> frozenset[str] | set[str]:
+    """Everyone ``a`` heard directly within half the failure timeout, as far as this node
+    knows (empty: no fresh report). Half: a link looks down, and relays take over, while the
+    failure detector still hears the peer."""
+    if a == s.node_id:
+        fresh = now - s.settings.suspect_timeout / 2
+        return {b for b, t in s.last_direct.items() if t >= fresh} | {a}
+    report = s.reports.get(a)
+    if report is None or now - report[0] > s.settings.suspect_timeout:
+        return frozenset()
+    return s.direct_reports.get(a, report[1])
+
+
+def _heartbeat(s: NodeState, hears: frozenset[str] | None = None) -> Heartbeat:
+    """Whom this node hears (directly or relayed, and directly), with its topology table."""
+    assert s.view is not None
+    members = set(s.view.members)
+    direct = _direct_heard_by(s, s.node_id, s.now) & members
+    heard = s.my_hears if hears is None else hears
+    return Heartbeat(tuple(sorted(heard)), s.topology[0], s.topology[1], tuple(sorted(direct)))
 
 
 def _forward(s: NodeState, body: Body, out: list[Action]) -> None:
@@ -432,15 +518,30 @@ def _grace(s: NodeState, view: View, now: float, newcomers: frozenset[str] | Non
     fresh = everyone if newcomers is None else newcomers
     for m in fresh:
         s.last_heard[m] = max(s.last_heard.get(m, now), now)
+        s.last_direct[m] = max(s.last_direct.get(m, now), now)
     for m in view.members:
         if m == s.node_id:
             continue
         if m in fresh or m not in s.reports:
             s.reports[m] = (now, everyone)
+            s.direct_reports.pop(m, None)  # taken as the report's hears until it says otherwise
         else:
             seen, hears = s.reports[m]
             s.reports[m] = (seen, (hears | fresh) & everyone)
+            if m in s.direct_reports:
+                s.direct_reports[m] = (s.direct_reports[m] | fresh) & everyone
     s.my_hears = frozenset(m for m in view.members if _hears(s, s.node_id, m, now))
+    direct = _direct_heard_by(s, s.node_id, now)
+    s.my_direct = frozenset(m for m in view.members if m in direct)
+
+
+def _check_majority(s: NodeState, out: list[Action]) -> None:
+    """Report when this member stops or starts again reaching a majority of its view."""
+    lost = s.is_member and s.view is not None and len(s.my_hears) < s.view.majority
+    if lost != s.majority_lost:
+        s.majority_lost = lost
+        needed = s.view.majority if s.view is not None else 0
+        out.append(MajorityChanged(not lost, tuple(sorted(s.my_hears)), needed))
 
 
 # --- event handlers ------------------------------------------------------------------------
@@ -460,7 +561,7 @@ def _on_tick(s: NodeState, now: float, out: list[Action]) -> None:
     _refresh_hears(s, now, out)
     if now >= s.next_heartbeat:
         s.next_heartbeat = now + s.settings.heartbeat_interval
-        beat = Heartbeat(tuple(sorted(s.my_hears)), s.topology[0], s.topology[1])
+        beat = _heartbeat(s)
         for m in view.members:
             _send(s, m, beat, out)
     if s.node_id == view.coordinator:
@@ -476,10 +577,16 @@ def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> None:
     also brings the next heartbeat forward: when the lost one is the coordinator, the
     Suspect goes nowhere useful, and the slow-path candidate learns it from heartbeats."""
     assert s.view is not None
+    direct = frozenset(m for m in s.view.members if m in _direct_heard_by(s, s.node_id, now))
+    if direct != s.my_direct:  # a link, not a peer: relays may still carry it
+        previous_direct, s.my_direct = s.my_direct, direct
+        out.extend(Observed(("link_down", m)) for m in sorted(previous_direct - direct))
+        out.extend(Observed(("link_up", m)) for m in sorted(direct - previous_direct))
     hears = frozenset(m for m in s.view.members if _hears(s, s.node_id, m, now))
     if hears == s.my_hears:
         return
     previous, s.my_hears = s.my_hears, hears
+    _check_majority(s, out)
     for lost in sorted(previous - hears):
         out.append(Observed(("lost", lost)))
         _forward(s, Suspect(lost), out)
@@ -487,7 +594,7 @@ def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> None:
     for peer in sorted(hears - previous):
         out.append(Observed(("regained", peer)))
         _forward(s, LinkUp(peer), out)
-        _send(s, peer, Heartbeat(tuple(sorted(hears)), s.topology[0], s.topology[1]), out)
+        _send(s, peer, _heartbeat(s, hears), out)
 
 
 def _ask_admission(s: NodeState, out: list[Action]) -> None:
@@ -496,7 +603,13 @@ def _ask_admission(s: NodeState, out: list[Action]) -> None:
         return
     cid, caddr = contacts[s.contact_cursor % len(contacts)]
     s.contact_cursor += 1
-    out.append(Send(cid, caddr, Message(s.node_id, s.epoch, Join(s.node_id, s.address))))
+    ask = Message(s.node_id, s.epoch, Join(s.node_id, s.address))
+    out.append(Send(cid, caddr, ask))
+    coordinator = s.view.coordinator if s.view is not None else cid  # a first join knows none
+    if coordinator not in (cid, s.node_id):
+        # a removed node may be cut off from the coordinator, which admits only joiners it
+        # hears itself: the contact relays the request, and the coordinator hears us through it
+        out.append(Send(cid, caddr, Message(s.node_id, s.epoch, Relay(coordinator, ask))))
 
 
 def _retry(s: NodeState, now: float, out: list[Action]) -> None:
@@ -512,7 +625,7 @@ def _retry(s: NodeState, now: float, out: list[Action]) -> None:
     # probe members we lost more often than heartbeats go: a healed link shows up sooner
     silent = [m for m in s.view.members if m not in s.my_hears and m != s.node_id]
     if silent:
-        probe = Heartbeat(tuple(sorted(s.my_hears)), s.topology[0], s.topology[1])
+        probe = _heartbeat(s)
         for m in silent:
             _send(s, m, probe, out)
     if s.node_id != s.view.coordinator:
@@ -523,18 +636,27 @@ def _retry(s: NodeState, now: float, out: list[Action]) -> None:
             _forward(s, Leave(s.node_id), out)
 
 
-def _on_receive(s: NodeState, msg: Message, now: float, out: list[Action]) -> bool:
+def _on_receive(s: NodeState, msg: Message, now: float, out: list[Action], *, relayed: bool = False) -> bool:
     """Handle one message; False when it only confirmed what this node already knew (a
-    heartbeat repeating a fresh report), so there is nothing to re-decide until the next tick."""
+    heartbeat repeating a fresh report), so there is nothing to re-decide until the next tick.
+    ``relayed``: ``msg`` came through a relay (its sender is heard, not directly)."""
     s.now = now
     sender = msg.sender
     if sender == s.node_id:
         out.append(Rejected("self"))
         return True
     s.last_heard[sender] = now
+    if not relayed:
+        s.last_direct[sender] = now
     body = msg.body
     news = True
-    if s.is_member and sender not in s.my_hears and s.view is not None and sender in s.view.members:
+    lost_link = not relayed and sender not in s.my_direct
+    if (
+        s.is_member
+        and (sender not in s.my_hears or lost_link)
+        and s.view is not None
+        and sender in s.view.members
+    ):
         _refresh_hears(s, now, out)
     elif isinstance(body, Heartbeat) and msg.epoch == s.epoch:
         previous = s.reports.get(sender)
@@ -548,7 +670,7 @@ def _on_receive(s: NodeState, msg: Message, now: float, out: list[Action]) -> bo
     if msg.epoch > s.epoch and not isinstance(body, Commit):
         if now - s.last_view_request >= s.settings.retry_interval:
             s.last_view_request = now
-            out.append(Send(sender, _address(s, sender), Message(s.node_id, s.epoch, ViewRequest())))
+            _send(s, sender, ViewRequest(), out)
     elif msg.epoch < s.epoch and s.view is not None and not isinstance(body, Commit):
         if now - s.last_push.get(sender, -1e18) >= s.settings.retry_interval:
             s.last_push[sender] = now
@@ -585,7 +707,27 @@ def _on_receive(s: NodeState, msg: Message, now: float, out: list[Action]) -> bo
             _on_acceptor_message(s, msg, now, out)
         case Promise() | Accepted() | Nack():
             _on_proposer_message(s, msg, now, out)
+        case Relay():
+            news = _on_relay(s, msg, body, now, out)
     return news
+
+
+def _on_relay(s: NodeState, msg: Message, body: Relay, now: float, out: list[Action]) -> bool:
+    """For this node: handle the origin's message (the adapter checked its seal). For another
+    node: pass it on, once (from its origin only), to a member of this node's view or a
+    contact (a node asking to join relays too)."""
+    inner = body.inner
+    if isinstance(inner.body, Relay) or inner.sender in (s.node_id, body.to):
+        out.append(Rejected("bad_relay"))
+        return False
+    if body.to == s.node_id:
+        return _on_receive(s, inner, now, out, relayed=True)
+    known = (s.view is not None and body.to in s.view.members) or any(c == body.to for c, _ in s.contacts)
+    if msg.sender != inner.sender or s.status == STANDBY or not known:
+        out.append(Rejected("bad_relay"))
+        return False
+    out.append(Send(body.to, _address(s, body.to), Message(s.node_id, s.epoch, body)))
+    return False
 
 
 def _on_heartbeat(s: NodeState, msg: Message, body: Heartbeat, now: float, out: list[Action]) -> None:
@@ -596,6 +738,10 @@ def _on_heartbeat(s: NodeState, msg: Message, body: Heartbeat, now: float, out: 
         out.append(Rejected("stale_epoch"))
         return
     s.reports[msg.sender] = (now, frozenset(body.hears))
+    if body.direct is None:
+        s.direct_reports.pop(msg.sender, None)
+    else:
+        s.direct_reports[msg.sender] = frozenset(body.direct)
     if body.topology_version > s.topology[0]:
         s.topology = (body.topology_version, body.down_links)
         out.append(TopologyChanged(body.topology_version, body.down_links))
@@ -896,13 +1042,11 @@ def _commit(s: NodeState, now: float, out: list[Action]) -> None:
     assert p is not None and p.value is not None and s.view is not None
     value = p.value
     for m in sorted(set(s.view.members) | set(value.members)):
-        if m != s.node_id:
+        if m in s.view.members:
+            _send(s, m, Commit(value), out)
+        elif m != s.node_id:  # a joiner: its address is in the new view
             out.append(
-                Send(
-                    m,
-                    value.address_of(m) or _address(s, m),
-                    Message(s.node_id, s.epoch, Commit(value)),
-                )
+                Send(m, value.address_of(m) or _address(s, m), Message(s.node_id, s.epoch, Commit(value)))
             )
     _install(s, value, now, out)
 
@@ -929,11 +1073,13 @@ def _install(s: NodeState, view: View, now: float, out: list[Action]) -> None:
     s.joins = {j: v for j, v in s.joins.items() if j not in view.members and j not in view.departed}
     s.leaves = {m: t for m, t in s.leaves.items() if m in view.members}
     s.reports = {m: r for m, r in s.reports.items() if m in view.members}
+    s.direct_reports = {m: r for m, r in s.direct_reports.items() if m in view.members}
     if previous is None or s.node_id not in previous.members:
         _grace(s, view, now)
     else:
         _grace(s, view, now, frozenset(view.members) - frozenset(previous.members))
     out.append(Installed(view, s.status))
+    _check_majority(s, out)
 
 
 def _update_topology(s: NodeState, now: float, out: list[Action]) -> None:
@@ -944,9 +1090,9 @@ def _update_topology(s: NodeState, now: float, out: list[Action]) -> None:
     kept = [m for m in view.members if support[m] >= view.majority]
     kept_set = set(kept)
     down: set[tuple[str, str]] = set()
-    for a in kept:  # a fresh report that lacks b: a says it does not hear b
-        heard = _heard_by(s, a, now)
-        if heard is not None:
+    for a in kept:  # a fresh report that lacks b: a says it does not hear b directly
+        if a == s.node_id or _heard_by(s, a, now) is not None:
+            heard = _direct_heard_by(s, a, now)
             down.update((a, b) if a < b else (b, a) for b in kept_set - heard - {a})  # canonical order
     links = tuple(sorted(down))
     if links != s.topology[1]:
@@ -954,6 +1100,6 @@ def _update_topology(s: NodeState, now: float, out: list[Action]) -> None:
         s.topology = (version, links)
         out.append(TopologyChanged(version, links))
         # push it now rather than with the next heartbeat
-        beat = Heartbeat(tuple(sorted(s.my_hears)), version, links)
+        beat = _heartbeat(s)
         for m in view.members:
             _send(s, m, beat, out)

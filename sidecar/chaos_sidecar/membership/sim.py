@@ -10,7 +10,13 @@ heals everything and lets the group settle. Invariants are checked after every s
 * every committed view was accepted by a majority of its predecessor's members;
 * after the faults stop (everything healed, a majority alive), all live nodes converge to
   one view, whose members are exactly the live nodes that did not leave, within
-  ``settle_s`` simulated seconds.
+  ``settle_s`` simulated seconds, and keep it for ``hold_s``.
+
+Partial connectivity: the ``bridge`` fault cuts every link between two sides while one or
+more hubs still reach everyone, and ``final_bridge`` leaves such a cut in place after the
+faults stop (one hub: a member of the newest view; nodes outside it, which have no relays,
+on the hub's side). Convergence then needs a connected majority to keep committing: members
+that cannot reach each other directly must be heard through the hub.
 
 No wall clock is read except to time the decision step (``decision_ns``).
 """
@@ -35,6 +41,7 @@ FAULT_KINDS = (
     "reorder",
     "delay",
     "link",
+    "bridge",
     "join",
     "leave",
 )
@@ -68,6 +75,12 @@ class SimConfig:
     """Leaves are not injected below this size."""
     wire: bool = False
     """Round-trip every message through the JSON codec."""
+    final_bridge: bool = False
+    """Leave a bridge cut (two sides, one hub) in place after the faults stop."""
+    hold_s: float = 0.0
+    """Convergence counts once the group has kept the converged view (no commit, everyone a
+    member) this long: a group that converges only in passing, between removals and
+    re-admissions, fails."""
     due_ticks: bool = True
     """Tick each node when :func:`~chaos_sidecar.membership.machine.next_due` says, as the
     sidecar does; False ticks every node at the retry pace and checks that a quiet node's
@@ -87,6 +100,8 @@ class ScheduleResult:
     converge_s: float | None = None
     decision_ns: list[int] = field(default_factory=list)
     max_epoch: int = 0
+    bridged_commits: int = 0
+    """Epochs first committed while a bridge cut was in place."""
     trace: list[str] = field(default_factory=list)
 
 
@@ -116,6 +131,7 @@ class _Sim:
         # network faults
         self.groups: dict[str, int] | None = None
         self.down: set[frozenset[str]] = set()
+        self.bridged: set[frozenset[str]] = set()  # links cut by the current bridge
         self.drop_p = 0.0
         self.dup_p = 0.0
         self.jitter = 0.0
@@ -141,7 +157,8 @@ class _Sim:
     def connected(self, a: str, b: str) -> bool:
         if self.groups is not None and self.groups.get(a, -1) != self.groups.get(b, -1):
             return False
-        return frozenset((a, b)) not in self.down
+        link = frozenset((a, b))
+        return link not in self.down and link not in self.bridged
 
     def transmit(self, sender: str, send: sm.Send) -> None:
         to = send.to
@@ -215,6 +232,8 @@ class _Sim:
         if previous is None:
             self.committed[view.epoch] = view
             self.result.max_epoch = max(self.result.max_epoch, view.epoch)
+            if self.bridged:
+                self.result.bridged_commits += 1
         elif previous != view:
             self.violation(f"two views committed at epoch {view.epoch}: {previous} vs {view}")
         if view.epoch <= self.epochs.get(node, 0):
@@ -290,6 +309,13 @@ class _Sim:
                     self.down.add(frozenset((a, b)))
                     self.log(f"FAULT link down {a}-{b}")
                     self.push(self.now + rng.uniform(0.2, 1.0), "link_up", frozenset((a, b)))
+            case "bridge":
+                if len(live) >= 3 and not self.bridged:
+                    shuffled = live[:]
+                    rng.shuffle(shuffled)
+                    hubs = rng.randint(1, len(shuffled) - 2)
+                    self.bridge(shuffled[:hubs], shuffled[hubs:], rng.randint(1, len(shuffled) - hubs - 1))
+                    self.push(self.now + rng.uniform(0.3, 1.5), "unbridge", None)
             case "drop":
                 self.drop_p = rng.uniform(0.02, 0.3)
                 self.log(f"FAULT drop p={self.drop_p:.2f}")
@@ -324,6 +350,30 @@ class _Sim:
                     self.log(f"FAULT leave {node}")
                     self.apply(node, sm.RequestLeave())
 
+    def bridge(self, hubs: list[str], rest: list[str], cut: int) -> None:
+        """Cut every link between ``rest[:cut]`` and ``rest[cut:]``; the hubs keep theirs."""
+        side_a, side_b = sorted(rest[:cut]), sorted(rest[cut:])
+        self.bridged = {frozenset((a, b)) for a in side_a for b in side_b}
+        self.log(f"FAULT bridge {side_a} | {sorted(hubs)} | {side_b}")
+
+    def final_bridge(self) -> None:
+        """One hub, a live member of the newest view and of every newer value accepted (so no
+        commit in flight removes it); nodes outside any of those (joiners, the removed: they
+        have no relays) stay on the hub's side."""
+        top = max(self.committed)
+        pending = [s.accepted[1] for s in self.states.values() if s.accepted and s.accepted[1].epoch > top]
+        live = sorted(self.live())
+        steady = [n for n in live if all(n in v.members for v in [self.committed[top], *pending])]
+        hubs = [n for n in steady if n not in self.leaving]
+        if not hubs:
+            return
+        hub = self.rng.choice(hubs)
+        rest = [n for n in steady if n != hub]
+        if len(rest) >= 2:
+            self.rng.shuffle(rest)
+            outside = [n for n in live if n not in steady]
+            self.bridge([hub, *outside], rest, self.rng.randint(1, len(rest) - 1))
+
     def calm(self, what: str) -> None:
         match what:
             case "drop":
@@ -339,13 +389,18 @@ class _Sim:
         self.faults_on = False
         self.groups = None
         self.down.clear()
+        self.bridged.clear()
         self.drop_p = self.dup_p = self.jitter = self.extra_delay = 0.0
         self.log("faults stop: network healed")
+        if self.cfg.final_bridge:
+            self.final_bridge()
 
     # --- convergence -----------------------------------------------------------------------
 
     def converged(self) -> bool:
         expected = self.live()
+        if self.leaving & expected:  # a leave still to commit
+            return False
         views = set()
         for node in expected:
             state = self.states[node]
@@ -373,7 +428,8 @@ class _Sim:
                     break
                 self.push(at, "fault", None)
         self.push(cfg.fault_s, "stop_faults", None)
-        deadline = cfg.fault_s + cfg.settle_s
+        deadline = cfg.fault_s + cfg.settle_s + cfg.hold_s
+        stable: tuple[float, int] | None = None  # since when the group has kept which converged epoch
         while self.queue:
             at, _, kind, payload = heapq.heappop(self.queue)
             self.now = at
@@ -399,9 +455,14 @@ class _Sim:
                             if node not in self.crashed and node not in self.left:
                                 self.apply(node, sm.Tick())
                     if not self.faults_on and self.converged():
-                        self.result.converged = True
-                        self.result.converge_s = self.now - cfg.fault_s
-                        break
+                        if stable is None or stable[1] != max(self.committed):
+                            stable = (self.now, max(self.committed))
+                        if self.now - stable[0] >= cfg.hold_s:
+                            self.result.converged = True
+                            self.result.converge_s = stable[0] - cfg.fault_s
+                            break
+                    else:
+                        stable = None
                     self.push(at + tick, "tick", None)
                 case "fault":
                     self.inject()
@@ -415,6 +476,10 @@ class _Sim:
                 case "heal":
                     self.groups = None
                     self.log("heal partition")
+                case "unbridge":
+                    if self.faults_on:
+                        self.bridged.clear()
+                        self.log("heal bridge")
                 case "link_up":
                     self.down.discard(payload)  # type: ignore[arg-type]
                     self.log(f"link up {'-'.join(sorted(payload))}")  # type: ignore[call-overload]
@@ -431,7 +496,7 @@ class _Sim:
                 if n not in self.crashed and n not in self.left
             ]
             self.violation(
-                f"no convergence within {cfg.settle_s}s after faults stopped; live="
+                f"no convergence (kept {cfg.hold_s}s) within {cfg.settle_s}s after faults stopped; live="
                 f"{sorted(self.live())}; " + "; ".join(state_lines)
             )
         self.result.trace = list(self.trace)

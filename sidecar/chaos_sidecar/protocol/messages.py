@@ -61,9 +61,10 @@ class View:
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     kind: ClassVar[str] = "heartbeat"
-    hears: tuple[str, ...]  # members the sender heard from recently
+    hears: tuple[str, ...]  # members the sender heard from recently, directly or relayed
     topology_version: tuple[int, int] = (0, 0)
     down_links: tuple[tuple[str, str], ...] = ()
+    direct: tuple[str, ...] | None = None  # of those, the ones heard directly (None: all of them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,19 @@ class ViewRequest:
     kind: ClassVar[str] = "view_request"
 
 
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """``inner`` (from its origin, ``inner.sender``) for member ``to``, passed on by a member
+    that reaches both when they cannot reach each other directly. ``seal`` authenticates the
+    origin end to end (the origin's adapter fills it in, ``to``'s adapter checks it; see
+    :func:`chaos_sidecar.security.relay_seal`); the relay cannot forge or alter ``inner``."""
+
+    kind: ClassVar[str] = "relay"
+    to: str
+    inner: Message
+    seal: str = ""
+
+
 Body = (
     Heartbeat
     | Join
@@ -166,6 +180,7 @@ Body = (
     | Nack
     | Commit
     | ViewRequest
+    | Relay
 )
 
 
@@ -190,11 +205,14 @@ def _ballot_json(ballot: Ballot | None) -> list[Any] | None:
 def _body_json(body: Body) -> dict[str, Any]:
     match body:
         case Heartbeat():
-            return {
+            out: dict[str, Any] = {
                 "hears": list(body.hears),
                 "topology_version": list(body.topology_version),
                 "down_links": [list(link) for link in body.down_links],
             }
+            if body.direct is not None:
+                out["direct"] = list(body.direct)
+            return out
         case Join():
             return {"node": body.node, "address": body.address}
         case Leave() | Suspect() | LinkDown() | LinkUp():
@@ -220,18 +238,25 @@ def _body_json(body: Body) -> dict[str, Any]:
             return {"view": body.view.to_json()}
         case ViewRequest():
             return {}
+        case Relay():
+            return {"to": body.to, "inner": _envelope(body.inner), "seal": body.seal}
     raise TypeError(f"not a message body: {body!r}")  # pragma: no cover
 
 
-def encode(message: Message) -> bytes:
-    payload = {
+def _envelope(message: Message) -> dict[str, Any]:
+    return {
         "v": PROTOCOL_VERSION,
         "kind": message.kind,
         "from": message.sender,
         "epoch": message.epoch,
         "body": _body_json(message.body),
     }
-    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def encode(message: Message) -> bytes:
+    """Deterministic: ``encode(decode(encode(m))) == encode(m)``, so a relayed message's seal
+    can be checked over its re-encoding."""
+    return json.dumps(_envelope(message), separators=(",", ":")).encode()
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -319,8 +344,12 @@ def _parse_body(kind: str, body: dict[str, Any]) -> Body:
                         node_id(link[1], f"body.down_links[{i}][1]"),
                     )
                 )
+            direct = body.get("direct")
             return Heartbeat(
-                _ids(body.get("hears"), "body.hears"), (version[0], version[1]), tuple(parsed_links)
+                _ids(body.get("hears"), "body.hears"),
+                (version[0], version[1]),
+                tuple(parsed_links),
+                None if direct is None else _ids(direct, "body.direct"),
             )
         case "join":
             return Join(
@@ -364,6 +393,14 @@ def _parse_body(kind: str, body: dict[str, Any]) -> Body:
             return Commit(_view(body.get("view"), "body.view"))
         case "view_request":
             return ViewRequest()
+        case "relay":
+            inner = _message(body.get("inner"), "body.inner")
+            if isinstance(inner.body, Relay):
+                raise _bad("body.inner", "a relayed message is not relayed again")
+            seal = body.get("seal", "")
+            if not isinstance(seal, str) or len(seal) > _ADDRESS_MAX:
+                raise _bad("body.seal", f"expected a string of at most {_ADDRESS_MAX} characters")
+            return Relay(node_id(body.get("to"), "body.to"), inner, seal)
     raise ProtocolError("unknown_kind", f"kind {kind!r} is not a membership message")
 
 
@@ -375,18 +412,22 @@ def decode(raw: bytes) -> Message:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("malformed", f"not JSON: {exc}") from None
+    return _message(payload, "envelope")
+
+
+def _message(payload: Any, where: str) -> Message:
     if not isinstance(payload, dict):
-        raise ProtocolError("malformed", "expected a JSON object")
+        raise ProtocolError("malformed", f"{where}: expected a JSON object")
     if payload.get("v") != PROTOCOL_VERSION:
         raise ProtocolError("version", f"unsupported protocol version {payload.get('v')!r}")
     kind = payload.get("kind")
     if not isinstance(kind, str):
-        raise ProtocolError("malformed", "missing kind")
+        raise ProtocolError("malformed", f"{where}: missing kind")
     body = payload.get("body")
     if not isinstance(body, dict):
-        raise _bad("body", "expected an object")
+        raise _bad(f"{where}.body" if where != "envelope" else "body", "expected an object")
     return Message(
-        sender=node_id(payload.get("from"), "from"),
-        epoch=_int(payload, "epoch", "envelope"),
+        sender=node_id(payload.get("from"), "from" if where == "envelope" else f"{where}.from"),
+        epoch=_int(payload, "epoch", where),
         body=_parse_body(kind, body),
     )
