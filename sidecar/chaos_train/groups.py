@@ -61,7 +61,10 @@ def wait_for(work, lost: Callable[[], bool] | None = None) -> None:
             return
         except RuntimeError:
             if work.is_completed():
-                raise  # the collective itself failed
+                # it ended: either the slice ran out just as it completed (this returns) or the
+                # collective itself failed (this raises its own error, not the slice's timeout)
+                work.wait()
+                return
         if lost():
             raise GroupLost("the agreed view dropped a member of this group")
 

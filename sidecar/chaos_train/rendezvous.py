@@ -10,7 +10,8 @@ but the network.
 Fencing: the host writes ``fence = "<epoch>:<round>"`` before publishing, and a member checks
 it after connecting, so a store of another epoch or round (a port reused by the host) is
 never joined. A round that fails is never reused; a member follows the newest round the
-host has published for its epoch.
+host has published for its epoch, and one that is ahead (it failed in a round the others still
+wait in) says so in that round's store, so they leave it instead of waiting for its deadline.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from chaos_train.sidecar_client import SidecarClient
 ARRIVAL_DEADLINE_S = 120.0  # every member of a view reaches its meeting, or the round is given up
 POLL_S = 0.005  # arrival checks: a store round trip on the host
 LOOKUP_POLL_S = 0.02  # asking the sidecars where the host's store is
+WANTED_ROUND = "wanted-round"  # set in a round's store by a member that already failed in it
 
 
 class RendezvousFailed(RuntimeError):
@@ -51,6 +53,7 @@ class Rendezvous:
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self.rounds: dict[int, int] = {}  # epoch -> the round this trainer is at
         self.finished_step: int | None = None  # a host's trainer said the job is done
+        self._told: dict[int, int] = {}  # epoch -> the older round this trainer asked to leave
 
     def next_round(self, epoch: int) -> None:
         """The current round of ``epoch`` failed: meet in a fresh one."""
@@ -91,8 +94,26 @@ class Rendezvous:
         while not store.check(keys):
             if moved_on() or time.monotonic() > deadline:
                 return None
+            if store.check([WANTED_ROUND]):  # a member failed this round already: move past it
+                wanted = int(store.get(WANTED_ROUND))
+                self.rounds[epoch] = max(self.rounds.get(epoch, 0), wanted - 1)
+                raise RendezvousFailed(f"a member of epoch {epoch} is at round {wanted}, not {round_}")
             time.sleep(POLL_S)
         return Meeting(epoch, round_, store)
+
+    def _want_round(self, entry: RendezvousEntry, wanted: int) -> None:
+        """Tell the members waiting in ``entry``'s older round that this trainer failed there
+        (they leave it, and the host opens a round at least ``wanted``). Best effort: the old
+        store may be gone already."""
+        if self._told.get(entry.epoch) == entry.round:
+            return
+        self._told[entry.epoch] = entry.round
+        try:
+            old = dist.TCPStore(entry.host, entry.port, None, False, datetime.timedelta(seconds=2))
+            if old.get("fence").decode() == f"{entry.epoch}:{entry.round}":
+                old.set(WANTED_ROUND, str(wanted))
+        except (RuntimeError, ValueError):
+            pass
 
     def _find_host(
         self, epoch: int, host: str, moved_on: Callable[[], bool], deadline: float
@@ -105,8 +126,11 @@ class Rendezvous:
                     self.finished_step = status.finished_step
                     return None
                 entry = status.entry
-                if entry is not None and entry.epoch == epoch and entry.round >= self.rounds.get(epoch, 0):
-                    return entry
+                wanted = self.rounds.get(epoch, 0)
+                if entry is not None and entry.epoch == epoch:
+                    if entry.round >= wanted:
+                        return entry
+                    self._want_round(entry, wanted)
             if moved_on() or time.monotonic() > deadline:
                 return None
             time.sleep(LOOKUP_POLL_S)
