@@ -20,12 +20,16 @@ def _namespaces() -> set[str]:
     return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
 
 
-def test_job_in_namespaces_with_skewed_links_keeps_replicas_and_nodes_apart(tmp_path) -> None:
+def test_job_in_namespaces_through_join_cut_crash_and_leave_keeps_replicas_and_nodes_apart(tmp_path) -> None:
     churn = tmp_path / "churn.json"
     churn.write_text(
         json.dumps(
             [
                 {"at_step": 10, "event": "join", "node": "n4"},
+                # a real cut: gloo between the two stalls until the harness heals it (by time,
+                # once the group stops stepping) or the scripted step comes
+                {"at_step": 120, "event": "link_down", "node": "n0", "peer": "n3"},
+                {"at_step": 125, "event": "link_up", "node": "n0", "peer": "n3"},
                 {"at_step": 150, "event": "crash", "node": "n1"},
                 {"at_step": 170, "event": "leave", "node": "n2"},
             ]
@@ -44,6 +48,7 @@ def test_job_in_namespaces_with_skewed_links_keeps_replicas_and_nodes_apart(tmp_
     assert summary["replicas_identical"] is True and summary["replica_comparisons"] > 5
     assert summary["samples_lost"] == 0 and summary["samples_duplicated"] == 0
     assert summary["samples_seen"] == summary["samples_expected"] == 220 * 256
+    assert [e["kind"] for e in summary["events"]] == ["join", "link_down", "link_up", "crash", "leave"]
     join = summary["events"][0]
     sent = join["bytes_per_source"]
     assert join["kind"] == "join" and sum(sent.values()) > 0
