@@ -142,6 +142,21 @@ def load_churn(spec: str, initial: list[str], steps: int) -> list[ChurnEvent]:
     return parse_churn(data, initial, steps)
 
 
+def heal_cuts(events: list[ChurnEvent], after_steps: int) -> list[ChurnEvent]:
+    """``events`` with a ``link_up`` ``after_steps`` steps after every ``link_down`` (keyed to
+    a step) that the script never restores. On separate hosts (``--hosts netns``) a cut stops
+    the trainers of both ends until it heals: gloo connects every pair of them."""
+    healed = list(events)
+    for i, event in enumerate(events):
+        if event.event != "link_down" or event.at_step is None:
+            continue
+        pair = {event.node, event.peer}
+        later = events[i + 1 :]
+        if not any(e.event == "link_up" and {e.node, e.peer} == pair for e in later):
+            healed.append(ChurnEvent(event.at_step + after_steps, "link_up", event.node, event.peer))
+    return sorted(healed, key=lambda e: (e.at_step is None, e.at_step or 0))
+
+
 def default_churn(initial: list[str], steps: int) -> list[ChurnEvent]:
     """The demo: a join, a graceful leave, a crash, and a link down then up."""
     n = len(initial)

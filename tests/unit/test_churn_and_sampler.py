@@ -204,3 +204,20 @@ def test_a_stalled_group_gets_the_next_healing_event_ahead_of_its_turn() -> None
     assert pending == [crash]
     assert take_due(pending, step=10, elapsed_s=99.0, idle_s=HEAL_AFTER_S) is None  # no heal left
     assert take_due(pending, step=50, elapsed_s=5.0, idle_s=0.0) is crash and pending == []
+
+
+def test_heal_cuts_restores_only_the_cuts_a_script_leaves_down() -> None:
+    from chaos_lab.churn import ChurnEvent, heal_cuts
+
+    script = [
+        ChurnEvent(10, "link_down", "n0", "n1"),
+        ChurnEvent(20, "link_down", "n2", "n3"),
+        ChurnEvent(25, "link_up", "n3", "n2"),
+        ChurnEvent(30, "crash", "n1"),
+    ]
+    healed = heal_cuts(script, 5)
+    assert [(e.at_step, e.event, e.node) for e in healed] == [
+        (10, "link_down", "n0"), (15, "link_up", "n0"), (20, "link_down", "n2"),
+        (25, "link_up", "n3"), (30, "crash", "n1"),
+    ]  # fmt: skip
+    assert healed[1].peer == "n1"

@@ -12,6 +12,7 @@ from pathlib import Path
 from chaos_sidecar.cliutil import Subparsers, positive_int
 from chaos_sidecar.errors import InputError
 
+RANDOM_CUT_STEPS = 10  # --hosts netns: a random script's unrestored cut heals after this many steps
 STALL_LIMIT_S = 120.0  # no step for this long: the run ends, saying where each node was stuck
 
 
@@ -49,7 +50,7 @@ def register(subparsers: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     # the harness (aiohttp, yaml) is loaded when the job runs, not whenever the CLI parses
     from chaos_lab import netns
-    from chaos_lab.churn import default_churn, load_churn
+    from chaos_lab.churn import default_churn, heal_cuts, load_churn
     from chaos_lab.jobreport import plot, read_jsonl, summarize, timeline_lines
     from chaos_lab.links import parse_links
     from chaos_lab.localjob import JobConfig, JobStalled, LocalJob
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
                     stall_limit_s=STALL_LIMIT_S)  # fmt: skip
     if args.hosts == "netns":
         cfg.links = parse_links(args.links, cfg.node_names())
+        if args.churn and args.churn.startswith("random:"):
+            churn = cfg.churn = heal_cuts(churn, RANDOM_CUT_STEPS)  # a lasting cut stops both ends
     elif args.links != "equal":
         raise InputError("--links", "shaped links need --hosts netns")
     print(f"chaos-train local: {args.nodes} nodes ({args.hosts}), {args.steps} steps, "
