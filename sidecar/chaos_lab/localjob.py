@@ -60,15 +60,18 @@ def new_lines(path: Path | None, offsets: dict[str, int], key: str) -> Iterator[
             yield line
 
 
-def take_due(pending: list[ChurnEvent], step: int, elapsed_s: float, idle_s: float) -> ChurnEvent | None:
+def take_due(
+    pending: list[ChurnEvent], step: int, elapsed_s: float, idle_s: float, cut: set[frozenset[str]]
+) -> ChurnEvent | None:
     """Pop the next event to apply: the first pending one once it is due; or, when the group
     has not stepped for HEAL_AFTER_S, the first healing one ahead of its turn (its step may
-    never come: the group may be waiting for exactly that link)."""
+    never come: the group may be waiting for exactly that link) for a link that is ``cut``
+    now (healing one that is up would leave a later cut of it with no healing)."""
     if pending and pending[0].due(step, elapsed_s):
         return pending.pop(0)
     if idle_s >= HEAL_AFTER_S:
         for i, event in enumerate(pending):
-            if event.event in HEALING:
+            if event.event in HEALING and frozenset((event.node, event.peer)) in cut:
                 return pending.pop(i)
     return None
 
@@ -122,6 +125,7 @@ class LocalJob:
     stragglers: list[str] = field(default_factory=list)
     finished_at: float | None = None
     star: netns.Star | None = None  # the nodes' namespaces and links (hosts "netns")
+    cut: set[frozenset[str]] = field(default_factory=set)  # node pairs whose link is down now
     foreign_opens: list[str] = field(default_factory=list)  # files a node opened in another's directory
     no_majority: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> its sidecar's record
     _last_line: dict[str, str] = field(default_factory=dict)  # trainer logs: parsed only on a stall
@@ -327,7 +331,7 @@ class LocalJob:
                 if step > progress_step or progress_step == 0:
                     progress_step, progress_at = step, now
                 idle_s = now - max(progress_at, healed_at)
-                while (event := take_due(pending, step, now - agreed_at, idle_s)) is not None:
+                while (event := take_due(pending, step, now - agreed_at, idle_s, self.cut)) is not None:
                     early = not event.due(step, now - agreed_at)
                     await self.apply(event, step)
                     note = ("stalled, healing early: " if early else "event: ") + event.label()
@@ -406,6 +410,9 @@ class LocalJob:
         return out
 
     async def apply(self, event: ChurnEvent, step: int) -> None:
+        if event.event in ("link_down", "link_up"):
+            pair = frozenset((event.node, event.peer))
+            (self.cut.add if event.event == "link_down" else self.cut.discard)(pair)
         self.injected.append(Injected(event, time.time(), step))
         match event.event:
             case "join":

@@ -197,13 +197,15 @@ def test_a_stalled_group_gets_the_next_healing_event_ahead_of_its_turn() -> None
     from chaos_lab.localjob import HEAL_AFTER_S, take_due
 
     crash = ChurnEvent(50, "crash", "n1")
+    later_up = ChurnEvent(80, "link_up", "n1", "n2")  # its link is not down (yet)
     link_up = ChurnEvent(90, "link_up", "n0", "n3")
-    pending = [crash, link_up]
-    assert take_due(pending, step=10, elapsed_s=5.0, idle_s=0.0) is None
-    assert take_due(pending, step=10, elapsed_s=5.0, idle_s=HEAL_AFTER_S) is link_up  # not the crash
-    assert pending == [crash]
-    assert take_due(pending, step=10, elapsed_s=99.0, idle_s=HEAL_AFTER_S) is None  # no heal left
-    assert take_due(pending, step=50, elapsed_s=5.0, idle_s=0.0) is crash and pending == []
+    pending = [crash, later_up, link_up]
+    cut = {frozenset(("n3", "n0"))}
+    assert take_due(pending, step=10, elapsed_s=5.0, idle_s=0.0, cut=cut) is None
+    assert take_due(pending, step=10, elapsed_s=5.0, idle_s=HEAL_AFTER_S, cut=cut) is link_up  # the cut one
+    assert pending == [crash, later_up]
+    assert take_due(pending, step=10, elapsed_s=99.0, idle_s=HEAL_AFTER_S, cut=set()) is None  # none cut
+    assert take_due(pending, step=50, elapsed_s=5.0, idle_s=0.0, cut=set()) is crash and pending == [later_up]
 
 
 def test_heal_cuts_restores_only_the_cuts_a_script_leaves_down() -> None:
