@@ -36,6 +36,10 @@ class RendezvousFailed(RuntimeError):
     """The epoch's store could not be reached or was not the one expected."""
 
 
+class RoundPassed(RendezvousFailed):
+    """A member already failed in this round: meet again at once, in the round it is at."""
+
+
 @dataclass
 class Meeting:
     epoch: int
@@ -97,7 +101,7 @@ class Rendezvous:
             if store.check([WANTED_ROUND]):  # a member failed this round already: move past it
                 wanted = int(store.get(WANTED_ROUND))
                 self.rounds[epoch] = max(self.rounds.get(epoch, 0), wanted - 1)
-                raise RendezvousFailed(f"a member of epoch {epoch} is at round {wanted}, not {round_}")
+                raise RoundPassed(f"a member of epoch {epoch} is at round {wanted}, not {round_}")
             time.sleep(POLL_S)
         return Meeting(epoch, round_, store)
 

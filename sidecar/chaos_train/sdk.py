@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from chaos_train import state as snapshot_state
 from chaos_train.groups import BuildThreads, GroupBuild, all_gather_ints, new_process_group, wait_for
-from chaos_train.rendezvous import Rendezvous
+from chaos_train.rendezvous import Rendezvous, RoundPassed
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sidecar_client import SidecarClient, SidecarLost
 
@@ -328,7 +328,11 @@ class ElasticTrainer:
             except RuntimeError as exc:  # someone died during the rendezvous, or was too slow
                 self.log("rendezvous_failed", epoch=epoch, error=str(exc)[:200])
                 self._close_group()
-                if built is None and self._await_newer_view(epoch, patience_s=RETRY_PATIENCE_S):
+                if (
+                    built is None
+                    and not isinstance(exc, RoundPassed)  # the others are in the next round already
+                    and self._await_newer_view(epoch, patience_s=RETRY_PATIENCE_S)
+                ):
                     continue
                 self.rendezvous.next_round(epoch)  # same view, next round
                 continue
