@@ -80,7 +80,9 @@ def test_a_scripted_link_up_fires_by_time_when_the_group_stops_stepping(tmp_path
     summary = json.loads((out / "summary.json").read_text())
     applied = [(e["kind"], e["at_step"]) for e in summary["events"]]
     assert [kind for kind, _ in applied] == ["link_down"] * 4 + ["crash"] + ["link_up"] * 4, applied
-    assert applied[5][1] < HEAL_STEP <= applied[6][1], applied  # the first by time, at the stuck step
+    # the first fires by time, at the stuck step; the others fire at their step, or by time too
+    # when regrouping without n4 takes longer than HEAL_AFTER_S on a loaded machine
+    assert applied[5][1] < HEAL_STEP, applied
     assert summary["steps"] == STEPS and summary["ok"], summary
     sidecar = read_jsonl(sorted((out / "sidecars").glob("*.events.jsonl")))
     lost = {r["node"] for r in sidecar if r["type"] == "no_majority"}
