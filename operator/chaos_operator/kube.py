@@ -19,7 +19,7 @@ from kubernetes.client.rest import ApiException
 from chaos_operator.settings import CONFIG
 
 _PLURALS = {"Service": "services", "ConfigMap": "configmaps", "ServiceAccount": "serviceaccounts",
-            "Pod": "pods", "Role": "roles", "RoleBinding": "rolebindings"}  # fmt: skip
+            "Pod": "pods", "Role": "roles", "RoleBinding": "rolebindings", "Secret": "secrets"}  # fmt: skip
 _api: client.ApiClient | None = None
 
 
@@ -100,6 +100,18 @@ async def apply(obj: dict[str, Any]) -> dict[str, Any]:
             raise
     return await _call("PATCH", _path(obj, meta["namespace"], meta["name"]), obj,
                        content_type="application/merge-patch+json")  # fmt: skip
+
+
+async def create_once(obj: dict[str, Any]) -> bool:
+    """Create ``obj`` unless it exists (409: kept as it is, never overwritten). True if created."""
+    meta = obj["metadata"]
+    try:
+        await _call("POST", _path(obj, meta["namespace"]), obj)
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+        return False
+    return True
 
 
 async def delete_pod(namespace: str, name: str) -> None:

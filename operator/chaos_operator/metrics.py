@@ -38,6 +38,12 @@ PODS_DELETED = Counter(
     [*JOB_LABELS, "why"],
     registry=REGISTRY,
 )
+BAD_REPORTS = Counter(
+    "chaostrain_operator_bad_reports",
+    "Pod report annotations refused (not JSON, too large, another job's or pod's, badly typed)",
+    JOB_LABELS,
+    registry=REGISTRY,
+)
 DESIRED = Gauge(
     "chaostrain_operator_desired_replicas",
     "Replicas of a job clamped to its bounds",
@@ -57,12 +63,13 @@ def track_job(namespace: str, name: str) -> None:
         for value in values:
             family.labels(namespace, name, value)
     PODS_CREATED.labels(namespace, name)
+    BAD_REPORTS.labels(namespace, name)
 
 
 def forget_job(namespace: str, name: str) -> None:
     """Drop the series of a deleted job (Prometheus keeps their history)."""
     series = [(f, (namespace, name, v)) for f, values in _BY_EXTRA_LABEL for v in values]
-    series += [(PODS_CREATED, (namespace, name)), (DESIRED, (namespace, name))]
+    series += [(family, (namespace, name)) for family in (PODS_CREATED, DESIRED, BAD_REPORTS)]
     for family, labels in series:
         with contextlib.suppress(KeyError):  # older prometheus_client raise for a series never set
             family.remove(*labels)

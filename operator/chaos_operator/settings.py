@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import kopf
 
+from chaos_operator.domain.builders import SIDECAR_IMAGE
+
 
 @dataclass(frozen=True)
 class OperatorConfig:
@@ -16,11 +18,14 @@ class OperatorConfig:
     """Back-off before a handler retries after a retryable API error (5xx, 429)."""
     metrics_port: int = 8080
     """Port of the operator's /metrics (0: off)."""
+    sidecar_image: str = SIDECAR_IMAGE
+    """The image of the sidecar container injected into every pod (chart: ``sidecar.image``)."""
 
 
 CONFIG = OperatorConfig(
     status_interval_s=float(os.environ.get("CHAOS_OPERATOR_STATUS_INTERVAL", "5")),
     metrics_port=int(os.environ.get("CHAOS_OPERATOR_METRICS_PORT", "8080")),
+    sidecar_image=os.environ.get("CHAOS_SIDECAR_IMAGE", "").strip() or SIDECAR_IMAGE,
 )
 
 

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from typing import Any
 
 from chaos_operator.domain.spec import JobSpec
+from chaos_sidecar import trainer_env
+from chaos_sidecar.pod_contract import (
+    CONFIG_KEY,
+    GROUP,
+    INDEX_LABEL,
+    JOB_LABEL,
+    PEER_PORT,
+    POD_IP,
+    POD_NAMESPACE,
+    REPORT_ANNOTATION,
+    SECRET_MOUNT,
+    SidecarPod,
+    sidecar_args,
+)
+from chaos_sidecar.pod_contract import SNAPSHOT_MOUNT as SNAPSHOT_DIR
 
-GROUP = "chaostraining.io"
-JOB_LABEL = f"{GROUP}/job"
-INDEX_LABEL = f"{GROUP}/index"
-REPORT_ANNOTATION = f"{GROUP}/report"
-SIDECAR_IMAGE = "ghcr.io/chaos-training/sidecar:0.1.0"
-PEER_PORT = 7070
-SNAPSHOT_DIR = "/var/run/chaos/snapshots"
+__all__ = ["GROUP", "INDEX_LABEL", "JOB_LABEL", "PEER_PORT", "REPORT_ANNOTATION", "SNAPSHOT_DIR"]
+SIDECAR_IMAGE = "ghcr.io/chaos-training/sidecar:0.1.0"  # the Dockerfile's target "sidecar"
 
 
 def labels(job: JobSpec) -> dict[str, str]:
@@ -48,14 +59,21 @@ def build_service(job: JobSpec) -> dict[str, Any]:
 def build_configmap(job: JobSpec) -> dict[str, Any]:
     config = {
         "join": job.join,
-        "planner": job.planner,
-        "maxSources": job.max_sources,
         "heartbeatSeconds": job.probe_interval_s,
         "failureTimeoutSeconds": job.failure_timeout_s,
         "federationPeers": list(job.peers),
+        "replicas": job.desired,  # the size the owner asked for: the sidecars scale in to it
     }
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(job, f"{job.name}-config"),
-            "data": {"job.json": json.dumps(config, sort_keys=True)}}  # fmt: skip
+            "data": {CONFIG_KEY: json.dumps(config, sort_keys=True)}}  # fmt: skip
+
+
+def build_join_secret(job: JobSpec, secret: str) -> dict[str, Any]:
+    """The job's join secret (the caller draws ``secret`` at random; created once, never
+    overwritten); not built when ``federation.joinSecretRef`` names the user's own Secret."""
+    value = base64.b64encode(secret.encode()).decode()
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": _meta(job, job.secret_name),
+            "data": {job.join_secret_key: value}}  # fmt: skip
 
 
 def service_account_name(job: JobSpec, index: int) -> str:
@@ -83,6 +101,13 @@ def build_pod_role(job: JobSpec, index: int) -> dict[str, Any]:
         "rules": [
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["pods"], "resourceNames": [name], "verbs": ["patch"]},
+            # the size the owner asked for (scale-in), from the job's ConfigMap only
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [f"{job.name}-config"],
+                "verbs": ["get"],
+            },
         ],
     }
 
@@ -104,8 +129,26 @@ def pod_name(job: JobSpec, index: int) -> str:
     return f"{job.name}-{index}"
 
 
-def build_pod(job: JobSpec, index: int) -> dict[str, Any]:
-    """The user's template plus the injected sidecar, the shared snapshot volume and env."""
+def trainer_environment(job: JobSpec, *, founding: bool) -> list[dict[str, Any]]:
+    """The trainer's configuration (:mod:`chaos_sidecar.trainer_env`): its node id is the pod's
+    name (downward API), its sidecar is on loopback, the snapshot volume is shared."""
+    return [
+        {"name": trainer_env.NODE_ID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": trainer_env.SIDECAR_URL, "value": f"http://127.0.0.1:{PEER_PORT}"},
+        {"name": trainer_env.SNAPSHOT_DIR, "value": SNAPSHOT_DIR},
+        {"name": trainer_env.FOUNDING, "value": "1" if founding else "0"},
+        {"name": trainer_env.JOIN_MODE, "value": job.join},
+    ]
+
+
+def build_pod(
+    job: JobSpec, index: int, *, founding: bool = False, sidecar_image: str = SIDECAR_IMAGE
+) -> dict[str, Any]:
+    """The user's template plus the injected sidecar, the shared snapshot volume and env.
+
+    ``founding``: the pod belongs to the job's first view (created before any sidecar reported
+    a view): its trainer starts from the script's initial state, and the lowest index seeds
+    the group; any later pod joins and pulls the state from the members."""
     template = copy.deepcopy(job.template)
     pod_spec = template.get("spec", {})
     name = pod_name(job, index)
@@ -117,48 +160,39 @@ def build_pod(job: JobSpec, index: int) -> dict[str, Any]:
     }
     volume = {"name": "chaos-snapshots", "emptyDir": {"medium": "Memory"}}
     mount = {"name": "chaos-snapshots", "mountPath": SNAPSHOT_DIR}
-    env = [
-        {"name": "CHAOS_JOB", "value": job.name},
-        {"name": "CHAOS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "CHAOS_SNAPSHOT_DIR", "value": SNAPSHOT_DIR},
-        {"name": "CHAOS_SIDECAR_URL", "value": f"http://127.0.0.1:{PEER_PORT}"},
-    ]
+    env = trainer_environment(job, founding=founding)
     for container in pod_spec.get("containers", []):
-        container.setdefault("env", []).extend(copy.deepcopy(env))
+        # ours first: the template's own env may refer to them as $(CHAOS_NODE_ID)
+        container["env"] = copy.deepcopy(env) + list(container.get("env") or [])
         container.setdefault("volumeMounts", []).append(dict(mount))
+    contract = SidecarPod(
+        job=job.name, node_id=name, seed=founding and index == 0, heartbeat_s=job.probe_interval_s,
+        suspect_timeout_s=job.failure_timeout_s, peers=job.peers,
+    )  # fmt: skip
     sidecar = {
         "name": "chaos-sidecar",
-        "image": SIDECAR_IMAGE,
-        "args": [
-            "--node-id",
-            name,
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(PEER_PORT),
-            "--advertise",
-            f"http://{name}.{job.name}.{job.namespace}.svc:{PEER_PORT}",
-            "--secret-file",
-            "/var/run/chaos/secret/join-secret",
-            "--snapshot-dir",
-            SNAPSHOT_DIR,
-            "--heartbeat-s",
-            str(job.probe_interval_s),
-            "--suspect-timeout-s",
-            str(job.failure_timeout_s),
+        "image": sidecar_image,
+        "command": ["chaos-train", "sidecar"],
+        "args": sidecar_args(contract),
+        "env": [
+            {"name": POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": POD_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         ],
-        "env": env[:2],
         "ports": [{"name": "peer", "containerPort": PEER_PORT}],
         "volumeMounts": [
             mount,
-            {"name": "chaos-secret", "mountPath": "/var/run/chaos/secret", "readOnly": True},
+            {"name": "chaos-secret", "mountPath": SECRET_MOUNT, "readOnly": True},
         ],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": PEER_PORT}, "periodSeconds": 2},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": PEER_PORT}, "periodSeconds": 10},
+        # a sidecar still looking for a peer is not listening yet: NotReady (with a log line)
+        # generous delay: a sidecar still discovering its first peer does not listen yet
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": PEER_PORT},
+            "periodSeconds": 10,
+            "initialDelaySeconds": 600,
+        },
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
     }
-    if job.peers:
-        sidecar["env"].append({"name": "CHAOS_FEDERATION_PEERS", "value": ",".join(job.peers)})
     pod_spec.setdefault("containers", []).append(sidecar)
     pod_spec.setdefault("volumes", []).extend([
         volume,

@@ -7,12 +7,15 @@ annotation. Failed pods are replaced.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from chaos_operator.domain.builders import INDEX_LABEL, REPORT_ANNOTATION
+from chaos_operator.domain.builders import INDEX_LABEL, JOB_LABEL, REPORT_ANNOTATION
 from chaos_operator.domain.spec import JobSpec
+from chaos_sidecar.errors import InputError
+from chaos_sidecar.pod_contract import parse_report
+
+MAX_LAST_EVENTS = 32
 
 
 @dataclass(frozen=True)
@@ -35,15 +38,32 @@ def backoff_s(failures: int) -> float:
     return 0.0 if failures <= 0 else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 1))
 
 
-def report_of(pod: dict[str, Any]) -> dict[str, Any]:
-    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(REPORT_ANNOTATION)
+def checked_report(pod: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The pod's report and, when it is refused, why (not JSON, too large, another job's or
+    another pod's, badly typed): a refused report counts as none."""
+    meta = pod.get("metadata") or {}
+    raw = (meta.get("annotations") or {}).get(REPORT_ANNOTATION)
     if not raw:
-        return {}
+        return {}, None
     try:
-        report = json.loads(raw)
-    except ValueError:
-        return {}
-    return report if isinstance(report, dict) else {}
+        job = (meta.get("labels") or {}).get(JOB_LABEL, "")
+        return parse_report(raw, job=job, pod=meta.get("name", "")), None
+    except InputError as exc:
+        return {}, str(exc)
+
+
+def report_of(pod: dict[str, Any]) -> dict[str, Any]:
+    return checked_report(pod)[0]
+
+
+def bad_reports(pods: list[dict[str, Any]]) -> dict[str, str]:
+    """Pod name -> why its report is refused."""
+    out = {}
+    for pod in pods:
+        problem = checked_report(pod)[1]
+        if problem is not None:
+            out[pod["metadata"]["name"]] = problem
+    return out
 
 
 def _index(pod: dict[str, Any]) -> int:
@@ -64,8 +84,13 @@ def plan_pods(
     """Decide creations and deletions. ``failures``/``last_failure_at`` come from the job's
     status (failed pods seen before), ``now`` from the caller's clock."""
     live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
-    failed = [p["metadata"]["name"] for p in live if (p.get("status") or {}).get("phase") == "Failed"]
     released = [p["metadata"]["name"] for p in live if report_of(p).get("released")]
+    # a released member's pod is deleted, not counted as a failure, however its processes ended
+    failed = [
+        p["metadata"]["name"]
+        for p in live
+        if (p.get("status") or {}).get("phase") == "Failed" and p["metadata"]["name"] not in released
+    ]
     gone = set(failed) | set(released)
     active = [p for p in live if p["metadata"]["name"] not in gone]
     total_failures = failures + len(failed)
@@ -103,6 +128,11 @@ def build_status(job: JobSpec, pods: list[dict[str, Any]]) -> dict[str, Any]:
         and all(c.get("ready") for c in (p.get("status") or {}).get("containerStatuses") or [{}])
     )
     steps = [r["step"] for r in reports if isinstance(r.get("step"), int)]
+    events: dict[tuple[int, str], dict[str, Any]] = {}
+    for report in reports:
+        for event in report.get("events", []):
+            key = (event["epoch"], event["kind"])
+            events.setdefault(key, {"kind": event["kind"], "epoch": event["epoch"]})
     failed = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Failed")
     active = len(pods) - failed
     if failed:
@@ -121,6 +151,9 @@ def build_status(job: JobSpec, pods: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if view is not None:
         status["view"] = {k: view[k] for k in ("epoch", "members", "coordinator") if k in view}
+        status["members"] = len(view.get("members") or [])
+    if events:
+        status["lastEvents"] = [events[k] for k in sorted(events)][-MAX_LAST_EVENTS:]
     if steps:
         status["step"] = max(steps)
     return status

@@ -7,6 +7,7 @@ spec edited while the CRD was older, or a missing field in a hand-made object) a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +28,6 @@ class JobSpec:
     max_replicas: int
     template: dict[str, Any]
     join: str = "blocking"
-    planner: str = "greedy"
-    max_sources: int = 8
     probe_interval_s: float = 0.1
     failure_timeout_s: float = 1.0
     peers: tuple[str, ...] = ()
@@ -54,6 +53,19 @@ def _int(spec: dict, key: str, default: int, low: int = 1, high: int = 1024) -> 
     return value
 
 
+PEER = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?=https?://[^\s/,]+(:[0-9]+)?/?$")
+
+
+def _peers(peers: Any) -> tuple[str, ...]:
+    """``federation.peers``: "id=URL" contact points outside the cluster (the sidecar's --peers)."""
+    if not isinstance(peers, list):
+        raise SpecError("federation.peers", "expected a list")
+    for i, peer in enumerate(peers):
+        if not isinstance(peer, str) or not PEER.match(peer):
+            raise SpecError(f"federation.peers[{i}]", f"expected id=http(s)://host:port, got {peer!r}")
+    return tuple(peers)
+
+
 def parse_job(body: dict[str, Any]) -> JobSpec:
     meta = body.get("metadata") or {}
     spec = body.get("spec")
@@ -67,7 +79,6 @@ def parse_job(body: dict[str, Any]) -> JobSpec:
     high = _int(spec, "maxReplicas", 64)
     if not low <= high:
         raise SpecError("minReplicas", "must not exceed maxReplicas")
-    sharding = spec.get("sharding") or {}
     monitor = spec.get("monitor") or {}
     federation = spec.get("federation") or {}
     secret = federation.get("joinSecretRef") or {}
@@ -87,11 +98,9 @@ def parse_job(body: dict[str, Any]) -> JobSpec:
         max_replicas=high,
         template=template,
         join=join,
-        planner=sharding.get("planner", "greedy"),
-        max_sources=int(sharding.get("maxSources", 8)),
         probe_interval_s=probe,
         failure_timeout_s=timeout,
-        peers=tuple(federation.get("peers") or ()),
+        peers=_peers(federation.get("peers") or []),
         join_secret_name=secret.get("name"),
         join_secret_key=secret.get("key", "join-secret"),
         backoff_limit=int((spec.get("runPolicy") or {}).get("backoffLimit", 6)),

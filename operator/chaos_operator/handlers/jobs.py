@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import secrets
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from chaos_operator import kube, metrics
 from chaos_operator.domain.builders import (
     JOB_LABEL,
     build_configmap,
+    build_join_secret,
     build_pod,
     build_pod_role,
     build_role_binding,
@@ -19,8 +21,12 @@ from chaos_operator.domain.builders import (
     build_service_account,
     pod_name,
 )
-from chaos_operator.domain.reconcile import build_status, plan_pods
+from chaos_operator.domain.reconcile import bad_reports, build_status, plan_pods
 from chaos_operator.domain.spec import JobSpec, SpecError, parse_job
+from chaos_operator.settings import CONFIG
+
+# (namespace, pod) -> the refused report last warned about: one Event per bad report, not per timer
+_WARNED: dict[tuple[str, str], str] = {}
 
 
 def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
@@ -41,9 +47,11 @@ def _count_error(namespace: str, name: str, reason: str) -> None:
 async def _shared_objects(job: JobSpec) -> None:
     for obj in (build_service(job), build_configmap(job)):
         await kube.apply(obj)
+    if job.join_secret_name is None:  # else the user's own Secret (federation.joinSecretRef)
+        await kube.create_once(build_join_secret(job, secrets.token_urlsafe(32)))
 
 
-async def _create_pod(job: JobSpec, index: int) -> None:
+async def _create_pod(job: JobSpec, index: int, founding: bool) -> None:
     """The pod's own identity and permissions first, then the pod that runs as it."""
     for obj in (
         build_service_account(job, index),
@@ -51,7 +59,15 @@ async def _create_pod(job: JobSpec, index: int) -> None:
         build_role_binding(job, index),
     ):
         await kube.apply(obj)
-    await kube.apply(build_pod(job, index))
+    await kube.apply(build_pod(job, index, founding=founding, sidecar_image=CONFIG.sidecar_image))
+
+
+def _warn_bad_reports(body: kopf.Body, job: JobSpec, pods: list[dict[str, Any]]) -> None:
+    for pod, problem in bad_reports(pods).items():
+        if _WARNED.get((job.namespace, pod)) != problem:
+            _WARNED[(job.namespace, pod)] = problem
+            metrics.BAD_REPORTS.labels(job.namespace, job.name).inc()
+            kopf.warn(body, reason="BadReport", message=f"pod {pod}: report ignored: {problem}")
 
 
 async def reconcile(
@@ -78,9 +94,12 @@ async def reconcile(
             logger.info(f"deleting {pod} ({'failed' if pod in plan.failed else 'released by the group'})")
             await kube.delete_pod(job.namespace, pod)
             metrics.PODS_DELETED.labels(*key, "failed" if pod in plan.failed else "released").inc()
+        # the first view's pods: no sidecar has reported a view yet (their trainers start from
+        # the script's initial state, index 0 seeds); later pods join and pull the state
+        founding = not previous.get("view")
         for index in plan.create:
-            logger.info(f"creating {pod_name(job, index)}")
-            await _create_pod(job, index)
+            logger.info(f"creating {pod_name(job, index)}{' (founding)' if founding else ''}")
+            await _create_pod(job, index, founding)
             metrics.PODS_CREATED.labels(*key).inc()
     except kube.Forbidden as exc:
         _count_error(*key, "Forbidden")
@@ -95,6 +114,7 @@ async def reconcile(
     # status folds the reports of the pods the index has seen (advisory, may lag a moment)
     indexed = [dict(p) for p in pods_by_job.get((job.namespace, job.name), [])]
     indexed = [p for p in indexed if p["metadata"]["name"] not in plan.delete]
+    _warn_bad_reports(body, job, indexed)
     status = build_status(job, indexed)
     status["scaleIn"] = {"requested": plan.waiting_for_release}
     status["failures"] = plan.failures

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -57,14 +58,20 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--upload-limit-mbps", type=positive_float, help="per-destination upload limit, MB/s (1e6 bytes/s)"
     )
+    parser.add_argument(
+        "--kube-job",
+        metavar="JOB",
+        help="in a pod of ChaosTrainingJob JOB (node id = pod name): find peers among the job's pods "
+        "through the Kubernetes API, report the view on this pod, leave when the group scales in",
+    )
     parser.set_defaults(run=run)
 
 
 def config_from_args(args: argparse.Namespace) -> SidecarConfig:
     contacts = parse_contacts(args.peers)
     tls = check_tls_files(args.tls_cert, args.tls_key, args.tls_ca)
-    if not args.seed and not contacts:
-        raise InputError("--peers", "a joining sidecar needs at least one contact (or --seed)")
+    if not args.seed and not contacts and not args.kube_job:
+        raise InputError("--peers", "a joining sidecar needs at least one contact (or --seed, or --kube-job)")
     try:
         settings = Settings(
             heartbeat_interval=args.heartbeat_s,
@@ -94,11 +101,19 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
     )
 
 
-async def serve(config: SidecarConfig, ready_file: str | None) -> None:
+async def serve(config: SidecarConfig, ready_file: str | None, kube_job: str | None = None) -> None:
     # the web stack is loaded only when a sidecar runs, not whenever the CLI parses
     from aiohttp import web
 
-    from chaos_sidecar.adapters.http_app import RUNTIME, build_app
+    from chaos_sidecar.adapters import kube_pod
+    from chaos_sidecar.adapters.http_app import METRICS, RUNTIME, build_app
+
+    pod_api = kube_pod.PodApi.from_environ() if kube_job else None
+    if pod_api is not None and not config.seed:  # not listening (so not ready) until a peer shows
+        found = await kube_pod.discover_contacts(
+            pod_api, kube_job, config.node_id, have_contacts=bool(config.contacts)
+        )
+        config = dataclasses.replace(config, contacts=found + config.contacts)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -130,7 +145,20 @@ async def serve(config: SidecarConfig, ready_file: str | None) -> None:
     runtime = app[RUNTIME]
     left = asyncio.create_task(_wait_left(runtime))
     stopped = asyncio.create_task(stop.wait())
+    reporter = reporting = None
+    if pod_api is not None:
+        step = app[METRICS].registry
+        reporter = kube_pod.PodReporter(pod_api, kube_job, config.node_id, runtime, lambda: _step(step))
+        reporting = asyncio.create_task(reporter.run())
     await asyncio.wait([stopped, left], return_when=asyncio.FIRST_COMPLETED)
+    if reporter is not None and not stop.is_set():
+        # in a pod: a member that left says so on its pod and stays up (its trainer sees
+        # "left" and ends) until the operator deletes the pod
+        reporting.cancel()
+        await reporter.final()
+        await stop.wait()
+    elif reporting is not None:
+        reporting.cancel()
     if stop.is_set() and runtime.state.status != LEFT:
         # graceful: leave the group first, so the others need not detect a failure
         await runtime.apply(RequestLeave())
@@ -138,6 +166,13 @@ async def serve(config: SidecarConfig, ready_file: str | None) -> None:
             await asyncio.wait_for(left, timeout=LEAVE_TIMEOUT_S)
     left.cancel()
     await runner.cleanup()
+    if pod_api is not None:
+        await pod_api.close()
+
+
+def _step(registry) -> int | None:
+    value = registry.get_sample_value("chaostrain_step")
+    return None if value is None else int(value)
 
 
 async def _wait_left(runtime) -> None:
@@ -147,5 +182,5 @@ async def _wait_left(runtime) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    asyncio.run(serve(config, args.ready_file))
+    asyncio.run(serve(config, args.ready_file, args.kube_job))
     return 0
