@@ -32,3 +32,17 @@ class ProtocolError(ChaosError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class TrainingError(ChaosError):
+    """The trainer SDK stops training on purpose (not a failed collective: those regroup)."""
+
+
+class UserCodeError(TrainingError):
+    """The user's code raised (its loss function, dataset, optimizer update or a hook): the
+    trainer leaves the group cleanly and ends with that traceback, chained as the cause.
+    ``where`` names the part of the user's code."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where

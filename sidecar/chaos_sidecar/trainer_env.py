@@ -25,9 +25,14 @@ STEPS = "CHAOS_STEPS"  # optional: overrides the step count the script asks for 
 JOIN_MODE = "CHAOS_JOIN_MODE"  # "blocking" (default) or "overlap"
 BACKEND = "CHAOS_BACKEND"  # optional: "gloo" or "nccl" (default: nccl where CUDA is present)
 DIGEST_EVERY = "CHAOS_DIGEST_EVERY"  # steps between replica digests in the event log (0: off)
+GRAD_LOG = "CHAOS_GRAD_LOG"  # overlap joins: averaged gradients the members keep for replay
+# how a joiner splits its pull over the sources: "planned" (the product), or a baseline the
+# benchmarks compare against ("equal-split", "single-source")
+TRANSFER_POLICY = "CHAOS_TRANSFER_POLICY"
 
 JOIN_MODES = ("blocking", "overlap")
 BACKENDS = ("gloo", "nccl")
+TRANSFER_POLICIES = ("planned", "equal-split", "single-source")
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class TrainerEnv:
     join_mode: str = "blocking"
     backend: str | None = None
     digest_every: int = 10
+    grad_log: int = 128
+    transfer_policy: str = "planned"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TrainerEnv | None:
@@ -69,6 +76,10 @@ class TrainerEnv:
         if founding not in ("0", "1", ""):
             raise InputError(FOUNDING, f"expected 0 or 1, got {founding!r}")
         log = env.get(EVENT_LOG, "").strip()
+        policy = env.get(TRANSFER_POLICY, "planned").strip() or "planned"
+        if policy not in TRANSFER_POLICIES:
+            raise InputError(TRANSFER_POLICY, f"expected one of {TRANSFER_POLICIES}, got {policy!r}")
+        grad_log = _count(env, GRAD_LOG, minimum=1)
         digest = _count(env, DIGEST_EVERY, minimum=0)
         return cls(
             node_id=node,
@@ -81,6 +92,8 @@ class TrainerEnv:
             join_mode=join_mode,
             backend=backend,
             digest_every=10 if digest is None else digest,
+            grad_log=128 if grad_log is None else grad_log,
+            transfer_policy=policy,
         )
 
     def to_environ(self) -> dict[str, str]:
@@ -92,6 +105,8 @@ class TrainerEnv:
             FOUNDING: "1" if self.founding else "0",
             JOIN_MODE: self.join_mode,
             DIGEST_EVERY: str(self.digest_every),
+            GRAD_LOG: str(self.grad_log),
+            TRANSFER_POLICY: self.transfer_policy,
         }
         if self.event_log is not None:
             out[EVENT_LOG] = str(self.event_log)

@@ -3,7 +3,10 @@
 Pure Python (no torch) so the local job's summary can recompute exactly which samples
 each committed step consumed. Every step takes the next ``global_batch`` ids of the epoch's
 order; each member takes a contiguous slice by rank. The global batch does not depend on
-the number of members, so churn never loses or repeats a sample within an epoch.
+the number of members, so churn never loses or repeats a sample within an epoch. When the
+data set is not a multiple of the global batch, each epoch drops its last
+``dataset_size % global_batch`` ids (a different tail every epoch, as the order is reshuffled),
+like ``drop_last``: every step has the full global batch.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ class ElasticSampler:
     cursor: int = 0
 
     def __post_init__(self) -> None:
-        if self.global_batch <= 0 or self.dataset_size % self.global_batch:
-            raise ValueError("dataset_size must be a positive multiple of global_batch")
+        if self.global_batch <= 0 or self.dataset_size < self.global_batch:
+            raise ValueError("global_batch must be positive and at most dataset_size")
         self._cache: tuple[int, list[int]] | None = None
 
     def order(self, epoch: int) -> list[int]:
@@ -45,9 +48,13 @@ class ElasticSampler:
 
     def advance(self) -> None:
         self.cursor += self.global_batch
-        if self.cursor >= self.dataset_size:
+        if self.cursor + self.global_batch > self.dataset_size:
             self.epoch += 1
             self.cursor = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.dataset_size // self.global_batch
 
     def state(self) -> tuple[int, int]:
         return self.epoch, self.cursor

@@ -45,6 +45,8 @@ from chaos_train.groups import BuildThreads, GroupBuild, all_gather_ints, new_pr
 from chaos_train.rendezvous import Rendezvous, RoundPassed
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sidecar_client import SidecarClient, SidecarLost
+from chaos_train.workload import Workload
+from chaos_sidecar.errors import TrainingError, UserCodeError
 
 REPORT_EVERY_S = 1.0  # between progress reports to the sidecar (metrics; each is an HTTP call)
 # an overlap joiner replays the members' gradients; they never wait for that, but it only
@@ -78,7 +80,7 @@ class JobFinished(Exception):
     """The group already trained every step (a member that was away comes back too late)."""
 
 
-class NoState(Exception):
+class NoState(TrainingError):
     """No member of the group holds the training state (the job finished or every holder is
     gone): a group of joiners must not start training from scratch."""
 
@@ -88,8 +90,7 @@ class TrainerConfig:
     node_id: str
     sidecar_url: str
     snapshot_dir: Path
-    log_path: Path
-    global_batch: int = 256
+    log_path: Path | None  # the event log (JSON lines); None: none
     seed: int = 0
     timeout_s: float = 15.0
     backend: str = "gloo"
@@ -103,14 +104,15 @@ class TrainerConfig:
 
 
 class ElasticTrainer:
-    def __init__(self, config: TrainerConfig, model, optimizer, loss_fn, features, labels) -> None:
+    def __init__(
+        self, config: TrainerConfig, work: Workload, after_step: Callable[[int, float, int, int], None] | None = None
+    ) -> None:
+        """``after_step(step, loss, rank, world)`` runs after every step this member takes part in."""
         self.cfg = config
-        self.model = model
-        self.optimizer = optimizer
-        self.loss_fn = loss_fn
-        self.features = features
-        self.labels = labels
-        self.sampler = ElasticSampler(len(features), config.global_batch, config.seed)
+        self.work = work
+        self.replica = work.replica
+        self.after_step = after_step
+        self.sampler = ElasticSampler(len(work.dataset), work.global_batch, config.seed)
         self.step = 0 if config.founding else -1  # -1: no state yet
         self.group_epoch: int | None = None
         self.rank = 0
@@ -150,13 +152,9 @@ class ElasticTrainer:
         self._to_free: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._free_closed, name="close-group", daemon=True).start()
         self.sidecar = SidecarClient(config.sidecar_url)
-        self._log = config.log_path.open("a", buffering=1)
-        self.params = [p for p in model.parameters()]
-        # optimizer state exists from the start so every replica has the same tensor layout
-        for p in self.params:
-            p.grad = torch.zeros_like(p)
-        snapshot_state.init_optimizer_state(optimizer)
-        self.grad_bytes = sum(p.numel() * p.element_size() for p in self.params)
+        self._log = config.log_path.open("a", buffering=1) if config.log_path else None
+        self.params = work.params
+        self.grad_bytes = work.grad_bytes
         self._step_times: collections.deque[float] = collections.deque(maxlen=20)
         self._last_step_end: float | None = None
         self.rendezvous: Rendezvous | None = None  # once the sidecar says where this node is
@@ -167,6 +165,8 @@ class ElasticTrainer:
         self.leaving = True
 
     def log(self, kind: str, **fields: Any) -> None:
+        if self._log is None:
+            return
         self._log.write(
             json.dumps({"t": time.time(), "node": self.cfg.node_id, "type": kind, **fields}) + "\n"
         )
@@ -199,7 +199,7 @@ class ElasticTrainer:
                 # regroups after that step, and this member leaves instead of regrouping
             while self._replay_one():  # an entering joiner still behind at the last step
                 pass
-            self.log("done", step=self.step, digest=snapshot_state.digest(self.model, self.optimizer))
+            self.log("done", step=self.step, digest=snapshot_state.digest(self.replica))
             self.sidecar.report(finished_step=self.step)  # a member that comes back later stops
             self._finish()
         except LeftGroup:
@@ -211,6 +211,11 @@ class ElasticTrainer:
             raise
         except SidecarLost as exc:  # the node is gone from the group; the pod restarts it
             self.log("sidecar_lost", step=self.step, error=str(exc))
+            raise
+        except UserCodeError as exc:  # the user's code raised: leave cleanly, end with its traceback
+            self.log("user_error", step=self.step, error=str(exc)[:500])
+            with contextlib.suppress(Exception):
+                self.sidecar.leave()
             raise
         finally:
             self._writer.shutdown(wait=True)
@@ -443,7 +448,7 @@ class ElasticTrainer:
         """The replica check after a view change (off with ``digest_every`` 0, as in benchmarks:
         hashing the state takes tens of ms; the final digest is always logged)."""
         if self.cfg.digest_every:
-            self.log("digest", step=self.step, digest=snapshot_state.digest(self.model, self.optimizer))
+            self.log("digest", step=self.step, digest=snapshot_state.digest(self.replica))
 
     def _reconcile(self, gathered: list[list[int]], epoch: int) -> dict[str, Any]:
         """Members behind the newest state get it: an overlap joiner enters and replays the
@@ -474,8 +479,8 @@ class ElasticTrainer:
         began = time.monotonic()
         if self.cfg.node_id in providers:
             epoch_, cursor = self.sampler.state()
-            snapshot_state.save(self.cfg.snapshot_dir, name, self.model, self.optimizer,
-                                step=self.step, extra=[epoch_, cursor], epoch=epoch)  # fmt: skip
+            snapshot_state.save(self.cfg.snapshot_dir, name, self.replica, step=self.step,
+                                extra=[epoch_, cursor], epoch=epoch)  # fmt: skip
             self._store.set(f"saved-{self.cfg.node_id}", "1")
         saved = time.monotonic()
         if self.cfg.node_id in pulling:
@@ -516,7 +521,7 @@ class ElasticTrainer:
         if "error" in result:
             raise RuntimeError(f"state transfer failed: {result['error']}")
         pulled = time.monotonic()
-        extra = snapshot_state.load(self.cfg.snapshot_dir, name, self.model, self.optimizer)
+        extra = snapshot_state.load(self.cfg.snapshot_dir, name, self.replica)
         self.step, sampler_epoch, cursor = extra[0], extra[1], extra[2]
         self.sampler.load(sampler_epoch, cursor)
         sources = result.get("per_source", [])
@@ -537,7 +542,7 @@ class ElasticTrainer:
         # copied on the writer thread while the next step computes; the step waits for it
         # before its optimizer update (_await_capture)
         self._capture = self._writer.submit(
-            snapshot_state.capture, self.model, self.optimizer, step=self.step, extra=[epoch, cursor]
+            snapshot_state.capture, self.replica, step=self.step, extra=[epoch, cursor]
         )
         self.pending = {"epoch": view["epoch"], "joiners": joiners, "from_step": self.step}
         note = None
@@ -630,7 +635,7 @@ class ElasticTrainer:
         joiners."""
         directory = self.cfg.snapshot_dir
         if log_keeper(self.members, self.step) == self.cfg.node_id:
-            flat = torch.cat([p.grad.reshape(-1) for p in self.params])  # a copy: the writer owns it
+            flat = self.work.averaged.clone()  # the writer owns the copy
             name = f"grads-s{self.step}"
             self._write_later(snapshot_state.save_tensor, directory, name, flat, step=self.step)
         # whoever logged that step
@@ -669,7 +674,7 @@ class ElasticTrainer:
     def _apply_averaged(self, step: int, flat: torch.Tensor) -> torch.Tensor:
         """Apply the group's averaged gradient of ``step`` (the next one this replica is
         missing); returns what followed it in the all-reduce (loss and flags, if any)."""
-        tail = apply_gradients(self.params, self.optimizer, flat)
+        tail = self.work.apply(flat)
         self.sampler.advance()
         self.step = step
         return tail
@@ -835,8 +840,7 @@ class ElasticTrainer:
         (not ``final``)."""
         slots = [0.0] * world
         slots[rank] = 0.0 if final else 1.0
-        flat = local_gradients(self.model, self.params, self.loss_fn, self.features, self.labels,
-                               [], None, vote + slots)  # fmt: skip
+        flat = self.work.gradients([], self.work.global_batch, vote + slots)
         self._posted.append((group, group.allreduce([flat]), flat, final))
 
     def _entering_step(self) -> list[float]:
@@ -878,10 +882,11 @@ class ElasticTrainer:
     def _working_step(self, flags: list[float]) -> list[float]:
         batch = self.sampler.batch()
         timings: dict[str, float] = {}
+        share = self._share()
+        mine = ElasticSampler.split(batch, *share) if share is not None else []
         loss_sum, sums = data_parallel_step(
-            self.model, self.params, self.optimizer, self.loss_fn, self.features, self.labels,
-            batch, self._share(), self.group, flags=flags, fence=self._await_capture, timings=timings,
-            lost=self._lost,
+            self.work, mine, len(batch), self.group, flags=flags, fence=self._await_capture,
+            timings=timings, lost=self._lost,
         )  # fmt: skip
         epoch, cursor = self.sampler.state()
         self.sampler.advance()
@@ -892,16 +897,19 @@ class ElasticTrainer:
         self._last_step_end = now
         if self.pending is not None:
             self._log_gradient()
-        self._log_step(loss_sum, epoch, cursor, allreduce_ms=round(timings["allreduce_s"] * 1000, 2))
+        self._log_step(loss_sum, epoch, cursor, ids=mine, allreduce_ms=round(timings["allreduce_s"] * 1000, 2))
         return sums
 
-    def _log_step(self, loss_sum: float, epoch: int, cursor: int, **extra: float) -> None:
-        record = {"step": self.step, "loss": round(loss_sum / self.cfg.global_batch, 6),
+    def _log_step(self, loss_sum: float, epoch: int, cursor: int, **extra: Any) -> None:
+        """``ids``: the samples this member used in the step (none while it enters by replay)."""
+        record = {"step": self.step, "loss": round(loss_sum / self.work.global_batch, 6),
                   "sampler": [epoch, cursor], "epoch": self.group_epoch, "world": self.world,
                   **extra}  # fmt: skip
         if self.cfg.digest_every and self.step % self.cfg.digest_every == 0:
-            record["digest"] = snapshot_state.digest(self.model, self.optimizer)
+            record["digest"] = snapshot_state.digest(self.replica)
         self.log("step", **record)
+        if self.after_step is not None:
+            self.after_step(self.step, record["loss"], self.rank, self.world)
         now = time.monotonic()
         if now - self._reported_at >= REPORT_EVERY_S or self._just_regrouped:
             self.sidecar.report(step=self.step, idle_s=self._idle_s)
@@ -913,57 +921,26 @@ class ElasticTrainer:
 
 
 def data_parallel_step(
-    model, params, optimizer, loss_fn, features, labels, batch, share, group, flags=(), fence=None,
-    timings=None, lost=None,
-):  # fmt: skip
-    """One synchronous data-parallel step on this member's slice of the global batch.
-
-    ``share`` is (index, count): the batch is split into ``count`` slices and this member takes
-    slice ``index``; None: no slice (it only takes part in the all-reduce). The loss is summed
-    and divided by the global batch, so the all-reduced (summed) gradient is the exact average
-    whatever the split. One all-reduce on ``group`` carries gradients, the summed loss and
-    ``flags`` (each summed over ranks). ``fence`` is called before the parameters change (a copy
-    of them may still be in progress). ``timings`` (a dict) receives ``allreduce_s``: how long
-    the all-reduce took, waiting for the slowest member included. ``lost``: see
-    chaos_train.groups.wait_for. Returns (global loss sum, flag sums).
+    work: Workload, mine: list[int], global_size: int, group, flags=(), fence=None, timings=None, lost=None
+) -> tuple[float, list[float]]:
+    """One synchronous data-parallel step on ``mine``, this member's share of a global batch of
+    ``global_size`` samples (possibly none: it then only takes part in the all-reduce). One
+    all-reduce on ``group`` carries the gradients, the summed loss and ``flags`` (each summed
+    over ranks); see chaos_train.workload for why the sum is the exact global mean gradient.
+    ``fence`` is called before the parameters change (a copy of them may still be in
+    progress). ``timings`` (a dict) receives ``allreduce_s``: how long the all-reduce took,
+    waiting for the slowest member included. ``lost``: see chaos_train.groups.wait_for.
+    Returns (global loss sum, flag sums).
     """
-    flat = local_gradients(model, params, loss_fn, features, labels, batch, share, flags)
+    flat = work.gradients(mine, global_size, flags)
     posted = time.monotonic()
     wait_for(group.allreduce([flat]), lost)
     if timings is not None:
         timings["allreduce_s"] = time.monotonic() - posted
     if fence is not None:
         fence()
-    tail = apply_gradients(params, optimizer, flat)
+    tail = work.apply(flat)
     return float(tail[0]), [float(x) for x in tail[1:]]
-
-
-def local_gradients(model, params, loss_fn, features, labels, batch, share, flags) -> torch.Tensor:
-    """This member's summed-loss gradient on its slice, flattened, followed by the summed loss
-    and ``flags``: the one tensor a step all-reduces."""
-    mine = ElasticSampler.split(batch, *share) if share is not None else []
-    for p in params:
-        p.grad = None
-    loss_sum = loss_fn(model(features[mine]), labels[mine]) if mine else torch.zeros(())
-    if mine:
-        (loss_sum / len(batch)).backward()
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    tail = torch.tensor([float(loss_sum.detach()), *flags])
-    return torch.cat([g.reshape(-1) for g in grads] + [tail])
-
-
-def apply_gradients(params, optimizer, flat: torch.Tensor) -> torch.Tensor:
-    """Take the averaged gradient from the front of ``flat`` and step the optimizer; returns
-    what follows the gradient (the loss and flags, or nothing). The gradients are views of
-    ``flat``, not copies: nothing writes to it after the all-reduce, and the copies cost
-    0.5 ms per step at the built-in model's 4.5 MB of gradients (1.3 ms at 17 MB)."""
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p)
-        offset += n
-    optimizer.step()
-    return flat[offset:]
 
 
 def log_keeper(members: list[str], step: int) -> str:

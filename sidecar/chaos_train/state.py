@@ -1,12 +1,22 @@
-"""Model, optimizer and sampler state to and from the flat snapshot format."""
+"""Model, optimizer and every registered state object to and from the flat snapshot format.
+
+A replica is the model, its optimizer and named objects with ``state_dict``/``load_state_dict``
+(an LR scheduler, an AMP ``GradScaler``, the user's own). Tensors travel as themselves; the
+optimizer's per-group settings and each object's state dict travel as ``torch.save`` bytes
+(deterministic for equal states, so the replica digest covers them too).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from chaos_sidecar.errors import InputError
 from chaos_sidecar.transfer.snapshot import (
     data_path,
     manifest_path,
@@ -16,34 +26,57 @@ from chaos_sidecar.transfer.snapshot import (
 )
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
-           torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32"}  # fmt: skip
+           torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32", torch.int16: "int16",
+           torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool"}  # fmt: skip
 _TORCH = {v: k for k, v in _DTYPES.items()}
 
 
-def state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[tuple[str, torch.Tensor]]:
+@dataclass
+class Replica:
+    """What defines one member's training state: equal on every member after each step."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    objects: dict[str, Any] = field(default_factory=dict)  # name -> object with state_dict
+
+    def __post_init__(self) -> None:
+        for name, obj in self.objects.items():
+            if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
+                raise InputError(f"state[{name!r}]", f"{type(obj).__name__} has no state_dict/load_state_dict")
+
+    def params(self) -> list[torch.Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+
+def _blob(value: Any) -> torch.Tensor:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
+def _unblob(tensor: torch.Tensor) -> Any:
+    return torch.load(io.BytesIO(tensor.numpy().tobytes()), weights_only=True)
+
+
+def state_tensors(replica: Replica) -> list[tuple[str, torch.Tensor]]:
     """Every tensor that defines a replica, in a fixed order."""
-    out = [(f"param.{name}", p.data) for name, p in model.named_parameters()]
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for i, p in enumerate(params):
+    out = [(f"param.{name}", p.data) for name, p in replica.model.named_parameters()]
+    optimizer = replica.optimizer
+    for i, p in enumerate(replica.params()):
         for key in sorted(optimizer.state.get(p, {})):
             value = optimizer.state[p][key]
             if isinstance(value, torch.Tensor):
                 out.append((f"optim.{i}.{key}", value))
+    # the scheduler changes a group's lr: the settings travel with the state
+    out.append(("optim.groups", _blob([{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])))
+    for name in sorted(replica.objects):
+        out.append((f"object.{name}", _blob(replica.objects[name].state_dict())))
     return out
 
 
-def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Optimizer state exists from the start, so every replica has the same tensor layout
-    (and a snapshot has a place to load into) before the first step."""
-    for group in optimizer.param_groups:
-        if group.get("momentum"):
-            for p in group["params"]:
-                optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-
-
-def digest(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str:
+def digest(replica: Replica) -> str:
     h = hashlib.sha256()
-    for name, tensor in state_tensors(model, optimizer):
+    for name, tensor in state_tensors(replica):
         h.update(name.encode())
         h.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
@@ -52,12 +85,12 @@ def digest(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str:
 Captured = list[tuple[str, str, tuple[int, ...], memoryview]]
 
 
-def capture(model, optimizer, *, step: int, extra: list[int]) -> Captured:
+def capture(replica: Replica, *, step: int, extra: list[int]) -> Captured:
     """A copy of the replica's state (and ``extra``: small integers such as the sampler's epoch
     and cursor, stored as int64), ready for ``write``; training may go on meanwhile. The copy
     is torch's (it releases the GIL), so it can run on a thread beside training."""
     tensors = []
-    for tname, tensor in [*state_tensors(model, optimizer), ("meta.extra", torch.tensor([step, *extra]))]:
+    for tname, tensor in [*state_tensors(replica), ("meta.extra", torch.tensor([step, *extra]))]:
         t = tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
         tensors.append((tname, _DTYPES[t.dtype], tuple(t.shape), memoryview(t.view(torch.uint8).numpy())))
     return tensors
@@ -68,15 +101,17 @@ def write(directory: Path, name: str, captured: Captured, *, step: int, epoch: i
     write_snapshot(directory, name, captured, epoch=epoch, step=step, shard_bytes=shard_bytes_for(total))
 
 
-def save(directory: Path, name: str, model, optimizer, *, step: int, extra: list[int], epoch: int) -> None:
-    write(directory, name, capture(model, optimizer, step=step, extra=extra), step=step, epoch=epoch)
+def save(directory: Path, name: str, replica: Replica, *, step: int, extra: list[int], epoch: int) -> None:
+    write(directory, name, capture(replica, step=step, extra=extra), step=step, epoch=epoch)
 
 
-def load(directory: Path, name: str, model, optimizer) -> list[int]:
-    """Load snapshot ``name`` into ``model``/``optimizer``; returns [step, *extra]."""
+def load(directory: Path, name: str, replica: Replica) -> list[int]:
+    """Load snapshot ``name`` into ``replica``; returns [step, *extra]. Optimizer state the
+    replica does not have yet (Adam's, before its first step) is created."""
     manifest = read_manifest(directory, name)
     raw = data_path(directory, name).read_bytes()
-    current = dict(state_tensors(model, optimizer))
+    params = dict(replica.model.named_parameters())
+    by_index = replica.params()
     extra: list[int] = []
     for entry in manifest.tensors:
         chunk = bytearray(raw[entry.offset : entry.offset + entry.nbytes])
@@ -85,13 +120,30 @@ def load(directory: Path, name: str, model, optimizer) -> list[int]:
             if chunk
             else torch.empty(entry.shape, dtype=_TORCH[entry.dtype])
         )
+        kind, _, rest = entry.name.partition(".")
         if entry.name == "meta.extra":
             extra = [int(x) for x in value.tolist()]
-        elif entry.name in current:
+        elif kind == "param" and rest in params and params[rest].shape == value.shape:
             with torch.no_grad():
-                current[entry.name].copy_(value)
+                params[rest].copy_(value)
+        elif entry.name == "optim.groups":
+            groups = _unblob(value)
+            if len(groups) != len(replica.optimizer.param_groups):
+                raise InputError(entry.name, f"{len(groups)} parameter groups, this optimizer has "
+                                 f"{len(replica.optimizer.param_groups)}")  # fmt: skip
+            for group, settings in zip(replica.optimizer.param_groups, groups, strict=True):
+                group.update(settings)
+        elif kind == "optim" and rest.partition(".")[0].isdigit() and int(rest.partition(".")[0]) < len(by_index):
+            index, _, key = rest.partition(".")
+            p = by_index[int(index)]
+            # torch keeps Adam's step count on the CPU unless capturable
+            device = value.device if key == "step" else p.device
+            replica.optimizer.state[p][key] = value.clone().to(device)
+        elif kind == "object" and rest in replica.objects:
+            replica.objects[rest].load_state_dict(_unblob(value))
         else:
-            raise ValueError(f"snapshot tensor {entry.name} has no place in this model/optimizer")
+            raise InputError(entry.name, f"snapshot {name} holds {entry.name} {entry.shape}, which has no "
+                             "place in this model, optimizer and state")  # fmt: skip
     return extra
 
 

@@ -1,0 +1,139 @@
+"""``chaos-train run``: the launcher, like ``torchrun``. Starts this node's sidecar and the
+user's script with the environment the SDK reads (``chaos_sidecar.trainer_env``).
+
+In a pod the sidecar is a container of its own and the environment is already set
+(``CHAOS_SIDECAR_URL``): ``run`` then only starts the script, in its own place (exec).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from chaos_sidecar import trainer_env
+from chaos_sidecar.cliutil import Subparsers, non_negative_int, positive_int
+from chaos_sidecar.config import parse_contacts
+from chaos_sidecar.errors import ChaosError, InputError
+
+SIDECAR_START_S = 30.0  # the sidecar must listen within this long
+SIDECAR_STOP_S = 10.0  # after the script ends: leave the group gracefully, then it is killed
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run a training script elastically: start this node's sidecar and the script",
+        description="Start this node's sidecar and SCRIPT (a Python file using chaos_train.Trainer) "
+        "with the environment the SDK reads. Where CHAOS_SIDECAR_URL is already set (a pod), "
+        "only SCRIPT is started. The exit status is the script's.",
+    )
+    parser.add_argument("--node-id", help="this node's id in the group (default: the host name)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--new-group", action="store_true", help="found a new group with this node")
+    group.add_argument("--peers", default="", help="comma-separated id=http://host:port of members to join")
+    parser.add_argument("--host", default="127.0.0.1", help="the sidecar's listening host")
+    parser.add_argument("--port", type=non_negative_int, default=0, help="the sidecar's port (0: a free one)")
+    parser.add_argument("--advertise", help="base URL peers reach this sidecar at (default http://HOST:PORT)")
+    parser.add_argument(
+        "--secret-file", help="the group's join secret (required with --peers; --new-group makes one)"
+    )
+    parser.add_argument("--snapshot-dir", help="where snapshots live (default: a temporary directory)")
+    parser.add_argument("--event-log", help="append the trainer's event log (JSON lines) here")
+    parser.add_argument("--steps", type=positive_int, help="override the step count the script asks for")
+    parser.add_argument("--join-mode", choices=trainer_env.JOIN_MODES, default="blocking")
+    parser.add_argument(
+        "--founding", action="store_true",
+        help="this node starts from the script's initial state (implied by --new-group)",
+    )  # fmt: skip
+    parser.add_argument("--address", help="the host gloo binds to (default: the sidecar's advertised host)")
+    parser.add_argument("script", help="the training script (a Python file)")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    script = Path(args.script)
+    if not script.is_file():
+        raise InputError("SCRIPT", f"{script} does not exist or is not a file")
+    command = [sys.executable, str(script), *args.script_args]
+    if os.environ.get(trainer_env.SIDECAR_URL):
+        env = dict(os.environ)
+        if args.steps:
+            env[trainer_env.STEPS] = str(args.steps)
+        trainer_env.TrainerEnv.from_environ(env)  # a bad variable fails here, naming it
+        os.execve(sys.executable, command, env)
+    contacts = parse_contacts(args.peers)
+    if not args.new_group and not contacts:
+        raise InputError("--peers", "name members to join (id=http://host:port,...) or pass --new-group")
+    if contacts and not args.secret_file:
+        raise InputError("--secret-file", "is required to join a group (its join secret)")
+    with tempfile.TemporaryDirectory(prefix="chaos-run-") as scratch:
+        return _run_with_sidecar(args, command, Path(scratch))
+
+
+def _run_with_sidecar(args: argparse.Namespace, command: list[str], scratch: Path) -> int:
+    node = args.node_id or socket.gethostname()
+    secret_file = args.secret_file
+    if secret_file is None:
+        secret_file = str(scratch / "join-secret")
+        Path(secret_file).write_text(secrets.token_hex(32))
+        os.chmod(secret_file, 0o600)
+    snapshots = Path(args.snapshot_dir) if args.snapshot_dir else scratch / "snapshots"
+    snapshots.mkdir(parents=True, exist_ok=True)
+    ready = scratch / "sidecar.ready"
+    sidecar_cmd = [
+        sys.executable, "-m", "chaos_sidecar.cli", "sidecar", "--node-id", node, "--host", args.host,
+        "--port", str(args.port), "--secret-file", secret_file, "--snapshot-dir", str(snapshots),
+        "--ready-file", str(ready),
+    ]  # fmt: skip
+    if args.advertise:
+        sidecar_cmd += ["--advertise", args.advertise]
+    sidecar_cmd += ["--seed"] if args.new_group else ["--peers", args.peers, "--defer-join"]
+    sidecar = subprocess.Popen(sidecar_cmd)
+    try:
+        deadline = time.monotonic() + SIDECAR_START_S
+        while not ready.exists():
+            if sidecar.poll() is not None:
+                raise ChaosError(f"the sidecar exited with status {sidecar.returncode} before listening")
+            if time.monotonic() > deadline:
+                raise ChaosError(f"the sidecar did not listen within {SIDECAR_START_S:.0f} s")
+            time.sleep(0.05)
+        local_url = json.loads(ready.read_text())["local_url"]
+        env = trainer_env.TrainerEnv(
+            node_id=node,
+            sidecar_url=local_url,
+            snapshot_dir=snapshots,
+            event_log=Path(args.event_log) if args.event_log else None,
+            address=args.address,
+            founding=args.founding or args.new_group,
+            steps=args.steps,
+            join_mode=args.join_mode,
+        )
+        trainer = subprocess.Popen(command, env={**os.environ, **env.to_environ()})
+        # Ctrl-C or a TERM reach the script (the SDK leaves the group after its current step)
+        forward = lambda signum, frame: trainer.send_signal(signal.SIGTERM)  # noqa: E731
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return trainer.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    finally:
+        if sidecar.poll() is None:
+            sidecar.send_signal(signal.SIGTERM)  # it leaves the group before it exits
+            try:
+                sidecar.wait(SIDECAR_STOP_S)
+            except subprocess.TimeoutExpired:
+                sidecar.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    sidecar.wait(SIDECAR_STOP_S)
