@@ -8,6 +8,8 @@
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# where torch comes from: CPU wheels by default; a CUDA index for a GPU trainer (examples/gpu.yaml)
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -16,7 +18,7 @@ COPY sidecar ./sidecar
 RUN python -m venv /opt/core \
  && /opt/core/bin/pip install . \
  && python -m venv /opt/train \
- && /opt/train/bin/pip install --extra-index-url https://download.pytorch.org/whl/cpu '.[train]'
+ && /opt/train/bin/pip install --extra-index-url "${TORCH_INDEX}" '.[train]'
 
 FROM ${PYTHON_IMAGE} AS runtime-base
 RUN groupadd --system --gid 10001 chaos \
@@ -42,7 +44,9 @@ ENTRYPOINT ["chaos-train", "sidecar"]
 FROM runtime-base AS trainer
 COPY --from=build /opt/train /opt/train
 ENV PATH=/opt/train/bin:$PATH
-# a job's pod template sets the trainer's command (e.g. python -m chaos_train.worker, or the
-# user's script); without one the image prints the chaos-train CLI's help
+# the bundled example the manifests in examples/ run: chaos-train run /opt/chaos/examples/train/mlp.py
+COPY examples/train /opt/chaos/examples/train
+# a job's pod template sets the trainer's command (chaos-train run SCRIPT: the bundled example
+# or the user's script on top of this image); without one the image prints the CLI's help
 ENTRYPOINT ["chaos-train"]
 CMD ["--help"]

@@ -109,12 +109,11 @@ def _minimal(name: str = "mnist-minimal", **spec: Any) -> dict[str, Any]:
         (_minimal(replicas=0), "replicas"),
         (_minimal(replicas="3"), "replicas"),
         (_minimal(join="sometimes"), "join"),
-        (_minimal(sharding={"planner": "magic"}), "planner"),
-        (_minimal(sharding={"minShardBytes": 1 << 24, "maxShardBytes": 1 << 20}), "minShardBytes"),
         (_minimal(monitor={"probeIntervalSeconds": 5, "failureTimeoutSeconds": 1}), "probeIntervalSeconds"),
         (_minimal(federation={"peers": ["not a url"]}), "peers"),
+        (_minimal(federation={"peers": ["https://a.example:7070"]}), "peers"),  # no id=
         (_minimal(federation={"joinSecretRef": {}}), "name"),
-        (_minimal(runPolicy={"cleanPodPolicy": "Sometimes"}), "cleanPodPolicy"),
+        (_minimal(runPolicy={"backoffLimit": -1}), "backoffLimit"),
         (_minimal(name="j" * 59), "metadata.name"),  # its pods' hostnames would not fit 63
         (_minimal(name="9lives"), "metadata.name"),  # the Service needs a DNS-1035 label
         (_minimal(name="a.b"), "metadata.name"),
@@ -152,7 +151,7 @@ def test_service_is_headless_and_publishes_not_ready() -> None:
 
 
 def test_pod_gets_sidecar_volume_env_and_probes() -> None:
-    pod = build_pod(_job(federation={"peers": ["https://a.example:7070"]}), 2)
+    pod = build_pod(_job(federation={"peers": ["partner-0=https://a.example:7070"]}), 2)
     spec = pod["spec"]
     assert pod["metadata"]["name"] == "mnist-minimal-2"
     assert pod["metadata"]["labels"][INDEX_LABEL] == "2"
@@ -161,7 +160,8 @@ def test_pod_gets_sidecar_volume_env_and_probes() -> None:
     sidecar = spec["containers"][1]
     assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert "--secret-file" in sidecar["args"]
-    assert {"name": "CHAOS_FEDERATION_PEERS", "value": "https://a.example:7070"} in sidecar["env"]
+    assert sidecar["args"][sidecar["args"].index("--peers") + 1] == "partner-0=https://a.example:7070"
+    assert "--seed" not in sidecar["args"] and "--kube-job" in sidecar["args"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["chaos-snapshots"]["emptyDir"] == {"medium": "Memory"}
     assert volumes["chaos-secret"]["secret"]["secretName"] == "mnist-minimal-join"
@@ -242,7 +242,8 @@ def test_rbac_lets_a_sidecar_read_pods_and_patch_only_its_own() -> None:
             ("patch", "", "pods", None),
             ("get", "", "secrets", f"{job.name}-join"),
             ("list", "", "secrets", None),
-            ("get", "", "configmaps", f"{job.name}-config"),
+            ("get", "", "configmaps", "another-config"),
+            ("list", "", "configmaps", None),
             ("patch", "chaostraining.io", "chaostrainingjobs", job.name),
             ("create", "rbac.authorization.k8s.io", "rolebindings", None),
             ("get", "", "pods/exec", me),
@@ -275,11 +276,13 @@ def test_configmap_carries_the_job_config() -> None:
 def _pod(index: int, phase: str = "Running", released: bool = False) -> dict:
     from chaos_operator.domain.builders import REPORT_ANNOTATION
 
-    annotations = {REPORT_ANNOTATION: json.dumps({"released": True})} if released else {}
+    name = f"mnist-minimal-{index}"
+    report = {"job": "mnist-minimal", "pod": name, "released": True}
+    annotations = {REPORT_ANNOTATION: json.dumps(report)} if released else {}
     return {
         "metadata": {
-            "name": f"mnist-minimal-{index}",
-            "labels": {INDEX_LABEL: str(index)},
+            "name": name,
+            "labels": {INDEX_LABEL: str(index), JOB_LABEL: "mnist-minimal"},
             "annotations": annotations,
         },
         "status": {"phase": phase},
@@ -309,3 +312,40 @@ def test_failed_pods_are_replaced_with_backoff_until_the_limit() -> None:
     done = plan_pods(job, [_pod(0), _pod(1, phase="Failed")], failures=2, now=200.0)
     assert done.exhausted and done.create == []
     assert [backoff_s(n) for n in (1, 2, 3, 10)] == [1.0, 2.0, 4.0, 60.0]
+
+
+def test_a_released_pod_whose_processes_failed_is_no_failure() -> None:
+    from chaos_operator.domain.reconcile import plan_pods
+
+    job = _job(replicas=2, minReplicas=1, maxReplicas=8)
+    plan = plan_pods(job, [_pod(0), _pod(1), _pod(2, phase="Failed", released=True)], now=5.0)
+    assert plan.delete == ["mnist-minimal-2"] and plan.failures == 0 and plan.failed == []
+
+
+def test_the_trainer_gets_its_configuration_from_the_injected_environment() -> None:
+    from chaos_sidecar import trainer_env
+
+    founding = build_pod(_job(join="overlap"), 0, founding=True)
+    later = build_pod(_job(), 4)
+    for pod, expect_founding, mode in ((founding, "1", "overlap"), (later, "0", "blocking")):
+        trainer = pod["spec"]["containers"][0]
+        env = {e["name"]: e for e in trainer["env"]}
+        assert env[trainer_env.NODE_ID]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        values = {name: e.get("value") for name, e in env.items()}
+        values[trainer_env.NODE_ID] = pod["metadata"]["name"]  # what the kubelet resolves
+        parsed = trainer_env.TrainerEnv.from_environ(values)
+        assert parsed is not None and parsed.node_id == pod["metadata"]["name"]
+        assert values[trainer_env.FOUNDING] == expect_founding and parsed.join_mode == mode
+    sidecar = founding["spec"]["containers"][1]
+    assert "--seed" in sidecar["args"] and "--defer-join" not in sidecar["args"]
+
+
+def test_the_join_secret_is_random_per_job_and_owned() -> None:
+    import base64
+
+    from chaos_operator.domain.builders import build_join_secret
+
+    secret = build_join_secret(_job(), "s" * 43)
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "mnist-minimal-join"
+    assert base64.b64decode(secret["data"]["join-secret"]) == b"s" * 43
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-1"
