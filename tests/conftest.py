@@ -12,7 +12,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "chaos-training"
-_MARK_BY_DIR = {"unit": "unit", "integration": "integration", "charts": "charts", "e2e": "e2e"}
+_MARK_BY_DIR = {
+    "unit": "unit",
+    "integration": "integration",
+    "charts": "charts",
+    "e2e": "e2e",
+    "e2e_local": "e2e_local",
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

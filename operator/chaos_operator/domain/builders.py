@@ -183,7 +183,12 @@ def build_pod(
             mount,
             {"name": "chaos-secret", "mountPath": SECRET_MOUNT, "readOnly": True},
         ],
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": PEER_PORT}, "periodSeconds": 2},
+        # a busy node answers slower than the kubelet's default of 1 s
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": PEER_PORT},
+            "periodSeconds": 2,
+            "timeoutSeconds": 3,
+        },
         # a sidecar still looking for a peer is not listening yet: NotReady (with a log line)
         # generous delay: a sidecar still discovering its first peer does not listen yet
         "livenessProbe": {

@@ -1,0 +1,411 @@
+"""The Kubernetes path end to end, without a cluster: kmock's API emulator, the operator
+in-process (Kopf), and ``chaos_lab.podrunner`` playing the kubelet (every pod's containers run
+as real processes in their own network namespace). Needs root; skipped with the reason
+otherwise.
+
+One scenario, asserted step by step (status fields, the trainers' event logs):
+apply the CRD and a 3-replica job with the Kubernetes client -> the operator makes pods -> they
+find each other and train -> scale to 5 through the scale subresource -> the joiners pull from
+several members -> scale to 3 -> the operator deletes exactly the two released pods -> kill one
+pod's processes -> the group heals and the operator replaces the pod -> stop the operator, crash
+a member and add a pod by hand while training goes on -> restart the operator, status catches up
+-> delete the job and everything it owned is gone. Replicas identical, samples neither lost nor
+duplicated. No test writes a chaostraining.io/* annotation: the sidecars do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+os.environ.setdefault("CHAOS_OPERATOR_STATUS_INTERVAL", "0.5")  # before the timer registers
+
+import kmock
+import kopf
+from kmock._internal.apps import Server
+from kubernetes import client
+
+import chaos_operator.main  # noqa: F401 - registers the handlers
+from chaos_lab import podrunner
+from chaos_lab.jobreport import check_replicas, check_samples, read_jsonl
+from chaos_operator import kube
+from chaos_operator.domain import builders
+from chaos_operator.domain.spec import parse_job
+
+REASON = podrunner.unavailable()
+pytestmark = [
+    pytest.mark.skipif(REASON is not None, reason=f"e2e_local: {REASON} (the pod runner plays the kubelet)"),
+    pytest.mark.timeout(300),
+]
+ROOT = Path(__file__).resolve().parents[2]
+NS = "default"
+GROUP, VERSION, PLURAL = "chaostraining.io", "v1alpha1", "chaostrainingjobs"
+JOB = "ctj-e2e"
+GLOBAL_BATCH, SAMPLES = 256, 16384
+_URL: dict[str, str] = {}
+
+
+@kopf.on.login()
+def _login_to_the_emulator(**_: Any) -> kopf.ConnectionInfo | None:
+    url = _URL.get("e2e_local")
+    return None if url is None else kopf.ConnectionInfo(server=url, insecure=True)
+
+
+async def until(
+    what: str, check: Callable[[], Any], timeout: float, describe: Callable[[], str] = str
+) -> Any:
+    """Poll ``check`` until it returns something truthy, or fail after ``timeout``. Checks call
+    the emulator synchronously (the Kubernetes client), so they run in a thread: the emulator
+    serves on this event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(check)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            detail = await asyncio.to_thread(describe)
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; {detail}")
+        await asyncio.sleep(0.2)
+
+
+def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A synchronous client call, off the event loop the emulator serves on."""
+    return asyncio.to_thread(fn, *args, **kwargs)
+
+
+class Operator:
+    """The operator in-process, stoppable and restartable."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.stop_flag: asyncio.Event | None = None
+
+    def start(self) -> None:
+        self.stop_flag = asyncio.Event()
+        settings = kopf.OperatorSettings()
+        settings.watching.server_timeout = 5
+        # clusterwide: kmock 0.8 cannot list /api/v1/namespaces, which namespace globs need
+        self.task = asyncio.create_task(
+            kopf.operator(clusterwide=True, standalone=True, stop_flag=self.stop_flag, settings=settings)
+        )
+
+    async def stop(self) -> None:
+        if self.task is None or self.stop_flag is None:
+            return
+        self.stop_flag.set()
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(self.task, 15)
+        self.task = None
+
+
+class Scenario:
+    def __init__(self, url: str, runner: podrunner.PodRunner, logs: Path) -> None:
+        configuration = client.Configuration()
+        configuration.host = url
+        self.api = client.ApiClient(configuration)
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.rbac = client.RbacAuthorizationV1Api(self.api)
+        self.url, self.runner, self.logs = url, runner, logs
+
+    def job(self) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, JOB)
+
+    def status(self) -> dict[str, Any]:
+        return self.job().get("status") or {}
+
+    def items(self, path: str) -> list[dict[str, Any]]:
+        raw = self.api.call_api("GET", f"{self.url}{path}")
+        raw.read()
+        return json.loads(raw.data).get("items") or []
+
+    def pods(self) -> dict[str, dict[str, Any]]:
+        return {p["metadata"]["name"]: p for p in self.items(f"/api/v1/namespaces/{NS}/pods")}
+
+    def scale(self, replicas: int) -> None:
+        """As ``kubectl scale ctj/JOB --replicas=N``: through the scale subresource."""
+        body = {"spec": {"replicas": replicas}}
+        self.custom.patch_namespaced_custom_object_scale(GROUP, VERSION, NS, PLURAL, JOB, body)
+
+    def create(self, obj: dict[str, Any]) -> None:
+        path = kube._path(obj, NS)
+        headers = {"Content-Type": "application/json"}
+        self.api.call_api("POST", f"{self.url}{path}", header_params=headers, body=obj).read()
+
+    def ready(self) -> set[str]:
+        out = set()
+        for name, pod in self.pods().items():
+            status = pod.get("status") or {}
+            if status.get("phase") == "Running" and all(
+                c.get("ready") for c in status.get("containerStatuses") or [{}]
+            ):
+                out.add(name)
+        return out
+
+    def trainer_records(self) -> list[dict[str, Any]]:
+        return read_jsonl(sorted(self.logs.glob("*.jsonl")))
+
+    def steps_by_node(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.trainer_records():
+            if r["type"] == "step":
+                out[r["node"]] = max(out.get(r["node"], 0), r["step"])
+        return out
+
+    def describe(self) -> str:
+        status = self.status()
+        brief = {k: status.get(k) for k in ("phase", "members", "step", "replicas", "readyReplicas")}
+        brief["view"] = status.get("view")
+        pods = {n: (p.get("status") or {}).get("phase") for n, p in self.pods().items()}
+        return f"status {brief}; pods {pods}; runner {self.runner.describe()}; steps {self.steps_by_node()}"
+
+    def describe_logs(self, pod: str) -> str:
+        return "\n".join(
+            f"--- {pod}/{c}:\n{podrunner.tail(self.runner.log_path(pod, c), 15)}"
+            for c in ("trainer", "chaos-sidecar")
+        )
+
+    async def view_is(self, members: set[str], timeout: float) -> dict[str, Any]:
+        """Status shows a view of exactly ``members``, all their pods Ready, phase Running."""
+
+        def check() -> dict[str, Any] | None:
+            status = self.status()
+            view = status.get("view") or {}
+            ok = (
+                set(view.get("members") or []) == members
+                and status.get("members") == len(members)
+                and status.get("phase") == "Running"
+                and members <= self.ready()
+            )
+            return status if ok else None
+
+        return await until(f"a view of {sorted(members)} in status", check, timeout, self.describe)
+
+    async def training_advances(self, nodes: set[str], by: int, timeout: float) -> None:
+        before = self.steps_by_node()
+        start = {n: before.get(n, 0) for n in nodes}
+
+        def check() -> bool:
+            now = self.steps_by_node()
+            return all(now.get(n, 0) >= start[n] + by for n in nodes)
+
+        await until(f"{sorted(nodes)} to train {by} more steps", check, timeout, self.describe)
+
+
+@pytest.fixture
+async def scenario(tmp_path: Path) -> AsyncIterator[Scenario]:
+    async with kmock.KubernetesEmulator() as emulator, Server(emulator, host="0.0.0.0") as server:
+        emulator.resources.load_bundled()
+        port = int(str(server.url).rstrip("/").rsplit(":", 1)[1])
+        url = f"http://127.0.0.1:{port}"
+        _URL["e2e_local"] = url
+        kube.connect(url)
+        logs = tmp_path / "trainer-logs"
+        logs.mkdir()
+        async with podrunner.PodRunner(url, port, tmp_path / "pods", namespace=NS) as runner:
+            scene = Scenario(url, runner, logs)
+            scene.emulator = emulator  # type: ignore[attr-defined]
+            try:
+                yield scene
+            finally:
+                _URL.pop("e2e_local", None)
+
+
+def _crd_resource(crd: dict[str, Any]) -> dict[str, Any]:
+    """What the API server serves once a CRD is established (the emulator needs telling)."""
+    names = crd["spec"]["names"]
+    return {
+        "kind": names["kind"],
+        "singular": names["singular"],
+        "namespaced": crd["spec"]["scope"] == "Namespaced",
+        "verbs": ["list", "watch", "get", "create", "patch", "update", "delete"],
+        "shortnames": names.get("shortNames", []),
+    }
+
+
+def _manifest(logs: Path) -> dict[str, Any]:
+    job = yaml.safe_load((ROOT / "examples" / "minimal.yaml").read_text())
+    job["metadata"] = {"name": JOB, "namespace": NS, "uid": "uid-e2e-local", "resourceVersion": "1"}
+    job["spec"].update(replicas=3, minReplicas=1, maxReplicas=8)
+    # sidecars share 2 cores with five trainers: a failure timeout of 2 s avoids false suspicion
+    job["spec"]["monitor"] = {"probeIntervalSeconds": 0.2, "failureTimeoutSeconds": 2.0}
+    trainer = job["spec"]["template"]["spec"]["containers"][0]
+    trainer["command"] += ["--steps", "1000000"]  # runs until the job is deleted
+    trainer["env"] = [
+        {"name": "CHAOS_EVENT_LOG", "value": "/var/log/chaos/$(CHAOS_NODE_ID).jsonl"},
+        {"name": "CHAOS_DIGEST_EVERY", "value": "5"},
+        {"name": "OMP_NUM_THREADS", "value": "1"},  # five trainers share two cores
+    ]
+    trainer["volumeMounts"] = [{"name": "trainer-logs", "mountPath": "/var/log/chaos"}]
+    job["spec"]["template"]["spec"]["volumes"] = [{"name": "trainer-logs", "hostPath": {"path": str(logs)}}]
+    return job
+
+
+def _printer_columns(scene: Scenario, crd: dict[str, Any]) -> dict[str, str]:
+    """``kubectl get ctj`` through the emulator, with the CRD's own printer columns."""
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    spec = ",".join(f"{c['name'].upper()}:{c['jsonPath']}" for c in columns)
+    out = subprocess.run(
+        ["kubectl", "--kubeconfig=/dev/null", f"--server={scene.url}", "-n", NS, "get", "ctj", JOB,
+         "-o", f"custom-columns={spec}"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    header, row = out.stdout.splitlines()[:2]
+    return dict(zip(header.split(), row.split(), strict=True))
+
+
+async def test_the_kubernetes_path_end_to_end(scenario: Scenario) -> None:
+    scene = scenario
+    started = time.monotonic()
+    # --- apply the CRD and a 3-replica job (the Kubernetes client, as kubectl apply would) ---------
+    crd = yaml.safe_load((ROOT / "crds" / "chaostrainingjobs.yaml").read_text())
+    await call(client.ApiextensionsV1Api(scene.api).create_custom_resource_definition, crd)
+    scene.emulator.resources[f"{GROUP}/{VERSION}/{PLURAL}"] = _crd_resource(crd)  # type: ignore[attr-defined]
+    operator = Operator()
+    operator.start()
+    try:
+        await call(
+            scene.custom.create_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, _manifest(scene.logs)
+        )
+        founders = {f"{JOB}-{i}" for i in range(3)}
+        # --- pods start, find each other, train and report -------------------------------------------
+        status = await scene.view_is(founders, 120)
+        assert status["replicas"] == 3 and status["readyReplicas"] == 3
+        assert status["selector"] == f"{GROUP}/job={JOB}"
+        await scene.training_advances(founders, 5, 60)
+        await until("status.step", lambda: (scene.status().get("step") or 0) > 0, 30, scene.describe)
+        columns = await call(_printer_columns, scene, crd)
+        assert columns["PHASE"] == "Running" and columns["MEMBERS"] == "3", columns
+        assert int(columns["EPOCH"]) >= 1 and int(columns["STEP"]) > 0, columns
+        secret = await call(scene.core.read_namespaced_secret, f"{JOB}-join", NS)
+        assert secret.metadata.owner_references[0].uid == "uid-e2e-local"
+        print(f"[{time.monotonic() - started:.0f} s] 3 founders train")
+
+        # --- scale to 5 through the scale subresource; the joiners pull from several members ---------
+        await call(scene.scale, 5)
+        five = founders | {f"{JOB}-3", f"{JOB}-4"}
+        await scene.view_is(five, 120)
+
+        def joiners_pulled() -> list[dict[str, Any]] | None:
+            records = scene.trainer_records()
+            pulls = [r for r in records if r["type"] == "pulled" and r["node"] in five - founders]
+            return pulls if {r["node"] for r in pulls} == five - founders else None
+
+        pulls = await until("both joiners to pull the state", joiners_pulled, 120, scene.describe)
+        assert all(len([s for s, b in r["per_source"].items() if b > 0]) >= 2 for r in pulls), pulls
+        await scene.training_advances(five, 3, 60)
+        print(f"[{time.monotonic() - started:.0f} s] scaled out to 5")
+
+        # --- scale to 3: the group chooses who leaves, the operator deletes exactly those -------------
+        before = set(await call(scene.pods))
+        await call(scene.scale, 3)
+        released: set[str] = set()
+
+        def watch_releases() -> set[str] | None:
+            pods = scene.pods()
+            for name, pod in pods.items():
+                raw = ((pod["metadata"].get("annotations") or {}).get(builders.REPORT_ANNOTATION)) or "{}"
+                if json.loads(raw).get("released"):
+                    released.add(name)
+            return set(pods) if len(pods) == 3 and len(released) == 2 else None
+
+        remaining = await until("scale-in to 3 pods", watch_releases, 120, scene.describe)
+        assert before - remaining == released, (before, remaining, released)
+        status = await scene.view_is(remaining, 60)
+        assert (status.get("scaleIn") or {}).get("requested") == 0
+        await scene.training_advances(remaining, 3, 60)
+        print(f"[{time.monotonic() - started:.0f} s] scaled in to 3: {sorted(released)} left")
+
+        # --- kill one pod's processes: the group heals, the operator replaces the pod -----------------
+        victim = sorted(remaining - {status["view"]["coordinator"]})[0]
+        killed_at = time.time()
+        scene.runner.kill(victim)
+
+        def healed() -> bool:  # a view without the victim, formed by the trainers after the kill
+            return any(
+                r["type"] == "regroup" and r["t"] > killed_at and victim not in r["members"]
+                for r in scene.trainer_records()
+            )
+
+        await until(f"the group to heal without {victim}", healed, 60, scene.describe)
+        status = await scene.view_is(remaining, 120)  # the replacement, under the same name, joined
+        assert status["failures"] >= 1
+        await scene.training_advances(remaining, 3, 60)
+        print(f"[{time.monotonic() - started:.0f} s] {victim} killed, healed and replaced")
+
+        # --- operator down: crash a member and add a pod by hand, training goes on --------------------
+        await operator.stop()
+        frozen = await call(scene.status)
+        crashed = sorted(remaining - {status["view"]["coordinator"]})[-1]
+        scene.runner.kill(crashed)
+        job = parse_job(await call(scene.job))
+        extra = 7
+        for obj in (
+            builders.build_service_account(job, extra),
+            builders.build_pod_role(job, extra),
+            builders.build_role_binding(job, extra),
+            builders.build_pod(job, extra, founding=False),
+        ):
+            await call(scene.create, obj)
+        added = f"{JOB}-{extra}"
+        now_members = (remaining - {crashed}) | {added}
+
+        def joined() -> bool:
+            return any(
+                r["type"] == "regroup" and set(r["members"]) == now_members for r in scene.trainer_records()
+            )
+
+        await until(f"{added} to join while the operator is down", joined, 120, scene.describe)
+        await scene.training_advances(now_members, 3, 60)
+        assert await call(scene.status) == frozen  # nobody updates status meanwhile
+        print(f"[{time.monotonic() - started:.0f} s] operator down: {crashed} crashed, {added} joined")
+
+        # --- restart the operator: status catches up ----------------------------------------------------
+        operator.start()
+        status = await scene.view_is(now_members, 60)
+        pods = set(await call(scene.pods))
+        assert crashed not in pods and pods == now_members  # the failed pod cleaned up
+        assert status["step"] > (frozen.get("step") or 0)
+        assert status["view"]["epoch"] > frozen["view"]["epoch"]
+        assert status["lastEvents"] and any(e["kind"] == "join" for e in status["lastEvents"])
+        columns = await call(_printer_columns, scene, crd)
+        assert columns["MEMBERS"] == "3" and int(columns["STEP"]) >= status["step"], columns
+        print(f"[{time.monotonic() - started:.0f} s] operator back, status caught up")
+
+        # --- delete the job: everything it owned goes ----------------------------------------------------
+        await call(scene.custom.delete_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, JOB)
+
+        def all_gone() -> bool:
+            if scene.pods() or scene.runner.pods:
+                return False
+            for kind in ("services", "configmaps", "secrets", "serviceaccounts"):
+                if any(
+                    o["metadata"].get("ownerReferences")
+                    for o in scene.items(f"/api/v1/namespaces/{NS}/{kind}")
+                ):
+                    return False
+            return True
+
+        await until("every owned object and process gone", all_gone, 60, scene.describe)
+    finally:
+        await operator.stop()
+
+    # --- the trainers' logs: replicas identical, samples neither lost nor duplicated --------------------
+    records = await call(scene.trainer_records)
+    identical, compared, problems = check_replicas(records)
+    assert identical and compared >= 5, problems
+    last = max(r["step"] for r in records if r["type"] == "step")
+    samples = check_samples(records, last, GLOBAL_BATCH, SAMPLES)
+    assert samples["samples_lost"] == 0 and samples["samples_duplicated"] == 0, samples
+    print(f"[{time.monotonic() - started:.0f} s] done: {last} steps, {compared} digests compared, {samples}")
