@@ -16,26 +16,22 @@ duplicated. No test writes a chaostraining.io/* annotation: the sidecars do.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import kmock
 import pytest
 import yaml
-
-os.environ.setdefault("CHAOS_OPERATOR_STATUS_INTERVAL", "0.5")  # before the timer registers
-
-import kmock
-import kopf
 from kmock._internal.apps import Server
 from kubernetes import client
 
-import chaos_operator.main  # noqa: F401 - registers the handlers
 from chaos_lab import podrunner
 from chaos_lab.jobreport import check_replicas, check_samples, read_jsonl
 from chaos_operator import kube
@@ -45,20 +41,13 @@ from chaos_operator.domain.spec import parse_job
 REASON = podrunner.unavailable()
 pytestmark = [
     pytest.mark.skipif(REASON is not None, reason=f"e2e_local: {REASON} (the pod runner plays the kubelet)"),
-    pytest.mark.timeout(300),
+    pytest.mark.timeout(480),
 ]
 ROOT = Path(__file__).resolve().parents[2]
 NS = "default"
 GROUP, VERSION, PLURAL = "chaostraining.io", "v1alpha1", "chaostrainingjobs"
 JOB = "ctj-e2e"
 GLOBAL_BATCH, SAMPLES = 256, 16384
-_URL: dict[str, str] = {}
-
-
-@kopf.on.login()
-def _login_to_the_emulator(**_: Any) -> kopf.ConnectionInfo | None:
-    url = _URL.get("e2e_local")
-    return None if url is None else kopf.ConnectionInfo(server=url, insecure=True)
 
 
 async def until(
@@ -84,28 +73,32 @@ def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 class Operator:
-    """The operator in-process, stoppable and restartable."""
+    """``chaos-train operator`` as its own process, pointed at the emulator by a kubeconfig;
+    stopped with SIGTERM and started again (an in-process Kopf stopped mid-watch left the
+    emulator's job resource unable to take writes)."""
 
-    def __init__(self) -> None:
-        self.task: asyncio.Task | None = None
-        self.stop_flag: asyncio.Event | None = None
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.kubeconfig, self.log = kubeconfig, log
+        self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.stop_flag = asyncio.Event()
-        settings = kopf.OperatorSettings()
-        settings.watching.server_timeout = 5
-        # clusterwide: kmock 0.8 cannot list /api/v1/namespaces, which namespace globs need
-        self.task = asyncio.create_task(
-            kopf.operator(clusterwide=True, standalone=True, stop_flag=self.stop_flag, settings=settings)
-        )
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), CHAOS_OPERATOR_METRICS_PORT="0",
+                   CHAOS_OPERATOR_STATUS_INTERVAL="0.5")  # fmt: skip
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [str(Path(sys.executable).parent / "chaos-train"), "operator", "-A", "--standalone"],
+                env=env, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
 
     async def stop(self) -> None:
-        if self.task is None or self.stop_flag is None:
+        if self.process is None or self.process.poll() is not None:
             return
-        self.stop_flag.set()
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(self.task, 15)
-        self.task = None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(self.process.wait, 20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            await asyncio.to_thread(self.process.wait, 10)
 
 
 class Scenario:
@@ -175,14 +168,16 @@ class Scenario:
             for c in ("trainer", "chaos-sidecar")
         )
 
-    async def view_is(self, members: set[str], timeout: float) -> dict[str, Any]:
-        """Status shows a view of exactly ``members``, all their pods Ready, phase Running."""
+    async def view_is(self, members: set[str], timeout: float, after_epoch: int = 0) -> dict[str, Any]:
+        """Status shows a view newer than ``after_epoch`` of exactly ``members``, all their pods
+        Ready, phase Running."""
 
         def check() -> dict[str, Any] | None:
             status = self.status()
             view = status.get("view") or {}
             ok = (
                 set(view.get("members") or []) == members
+                and view.get("epoch", 0) > after_epoch
                 and status.get("members") == len(members)
                 and status.get("phase") == "Running"
                 and members <= self.ready()
@@ -208,17 +203,21 @@ async def scenario(tmp_path: Path) -> AsyncIterator[Scenario]:
         emulator.resources.load_bundled()
         port = int(str(server.url).rstrip("/").rsplit(":", 1)[1])
         url = f"http://127.0.0.1:{port}"
-        _URL["e2e_local"] = url
-        kube.connect(url)
         logs = tmp_path / "trainer-logs"
         logs.mkdir()
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+            "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+            "users": [{"name": "test", "user": {"token": "test"}}],
+            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "test"}}],
+        }))  # fmt: skip
         async with podrunner.PodRunner(url, port, tmp_path / "pods", namespace=NS) as runner:
             scene = Scenario(url, runner, logs)
             scene.emulator = emulator  # type: ignore[attr-defined]
-            try:
-                yield scene
-            finally:
-                _URL.pop("e2e_local", None)
+            scene.kubeconfig = kubeconfig  # type: ignore[attr-defined]
+            scene.operator_log = tmp_path / "operator.log"  # type: ignore[attr-defined]
+            yield scene
 
 
 def _crd_resource(crd: dict[str, Any]) -> dict[str, Any]:
@@ -256,7 +255,7 @@ def _printer_columns(scene: Scenario, crd: dict[str, Any]) -> dict[str, str]:
     columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
     spec = ",".join(f"{c['name'].upper()}:{c['jsonPath']}" for c in columns)
     out = subprocess.run(
-        ["kubectl", "--kubeconfig=/dev/null", f"--server={scene.url}", "-n", NS, "get", "ctj", JOB,
+        ["kubectl", f"--kubeconfig={scene.kubeconfig}", "-n", NS, "get", "ctj", JOB,
          "-o", f"custom-columns={spec}"],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
@@ -272,7 +271,7 @@ async def test_the_kubernetes_path_end_to_end(scenario: Scenario) -> None:
     crd = yaml.safe_load((ROOT / "crds" / "chaostrainingjobs.yaml").read_text())
     await call(client.ApiextensionsV1Api(scene.api).create_custom_resource_definition, crd)
     scene.emulator.resources[f"{GROUP}/{VERSION}/{PLURAL}"] = _crd_resource(crd)  # type: ignore[attr-defined]
-    operator = Operator()
+    operator = Operator(scene.kubeconfig, scene.operator_log)  # type: ignore[attr-defined]
     operator.start()
     try:
         await call(
@@ -329,6 +328,7 @@ async def test_the_kubernetes_path_end_to_end(scenario: Scenario) -> None:
 
         # --- kill one pod's processes: the group heals, the operator replaces the pod -----------------
         victim = sorted(remaining - {status["view"]["coordinator"]})[0]
+        epoch_before = status["view"]["epoch"]
         killed_at = time.time()
         scene.runner.kill(victim)
 
@@ -339,7 +339,8 @@ async def test_the_kubernetes_path_end_to_end(scenario: Scenario) -> None:
             )
 
         await until(f"the group to heal without {victim}", healed, 60, scene.describe)
-        status = await scene.view_is(remaining, 120)  # the replacement, under the same name, joined
+        # the replacement, under the same name, joined (a view at least two epochs later)
+        status = await scene.view_is(remaining, 120, after_epoch=epoch_before + 1)
         assert status["failures"] >= 1
         await scene.training_advances(remaining, 3, 60)
         print(f"[{time.monotonic() - started:.0f} s] {victim} killed, healed and replaced")
