@@ -156,7 +156,10 @@ class Scenario:
         return out
 
     def describe(self) -> str:
-        status = self.status()
+        try:
+            status = self.status()
+        except client.ApiException as exc:
+            status = {"error": exc.status}
         brief = {k: status.get(k) for k in ("phase", "members", "step", "replicas", "readyReplicas")}
         brief["view"] = status.get("view")
         pods = {n: (p.get("status") or {}).get("phase") for n, p in self.pods().items()}
@@ -387,18 +390,25 @@ async def test_the_kubernetes_path_end_to_end(scenario: Scenario) -> None:
         # --- delete the job: everything it owned goes ----------------------------------------------------
         await call(scene.custom.delete_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, JOB)
 
-        def all_gone() -> bool:
-            if scene.pods() or scene.runner.pods:
-                return False
-            for kind in ("services", "configmaps", "secrets", "serviceaccounts"):
-                if any(
-                    o["metadata"].get("ownerReferences")
-                    for o in scene.items(f"/api/v1/namespaces/{NS}/{kind}")
-                ):
-                    return False
-            return True
+        left: list[str] = []
 
-        await until("every owned object and process gone", all_gone, 60, scene.describe)
+        def all_gone() -> bool:
+            left[:] = [f"pod {name}" for name in scene.pods()] + [
+                f"process of {n}" for n in scene.runner.pods
+            ]
+            jobs = scene.items(f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}")
+            left.extend(f"job {j['metadata']}" for j in jobs)
+            for kind in ("services", "configmaps", "secrets", "serviceaccounts"):
+                items = scene.items(f"/api/v1/namespaces/{NS}/{kind}")
+                left.extend(
+                    f"{kind} {o['metadata']['name']}" for o in items if o["metadata"].get("ownerReferences")
+                )
+            for kind in ("roles", "rolebindings"):
+                items = scene.items(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/{kind}")
+                left.extend(f"{kind} {o['metadata']['name']}" for o in items)
+            return not left
+
+        await until("every owned object and process gone", all_gone, 60, lambda: f"left: {left}")
     finally:
         await operator.stop()
 

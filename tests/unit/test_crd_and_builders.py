@@ -349,3 +349,26 @@ def test_the_join_secret_is_random_per_job_and_owned() -> None:
     assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "mnist-minimal-join"
     assert base64.b64decode(secret["data"]["join-secret"]) == b"s" * 43
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+
+
+def test_bad_reports_are_ignored_and_named() -> None:
+    from chaos_operator.domain.builders import REPORT_ANNOTATION
+    from chaos_operator.domain.reconcile import bad_reports, build_status
+
+    good = _pod(0)
+    view = {"epoch": 4, "members": ["mnist-minimal-0"], "coordinator": None}
+    report = {"job": "mnist-minimal", "pod": "mnist-minimal-0", "step": 7, "view": view}
+    good["metadata"]["annotations"] = {REPORT_ANNOTATION: json.dumps(report)}
+    not_json, other_job, huge = _pod(1), _pod(2), _pod(3)
+    not_json["metadata"]["annotations"] = {REPORT_ANNOTATION: "{oops"}
+    other_job["metadata"]["annotations"] = {
+        REPORT_ANNOTATION: json.dumps({"job": "someone-else", "pod": "mnist-minimal-2", "step": 99,
+                                       "view": {"epoch": 99, "members": ["x"], "coordinator": "x"}})
+    }  # fmt: skip
+    huge["metadata"]["annotations"] = {REPORT_ANNOTATION: json.dumps({"pad": "x" * 10000})}
+    pods = [good, not_json, other_job, huge]
+    problems = bad_reports(pods)
+    assert set(problems) == {"mnist-minimal-1", "mnist-minimal-2", "mnist-minimal-3"}
+    assert "report.job" in problems["mnist-minimal-2"] and "not JSON" in problems["mnist-minimal-1"]
+    status = build_status(_job(), pods)
+    assert status["step"] == 7 and status["view"]["epoch"] == 4 and status["members"] == 1
