@@ -59,7 +59,8 @@ from chaos_lab import netns
 POLL_S = 0.2
 PROBE_TIMEOUT_S = 1.0
 MAX_PROBE_PERIOD_S = 0.5  # probes run at least this often (pods here start in seconds)
-MAX_GRACE_S = 10.0
+MAX_GRACE_S = 5.0
+KILL_WAIT_S = 10.0
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_PATHS = {"/opt/chaos/examples/train": REPO / "examples" / "train"}
@@ -457,6 +458,10 @@ class PodRunner:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(c.process.pid, sig)
 
+    @staticmethod
+    def _alive(pod: RunningPod) -> bool:
+        return any(c.process is not None and c.process.poll() is None for c in pod.containers.values())
+
     def _stop(self, pod: RunningPod, body: dict[str, Any] | None) -> None:
         if pod.stopping:
             return
@@ -469,24 +474,32 @@ class PodRunner:
     async def _stop_later(self, pod: RunningPod, grace_s: float) -> None:
         self._signal(pod, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(
-            c.process is not None and c.process.poll() is None for c in pod.containers.values()
-        ):
+        while time.monotonic() < deadline and self._alive(pod):
             await asyncio.sleep(0.1)
-        self._signal(pod, signal.SIGKILL)
-        for c in pod.containers.values():
-            if c.process is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    await asyncio.to_thread(c.process.wait, 10)
+        deadline = time.monotonic() + KILL_WAIT_S
+        while self._alive(pod):
+            self._signal(pod, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                self.errors.append(f"{pod.name}: processes outlived SIGKILL by {KILL_WAIT_S} s")
+                break
+            await asyncio.sleep(0.1)
         if self.pods.get(pod.name) is pod:
             del self.pods[pod.name]  # its slot is free again
 
     def describe(self) -> str:
         """One line per pod: containers, exit codes, readiness (for failure messages)."""
         rows = []
+        task = self._task
+        if task is not None and task.done():
+            rows.append(f"RUNNER LOOP ENDED: {task.exception() if not task.cancelled() else 'cancelled'}")
+        elif task is not None:
+            frames = task.get_stack(limit=8)
+            rows.append("loop at " + " < ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in frames))
+        rows += [f"stopping tasks {len(self._stops)}; errors {self.errors[-3:]}"]
         for pod in self.pods.values():
             parts = [
-                f"{c.name}:{'ready' if c.ready else 'notready'}:{c.exit_code}:{c.probe_error or ''}"
+                f"{c.name}:{'ready' if c.ready else 'notready'}:{c.exit_code}:"
+                f"{c.process.poll() if c.process else 'none'}:{c.probe_error or ''}"
                 for c in pod.containers.values()
             ]
             rows.append(f"{pod.name} slot {pod.slot} {'stopping ' if pod.stopping else ''}{' '.join(parts)}")

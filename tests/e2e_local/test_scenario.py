@@ -408,7 +408,12 @@ async def test_the_kubernetes_path_end_to_end(scenario: Scenario) -> None:
                 left.extend(f"{kind} {o['metadata']['name']}" for o in items)
             return not left
 
-        await until("every owned object and process gone", all_gone, 60, lambda: f"left: {left}")
+        await until(
+            "every owned object and process gone",
+            all_gone,
+            90,
+            lambda: f"left: {left}; {scene.runner.describe()}",
+        )
     finally:
         await operator.stop()
 
