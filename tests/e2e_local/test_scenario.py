@@ -242,7 +242,8 @@ def _manifest(logs: Path) -> dict[str, Any]:
     # sidecars share 2 cores with five trainers: a failure timeout of 2 s avoids false suspicion
     job["spec"]["monitor"] = {"probeIntervalSeconds": 0.2, "failureTimeoutSeconds": 2.0}
     trainer = job["spec"]["template"]["spec"]["containers"][0]
-    trainer["command"] += ["--steps", "1000000"]  # runs until the job is deleted
+    # runs until the job is deleted; a 35 MB state (hidden 2048): the planner splits its pull
+    trainer["command"] += ["--steps", "1000000", "--hidden", "2048"]
     trainer["env"] = [
         {"name": "CHAOS_EVENT_LOG", "value": "/var/log/chaos/$(CHAOS_NODE_ID).jsonl"},
         {"name": "CHAOS_DIGEST_EVERY", "value": "5"},
