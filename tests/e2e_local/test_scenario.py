@@ -415,6 +415,7 @@ async def test_the_kubernetes_path_end_to_end(scenario: Scenario) -> None:
             90,
             lambda: f"left: {left}; {scene.runner.describe()}",
         )
+        print(f"[{time.monotonic() - started:.0f} s] job deleted, everything it owned gone")
     finally:
         await operator.stop()
 

@@ -74,6 +74,8 @@ async def reconcile(
     body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, pods_by_job: kopf.Index, **_: Any
 ) -> None:
     key = (body.metadata.namespace or "default", body.metadata.name or "")  # the job's metric labels
+    if body.metadata.get("deletionTimestamp"):
+        return  # being deleted: creating pods now would only feed the garbage collector
     metrics.track_job(*key)
     try:
         job = parse_job(dict(body))
