@@ -57,7 +57,9 @@ def main() -> None:
         x, y = batch
         return torch.nn.functional.cross_entropy(model(x), y)
 
-    trainer = chaos_train.Trainer(model, optimizer, dataset, loss, global_batch=args.global_batch, seed=args.seed)
+    trainer = chaos_train.Trainer(
+        model, optimizer, dataset, loss, global_batch=args.global_batch, seed=args.seed
+    )
     trainer.every(50, lambda info: print(f"step {info.step}: loss {info.loss:.4f} ({info.world} members)"))
     trainer.fit(args.steps)
     x, y = dataset.tensors

@@ -119,6 +119,13 @@ class TrainerEnv:
         return out
 
 
+def standalone(environ: Mapping[str, str] | None = None) -> tuple[int | None, Path | None]:
+    """What a trainer with no sidecar still reads: the step override and its event log."""
+    env = os.environ if environ is None else environ
+    log = env.get(EVENT_LOG, "").strip()
+    return _count(env, STEPS, minimum=1), Path(log) if log else None
+
+
 def _count(env: Mapping[str, str], name: str, *, minimum: int) -> int | None:
     text = env.get(name, "").strip()
     if not text:

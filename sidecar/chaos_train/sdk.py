@@ -40,13 +40,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from chaos_sidecar.errors import TrainingError, UserCodeError
 from chaos_train import state as snapshot_state
 from chaos_train.groups import BuildThreads, GroupBuild, all_gather_ints, new_process_group, wait_for
 from chaos_train.rendezvous import Rendezvous, RoundPassed
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sidecar_client import SidecarClient, SidecarLost
 from chaos_train.workload import Workload
-from chaos_sidecar.errors import TrainingError, UserCodeError
 
 REPORT_EVERY_S = 1.0  # between progress reports to the sidecar (metrics; each is an HTTP call)
 # an overlap joiner replays the members' gradients; they never wait for that, but it only
@@ -105,7 +105,10 @@ class TrainerConfig:
 
 class ElasticTrainer:
     def __init__(
-        self, config: TrainerConfig, work: Workload, after_step: Callable[[int, float, int, int], None] | None = None
+        self,
+        config: TrainerConfig,
+        work: Workload,
+        after_step: Callable[[int, float, int, int], None] | None = None,
     ) -> None:
         """``after_step(step, loss, rank, world)`` runs after every step this member takes part in."""
         self.cfg = config
@@ -884,6 +887,9 @@ class ElasticTrainer:
         timings: dict[str, float] = {}
         share = self._share()
         mine = ElasticSampler.split(batch, *share) if share is not None else []
+        # before the all-reduce: once any member completes it, this share is in the update,
+        # even if this member dies before it could log the step (per-sample accounting)
+        self.log("share", step=self.step + 1, epoch=self.group_epoch, ids=mine)
         loss_sum, sums = data_parallel_step(
             self.work, mine, len(batch), self.group, flags=flags, fence=self._await_capture,
             timings=timings, lost=self._lost,
@@ -897,11 +903,12 @@ class ElasticTrainer:
         self._last_step_end = now
         if self.pending is not None:
             self._log_gradient()
-        self._log_step(loss_sum, epoch, cursor, ids=mine, allreduce_ms=round(timings["allreduce_s"] * 1000, 2))
+        self._log_step(
+            loss_sum, epoch, cursor, ids=mine, allreduce_ms=round(timings["allreduce_s"] * 1000, 2)
+        )
         return sums
 
     def _log_step(self, loss_sum: float, epoch: int, cursor: int, **extra: Any) -> None:
-        """``ids``: the samples this member used in the step (none while it enters by replay)."""
         record = {"step": self.step, "loss": round(loss_sum / self.work.global_batch, 6),
                   "sampler": [epoch, cursor], "epoch": self.group_epoch, "world": self.world,
                   **extra}  # fmt: skip

@@ -41,8 +41,12 @@ class Replica:
 
     def __post_init__(self) -> None:
         for name, obj in self.objects.items():
-            if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
-                raise InputError(f"state[{name!r}]", f"{type(obj).__name__} has no state_dict/load_state_dict")
+            if not (
+                callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+            ):
+                raise InputError(
+                    f"state[{name!r}]", f"{type(obj).__name__} has no state_dict/load_state_dict"
+                )
 
     def params(self) -> list[torch.Tensor]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -68,7 +72,12 @@ def state_tensors(replica: Replica) -> list[tuple[str, torch.Tensor]]:
             if isinstance(value, torch.Tensor):
                 out.append((f"optim.{i}.{key}", value))
     # the scheduler changes a group's lr: the settings travel with the state
-    out.append(("optim.groups", _blob([{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])))
+    out.append(
+        (
+            "optim.groups",
+            _blob([{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]),
+        )
+    )
     for name in sorted(replica.objects):
         out.append((f"object.{name}", _blob(replica.objects[name].state_dict())))
     return out
@@ -78,7 +87,7 @@ def digest(replica: Replica) -> str:
     h = hashlib.sha256()
     for name, tensor in state_tensors(replica):
         h.update(name.encode())
-        h.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        h.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -92,7 +101,9 @@ def capture(replica: Replica, *, step: int, extra: list[int]) -> Captured:
     tensors = []
     for tname, tensor in [*state_tensors(replica), ("meta.extra", torch.tensor([step, *extra]))]:
         t = tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
-        tensors.append((tname, _DTYPES[t.dtype], tuple(t.shape), memoryview(t.view(torch.uint8).numpy())))
+        tensors.append(
+            (tname, _DTYPES[t.dtype], tuple(t.shape), memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        )
     return tensors
 
 
@@ -133,7 +144,11 @@ def load(directory: Path, name: str, replica: Replica) -> list[int]:
                                  f"{len(replica.optimizer.param_groups)}")  # fmt: skip
             for group, settings in zip(replica.optimizer.param_groups, groups, strict=True):
                 group.update(settings)
-        elif kind == "optim" and rest.partition(".")[0].isdigit() and int(rest.partition(".")[0]) < len(by_index):
+        elif (
+            kind == "optim"
+            and rest.partition(".")[0].isdigit()
+            and int(rest.partition(".")[0]) < len(by_index)
+        ):
             index, _, key = rest.partition(".")
             p = by_index[int(index)]
             # torch keeps Adam's step count on the CPU unless capturable

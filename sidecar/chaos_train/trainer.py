@@ -10,19 +10,24 @@ sidecar's group; started as a plain ``python script.py`` it trains alone, the sa
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from chaos_sidecar import trainer_env
 from chaos_sidecar.errors import InputError, UserCodeError
 from chaos_sidecar.trainer_env import TrainerEnv
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sdk import ElasticTrainer, NoState, TrainerConfig, env_backend
 from chaos_train.sidecar_client import SidecarLost
-from chaos_train.state import Replica
+from chaos_train.state import Replica, digest
 from chaos_train.workload import Workload
 
 EXIT_SIDECAR_LOST = 3  # the node's sidecar is gone: its pod (or harness) restarts the node
@@ -107,12 +112,12 @@ class Trainer:
         set, overrides it). Returns the step this member ends at. A node that must stop (its
         sidecar is gone, or no member holds the state) exits with a message and a distinct
         status; an exception from the user's code ends it with that traceback."""
-        if self.env is not None and self.env.steps is not None:
-            steps = self.env.steps
+        override, alone_log = trainer_env.standalone()
+        steps = override or steps
         if not isinstance(steps, int) or steps <= 0:
             raise InputError("steps", f"expected a positive integer, got {steps!r}")
         if self.env is None:
-            return self._fit_alone(steps)
+            return self._fit_alone(steps, alone_log)
         try:
             return self._fit_elastic(self.env, steps)
         except SidecarLost as exc:
@@ -132,13 +137,25 @@ class Trainer:
                 except Exception as exc:
                     raise UserCodeError("hook", f"{getattr(hook, '__name__', hook)} raised {exc!r}") from exc
 
-    def _fit_alone(self, steps: int) -> int:
+    def _fit_alone(self, steps: int, log_path: Path | None) -> int:
+        """One plain process: the same steps, on the whole global batch each."""
         sampler = ElasticSampler(len(self.work.dataset), self.work.global_batch, self.seed)
-        while self.step < steps:
-            batch = sampler.batch()
-            tail = self.work.apply(self.work.gradients(batch, len(batch), []))
-            sampler.advance()
-            self._after_step(self.step + 1, float(tail[0]) / len(batch), 0, 1)
+        with contextlib.ExitStack() as stack:
+            log = stack.enter_context(log_path.open("a", buffering=1)) if log_path else None
+
+            def record(kind: str, **fields: Any) -> None:
+                if log is not None:
+                    log.write(json.dumps({"t": time.time(), "node": "alone", "type": kind, **fields}) + "\n")
+
+            record("job", dataset_size=len(self.work.dataset), global_batch=self.work.global_batch,
+                   seed=self.seed, steps=steps)  # fmt: skip
+            while self.step < steps:
+                batch = sampler.batch()
+                tail = self.work.apply(self.work.gradients(batch, len(batch), []))
+                sampler.advance()
+                record("step", step=self.step + 1, loss=round(float(tail[0]) / len(batch), 6))
+                self._after_step(self.step + 1, float(tail[0]) / len(batch), 0, 1)
+            record("done", step=self.step, digest=digest(self.replica))
         return self.step
 
     def _fit_elastic(self, env: TrainerEnv, steps: int) -> int:

@@ -34,14 +34,20 @@ class Workload:
         scaler: Any = None,
         max_grad_norm: float | None = None,
     ) -> None:
-        if not callable(getattr(dataset, "__getitem__", None)) or not callable(getattr(dataset, "__len__", None)):
-            raise InputError("dataset", f"{type(dataset).__name__} is not a map-style dataset (__getitem__ and __len__)")
+        if not callable(getattr(dataset, "__getitem__", None)) or not callable(
+            getattr(dataset, "__len__", None)
+        ):
+            raise InputError(
+                "dataset", f"{type(dataset).__name__} is not a map-style dataset (__getitem__ and __len__)"
+            )
         if len(dataset) == 0:
             raise InputError("dataset", "is empty (length 0)")
         if not isinstance(global_batch, int) or global_batch <= 0:
             raise InputError("global_batch", f"expected a positive integer, got {global_batch!r}")
         if global_batch > len(dataset):
-            raise InputError("global_batch", f"{global_batch} is larger than the dataset ({len(dataset)} samples)")
+            raise InputError(
+                "global_batch", f"{global_batch} is larger than the dataset ({len(dataset)} samples)"
+            )
         if micro_batch is not None and (not isinstance(micro_batch, int) or micro_batch <= 0):
             raise InputError("micro_batch", f"expected a positive integer, got {micro_batch!r}")
         if max_grad_norm is not None and not max_grad_norm > 0:
@@ -85,7 +91,9 @@ class Workload:
             try:
                 loss = self.loss(batch)
                 if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                    raise InputError("loss", f"must return a scalar tensor (the batch's mean loss), got {loss!r}")
+                    raise InputError(
+                        "loss", f"must return a scalar tensor (the batch's mean loss), got {loss!r}"
+                    )
                 weighted = loss * (len(micro) / global_size)
                 (self.scaler.scale(weighted) if self.scaler else weighted).backward()
             except InputError:

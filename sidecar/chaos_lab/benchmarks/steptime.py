@@ -37,7 +37,7 @@ from chaos_sidecar.cliutil import positive_int
 WARMUP = 20
 SAMPLE_S = 0.5  # how often the CPU sampler reads /proc
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-KINDS = {"chaos_train.worker": "trainer", "chaos_lab.plain_worker": "trainer", "chaos_sidecar.cli": "sidecar"}
+KINDS = {"examples/train/": "trainer", "chaos_lab.plain_worker": "trainer", "chaos_sidecar.cli": "sidecar"}
 
 
 def _step_stamps(path: Path) -> list[float]:
