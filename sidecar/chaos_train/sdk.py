@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from chaos_sidecar.errors import TrainingError, UserCodeError
+from chaos_sidecar.errors import InputError, TrainingError, UserCodeError
 from chaos_train import state as snapshot_state
 from chaos_train.groups import BuildThreads, GroupBuild, all_gather_ints, new_process_group, wait_for
 from chaos_train.rendezvous import Rendezvous, RoundPassed
@@ -215,7 +215,7 @@ class ElasticTrainer:
         except SidecarLost as exc:  # the node is gone from the group; the pod restarts it
             self.log("sidecar_lost", step=self.step, error=str(exc))
             raise
-        except UserCodeError as exc:  # the user's code raised: leave cleanly, end with its traceback
+        except (UserCodeError, InputError) as exc:  # the user's code or input: leave cleanly, end with it
             self.log("user_error", step=self.step, error=str(exc)[:500])
             with contextlib.suppress(Exception):
                 self.sidecar.leave()
@@ -357,6 +357,8 @@ class ElasticTrainer:
                 if not self._await_newer_view(epoch, patience_s=RETRY_PATIENCE_S):
                     self.rendezvous.next_round(epoch)
                 continue
+            if self._unchecked is None and all(g[0] == 0 for g in gathered):
+                self._check_same_start(lost)
             self._same_epoch_again = False
             self._end_overlap()
             self.regroup_needed = False
@@ -372,6 +374,16 @@ class ElasticTrainer:
                 self._idle_s = time.monotonic() - started  # reported after the next step
             self._just_regrouped = True
             return
+
+    def _check_same_start(self, lost) -> None:
+        """Founding members start from the script's initial state: it must be the same on all
+        of them (a model built without a fixed seed is not), or their replicas drift apart."""
+        mine = int(snapshot_state.digest(self.replica)[:12], 16)
+        theirs = all_gather_ints(self.group, [mine], lost)
+        if len({d for (d,) in theirs}) > 1:
+            differ = [m for m, (d,) in zip(self.members, theirs, strict=True) if d != mine]
+            raise InputError("model", f"the initial state differs between members ({self.cfg.node_id} vs "
+                             f"{differ}): seed the model (torch.manual_seed) before building it")  # fmt: skip
 
     def _lost_watch(self, epoch: int, members: list[str]) -> Callable[[], bool] | None:
         """For wait_for: whether the agreed view dropped one of ``members`` (the group of

@@ -116,7 +116,15 @@ def command_names(parser) -> list[str]:
 
 
 def test_product_and_lab_commands_are_registered() -> None:
-    assert command_names(cli.build_parser()) == ["sidecar", "operator", "plan", "bench", "local", "sim"]
+    assert command_names(cli.build_parser()) == [
+        "sidecar",
+        "run",
+        "operator",
+        "plan",
+        "bench",
+        "local",
+        "sim",
+    ]
 
 
 def test_a_plugin_whose_module_is_not_installed_is_absent(monkeypatch) -> None:
@@ -125,7 +133,7 @@ def test_a_plugin_whose_module_is_not_installed_is_absent(monkeypatch) -> None:
         EntryPoint("ghost", "chaos_ghost.commands.ghost:register", cli.PLUGIN_GROUP),
         EntryPoint("sim", "chaos_lab.commands.sim:register", cli.PLUGIN_GROUP),
     )
-    assert command_names(cli.build_parser()) == ["sidecar", "operator", "plan", "sim"]
+    assert command_names(cli.build_parser()) == ["sidecar", "run", "operator", "plan", "sim"]
 
 
 def test_a_plugin_missing_a_dependency_is_an_error(monkeypatch, tmp_path) -> None:
