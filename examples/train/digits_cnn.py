@@ -52,7 +52,8 @@ def main() -> None:
     train, test = make_data(args.seed)
     model = make_model(args.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(args.steps // 3, 1), gamma=0.5)
+    steps = chaos_train.Trainer.total_steps(args.steps)  # the launcher may set the count
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(steps // 3, 1), gamma=0.5)
 
     def loss(batch):
         images, labels = batch
@@ -64,7 +65,7 @@ def main() -> None:
     # evaluation on one member of the group
     trainer.every(100, lambda info: print(f"step {info.step}: loss {info.loss:.4f}, test accuracy "
                                           f"{accuracy(model, test):.3f} ({info.world} members)"))  # fmt: skip
-    trainer.fit(args.steps)
+    trainer.fit(steps)
     print(f"done at step {trainer.step}: loss {trainer.loss:.4f}, test accuracy {accuracy(model, test):.3f}")
 
 

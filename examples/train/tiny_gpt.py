@@ -81,9 +81,8 @@ def main() -> None:
     torch.manual_seed(args.seed)  # every founding member starts bit-identical
     model = TinyGPT(len(data.vocab), args.context, width=48, layers=2, heads=4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(max(args.steps // 10, 1), args.steps)
-    )
+    steps = chaos_train.Trainer.total_steps(args.steps)  # the launcher may set the count
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(max(steps // 10, 1), steps))
 
     def loss(batch):
         x, y = batch
@@ -95,7 +94,7 @@ def main() -> None:
         seed=args.seed, scheduler=scheduler, max_grad_norm=1.0,
     )  # fmt: skip
     trainer.every(50, lambda info: print(f"step {info.step}: loss {info.loss:.4f} ({info.world} members)"))
-    trainer.fit(args.steps)
+    trainer.fit(steps)
     bits = trainer.loss / math.log(2)
     print(f"done at step {trainer.step}: loss {trainer.loss:.4f} ({bits:.3f} bits per character)")
 

@@ -188,9 +188,8 @@ class LocalJob:
         # one thread each: several trainers share the machine's cores; and the sidecars'
         # heartbeats are latency-critical, the trainers' math is not (nice)
         env_vars = {**os.environ, **env.to_environ(), "OMP_NUM_THREADS": "1"}
-        self.trainers[node] = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=stderr, cwd=private, env=env_vars
-        )
+        stdout = self.trainer_log(node).with_suffix(".out").open("ab")  # the script's own output
+        self.trainers[node] = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, cwd=private, env=env_vars)
 
     def script_command(self) -> list[str]:
         """The script every node runs, and its arguments."""

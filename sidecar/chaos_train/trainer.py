@@ -90,10 +90,16 @@ class Trainer:
         self.seed = seed
         self.env = TrainerEnv.from_environ()
         self.step = 0
-        self.loss: float | None = None  # the last step's global mean loss
+        self.loss: float | None = None  # the last step's global mean loss; None: no step taken
         self.rank = 0
         self.world = 1
         self._hooks: list[tuple[int, Hook, bool]] = []
+
+    @staticmethod
+    def total_steps(default: int) -> int:
+        """The step count ``fit`` will train to: ``CHAOS_STEPS`` when the launcher or the lab's
+        harness sets it, else ``default``. Size LR schedules with it."""
+        return trainer_env.standalone()[0] or default
 
     @property
     def elastic(self) -> bool:
@@ -114,6 +120,7 @@ class Trainer:
         status; an exception from the user's code ends it with that traceback."""
         override, alone_log = trainer_env.standalone()
         steps = override or steps
+        self.loss = None
         if not isinstance(steps, int) or steps <= 0:
             raise InputError("steps", f"expected a positive integer, got {steps!r}")
         if self.env is None:
