@@ -47,10 +47,11 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--hidden", type=int, default=HIDDEN, help="hidden width (sets the state size)")
+    parser.add_argument("--device", default="cpu", help="where the model trains (cpu, cuda, cuda:1, ...)")
     args = parser.parse_args()
 
     dataset = make_data(args.samples, args.seed)
-    model = make_model(args.seed, args.hidden)
+    model = make_model(args.seed, args.hidden).to(args.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
 
     def loss(batch):
@@ -62,7 +63,7 @@ def main() -> None:
     )
     trainer.every(50, lambda info: print(f"step {info.step}: loss {info.loss:.4f} ({info.world} members)"))
     trainer.fit(args.steps)
-    x, y = dataset.tensors
+    x, y = (t.to(args.device) for t in dataset.tensors)
     with torch.no_grad():
         accuracy = (model(x).argmax(dim=1) == y).float().mean().item()
     print(f"done at step {trainer.step}: loss {trainer.loss:.4f}, accuracy {accuracy:.3f}")
