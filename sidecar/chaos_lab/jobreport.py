@@ -49,39 +49,41 @@ def check_replicas(trainer: list[dict[str, Any]]) -> tuple[bool, int, list[str]]
 def check_samples(trainer: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     """Per-sample accounting from the sample ids the members say they used.
 
-    Before each step's all-reduce a member logs its share (``share``: step, group epoch, ids).
-    A step counts in the group epoch where it was last committed (a ``step`` record; a step a
-    group redid after losing the members that had taken it counts once, as redone), with the
-    union of the shares logged for it in that epoch: a share sent into a completed all-reduce
-    is in the update even if its member died before logging the step. Every committed step
-    must use exactly the global batch's count of distinct ids, no id twice within a data
-    epoch (the sampler's epoch, logged with the step), and each complete data epoch every id
-    but the ``dataset_size % global_batch`` its order drops."""
+    Before each step's all-reduce a member logs its share (``share``: step, group, ids). A step
+    counts in the group that took it last (its latest ``step`` record: a step a group redid,
+    after losing the members that had taken it or after the job resumed from a checkpoint,
+    counts once, as redone), with the union of the shares logged for it in that group: a
+    share sent into a completed all-reduce is in the update even if its member died before
+    logging the step. Every step must use exactly the global batch's count of distinct ids and
+    no id may appear twice within a data epoch (the sampler's epoch, logged with the step); so
+    each complete data epoch uses every id but the ``dataset_size % global_batch`` its order
+    drops. ``samples_redone`` counts the shares of steps taken again by a later group."""
     job = next((r for r in trainer if r["type"] == "job"), None)
     if job is None:
         return {"sample_accounting": "none: no job record in the trainers' logs", "samples_lost": 0,
                 "samples_duplicated": 0, "samples_expected": 0, "samples_seen": 0}  # fmt: skip
     size, batch = job["dataset_size"], job["global_batch"]
-    committed: dict[int, tuple[int, int]] = {}  # step -> (group epoch, data epoch)
-    for r in trainer:
-        if r["type"] == "step" and r["step"] <= steps:
-            epoch = r.get("epoch") or 0
-            if r["step"] not in committed or epoch > committed[r["step"]][0]:
-                committed[r["step"]] = (epoch, r["sampler"][0])
-    shares: dict[tuple[int, int], dict[str, list[int]]] = defaultdict(dict)
+    committed: dict[int, tuple[str, int]] = {}  # step -> (group, data epoch), the latest record
+    taken_by: dict[int, set[str]] = defaultdict(set)
+    for r in sorted((r for r in trainer if r["type"] == "step" and r["step"] <= steps), key=lambda r: r["t"]):
+        group = r.get("group") or str(r.get("epoch"))
+        committed[r["step"]] = (group, r["sampler"][0])
+        taken_by[r["step"]].add(group)
+    shares: dict[tuple[int, str], dict[str, list[int]]] = defaultdict(dict)
     for r in trainer:
         if r["type"] == "share":
-            shares[(r["step"], r.get("epoch") or 0)][r["node"]] = r["ids"]
+            shares[(r["step"], r.get("group") or str(r.get("epoch")))][r["node"]] = r["ids"]
     used: dict[int, list[int]] = defaultdict(list)  # data epoch -> ids, in step order
-    short = 0
+    short = redone = 0
     for step in range(1, steps + 1):
         if step not in committed:
             short += batch
             continue
-        group_epoch, data_epoch = committed[step]
-        ids = [i for part in shares.get((step, group_epoch), {}).values() for i in part]
+        group, data_epoch = committed[step]
+        ids = [i for part in shares.get((step, group), {}).values() for i in part]
         short += max(batch - len(set(ids)), 0)
         used[data_epoch] += ids
+        redone += sum(len(i) for g in taken_by[step] - {group} for i in shares.get((step, g), {}).values())
     duplicated = sum(len(ids) - len(set(ids)) for ids in used.values())
     seen = sum(len(set(ids)) for ids in used.values())
     out_of_range = sum(1 for ids in used.values() for i in set(ids) if not 0 <= i < size)
@@ -91,6 +93,7 @@ def check_samples(trainer: list[dict[str, Any]], steps: int) -> dict[str, Any]:
         "samples_seen": seen,
         "samples_lost": short,
         "samples_duplicated": duplicated + out_of_range,
+        "samples_redone": redone,
     }
 
 

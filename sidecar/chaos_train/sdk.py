@@ -43,7 +43,7 @@ import torch.distributed as dist
 from chaos_sidecar.errors import InputError, TrainingError, UserCodeError
 from chaos_train import state as snapshot_state
 from chaos_train.groups import BuildThreads, GroupBuild, all_gather_ints, new_process_group, wait_for
-from chaos_train.rendezvous import Rendezvous, RoundPassed
+from chaos_train.rendezvous import GROUP_KEY, Rendezvous, RoundPassed
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sidecar_client import SidecarClient, SidecarLost
 from chaos_train.workload import Workload
@@ -118,6 +118,7 @@ class ElasticTrainer:
         self.sampler = ElasticSampler(len(work.dataset), work.global_batch, config.seed)
         self.step = 0 if config.founding else -1  # -1: no state yet
         self.group_epoch: int | None = None
+        self.group_id = ""  # the current group's meeting name (chaos_train.rendezvous.Meeting.group)
         self.rank = 0
         self.world = 1
         self.members: list[str] = []
@@ -319,6 +320,7 @@ class ElasticTrainer:
                 if opened is None:
                     continue  # the view moved on while we waited: go for the newer one
                 self.group, self._store = opened
+                self.group_id = self._store.get(GROUP_KEY).decode()
                 # all-reduces a joiner posted ahead in a group the view moved past are dropped
                 # (that group is freed on the close-group thread, see _take_built)
                 self._posted = collections.deque(e for e in self._posted if e[0] is self.group)
@@ -901,7 +903,7 @@ class ElasticTrainer:
         mine = ElasticSampler.split(batch, *share) if share is not None else []
         # before the all-reduce: once any member completes it, this share is in the update,
         # even if this member dies before it could log the step (per-sample accounting)
-        self.log("share", step=self.step + 1, epoch=self.group_epoch, ids=mine)
+        self.log("share", step=self.step + 1, epoch=self.group_epoch, group=self.group_id, ids=mine)
         loss_sum, sums = data_parallel_step(
             self.work, mine, len(batch), self.group, flags=flags, fence=self._await_capture,
             timings=timings, lost=self._lost,
@@ -922,7 +924,8 @@ class ElasticTrainer:
 
     def _log_step(self, loss_sum: float, epoch: int, cursor: int, **extra: Any) -> None:
         record = {"step": self.step, "loss": round(loss_sum / self.work.global_batch, 6),
-                  "sampler": [epoch, cursor], "epoch": self.group_epoch, "world": self.world,
+                  "sampler": [epoch, cursor], "epoch": self.group_epoch, "group": self.group_id,
+                  "world": self.world,
                   **extra}  # fmt: skip
         if self.cfg.digest_every and self.step % self.cfg.digest_every == 0:
             record["digest"] = snapshot_state.digest(self.replica)

@@ -122,9 +122,10 @@ def _job_log(steps: int, batch: int, size: int, worlds: list[int]) -> list[dict]
         full = sampler.batch()
         for rank in range(world):
             ids = ElasticSampler.split(full, rank, world)
-            records.append({"type": "share", "node": f"n{rank}", "step": step, "epoch": 1, "ids": ids})
-            records.append({"type": "step", "node": f"n{rank}", "step": step, "epoch": 1,
-                            "sampler": list(sampler.state())})  # fmt: skip
+            records.append({"type": "share", "node": f"n{rank}", "step": step, "epoch": 1, "group": "g",
+                            "ids": ids, "t": float(step)})  # fmt: skip
+            records.append({"type": "step", "node": f"n{rank}", "step": step, "epoch": 1, "group": "g",
+                            "sampler": list(sampler.state()), "t": step + 0.5})  # fmt: skip
         sampler.advance()
     return records
 
@@ -148,10 +149,15 @@ def test_sample_accounting_counts_ids_and_catches_loss_and_duplication() -> None
 
 def test_a_step_redone_in_a_later_group_counts_once_as_redone() -> None:
     records = _job_log(4, 8, 32, [2, 2, 2, 2])
-    # step 3 was also taken in group epoch 0 by a member that then died: superseded
-    records.append({"type": "share", "node": "n9", "step": 3, "epoch": 0, "ids": [0, 1, 2]})
-    records.append({"type": "step", "node": "n9", "step": 3, "epoch": 0, "sampler": [0, 16]})
-    assert check_samples(records, 4)["samples_duplicated"] == 0
+    # step 3 was also taken earlier by another group (whose members then died, or that ran
+    # before the job resumed from a checkpoint): superseded, counted as redone
+    records.append({"type": "share", "node": "n9", "step": 3, "group": "old", "ids": [0, 1, 2], "t": 0.1})
+    records.append({"type": "step", "node": "n9", "step": 3, "group": "old", "sampler": [0, 16], "t": 0.2})
+    result = check_samples(records, 4)
+    assert (result["samples_duplicated"], result["samples_lost"], result["samples_redone"]) == (0, 0, 3)
+    # the same group name in the other order: the later one counts
+    records[-1]["t"] = 9.0
+    assert check_samples(records, 4)["samples_lost"] == 5  # only n9's 3 ids of the 8 for step 3
     # a share logged before the all-reduce counts even if its member never logged the step
     records = [r for r in _job_log(4, 8, 32, [2, 2, 2, 2]) if not (r["type"] == "step" and r["node"] == "n1")]
     assert check_samples(records, 4)["samples_lost"] == 0
