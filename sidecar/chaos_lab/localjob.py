@@ -97,6 +97,9 @@ class JobConfig:
     # the samples, global batch, seed and hidden width above
     script: Path | None = None
     script_args: list[str] = field(default_factory=list)
+    # durable checkpoints: a directory all nodes reach (storage, not a node's), every N steps
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 100
     transfer_policy: str = "planned"
     grad_log: int | None = None  # overlap: the members' gradient log bound; None: the SDK's default
     upload_limits_mbps: dict[str, float] = field(default_factory=dict)  # node -> per-link limit
@@ -181,6 +184,8 @@ class LocalJob:
             event_log=self.trainer_log(node), founding=founding, steps=self.cfg.steps,
             join_mode=self.cfg.join_mode, digest_every=self.cfg.digest_every,
             grad_log=self.cfg.grad_log or TrainerEnv.grad_log, transfer_policy=self.cfg.transfer_policy,
+            checkpoint_dir=self.cfg.checkpoint_dir.resolve() if self.cfg.checkpoint_dir else None,
+            checkpoint_every=self.cfg.checkpoint_every,
         )  # fmt: skip
         cmd = ["nice", "-n", "5", sys.executable, "-m", "chaos_sidecar.cli", "run", *self.script_command()]
         stderr = self.trainer_log(node).with_suffix(".stderr").open("ab")

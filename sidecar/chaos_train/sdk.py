@@ -42,6 +42,7 @@ import torch.distributed as dist
 
 from chaos_sidecar.errors import InputError, TrainingError, UserCodeError
 from chaos_train import state as snapshot_state
+from chaos_train.checkpoint import CheckpointPolicy, Checkpoints
 from chaos_train.groups import BuildThreads, GroupBuild, all_gather_ints, new_process_group, wait_for
 from chaos_train.rendezvous import GROUP_KEY, Rendezvous, RoundPassed
 from chaos_train.sampler import ElasticSampler
@@ -101,6 +102,7 @@ class TrainerConfig:
     transfer_policy: str = "planned"  # or a benchmark baseline: "equal-split", "single-source"
     address: str | None = None  # this node's host for gloo and the stores it hosts; None: the
     # host its sidecar advertises to peers
+    checkpoint: CheckpointPolicy | None = None  # durable checkpoints (see chaos_train.checkpoint)
 
 
 class ElasticTrainer:
@@ -162,6 +164,9 @@ class ElasticTrainer:
         self._step_times: collections.deque[float] = collections.deque(maxlen=20)
         self._last_step_end: float | None = None
         self.rendezvous: Rendezvous | None = None  # once the sidecar says where this node is
+        self.checkpoints = (
+            Checkpoints(config.checkpoint, config.node_id, self.log) if config.checkpoint else None
+        )
         self._same_epoch_again = False
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
@@ -473,6 +478,10 @@ class ElasticTrainer:
         newest state from every member that has it while the others wait."""
         held = [g[0] for g in gathered]
         newest = max(held)
+        if self.checkpoints is not None and newest <= 0 and not any(replay for _, replay in gathered):
+            resumed = self._resume(newest)
+            if resumed is not None:
+                return resumed
         if newest < 0:
             raise NoState(f"no member of epoch {epoch} holds the state: {self.members}")
         providers = [self.members[r] for r, s in enumerate(held) if s == newest]
@@ -521,6 +530,32 @@ class ElasticTrainer:
             "entering": entering,
             **timings,
         }
+
+    def _resume(self, newest: int) -> dict[str, Any] | None:
+        """No member holds more than the initial state (every node died, or a new job points
+        at old checkpoints): every member loads the newest checkpoint they all see, if any."""
+        assert self.checkpoints is not None
+        mine = self.checkpoints.newest_valid()
+        target = min(s for (s,) in all_gather_ints(self.group, [-1 if mine is None else mine], self._lost))
+        while target > newest:
+            step = self.checkpoints.newest_valid(at_most=target)
+            extra = self.checkpoints.load(self.replica, step) if step is not None and step > newest else None
+            results = all_gather_ints(
+                self.group, [-1 if step is None else step, int(extra is not None)], self._lost
+            )
+            if extra is not None and all(r == [step, 1] for r in results):
+                self.step = extra[0]
+                self.sampler.load(extra[1], extra[2])
+                self.log("resumed", step=self.step, checkpoint=step)
+                return {
+                    "transfer_ms": 0.0,
+                    "sources": [],
+                    "needers": [],
+                    "entering": [],
+                    "resumed_from": step,
+                }
+            target = min(r[0] for r in results) - 1  # below the oldest one tried, all together
+        return None
 
     def _await_keys(self, keys: list[str], what: str, epoch: int) -> None:
         """Wait until ``keys`` are set in the epoch's store. A transfer on a slow link takes
@@ -917,10 +952,23 @@ class ElasticTrainer:
         self._last_step_end = now
         if self.pending is not None:
             self._log_gradient()
+        self._checkpoint_if_due()
         self._log_step(
             loss_sum, epoch, cursor, ids=mine, allreduce_ms=round(timings["allreduce_s"] * 1000, 2)
         )
         return sums
+
+    def _checkpoint_if_due(self) -> None:
+        """Every ``every`` steps one working member (in turns) copies the state now and writes
+        it durably on the writer thread while training goes on."""
+        if self.checkpoints is None or not self.checkpoints.due(self.step):
+            return
+        working = [m for m in self.members if m not in self._entering]
+        if self.checkpoints.writer(working, self.step) != self.cfg.node_id:
+            return
+        epoch, cursor = self.sampler.state()
+        captured = snapshot_state.capture(self.replica, step=self.step, extra=[epoch, cursor])
+        self._writer.submit(self.checkpoints.write, captured, self.step)
 
     def _log_step(self, loss_sum: float, epoch: int, cursor: int, **extra: Any) -> None:
         record = {"step": self.step, "loss": round(loss_sum / self.work.global_batch, 6),

@@ -24,6 +24,7 @@ import torch
 from chaos_sidecar import trainer_env
 from chaos_sidecar.errors import InputError, UserCodeError
 from chaos_sidecar.trainer_env import TrainerEnv
+from chaos_train.checkpoint import CheckpointPolicy
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sdk import ElasticTrainer, NoState, TrainerConfig, env_backend
 from chaos_train.sidecar_client import SidecarLost
@@ -179,6 +180,9 @@ class Trainer:
             grad_log=env.grad_log,
             transfer_policy=env.transfer_policy,
             address=env.address,
+            checkpoint=CheckpointPolicy(env.checkpoint_dir, env.checkpoint_every, env.checkpoint_keep)
+            if env.checkpoint_dir
+            else None,
         )
         engine = ElasticTrainer(config, self.work, after_step=self._after_step)
         engine.log(

@@ -55,6 +55,13 @@ def register(subparsers: Subparsers) -> None:
         "--script-args", default="", help="arguments for --script, one string (split like a shell does)"
     )
     parser.add_argument(
+        "--checkpoint-dir",
+        help="durable checkpoints here (kept across runs: a new run resumes from the newest)",
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints"
+    )
+    parser.add_argument(
         "--compare-alone", action="store_true",
         help="afterwards, train the same script alone (one process, no churn) and report both final losses",
     )  # fmt: skip
@@ -108,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = JobConfig(nodes=args.nodes, steps=args.steps, churn=churn, out=out, join_mode=args.join_mode,
                     live=sys.stdout.isatty() or args.live, hosts=args.hosts, hidden=args.hidden,
                     stall_limit_s=STALL_LIMIT_S, script=script,
-                    script_args=shlex.split(args.script_args))  # fmt: skip
+                    script_args=shlex.split(args.script_args),
+                    checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
+                    checkpoint_every=args.checkpoint_every)  # fmt: skip
     if args.hosts == "netns":
         cfg.links = parse_links(args.links, cfg.node_names())
         if args.churn and args.churn.startswith("random:"):
