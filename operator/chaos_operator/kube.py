@@ -19,7 +19,8 @@ from kubernetes.client.rest import ApiException
 from chaos_operator.settings import CONFIG
 
 _PLURALS = {"Service": "services", "ConfigMap": "configmaps", "ServiceAccount": "serviceaccounts",
-            "Pod": "pods", "Role": "roles", "RoleBinding": "rolebindings"}  # fmt: skip
+            "Pod": "pods", "Role": "roles", "RoleBinding": "rolebindings",
+            "NetworkPolicy": "networkpolicies"}  # fmt: skip
 _api: client.ApiClient | None = None
 
 

@@ -20,6 +20,7 @@ from chaos_operator.domain.builders import (
     pod_name,
 )
 from chaos_operator.domain.reconcile import build_status, plan_pods
+from chaos_operator.domain.security import build_network_policy, pod_security_warnings
 from chaos_operator.domain.spec import JobSpec, SpecError, parse_job
 
 
@@ -39,8 +40,9 @@ def _count_error(namespace: str, name: str, reason: str) -> None:
 
 
 async def _shared_objects(job: JobSpec) -> None:
-    for obj in (build_service(job), build_configmap(job)):
-        await kube.apply(obj)
+    for obj in (build_service(job), build_configmap(job), build_network_policy(job)):
+        if obj is not None:  # the NetworkPolicy, when spec.networkPolicy.enabled is false
+            await kube.apply(obj)
 
 
 async def _create_pod(job: JobSpec, index: int) -> None:
@@ -105,11 +107,24 @@ async def reconcile(
         kopf.warn(body, reason="BackoffLimitExceeded",
                   message=f"{plan.failures} failed pods > backoffLimit {job.backoff_limit}")  # fmt: skip
     status["conditions"] = [
-        _condition("Reconciled", True, "Reconciled", f"{len(pods)} pods for {job.desired}")
+        _condition("Reconciled", True, "Reconciled", f"{len(pods)} pods for {job.desired}"),
+        _pod_security_condition(body, job, previous),
     ]
     patch.status.update(status)
     metrics.RECONCILES.labels(*key, "ok").inc()
     metrics.DESIRED.labels(*key).set(job.desired)
+
+
+def _pod_security_condition(body: kopf.Body, job: JobSpec, previous: dict[str, Any]) -> dict[str, Any]:
+    """``PodSecurity``: False (with an Event when it turns so) while the template sets something
+    against the restricted Pod Security Standard; its pods keep what the user set."""
+    warnings = pod_security_warnings(job)
+    message = "; ".join(warnings) or "pods pass the restricted Pod Security Standard"
+    before = next((c for c in previous.get("conditions") or [] if c.get("type") == "PodSecurity"), {})
+    if warnings and before.get("message") != message[:1000]:
+        kopf.warn(body, reason="PodSecurity", message=message[:1000])
+    reason = "TemplateNotRestricted" if warnings else "Restricted"
+    return _condition("PodSecurity", not warnings, reason, message)
 
 
 async def deleted(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
