@@ -107,7 +107,9 @@ def allows(
     return False
 
 
-def _nft_ports(ports: list[dict[str, Any]] | None, named: dict[str, int]) -> list[str]:
+def _nft_ports(
+    ports: list[dict[str, Any]] | None, named: dict[str, int], port_map: dict[int, int]
+) -> list[str]:
     if not ports:
         return [""]
     out = []
@@ -119,6 +121,7 @@ def _nft_ports(ports: list[dict[str, Any]] | None, named: dict[str, int]) -> lis
             continue
         number = named[want] if isinstance(want, str) else want
         end = entry.get("endPort", number)
+        number, end = port_map.get(number, number), port_map.get(end, end)
         out.append(f"{proto} dport {number}" + (f"-{end}" if end != number else ""))
     return out
 
@@ -130,14 +133,19 @@ def nft_ruleset(
     *,
     host_ips: tuple[str, ...] = (),
     named_ports: dict[str, int] | None = None,
+    port_map: dict[int, int] | None = None,
     table: str = "chaos_policy",
 ) -> str:
     """An nftables table enforcing ``policy``'s ingress rules in a selected pod's namespace.
     Pod and namespace selectors become the addresses of the ``endpoints`` they match; ``ipBlock``
-    stays a prefix. ``host_ips`` (the node) are admitted as CNIs do for kubelet probes. What no
-    rule admits is refused: TCP with a reset, anything else dropped."""
+    stays a prefix. ``host_ips`` (the node) are admitted as CNIs do for kubelet probes;
+    ``port_map`` moves a port the policy names to where the process listens here (the lab's
+    sidecars take free ports). What no rule admits is refused: TCP with a reset, the rest dropped.
+    The table replaces one of the same name atomically (one nft transaction)."""
     named = named_ports or {}
     lines = [
+        f"table inet {table} {{}}",
+        f"delete table inet {table}",
         f"table inet {table} {{",
         "  chain input {",
         "    type filter hook input priority 0; policy accept;",
@@ -159,7 +167,7 @@ def nft_ruleset(
         if rule.get("from") and not sources:
             continue  # matches nobody that exists
         for source in sources or [""]:
-            for ports in _nft_ports(rule.get("ports"), named):
+            for ports in _nft_ports(rule.get("ports"), named, port_map or {}):
                 lines.append(
                     f"    {' '.join(x for x in (source, ports) if x)} accept".replace("     ", "    ")
                 )
