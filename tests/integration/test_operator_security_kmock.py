@@ -3,6 +3,8 @@ pods, and reports a template that breaks "restricted" as a PodSecurity condition
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 import test_operator_kmock as base
 from test_operator_kmock import JOBS, Cluster, _job
@@ -51,3 +53,29 @@ async def test_a_template_against_restricted_is_kept_and_reported(cluster: Clust
     trainer = pods[0]["spec"]["containers"][0]
     assert trainer["securityContext"]["privileged"] is True  # kept as the user set it
     assert (await cluster.get(POLICY)).get("status") == 404  # switched off: none created
+
+
+async def test_a_join_secret_the_sidecars_would_refuse_gives_an_event(cluster: Cluster) -> None:
+    secrets = "/api/v1/namespaces/default/secrets"
+    short = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "team-join", "namespace": "default"},
+             "data": {"join-secret": base64.b64encode(b"short").decode()}}  # fmt: skip
+    assert await cluster.send("POST", secrets, short) in (200, 201)
+    job = _job(1)
+    job["spec"]["federation"] = {"joinSecretRef": {"name": "team-join"}}
+    assert await cluster.send("POST", JOBS, job) in (200, 201)
+
+    async def join_secret(status: str):
+        condition = await _condition(cluster, "JoinSecret")
+        return condition if condition and condition["status"] == status else None
+
+    condition = await cluster.until("JoinSecret=False", lambda: join_secret("False"))
+    assert "5 bytes, below 16" in condition["message"], condition
+
+    async def event():
+        events = (await cluster.get("/api/v1/namespaces/default/events")).get("items") or []
+        return [e for e in events if e.get("reason") == "JoinSecretRefused"]
+
+    assert "team-join" in (await cluster.until("a JoinSecretRefused Event", event))[0]["message"]
+    rotated = {"data": {"join-secret": base64.b64encode(b"k" * 32).decode()}}
+    assert await cluster.send("PATCH", f"{secrets}/team-join", rotated) == 200
+    await cluster.until("JoinSecret=True after a good rotation", lambda: join_secret("True"))

@@ -3,11 +3,13 @@ grace period; a short key is refused and the old one stays. Plus the secret file
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
 import pytest
 
+from chaos_operator.domain.security import join_secret_problem
 from chaos_sidecar.config import loose_permissions, read_secret_file, rotating_secret
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.security import (
@@ -133,3 +135,18 @@ def test_bad_rotation_settings_name_the_option(tmp_path: Path) -> None:
     path.write_bytes(b"short")
     with pytest.raises(InputError, match="--secret-file"):
         rotating_secret(str(path), 1, 0)
+
+
+def test_the_operator_names_a_join_secret_the_sidecars_would_refuse() -> None:
+    def secret(data: dict) -> dict:
+        return {"metadata": {"name": "job-join"}, "data": data}
+
+    key = "join-secret"
+    assert join_secret_problem(None, key) is None  # not created yet: nothing to say
+    assert join_secret_problem(secret({key: base64.b64encode(NEW).decode()}), key) is None
+    assert "no key 'join-secret'" in join_secret_problem(secret({}), key)
+    assert "not base64" in join_secret_problem(secret({key: "%%%"}), key)
+    assert "0 bytes" in join_secret_problem(secret({key: base64.b64encode(b"  \n").decode()}), key)
+    assert "15 bytes, below 16" in join_secret_problem(
+        secret({key: base64.b64encode(b"x" * 15).decode()}), key
+    )

@@ -8,6 +8,8 @@ setting that breaks "restricted" is kept and reported as a warning, never silent
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import ipaddress
 import re
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chaos_operator.domain.spec import SpecError
+from chaos_sidecar.security import MIN_SECRET_BYTES  # what every sidecar refuses below
 
 SIDECAR_NAME = "chaos-sidecar"
 SIDECAR_UID = 10001  # the images' USER (Dockerfile); also the pod's default fsGroup
@@ -270,3 +273,22 @@ def pod_security_warnings(job: Any) -> list[str]:
     never overrides), and federation peers the NetworkPolicy cannot admit: for a warning
     condition and Event."""
     return _user_violations((job.template or {}).get("spec") or {}) + network_policy_warnings(job)
+
+
+def join_secret_problem(secret: dict[str, Any] | None, key: str) -> str | None:
+    """Why the job's join Secret (as read from the API) cannot serve as its key, or None. The
+    sidecars refuse such a key and keep the one they have; the operator says so as an Event."""
+    if secret is None:
+        return None  # not there (yet): nothing to judge
+    name = (secret.get("metadata") or {}).get("name", "?")
+    raw = (secret.get("data") or {}).get(key)
+    if raw is None:
+        return f"Secret {name} has no key {key!r}"
+    try:
+        value = base64.b64decode(raw, validate=True).strip()
+    except (binascii.Error, ValueError):
+        return f"Secret {name}: {key} is not base64"
+    if len(value) < MIN_SECRET_BYTES:
+        return (f"Secret {name}: {key} holds {len(value)} bytes, below {MIN_SECRET_BYTES}: the sidecars "
+                "refuse it and keep the key they have")  # fmt: skip
+    return None

@@ -20,7 +20,7 @@ from chaos_operator.domain.builders import (
     pod_name,
 )
 from chaos_operator.domain.reconcile import build_status, plan_pods
-from chaos_operator.domain.security import build_network_policy, pod_security_warnings
+from chaos_operator.domain.security import build_network_policy, join_secret_problem, pod_security_warnings
 from chaos_operator.domain.spec import JobSpec, SpecError, parse_job
 
 
@@ -110,6 +110,7 @@ async def reconcile(
         _condition("Reconciled", True, "Reconciled", f"{len(pods)} pods for {job.desired}"),
         _pod_security_condition(body, job, previous),
     ]
+    status["conditions"] += await _join_secret_condition(body, job, previous)
     patch.status.update(status)
     metrics.RECONCILES.labels(*key, "ok").inc()
     metrics.DESIRED.labels(*key).set(job.desired)
@@ -125,6 +126,26 @@ def _pod_security_condition(body: kopf.Body, job: JobSpec, previous: dict[str, A
         kopf.warn(body, reason="PodSecurity", message=message[:1000])
     reason = "TemplateNotRestricted" if warnings else "Restricted"
     return _condition("PodSecurity", not warnings, reason, message)
+
+
+async def _join_secret_condition(
+    body: kopf.Body, job: JobSpec, previous: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """``JoinSecret``: False (with an Event when it turns so) while the job's Secret holds a key
+    the sidecars refuse (empty, too short): they keep the old one, so a rotation did not happen."""
+    try:
+        secret = await kube.get("Secret", job.namespace, job.secret_name)
+    except (kube.Forbidden, kube.ApiError) as exc:
+        return [_condition("JoinSecret", False, "Unreadable", str(exc))]
+    if secret is None:
+        return []
+    problem = join_secret_problem(secret, job.join_secret_key)
+    before = next((c for c in previous.get("conditions") or [] if c.get("type") == "JoinSecret"), {})
+    if problem and before.get("message") != problem[:1000]:
+        kopf.warn(body, reason="JoinSecretRefused", message=problem)
+    if problem:
+        return [_condition("JoinSecret", False, "Refused", problem)]
+    return [_condition("JoinSecret", True, "Valid", f"Secret {job.secret_name} holds a usable key")]
 
 
 async def deleted(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
