@@ -23,6 +23,8 @@ async def test_the_job_gets_its_network_policy_and_restricted_pods(cluster: Clus
     assert await cluster.send("POST", JOBS, _job(2)) in (200, 201)
     condition = await cluster.until("PodSecurity condition", lambda: _condition(cluster, "PodSecurity"))
     assert condition["status"] == "True", condition
+    network = await _condition(cluster, "NetworkPolicy")
+    assert network["status"] == "True" and network["reason"] == "Complete", network
     policy = await cluster.get(POLICY)
     assert policy["spec"]["podSelector"] == {"matchLabels": {"chaostraining.io/job": "mnist-minimal"}}
     assert policy["metadata"]["ownerReferences"][0]["kind"] == "ChaosTrainingJob"

@@ -270,9 +270,8 @@ def harden_pod(pod_spec: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 def pod_security_warnings(job: Any) -> list[str]:
     """What the job's template sets against "restricted" (its pods keep it: the operator merges,
-    never overrides), and federation peers the NetworkPolicy cannot admit: for a warning
-    condition and Event."""
-    return _user_violations((job.template or {}).get("spec") or {}) + network_policy_warnings(job)
+    never overrides): for a warning condition and Event."""
+    return _user_violations((job.template or {}).get("spec") or {})
 
 
 def join_secret_problem(secret: dict[str, Any] | None, key: str) -> str | None:

@@ -20,7 +20,12 @@ from chaos_operator.domain.builders import (
     pod_name,
 )
 from chaos_operator.domain.reconcile import build_status, plan_pods
-from chaos_operator.domain.security import build_network_policy, join_secret_problem, pod_security_warnings
+from chaos_operator.domain.security import (
+    build_network_policy,
+    join_secret_problem,
+    network_policy_warnings,
+    pod_security_warnings,
+)
 from chaos_operator.domain.spec import JobSpec, SpecError, parse_job
 
 
@@ -109,6 +114,7 @@ async def reconcile(
     status["conditions"] = [
         _condition("Reconciled", True, "Reconciled", f"{len(pods)} pods for {job.desired}"),
         _pod_security_condition(body, job, previous),
+        _network_policy_condition(body, job, previous),
     ]
     status["conditions"] += await _join_secret_condition(body, job, previous)
     patch.status.update(status)
@@ -116,16 +122,39 @@ async def reconcile(
     metrics.DESIRED.labels(*key).set(job.desired)
 
 
-def _pod_security_condition(body: kopf.Body, job: JobSpec, previous: dict[str, Any]) -> dict[str, Any]:
-    """``PodSecurity``: False (with an Event when it turns so) while the template sets something
-    against the restricted Pod Security Standard; its pods keep what the user set."""
-    warnings = pod_security_warnings(job)
-    message = "; ".join(warnings) or "pods pass the restricted Pod Security Standard"
-    before = next((c for c in previous.get("conditions") or [] if c.get("type") == "PodSecurity"), {})
+def _warning_condition(
+    body: kopf.Body,
+    previous: dict[str, Any],
+    kind: str,
+    warnings: list[str],
+    reasons: tuple[str, str],
+    ok: str,
+    event: str | None = None,
+) -> dict[str, Any]:
+    """Condition ``kind``: False while there are ``warnings``, with a Warning Event (reason
+    ``event``, else ``kind``) when they first appear or change, not at every reconcile;
+    ``reasons`` is (when fine, when not)."""
+    message = "; ".join(warnings) or ok
+    before = next((c for c in previous.get("conditions") or [] if c.get("type") == kind), {})
     if warnings and before.get("message") != message[:1000]:
-        kopf.warn(body, reason="PodSecurity", message=message[:1000])
-    reason = "TemplateNotRestricted" if warnings else "Restricted"
-    return _condition("PodSecurity", not warnings, reason, message)
+        kopf.warn(body, reason=event or kind, message=message[:1000])
+    return _condition(kind, not warnings, reasons[bool(warnings)], message)
+
+
+def _pod_security_condition(body: kopf.Body, job: JobSpec, previous: dict[str, Any]) -> dict[str, Any]:
+    """``PodSecurity``: what the template sets against the restricted Pod Security Standard (its
+    pods keep what the user set)."""
+    return _warning_condition(body, previous, "PodSecurity", pod_security_warnings(job),
+                              ("Restricted", "TemplateNotRestricted"),
+                              "pods pass the restricted Pod Security Standard")  # fmt: skip
+
+
+def _network_policy_condition(body: kopf.Body, job: JobSpec, previous: dict[str, Any]) -> dict[str, Any]:
+    """``NetworkPolicy``: federation peers named by host name with no ``federationCIDRs`` (the
+    policy cannot admit them)."""
+    return _warning_condition(body, previous, "NetworkPolicy", network_policy_warnings(job),
+                              ("Complete", "PeersUnmatched"),
+                              "the policy admits every declared contact point")  # fmt: skip
 
 
 async def _join_secret_condition(
@@ -140,12 +169,10 @@ async def _join_secret_condition(
     if secret is None:
         return []
     problem = join_secret_problem(secret, job.join_secret_key)
-    before = next((c for c in previous.get("conditions") or [] if c.get("type") == "JoinSecret"), {})
-    if problem and before.get("message") != problem[:1000]:
-        kopf.warn(body, reason="JoinSecretRefused", message=problem)
-    if problem:
-        return [_condition("JoinSecret", False, "Refused", problem)]
-    return [_condition("JoinSecret", True, "Valid", f"Secret {job.secret_name} holds a usable key")]
+    usable = f"Secret {job.secret_name} holds a usable key"
+    warnings = [problem] if problem else []
+    return [_warning_condition(body, previous, "JoinSecret", warnings, ("Valid", "Refused"), usable,
+                               event="JoinSecretRefused")]  # fmt: skip
 
 
 async def deleted(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
