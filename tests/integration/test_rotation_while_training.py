@@ -9,20 +9,20 @@ import asyncio
 import json
 import os
 import secrets
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from chaos_lab.localcluster import LocalCluster
-from chaos_sidecar.membership.machine import Settings
+from chaos_lab.jobreport import read_jsonl, summarize
+from chaos_lab.localjob import JobConfig, LocalJob
 from chaos_sidecar.security import signed_headers
 
 pytest.importorskip("torch", reason="the trainer needs the 'train' extra (torch)")
 pytestmark = pytest.mark.timeout(240)
 NODES = ["n0", "n1", "n2"]
+STEPS = 3000  # the rotation below takes about 15 s: 550 to 1000 steps here, on 2 cores
 SIGN_DELAY_S, GRACE_S = 2.0, 6.0
 ROTATION = [
     "--secret-poll-s",
@@ -61,14 +61,12 @@ def results(node_dir: Path, node: str) -> list[str]:
     return [r["result"] for r in events(node_dir, node, "secret_rotation")]
 
 
-def last_step(log: Path) -> int:
-    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if '"type": "step"' in line]
-    return max(steps, default=0)
-
-
-async def until(condition, timeout: float, what: str) -> None:
+async def until(condition, timeout: float, what: str, task: asyncio.Task) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
+        if task.done():
+            task.result()  # the job's own error, if it failed
+            raise AssertionError(f"the job ended before {what}")
         assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
         await asyncio.sleep(0.05)
 
@@ -91,93 +89,79 @@ async def rejected(session: aiohttp.ClientSession, url: str) -> dict[str, float]
 
 
 async def test_rotation_while_training_keeps_the_view_and_retires_the_old_key(tmp_path: Path) -> None:
-    old = secrets.token_hex(24).encode()
     new = secrets.token_hex(24).encode()
     dirs = {n: tmp_path / "nodes" / n for n in NODES}
-    trainers: list = []
-    async with LocalCluster(tmp_path / "cluster", settings=Settings(0.2, 1.5, 0.05), secret=old) as cluster:
-        try:
-            for i, node in enumerate(NODES):
-                snapshots = dirs[node] / "snapshots"
-                snapshots.mkdir(parents=True)
-                await cluster.start(
-                    node,
-                    seed=i == 0,
-                    extra=["--snapshot-dir", str(snapshots), *ROTATION],
-                    directory=dirs[node],
-                )
-                trainers.append(
-                    await asyncio.create_subprocess_exec(
-                        sys.executable, "-m", "chaos_train.worker", "--node-id", node,
-                        "--sidecar-url", cluster.nodes[node].local_url, "--snapshot-dir", str(snapshots),
-                        "--log", str(dirs[node] / "trainer.jsonl"), "--steps", "1000000", "--founding",
-                        "--hidden", "64", stdout=asyncio.subprocess.DEVNULL,
-                        stderr=(dirs[node] / "trainer.stderr").open("wb"),
-                    )
-                )  # fmt: skip
-            view = await cluster.wait_agreed(set(NODES), 60)
-            logs = [dirs[n] / "trainer.jsonl" for n in NODES]
-            await until(lambda: all(p.exists() and last_step(p) >= 5 for p in logs), 120, "training")
-            epoch = view["view"]["epoch"]
-            async with aiohttp.ClientSession() as session:
-                urls = {n: cluster.nodes[n].url for n in NODES}
-                before = {n: await rejected(session, urls[n]) for n in NODES}
-                for node in NODES:  # the old layout becomes the kubelet's, same key: nothing happens
-                    kubelet_update(dirs[node], old, 1)
-                step_before = min(last_step(p) for p in logs)
-                # rotate, one pod after the other (each kubelet syncs at its own moment)
-                for node in NODES:
-                    kubelet_update(dirs[node], new, 2)
-                    await until(
-                        lambda n=node: events(dirs[n], n, "secret_rotation"), 10, f"{node} to see the key"
-                    )
-                    assert events(dirs[node], node, "secret_rotation")[0]["result"] == "accepted"
-                    assert await status_of(session, urls[node], new) == 200  # verifies at once
-                await until(
-                    lambda: all(any(r["result"] == "promoted" for r in events(dirs[n], n, "secret_rotation"))
-                                for n in NODES), SIGN_DELAY_S + 10, "the new key to sign",
-                )  # fmt: skip
-                for node in NODES:  # within the grace period both keys verify
-                    assert await status_of(session, urls[node], old) == 200
-                    assert await status_of(session, urls[node], new) == 200
-                await until(
-                    lambda: all(any(r["result"] == "retired" for r in events(dirs[n], n, "secret_rotation"))
-                                for n in NODES), GRACE_S + 10, "the old key's grace to end",
-                )  # fmt: skip
-                for node in NODES:
-                    assert await status_of(session, urls[node], old) == 401  # refused after the grace
-                    assert await status_of(session, urls[node], new) == 200
-                # a short key is refused, logged and counted; the new key stays in force
-                kubelet_update(dirs["n1"], b"too-short", 3)
-                await until(
-                    lambda: "refused_short" in results(dirs["n1"], "n1"), 10, "the short key to be refused",
-                )  # fmt: skip
-                assert await status_of(session, urls["n1"], new) == 200
-                async with session.get(urls["n1"] + "/metrics") as response:
-                    assert (
-                        'chaostrain_secret_rotations_total{result="refused_short"} 1.0'
-                        in await response.text()
-                    )
-                # training went on through all of it, in the same view, nothing refused
-                await until(lambda: min(last_step(p) for p in logs) >= step_before + 20, 60, "more steps")
-                after = {n: await rejected(session, urls[n]) for n in NODES}
-            views = await cluster.views(NODES)
-            for node, v in views.items():
-                assert v["status"] == "member" and v["view"]["epoch"] == epoch, (node, v)
-                assert sorted(v["view"]["members"]) == NODES
-            for node in NODES:
-                # the probes this test signed with the old key after the grace: 1 per node
-                new_rejections = {k: after[node].get(k, 0) - before[node].get(k, 0) for k in after[node]}
-                assert {k: v for k, v in new_rejections.items() if v} == {"bad_signature": 1.0}, (
-                    node,
-                    new_rejections,
-                )
-            installed = [r for r in cluster.read_logs() if r["type"] == "installed"]
-            assert all(r.get("epoch", epoch) <= epoch for r in installed), "a view change happened"
-            print(f"rotation: epoch {epoch} throughout, steps {step_before} -> "
-                  f"{min(last_step(p) for p in logs)}, rejections {after}")  # fmt: skip
-        finally:
-            for trainer in trainers:
-                if trainer.returncode is None:
-                    trainer.kill()
-                    await trainer.wait()
+    cfg = JobConfig(nodes=len(NODES), steps=STEPS, churn=[], out=tmp_path / "job", live=False, hidden=64,
+                    stall_limit_s=60)  # fmt: skip
+    job = LocalJob(cfg)
+    old = job.cluster.secret
+    start = job.cluster.start
+
+    async def start_with_its_own_secret_file(node: str, **kwargs):  # a pod: its own mounted Secret
+        kwargs["extra"] = [*(kwargs.get("extra") or []), *ROTATION]
+        return await start(node, **{**kwargs, "directory": dirs[node]})
+
+    job.cluster.start = start_with_its_own_secret_file
+    task = asyncio.create_task(job.run())
+
+    def step() -> int:
+        job.poll_logs()
+        return min((job.progress.get(n) or {}).get("step", 0) for n in NODES)
+
+    await until(lambda: step() >= 5, 120, "training", task)
+    cluster = job.cluster
+    epoch = (await cluster.views(NODES))["n0"]["view"]["epoch"]
+    async with aiohttp.ClientSession() as session:
+        urls = {n: cluster.nodes[n].url for n in NODES}
+        before = {n: await rejected(session, urls[n]) for n in NODES}
+        for node in NODES:  # the plain file becomes the kubelet's layout, same key: nothing happens
+            kubelet_update(dirs[node], old, 1)
+        step_before = step()
+        # rotate, one pod after the other (each kubelet syncs at its own moment)
+        for node in NODES:
+            kubelet_update(dirs[node], new, 2)
+            await until(lambda n=node: results(dirs[n], n), 10, f"{node} to see the key", task)
+            assert results(dirs[node], node)[0] == "accepted"
+            assert await status_of(session, urls[node], new) == 200  # verifies at once
+        await until(lambda: all("promoted" in results(dirs[n], n) for n in NODES), SIGN_DELAY_S + 10,
+                    "the new key to sign", task)  # fmt: skip
+        for node in NODES:  # within the grace period both keys verify
+            assert await status_of(session, urls[node], old) == 200
+            assert await status_of(session, urls[node], new) == 200
+        await until(lambda: all("retired" in results(dirs[n], n) for n in NODES), GRACE_S + 10,
+                    "the old key's grace to end", task)  # fmt: skip
+        for node in NODES:
+            assert await status_of(session, urls[node], old) == 401  # refused after the grace
+            assert await status_of(session, urls[node], new) == 200
+        # a short key is refused, logged and counted; the new key stays in force
+        kubelet_update(dirs["n1"], b"too-short", 3)
+        await until(
+            lambda: "refused_short" in results(dirs["n1"], "n1"), 10, "the short key to be refused", task
+        )
+        assert await status_of(session, urls["n1"], new) == 200
+        async with session.get(urls["n1"] + "/metrics") as response:
+            assert 'chaostrain_secret_rotations_total{result="refused_short"} 1.0' in await response.text()
+        # training went on through all of it, in the same view, nothing refused
+        await until(lambda: step() >= step_before + 20, 60, "more steps", task)
+        views = await cluster.views(NODES)
+        after = {n: await rejected(session, urls[n]) for n in NODES}
+    step_after = step()
+    for node, v in views.items():
+        assert v["status"] == "member" and v["view"]["epoch"] == epoch, (node, v)
+        assert sorted(v["view"]["members"]) == NODES
+    for node in NODES:
+        # the probes this test signed with the old key after the grace: 1 per node
+        new_rejections = {k: after[node].get(k, 0) - before[node].get(k, 0) for k in after[node]}
+        assert {k: v for k, v in new_rejections.items() if v} == {"bad_signature": 1.0}, (
+            node,
+            new_rejections,
+        )
+    wall = await asyncio.wait_for(task, 240)  # the job runs to its end in the same view
+    installed = [r for r in cluster.read_logs() if r["type"] == "installed"]
+    assert installed and all(r["epoch"] <= epoch for r in installed), "a view change happened"
+    summary = summarize(
+        cfg, job.injected, read_jsonl(job.sidecar_logs()), read_jsonl(job.trainer_logs()), wall
+    )
+    assert summary["replicas_identical"] is True and summary["samples_seen"] == summary["samples_expected"]
+    print(f"rotation: epoch {epoch} throughout, steps {step_before} -> {step_after} during it, "
+          f"{STEPS} in all, rejections {after}")  # fmt: skip
