@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 
 from chaos_sidecar.cliutil import Subparsers, non_negative_float, non_negative_int, positive_float
-from chaos_sidecar.config import SidecarConfig, check_tls_files, parse_contacts, read_secret, server_tls
+from chaos_sidecar.config import SidecarConfig, check_tls_files, parse_contacts, rotating_secret, server_tls
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.membership.machine import LEFT, RequestLeave, Settings
 
@@ -38,6 +38,24 @@ def register(subparsers: Subparsers) -> None:
         "--defer-join", action="store_true", help="join only when the trainer asks (POST /local/join)"
     )
     parser.add_argument("--secret-file", help="file holding the shared join secret")
+    parser.add_argument(
+        "--secret-poll-s",
+        type=positive_float,
+        default=1.0,
+        help="how often --secret-file is checked for a new key",
+    )
+    parser.add_argument(
+        "--secret-sign-delay-s",
+        type=non_negative_float,
+        default=120.0,
+        help="a rotated key is accepted at once, signs this much later (every member must see it first)",
+    )
+    parser.add_argument(
+        "--secret-grace-s",
+        type=non_negative_float,
+        default=600.0,
+        help="the replaced key stays accepted this long after the new one signs",
+    )
     parser.add_argument("--ready-file", help="write {'port', 'url', 'pid'} here once listening")
     parser.add_argument("--log", help="append the JSONL event log here")
     parser.add_argument("--heartbeat-s", type=positive_float, default=0.1)
@@ -77,7 +95,9 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         raise InputError("--suspect-timeout-s", "must be larger than --heartbeat-s (both > 0)")
     return SidecarConfig(
         node_id=args.node_id,
-        secret=read_secret(args.secret_file),
+        secret=rotating_secret(args.secret_file, args.secret_grace_s, args.secret_sign_delay_s),
+        secret_file=Path(args.secret_file),
+        secret_poll_s=args.secret_poll_s,
         host=args.host,
         port=args.port,
         advertise=args.advertise,
