@@ -39,6 +39,8 @@ POLL_S = 0.1  # how often the trainers' logs are read: churn lands within about 
 # scripted healing event fires now instead of at a step that may never come. Longer than a
 # regroup after a crash (a failure timeout) plus a state transfer on a slowed link.
 HEAL_AFTER_S = 5.0
+TRAINER_START_S = 120.0  # a trainer's script must write its first log record within this long
+TRAINER_NICE = 5
 
 
 class JobStalled(RuntimeError):
@@ -141,6 +143,7 @@ class LocalJob:
     no_majority: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> its sidecar's record
     _last_line: dict[str, str] = field(default_factory=dict)  # trainer logs: parsed only on a stall
     _sidecar_offsets: dict[str, int] = field(default_factory=dict)
+    _background: set[asyncio.Task] = field(default_factory=set)  # renicing trainers once started
 
     def __post_init__(self) -> None:
         out = self.cfg.out
@@ -187,14 +190,29 @@ class LocalJob:
             checkpoint_dir=self.cfg.checkpoint_dir.resolve() if self.cfg.checkpoint_dir else None,
             checkpoint_every=self.cfg.checkpoint_every,
         )  # fmt: skip
-        cmd = ["nice", "-n", "5", sys.executable, "-m", "chaos_sidecar.cli", "run", *self.script_command()]
+        cmd = [sys.executable, "-m", "chaos_sidecar.cli", "run", *self.script_command()]
         stderr = self.trainer_log(node).with_suffix(".stderr").open("ab")
         cmd = wrap(cmd) if wrap else cmd
-        # one thread each: several trainers share the machine's cores; and the sidecars'
-        # heartbeats are latency-critical, the trainers' math is not (nice)
+        # one thread each: several trainers share the machine's cores
         env_vars = {**os.environ, **env.to_environ(), "OMP_NUM_THREADS": "1"}
         stdout = self.trainer_log(node).with_suffix(".out").open("ab")  # the script's own output
         self.trainers[node] = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, cwd=private, env=env_vars)
+        task = asyncio.create_task(self._nice_once_started(node, self.trainers[node]))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _nice_once_started(self, node: str, trainer: subprocess.Popen) -> None:
+        """The sidecars' heartbeats are latency-critical, the trainers' math is not: a trainer
+        runs at a lower priority, but only once its script has started (its first log record),
+        so that a joiner's imports are not starved and its join lands when scripted."""
+        log = self.trainer_log(node)
+        deadline = time.monotonic() + TRAINER_START_S
+        while trainer.poll() is None and time.monotonic() < deadline:
+            if log.exists() and log.stat().st_size > 0:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.setpriority(os.PRIO_PROCESS, trainer.pid, TRAINER_NICE)
+                return
+            await asyncio.sleep(POLL_S)
 
     def script_command(self) -> list[str]:
         """The script every node runs, and its arguments."""
