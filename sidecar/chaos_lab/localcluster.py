@@ -52,6 +52,7 @@ class LocalCluster:
     nodes: dict[str, Node] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.workdir = self.workdir.resolve()  # each sidecar runs in a directory of its own
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.secret_file = self.workdir / "join-secret"
         self.secret_file.write_bytes(self.secret)
@@ -85,6 +86,7 @@ class LocalCluster:
         shares nothing on disk with the others."""
         secret_file = self.secret_file
         if directory is not None:
+            directory = directory.resolve()
             directory.mkdir(parents=True, exist_ok=True)
             secret_file = directory / "join-secret"
             secret_file.write_bytes(self.secret)

@@ -146,7 +146,8 @@ class LocalJob:
     _background: set[asyncio.Task] = field(default_factory=set)  # renicing trainers once started
 
     def __post_init__(self) -> None:
-        out = self.cfg.out
+        # every process gets absolute paths: sidecars and trainers run in directories of their own
+        out = self.cfg.out = self.cfg.out.resolve()
         if out.exists():
             shutil.rmtree(out)
         (out / "logs").mkdir(parents=True)

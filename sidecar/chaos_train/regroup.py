@@ -5,6 +5,7 @@ state: rendezvous through the sidecars, the group build, reconciling who holds w
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -283,13 +284,14 @@ class Regrouping:
         began = time.monotonic()
         if self.cfg.node_id in providers:
             epoch_, cursor = self.sampler.state()
-            snapshot_state.save(self.cfg.snapshot_dir, name, self.replica, step=self.step,
-                                extra=[epoch_, cursor], epoch=epoch)  # fmt: skip
+            with self._telling_failure():
+                snapshot_state.save(self.cfg.snapshot_dir, name, self.replica, step=self.step,
+                                    extra=[epoch_, cursor], epoch=epoch)  # fmt: skip
             self._store.set(f"saved-{self.cfg.node_id}", "1")
         saved = time.monotonic()
         if self.cfg.node_id in pulling:
             # no collective here: a member entering by replay may have posted all-reduces ahead
-            self._await_keys([f"saved-{p}" for p in providers], "the providers' snapshot", epoch)
+            self._await_keys([f"saved-{p}" for p in providers], "the providers' snapshot", epoch, providers)
         timings = {
             "save_ms": round((saved - began) * 1000, 1),
             "save_wait_ms": round((time.monotonic() - saved) * 1000, 1),
@@ -297,10 +299,13 @@ class Regrouping:
         transfer_ms = 0.0
         if self.cfg.node_id in pulling:
             started = time.monotonic()
-            self._pull_state(name, providers)
+            with self._telling_failure():
+                self._pull_state(name, providers)
             transfer_ms = (time.monotonic() - started) * 1000
             self._store.set(f"transferred-{self.cfg.node_id}", "1")
-        self._await_keys([f"transferred-{n}" for n in pulling], f"the state transfer to {pulling}", epoch)
+        self._await_keys(
+            [f"transferred-{n}" for n in pulling], f"the state transfer to {pulling}", epoch, pulling
+        )
         return {
             "transfer_ms": round(transfer_ms, 1),
             "sources": providers,
@@ -335,21 +340,38 @@ class Regrouping:
             target = min(r[0] for r in results) - 1  # below the oldest one tried, all together
         return None
 
-    def _await_keys(self, keys: list[str], what: str, epoch: int) -> None:
-        """Wait until ``keys`` are set in the epoch's store. A transfer on a slow link takes
-        longer than any collective timeout, so this polls the store, and gives up when the
-        group's view moves past ``epoch`` (a member died meanwhile)."""
+    @contextlib.contextmanager
+    def _telling_failure(self):
+        """A provider's save or a joiner's pull that fails says so in the store before it
+        raises: the others stop waiting for it and meet again in the next round with it,
+        instead of waiting out the transfer deadline in this one."""
+        try:
+            yield
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                self._store.set(f"failed-{self.cfg.node_id}", str(exc)[:200])
+            raise
+
+    def _await_keys(self, keys: list[str], what: str, epoch: int, doers: list[str]) -> None:
+        """Wait until ``keys`` are set in the epoch's store by ``doers``. A transfer on a slow
+        link takes longer than any collective timeout, so this polls the store, and gives up
+        when the group's view moves past ``epoch`` (a member died meanwhile) or one of
+        ``doers`` says it failed."""
         deadline = time.monotonic() + TRANSFER_DEADLINE_S
+        failures = [f"failed-{d}" for d in doers]
         while not self._store.check(keys):
             if self.sidecar.latest_epoch > epoch or time.monotonic() > deadline:
                 raise RuntimeError(f"{what} did not finish in epoch {epoch}")
+            failed = [f for f in failures if self._store.check([f])]
+            if failed:
+                raise RuntimeError(f"{what} failed: {self._store.get(failed[0]).decode()}")
             time.sleep(0.005)
 
     def _pull_state(self, name: str, providers: list[str]) -> None:
         began = time.monotonic()
         result = self.sidecar.pull(name, providers, self.cfg.transfer_policy)
         if "error" in result:
-            raise RuntimeError(f"state transfer failed: {result['error']}")
+            raise RuntimeError(f"state transfer failed ({result['error']}): {result.get('message', '')}")
         pulled = time.monotonic()
         extra = snapshot_state.load(self.cfg.snapshot_dir, name, self.replica)
         self.step, sampler_epoch, cursor = extra[0], extra[1], extra[2]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import TensorDataset, default_collate
 
 from chaos_sidecar.errors import InputError, UserCodeError
 from chaos_train.state import Replica
@@ -76,6 +76,9 @@ class Workload:
 
     def fetch(self, ids: list[int]) -> Any:
         try:
+            if isinstance(self.dataset, TensorDataset) and self.collate is default_collate:
+                # what default_collate makes of its samples, by indexing each tensor once
+                return _to([t[ids] for t in self.dataset.tensors], self.device)
             return _to(self.collate([self.dataset[i] for i in ids]), self.device)
         except Exception as exc:
             raise UserCodeError("dataset", f"reading samples {ids[:4]}... failed: {exc!r}") from exc
