@@ -58,7 +58,8 @@ class Trainer:
     feeds through ``loss`` at once (gradient accumulation). ``scheduler`` steps after each
     update; ``scaler`` (an AMP ``GradScaler``) scales the loss and unscales before clipping to
     ``max_grad_norm``. ``state`` names further objects with ``state_dict``/``load_state_dict``
-    that travel with the model to joiners (an EMA, a step counter of your own).
+    that travel with the model to joiners (an EMA, a step counter of your own). ``num_workers``
+    processes read and collate each step's micro-batches in parallel (as DataLoader workers).
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class Trainer:
         max_grad_norm: float | None = None,
         state: dict[str, Any] | None = None,
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        num_workers: int = 0,
     ) -> None:
         objects = dict(state or {})
         for name, obj in (("scheduler", scheduler), ("scaler", scaler)):
@@ -87,6 +89,7 @@ class Trainer:
         self.work = Workload(
             self.replica, dataset, loss, global_batch=global_batch, micro_batch=micro_batch,
             collate_fn=collate_fn, scheduler=scheduler, scaler=scaler, max_grad_norm=max_grad_norm,
+            num_workers=num_workers,
         )  # fmt: skip
         self.seed = seed
         self.env = TrainerEnv.from_environ()

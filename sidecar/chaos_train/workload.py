@@ -10,7 +10,7 @@ the same global batch (up to the order of floating-point sums).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +33,7 @@ class Workload:
         scheduler: Any = None,
         scaler: Any = None,
         max_grad_norm: float | None = None,
+        num_workers: int = 0,
     ) -> None:
         if not callable(getattr(dataset, "__getitem__", None)) or not callable(
             getattr(dataset, "__len__", None)
@@ -52,6 +53,8 @@ class Workload:
             raise InputError("micro_batch", f"expected a positive integer, got {micro_batch!r}")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise InputError("max_grad_norm", f"expected a positive number, got {max_grad_norm!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise InputError("num_workers", f"expected a non-negative integer, got {num_workers!r}")
         if not callable(loss):
             raise InputError("loss", "expected a function of one batch returning its mean loss")
         self.replica = replica
@@ -69,6 +72,12 @@ class Workload:
         self.grad_bytes = sum(p.numel() * p.element_size() for p in self.params)
         self.device = self.params[0].device
         self.averaged: torch.Tensor | None = None  # the last averaged gradient, as received
+        # like DataLoader's workers: processes (forked, so any dataset and collate function
+        # work) that read and collate a step's micro-batches in parallel
+        self._pool = None
+        if num_workers:
+            context = torch.multiprocessing.get_context("fork")
+            self._pool = context.Pool(num_workers, initializer=_worker_init, initargs=(dataset, self.collate))
 
     def micro_batches(self, ids: Sequence[int]) -> list[list[int]]:
         size = self.micro_batch or max(len(ids), 1)
@@ -83,14 +92,28 @@ class Workload:
         except Exception as exc:
             raise UserCodeError("dataset", f"reading samples {ids[:4]}... failed: {exc!r}") from exc
 
+    def _batches(self, ids: Sequence[int]) -> Iterator[tuple[list[int], Any]]:
+        """This member's micro-batches of ``ids``, read and collated (by the workers, if any)."""
+        micros = self.micro_batches(ids)
+        if self._pool is None or not micros:
+            for micro in micros:
+                yield micro, self.fetch(micro)
+            return
+        pending = self._pool.map_async(_worker_fetch, micros)
+        try:
+            batches = pending.get(WORKER_DEADLINE_S)
+        except Exception as exc:
+            raise UserCodeError("dataset", f"reading samples in a worker failed: {exc!r}") from exc
+        for micro, batch in zip(micros, batches, strict=True):
+            yield micro, _to(batch, self.device)
+
     def gradients(self, ids: Sequence[int], global_size: int, flags: Sequence[float]) -> torch.Tensor:
         """This member's gradient on ``ids`` (its share of a global batch of ``global_size``),
         flattened, followed by its summed loss and ``flags``: the one tensor a step all-reduces."""
         for p in self.params:
             p.grad = None
         loss_sum = 0.0
-        for micro in self.micro_batches(ids):
-            batch = self.fetch(micro)
+        for micro, batch in self._batches(ids):
             try:
                 loss = self.loss(batch)
                 if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
@@ -138,6 +161,22 @@ class Workload:
         except Exception as exc:
             raise UserCodeError("optimizer", f"the update raised {exc!r}") from exc
         return flat[offset:]
+
+
+WORKER_DEADLINE_S = 600.0  # the workers must read one step's samples within this long
+_WORKER: tuple[Any, Callable[[list[Any]], Any]] | None = None  # in a worker: (dataset, collate)
+
+
+def _worker_init(dataset: Any, collate: Callable[[list[Any]], Any]) -> None:
+    global _WORKER
+    torch.set_num_threads(1)
+    _WORKER = (dataset, collate)
+
+
+def _worker_fetch(ids: list[int]) -> Any:
+    assert _WORKER is not None
+    dataset, collate = _WORKER
+    return collate([dataset[i] for i in ids])
 
 
 def _to(batch: Any, device: torch.device) -> Any:

@@ -204,3 +204,43 @@ def test_a_loss_that_is_not_a_scalar_is_named() -> None:
     trainer = chaos_train.Trainer(model, optimizer, _data(), lambda b: model(b[0]), global_batch=4)
     with pytest.raises(InputError, match="scalar"):
         trainer.fit(1)
+
+
+class _SlowSquares(torch.utils.data.Dataset):
+    """A map-style data set that records which process read each sample."""
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, i: int):
+        import os
+
+        return torch.tensor([float(i)]), torch.tensor(float(i * i)), os.getpid()
+
+
+def test_worker_processes_read_the_same_batches_as_the_main_process(monkeypatch) -> None:
+    import os
+
+    monkeypatch.delenv("CHAOS_SIDECAR_URL", raising=False)
+    monkeypatch.delenv("CHAOS_STEPS", raising=False)
+    results = {}
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(1, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        readers = set()
+
+        def loss(batch, model=model, readers=readers):
+            x, y, pids = batch
+            readers.update(int(p) for p in pids)
+            return torch.nn.functional.mse_loss(model(x).squeeze(1), y)
+
+        trainer = chaos_train.Trainer(model, optimizer, _SlowSquares(), loss, global_batch=8, micro_batch=3,
+                                      num_workers=workers)  # fmt: skip
+        trainer.fit(6)
+        results[workers] = (digest(trainer.replica), readers)
+    assert results[0][0] == results[2][0]  # the same samples, batches and updates
+    assert results[0][1] == {os.getpid()}
+    assert os.getpid() not in results[2][1] and len(results[2][1]) >= 1  # read by the workers
+    with pytest.raises(InputError, match="num_workers"):
+        chaos_train.Trainer(model, optimizer, _SlowSquares(), loss, global_batch=8, num_workers=-1)
