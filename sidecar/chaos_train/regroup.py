@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -133,6 +134,13 @@ class Regrouping:
             grouped = time.monotonic()
             previous = self.group_epoch
             self.group_epoch, self.rank, self.world, self.members = epoch, rank, len(members), members
+            if len(members) > self.work.global_batch and rank == 0:
+                # correct, only wasteful: the members beyond the batch take no samples
+                idle = len(members) - self.work.global_batch
+                message = (f"global_batch {self.work.global_batch} is smaller than the group "
+                           f"({len(members)} members): {idle} of them idle each step")  # fmt: skip
+                self.log("warning", epoch=epoch, message=message)
+                print(f"chaos_train: warning: {message}", file=sys.stderr, flush=True)
             self._lost = lost
             try:
                 transfer = self._reconcile(gathered, epoch)
