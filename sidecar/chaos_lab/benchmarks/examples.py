@@ -22,10 +22,12 @@ from chaos_sidecar.cliutil import positive_int
 EXAMPLES = BUILTIN_SCRIPT.parent
 # per example: steps, and the script's own options (a smaller MLP: the demo's width is for
 # transfer figures, not for this check)
+# long enough that a joiner's new process (Python, torch, the script's imports: 10-20 s on a
+# busy 2-core machine) starts before the run ends, so the scripted joins land
 DEFAULTS = {
-    "mlp.py": (200, ["--hidden", "256"]),
-    "digits_cnn.py": (200, []),
-    "tiny_gpt.py": (150, []),
+    "mlp.py": (500, ["--hidden", "256"]),
+    "digits_cnn.py": (500, []),
+    "tiny_gpt.py": (400, []),
 }
 RUN_DEADLINE_S = 900.0
 
@@ -67,6 +69,8 @@ def run_example(name: str, steps: int, script_args: list[str], seed: int, out: P
             {"kind": e["kind"], "node": e["node"], "at_step": e["at_step"], "sources": e.get("sources")}
             for e in summary["events"]
         ],
+        # joins that moved state to the joiner (bytes from at least one member)
+        "joins_with_transfer": sum(1 for e in summary["events"] if e["kind"] == "join" and e.get("sources")),
         "final_loss_with_churn": summary["final_loss"],
         "final_loss_alone": alone.get("final_loss"),
         "final_loss_relative_difference": alone.get("final_loss_relative_difference"),
