@@ -31,6 +31,7 @@ SCENARIOS = {
     "chaos": "rounds of the local job under random faults; exit 1 on any broken invariant",
     "join-modes": "what a join costs the members: blocking vs overlap joins side by side",
     "examples": "the example scripts under random churn, each against the same script alone",
+    "long-haul": "one job absorbs N faults of every kind, beside the same job without: loss, samples, leaks",
 }
 
 
