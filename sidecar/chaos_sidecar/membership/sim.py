@@ -10,7 +10,11 @@ heals everything and lets the group settle. Invariants are checked after every s
   majority of the predecessor's members) for one epoch, committed or not;
 * each node's committed epoch only grows (across restarts too; a node that lost its state
   is a new incarnation, whose epochs start again);
-* every committed view was accepted by a majority of its predecessor's members;
+* every committed view was accepted by a majority of its predecessor's members, under one
+  ballot;
+* an acceptor keeps its word across restarts: it never promises or accepts below a ballot it
+  promised, and its promises report the highest ballot it accepted (checked on the messages
+  it sends, per incarnation);
 * after the faults stop (everything healed, a majority alive), all live nodes converge to
   one view, whose members are exactly the live nodes that did not leave, within
   ``settle_s`` simulated seconds, and keep it for ``hold_s``.
@@ -25,9 +29,9 @@ Crash recovery: a restart keeps only what the node's last :class:`~chaos_sidecar
 machine.Persist` action wrote (and, now and then, not even that: the node comes back as a new
 incarnation). Besides the ``crash`` faults on the schedule, a node crashes right after a step
 that takes part in an agreement (PREPARE, PROMISE, ACCEPT, ACCEPTED, COMMIT, a decision or an
-install) with probability ``paxos_crash_p``, half the time before its messages leave (it
-persisted, then died), and restarts soon after; messages from before a restart are delivered
-again after it.
+install) with probability ``paxos_crash_p``, half the time part-way through executing that
+step's actions (the writes and sends after the cut never happen), and restarts soon after;
+messages from before a restart are delivered again after it.
 
 No wall clock is read except to time the decision step (``decision_ns``).
 """
@@ -42,7 +46,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from chaos_sidecar.membership import machine as sm
-from chaos_sidecar.protocol.messages import Ballot, Message, View, decode, encode
+from chaos_sidecar.protocol.messages import Accepted, Ballot, Message, Promise, Relay, View, decode, encode
 
 FAULT_KINDS = (
     "crash",
@@ -59,7 +63,7 @@ FAULT_KINDS = (
 
 
 PAXOS_KINDS = frozenset({"prepare", "promise", "accept", "accepted", "commit", "nack"})
-STALE_REPLAYS = 4  # messages from before a restart delivered again after it
+STALE_REPLAYS = 8  # messages from before a restart delivered again after it
 
 
 def parse_faults(text: str) -> frozenset[str]:
@@ -155,6 +159,8 @@ class _Sim:
         self.ballot_values: dict[tuple[int, Ballot], View] = {}
         self.ballot_accepts: dict[tuple[int, Ballot], set[str]] = {}
         self.chosen: dict[int, View] = {1: self.initial}
+        # (node, epoch) -> (incarnation, highest ballot promised, highest accepted), as sent
+        self.votes: dict[tuple[str, int], tuple[int, Ballot | None, Ballot | None]] = {}
         self.epochs: dict[str, int] = dict.fromkeys(ids, 1)
         # network faults
         self.groups: dict[str, int] | None = None
@@ -223,14 +229,18 @@ class _Sim:
                 self.check_early_tick(node, state, new, actions)
         self.schedule_tick(node)
         crash = self.paxos_crash(node, actions)
-        silent = crash and self.rng.random() < 0.5  # it persisted, then died before sending
-        for action in actions:
+        # a crash half the time cuts the step short: what the adapter had not yet executed
+        # (writes, sends) never happens; what the machine decided stands (the checks record it)
+        done = self.rng.randint(0, len(actions)) if crash and self.rng.random() < 0.5 else len(actions)
+        for index, action in enumerate(actions):
             match action:
                 case sm.Persist(saved):
-                    self.saved[node] = saved
+                    if index < done:
+                        self.saved[node] = saved
                 case sm.Send():
                     self.result.messages += 1
-                    if not silent:
+                    if index < done:
+                        self.check_vote(node, action.message)
                         self.transmit(node, action)
                 case sm.Accepting(view, ballot):
                     self.check_accept(node, view, ballot)
@@ -248,8 +258,9 @@ class _Sim:
                     self.log(f"{node} decides e{view.epoch}: {changes}")
         if crash:
             what = ", ".join(sorted(self.paxos_kinds(actions)))
-            why = f"after {'persisting ' if silent else ''}its {what}"
-            self.crash(node, self.rng.uniform(0.01, 0.4), why)
+            cut = f" ({done} of its {len(actions)} actions done)" if done < len(actions) else ""
+            why = f"after its {what}{cut}"
+            self.crash(node, self.rng.uniform(0.01, 0.4), why, brief=True)
 
     @staticmethod
     def paxos_kinds(actions: list) -> set[str]:
@@ -261,15 +272,20 @@ class _Sim:
         """Whether ``node`` crashes right after this step (which took part in an agreement)."""
         if not self.faults_on or "crash" not in self.cfg.faults or node in self.crashed or node in self.left:
             return False
-        if not self.paxos_kinds(actions) or self.rng.random() >= self.cfg.paxos_crash_p:
-            return False
-        return self.may_lose(node)
+        return bool(self.paxos_kinds(actions)) and self.rng.random() < self.cfg.paxos_crash_p
 
-    def crash(self, node: str, down_s: float, why: str = "") -> None:
+    def crash(self, node: str, down_s: float, why: str = "", *, brief: bool = False) -> None:
+        """``brief``: it comes back even after the faults stop, so any number may be down at
+        once; only a loss of its state (a new incarnation that needs a quorum to be
+        re-admitted) must then keep a live majority (:meth:`may_lose`)."""
         self.crashed.add(node)
         self.log(f"FAULT crash {node}{' ' + why if why else ''}")
         amnesia = node not in self.leaving and self.rng.random() < self.cfg.amnesia_p
-        self.push(self.now + down_s, "restart", (node, amnesia))
+        if amnesia and brief:
+            self.crashed.discard(node)  # may_lose counts the crashed as gone already
+            amnesia = self.may_lose(node)
+            self.crashed.add(node)
+        self.push(self.now + down_s, "restart", (node, amnesia, brief))
 
     def restart(self, node: str, amnesia: bool) -> None:
         """Back with what it persisted, or (``amnesia``) as a new incarnation that asks to join."""
@@ -286,7 +302,10 @@ class _Sim:
             self.epochs[node] = 0  # a new incarnation: its epochs start again
             self.log(f"FAULT restart {node} without its state: incarnation {self.incarnations}")
         else:
-            self.states[node] = sm.recover(self.saved[node], old.address, self.cfg.settings, self.now)
+            saved = self.saved[node]
+            self.states[node] = sm.recover(saved, old.address, self.cfg.settings, self.now)
+            # an install whose write the crash cut short never happened (nothing it sent left)
+            self.epochs[node] = 0 if saved.view is None else saved.view.epoch
             self.log(f"FAULT restart {node}")
         self.schedule_tick(node)
         # messages from its previous life, to it and from it, arrive again after the restart
@@ -356,6 +375,40 @@ class _Sim:
                 f"e{view.epoch} committed with {len(acceptors)} acceptances of "
                 f"{len(predecessor.members)} predecessor members"
             )
+        elif view.epoch not in self.chosen:
+            self.violation(f"e{view.epoch} committed without a majority of its predecessor under one ballot")
+
+    def check_vote(self, node: str, message: Message) -> None:
+        """What an acceptor says must keep its word across restarts: no promise or acceptance
+        below a ballot it promised, a promise reports the highest ballot it accepted in that
+        epoch, and a new incarnation never votes in an epoch where an earlier one did."""
+        body = message.body
+        if isinstance(body, Relay):
+            body = body.inner.body if body.inner.sender == node else None
+        if not isinstance(body, Promise | Accepted):
+            return
+        key, incarnation = (node, body.target), self.states[node].incarnation
+        voter, promised, accepted = self.votes.get(key, (incarnation, None, None))
+        if voter != incarnation:  # the new one knows nothing of the old one's votes
+            self.violation(
+                f"{node} (incarnation {incarnation}) votes in e{body.target}, as did its incarnation {voter}"
+            )
+        if promised is not None and body.ballot < promised:
+            what = f"{node} sent {body.kind} {body.ballot} for e{body.target}"
+            self.violation(f"{what} below its promise {promised}")
+        if isinstance(body, Promise):
+            if accepted is not None and (body.accepted_ballot is None or body.accepted_ballot < accepted):
+                self.violation(
+                    f"{node} promised {body.ballot} for e{body.target} reporting {body.accepted_ballot}, "
+                    f"but it had accepted under {accepted}"
+                )
+        else:
+            accepted = body.ballot if accepted is None else max(accepted, body.ballot)
+        self.votes[key] = (
+            incarnation,
+            body.ballot if promised is None else max(promised, body.ballot),
+            accepted,
+        )
 
     # --- faults ----------------------------------------------------------------------------
 
@@ -583,8 +636,8 @@ class _Sim:
                 case "fault":
                     self.inject()
                 case "restart":
-                    node, amnesia = payload  # type: ignore[misc]
-                    if self.faults_on and node in self.crashed:
+                    node, amnesia, brief = payload  # type: ignore[misc]
+                    if (self.faults_on or brief) and node in self.crashed:
                         self.restart(node, amnesia)
                 case "heal":
                     self.groups = None
