@@ -47,6 +47,9 @@ class SidecarConfig:
     tls_ca: Path | None = None
     """CA (PEM) that signed every member's certificate: peers are verified against it both ways
     (mutual TLS). The trainer's local API stays plain HTTP on a separate loopback port."""
+    state_dir: Path | None = None
+    """Where the durable membership state is written (the pod's volume: it survives container
+    restarts). None keeps it in memory: every start is then a new incarnation."""
     trainer_lease_s: float | None = 3.0
     """Once a trainer has used the local API, a silence this long with no request open means
     it died: the sidecar leaves the group for it, so the survivors regroup. None: never."""

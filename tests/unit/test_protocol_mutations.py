@@ -19,7 +19,7 @@ import pytest
 from chaos_sidecar.membership import machine, sim
 from chaos_sidecar.membership.sim import SimConfig, run_schedule
 
-BUDGET = 400  # schedules of SimConfig() per mutation
+BUDGET = 600  # schedules of SimConfig() per mutation
 
 MUTATIONS = {
     # a restart forgets what the acceptor promised and accepted (Paxos amnesia)
@@ -39,8 +39,8 @@ MUTATIONS = {
     ),
     # one acceptance short of a majority of the old view commits
     "commit without a majority of the old view": (
-        '    """Acceptances of view ``e`` members needed to choose view ``e + 1``."""\n    return view.majority',
-        '    """Acceptances of view ``e`` members needed to choose view ``e + 1``."""\n    return view.majority - 1',
+        '``e + 1``."""\n    return view.majority\n',
+        '``e + 1``."""\n    return view.majority - 1\n',
     ),
     # a COMMIT of the epoch already installed is installed again (it clears the acceptor state)
     "install an epoch twice": (
@@ -61,8 +61,10 @@ MUTATIONS = {
     ),
     # an acceptor accepts a ballot lower than the one it promised
     "accept below the promise": (
-        "    if s.promised is None or body.ballot >= s.promised:\n        s.promised = body.ballot\n        if s.accepted",
-        "    if True:\n        s.promised = max(body.ballot, s.promised or body.ballot)\n        if s.accepted",
+        "    if s.promised is None or body.ballot >= s.promised:\n"
+        "        s.promised = body.ballot\n        if s.accepted",
+        "    if True:\n"
+        "        s.promised = max(body.ballot, s.promised or body.ballot)\n        if s.accepted",
     ),
 }
 

@@ -150,6 +150,7 @@ class _Sim:
         self.reborn: set[str] = set()  # back as a new incarnation, not re-admitted yet
         self.incarnations = 0
         self.recent: deque[tuple[str, str, Message]] = deque(maxlen=200)  # agreement messages sent
+        self.missed: dict[str, list[tuple[str, str, Message]]] = {}  # agreement messages lost in a crash
         self.left: set[str] = set()
         self.leaving: set[str] = set()
         self.joined = 0
@@ -260,7 +261,7 @@ class _Sim:
             what = ", ".join(sorted(self.paxos_kinds(actions)))
             cut = f" ({done} of its {len(actions)} actions done)" if done < len(actions) else ""
             why = f"after its {what}{cut}"
-            self.crash(node, self.rng.uniform(0.01, 0.4), why, brief=True)
+            self.crash(node, self.rng.uniform(0.01, 1.0), why, brief=True)
 
     @staticmethod
     def paxos_kinds(actions: list) -> set[str]:
@@ -308,10 +309,14 @@ class _Sim:
             self.epochs[node] = 0 if saved.view is None else saved.view.epoch
             self.log(f"FAULT restart {node}")
         self.schedule_tick(node)
-        # messages from its previous life, to it and from it, arrive again after the restart
+        # messages from its previous life, to it and from it, arrive again after the restart,
+        # and some of those sent to it while it was down arrive now (while it starts over)
         stale = [m for m in self.recent if node in (m[0], m[1])]
         for sender, to, message in self.rng.sample(stale, min(STALE_REPLAYS, len(stale))):
             self.push(self.now + self.rng.uniform(0.0, 0.05), "deliver", (sender, to, message))
+        missed = self.missed.pop(node, [])
+        for sender, to, message in self.rng.sample(missed, min(4 * STALE_REPLAYS, len(missed))):
+            self.push(self.now + self.rng.uniform(0.001, 0.01), "deliver", (sender, to, message))
 
     def check_accept(self, node: str, view: View, ballot: Ballot) -> None:
         """One value per ballot; and once a majority of the predecessor's members accepted one
@@ -608,6 +613,8 @@ class _Sim:
                 case "deliver":
                     sender, to, message = payload  # type: ignore[misc]
                     assert isinstance(message, Message)
+                    if to in self.crashed and message.kind in PAXOS_KINDS and self.faults_on:
+                        self.missed.setdefault(to, []).append((sender, to, message))
                     if to in self.crashed or to in self.left or not self.connected(sender, to):
                         continue
                     self.apply(to, sm.Receive(message))
