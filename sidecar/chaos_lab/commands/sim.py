@@ -112,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
         "max_epoch": max((r.max_epoch for r in results), default=0),
         "final_bridge": config.final_bridge,
         "bridged_commits": sum(r.bridged_commits for r in results),
+        "crashes": sum(r.crashes for r in results),
+        "agreement_crashes": sum(r.agreement_crashes for r in results),
+        "lost_state_restarts": sum(r.lost_state for r in results),
         "run_s": round(elapsed, 2),
     }
     for failure in failures[:3]:

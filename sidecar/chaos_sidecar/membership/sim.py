@@ -127,6 +127,11 @@ class ScheduleResult:
     max_epoch: int = 0
     bridged_commits: int = 0
     """Epochs first committed while a bridge cut was in place."""
+    crashes: int = 0
+    agreement_crashes: int = 0
+    """Crashes right after a step that took part in an agreement."""
+    lost_state: int = 0
+    """Restarts without the durable state (new incarnations)."""
     trace: list[str] = field(default_factory=list)
 
 
@@ -280,6 +285,8 @@ class _Sim:
         once; only a loss of its state (a new incarnation that needs a quorum to be
         re-admitted) must then keep a live majority (:meth:`may_lose`)."""
         self.crashed.add(node)
+        self.result.crashes += 1
+        self.result.agreement_crashes += brief
         self.log(f"FAULT crash {node}{' ' + why if why else ''}")
         amnesia = node not in self.leaving and self.rng.random() < self.cfg.amnesia_p
         if amnesia and brief:
@@ -300,6 +307,7 @@ class _Sim:
             self.states[node] = sm.initial_joiner(node, old.address, contacts, settings, self.incarnations)
             self.saved[node] = sm.durable(self.states[node])
             self.reborn.add(node)
+            self.result.lost_state += 1
             self.epochs[node] = 0  # a new incarnation: its epochs start again
             self.log(f"FAULT restart {node} without its state: incarnation {self.incarnations}")
         else:
