@@ -236,9 +236,12 @@ class _Sim:
         self.schedule_tick(node)
         crash = self.paxos_crash(node, actions)
         # a crash half the time cuts the step short: what the adapter had not yet executed
-        # (writes, sends) never happens; what the machine decided stands (the checks record it)
+        # (writes, sends) never happens. What the machine decided stands (the checks record it)
+        # unless nothing of the step got out, neither a write nor a message: then it never was
         done = self.rng.randint(0, len(actions)) if crash and self.rng.random() < 0.5 else len(actions)
-        for index, action in enumerate(actions):
+        effects = [i for i, a in enumerate(actions) if isinstance(a, sm.Persist | sm.Send)]
+        happened = not effects or effects[0] < done
+        for index, action in enumerate(actions if happened else []):
             match action:
                 case sm.Persist(saved):
                     if index < done:
