@@ -13,8 +13,8 @@ heals everything and lets the group settle. Invariants are checked after every s
 * every committed view was accepted by a majority of its predecessor's members, under one
   ballot;
 * an acceptor keeps its word across restarts: it never promises or accepts below a ballot it
-  promised, and its promises report the highest ballot it accepted (checked on the messages
-  it sends, per incarnation);
+  promised, its promises report the highest ballot it accepted, and a new incarnation never
+  votes in an epoch where an earlier one did (checked on the messages it sends);
 * after the faults stop (everything healed, a majority alive), all live nodes converge to
   one view, whose members are exactly the live nodes that did not leave, within
   ``settle_s`` simulated seconds, and keep it for ``hold_s``.
@@ -30,8 +30,9 @@ machine.Persist` action wrote (and, now and then, not even that: the node comes 
 incarnation). Besides the ``crash`` faults on the schedule, a node crashes right after a step
 that takes part in an agreement (PREPARE, PROMISE, ACCEPT, ACCEPTED, COMMIT, a decision or an
 install) with probability ``paxos_crash_p``, half the time part-way through executing that
-step's actions (the writes and sends after the cut never happen), and restarts soon after;
-messages from before a restart are delivered again after it.
+step's actions (the writes and sends after the cut never happen; a step of which nothing got
+out never happened), and restarts soon after; messages from before a restart, and some sent
+to it while it was down, are delivered after it.
 
 No wall clock is read except to time the decision step (``decision_ns``).
 """
@@ -106,7 +107,7 @@ class SimConfig:
     early ticks change nothing (that ``next_due`` never skips work)."""
     paxos_crash_p: float = 0.05
     """With ``crash`` faults: chance that a node crashes right after a step that takes part in
-    an agreement (it restarts 0.01-0.4 s later)."""
+    an agreement (it restarts 0.01-1 s later, even after the faults stop)."""
     amnesia_p: float = 0.2
     """Chance that a restart finds no durable state (a lost or corrupt state file): the node
     comes back as a new incarnation."""
