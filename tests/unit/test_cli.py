@@ -175,3 +175,15 @@ def test_sidecar_state_dir_reaches_the_config(tmp_path: Path) -> None:
     assert config_from_args(cli.parse(base)).state_dir is None  # in memory: every start a new incarnation
     config = config_from_args(cli.parse([*base, "--state-dir", str(tmp_path / "state")]))
     assert config.state_dir == tmp_path / "state"
+
+
+def test_sim_writes_its_report_with_out(tmp_path: Path, capsys) -> None:
+    import json
+
+    out = tmp_path / "results" / "sim.json"
+    args = cli.parse(
+        ["sim", "--nodes", "3", "--schedules", "2", "--faults", "none", "--json", "--out", f"{out}"]
+    )
+    assert args.run(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == printed and printed["schedules"] == 2 and printed["violations"] == 0
