@@ -320,6 +320,9 @@ class _Sim:
             # an install whose write the crash cut short never happened (nothing it sent left)
             self.epochs[node] = 0 if saved.view is None else saved.view.epoch
             self.log(f"FAULT restart {node}")
+            if node in self.leaving and not saved.want_leave:
+                self.leaving.discard(node)  # the request to leave died with it, unwritten
+                self.log(f"{node} forgot its leave (the crash cut it before it was written)")
         self.schedule_tick(node)
         # messages from its previous life, to it and from it, arrive again after the restart,
         # and some of those sent to it while it was down arrive now (while it starts over)
