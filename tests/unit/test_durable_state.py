@@ -158,3 +158,19 @@ def test_a_new_incarnation_does_not_vote_until_a_view_lists_it() -> None:
     assert reborn.is_member
     _, actions = sm.step(reborn, sm.Receive(Message("a", 4, Prepare(5, (1, "a")))), 0.5)
     assert [a for a in actions if isinstance(a, sm.Send) and a.message.kind == "promise"]
+
+
+def test_incarnations_on_the_wire() -> None:
+    from chaos_sidecar.errors import ProtocolError
+    from chaos_sidecar.protocol import decode
+
+    for message in (Message("a", 3, Commit(VIEW)), Message("b", 0, Join("b", "http://b", 20))):
+        assert decode(encode(message)) == message
+    plain = Message("a", 1, Commit(View(1, ("a",), "a", ("http://a",))))
+    assert b"incarnation" not in encode(plain)  # all 0: omitted, as before incarnations existed
+    assert b"incarnation" not in encode(Message("b", 0, Join("b", "x")))
+    raw = json.loads(encode(Message("a", 3, Commit(VIEW))))
+    for bad in ([1, 2], [1, 2, -3], [1, 2, "x"], [1, 2, 2**60]):
+        raw["body"]["view"]["incarnations"] = bad
+        with pytest.raises(ProtocolError, match="incarnations"):
+            decode(json.dumps(raw).encode())
