@@ -103,6 +103,7 @@ class LocalCluster:
             sys.executable, "-m", "chaos_sidecar.cli", "sidecar",
             "--node-id", node_id, "--port", "0", "--secret-file", str(secret_file),
             "--ready-file", str(ready), "--log", str(log), "--fault-injection",
+            "--state-dir", str(where / "state" / node_id),
             "--heartbeat-s", str(s.heartbeat_interval), "--suspect-timeout-s", str(s.suspect_timeout),
             "--retry-s", str(s.retry_interval),
         ]  # fmt: skip

@@ -52,6 +52,9 @@ class SidecarConfig:
     secret_file: Path | None = None
     """Where the secret was read from: polled for a rotated key (``secret_poll_s``)."""
     secret_poll_s: float = 1.0
+    state_dir: Path | None = None
+    """Where the durable membership state is written (the pod's volume: it survives container
+    restarts). None keeps it in memory: every start is then a new incarnation."""
     trainer_lease_s: float | None = 3.0
     """Once a trainer has used the local API, a silence this long with no request open means
     it died: the sidecar leaves the group for it, so the survivors regroup. None: never."""

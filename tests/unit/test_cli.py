@@ -172,3 +172,26 @@ def test_without_the_lab_the_product_commands_still_work() -> None:
     assert result.stdout.startswith("plan\n")
     assert "sidecar" in result.stdout and "operator" in result.stdout
     assert not re.search(r"^\s+(bench|local|sim)\s", result.stdout, flags=re.MULTILINE)
+
+
+def test_sidecar_state_dir_reaches_the_config(tmp_path: Path) -> None:
+    from chaos_sidecar.commands.sidecar import config_from_args
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 32)
+    base = ["sidecar", "--node-id", "n0", "--seed", "--secret-file", str(secret)]
+    assert config_from_args(cli.parse(base)).state_dir is None  # in memory: every start a new incarnation
+    config = config_from_args(cli.parse([*base, "--state-dir", str(tmp_path / "state")]))
+    assert config.state_dir == tmp_path / "state"
+
+
+def test_sim_writes_its_report_with_out(tmp_path: Path, capsys) -> None:
+    import json
+
+    out = tmp_path / "results" / "sim.json"
+    args = cli.parse(
+        ["sim", "--nodes", "3", "--schedules", "2", "--faults", "none", "--json", "--out", f"{out}"]
+    )
+    assert args.run(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == printed and printed["schedules"] == 2 and printed["violations"] == 0

@@ -18,6 +18,7 @@ from chaos_sidecar.adapters.rendezvous import TrainerRendezvous, epoch_query
 from chaos_sidecar.adapters.runtime import EventLog, MembershipRuntime
 from chaos_sidecar.adapters.secret_watch import warn_if_loose, watch_secret
 from chaos_sidecar.adapters.shard_server import ShardServer
+from chaos_sidecar.adapters.state_store import StateStore, initial_state
 from chaos_sidecar.config import SidecarConfig, client_tls
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.membership import machine as sm
@@ -26,7 +27,7 @@ from chaos_sidecar.monitor.estimates import EstimateTable
 from chaos_sidecar.monitor.probe import probe_bandwidth
 from chaos_sidecar.protocol import local_api
 from chaos_sidecar.protocol.local_api import TRAINER_HEADER, RendezvousEntry, parse_report
-from chaos_sidecar.protocol.messages import MAX_MESSAGE_BYTES, View
+from chaos_sidecar.protocol.messages import MAX_MESSAGE_BYTES
 from chaos_sidecar.security import (
     FRAME_MAC_BYTES,
     NODE_HEADER,
@@ -429,14 +430,9 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def build_app(config: SidecarConfig, advertise: str) -> web.Application:
     """The sidecar app for a node reachable at ``advertise`` (its bound URL)."""
-    settings = config.membership
-    if config.seed:
-        view = View(1, (config.node_id,), config.node_id, (advertise,))
-        state = sm.initial_member(config.node_id, view, settings, time.monotonic())
-    else:
-        state = sm.initial_joiner(config.node_id, advertise, config.contacts, settings)
-        if config.defer_join:
-            state.status = sm.STANDBY
+    log = EventLog(config.log_path, config.node_id)
+    store = StateStore(config.state_dir, config.node_id) if config.state_dir is not None else None
+    state = initial_state(config, advertise, store, log.write)
     app = web.Application(client_max_size=MAX_MESSAGE_BYTES, middlewares=[_trainer_lease])
     app[LEASE] = TrainerLease()
     app[CONFIG] = config
@@ -452,8 +448,7 @@ def build_app(config: SidecarConfig, advertise: str) -> web.Application:
     def count(reason: str) -> None:
         _reject(app, reason)
 
-    log = EventLog(config.log_path, config.node_id)
-    app[RUNTIME] = MembershipRuntime(state, config.secret, log, metrics, on_reject=count)
+    app[RUNTIME] = MembershipRuntime(state, config.secret, log, metrics, on_reject=count, store=store)
     app[RENDEZVOUS] = rendezvous = TrainerRendezvous(config.node_id, config.secret, app[VERIFIER], count)
     app.router.add_get(local_api.PEER_RENDEZVOUS, rendezvous.peer_handler)
     app.cleanup_ctx.append(_runtime_ctx)

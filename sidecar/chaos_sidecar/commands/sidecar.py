@@ -63,6 +63,11 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--retry-s", type=positive_float, default=0.1)
     parser.add_argument("--fault-injection", action="store_true", help="enable /local/faults (tests)")
     parser.add_argument("--snapshot-dir", help="serve snapshots from this directory")
+    parser.add_argument(
+        "--state-dir",
+        help="keep the durable membership state (promises, acceptances, the committed view) here, "
+        "written before any message that depends on it; without it every start is a new incarnation",
+    )
     parser.add_argument("--tls-cert", help="PEM certificate for the peer port (with --tls-key, --tls-ca)")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument("--tls-ca", help="PEM CA that signed every member's certificate (mutual TLS)")
@@ -108,6 +113,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         membership=settings,
         fault_injection=args.fault_injection,
         snapshot_dir=Path(args.snapshot_dir) if args.snapshot_dir else None,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
         upload_limit_Bps=args.upload_limit_mbps * 1e6 if args.upload_limit_mbps else None,
         trainer_lease_s=args.trainer_lease_s or None,
         **dict(zip(("tls_cert", "tls_key", "tls_ca"), tls or (None, None, None), strict=True)),
