@@ -3,7 +3,8 @@
 The job (``--nodes``, default 4, the built-in MLP at a small width) trains long enough for N
 events at a steady rate (one every ``--every`` steps), drawn by the churn generator from every
 kind it knows (crash of trainer, sidecar or both, graceful leave, join, link down/up, slow
-link) and never taking the group below ``--min-size``. The same job with the same data order
+link) and never taking the group below ``--min-size`` or above two more (a steady size, so that a
+resource growing with the events is not one growing with the group). The same job with the same data order
 and no faults runs first. Reported:
 
 - final loss of both runs and their relative difference; replicas identical; samples lost or
