@@ -134,9 +134,8 @@ def run_job(cfg: JobConfig) -> tuple[LocalJob, ResourceSampler, dict[str, Any]]:
 def measure(args: argparse.Namespace, workdir: Path, say) -> dict[str, Any]:
     initial = [f"n{i}" for i in range(args.nodes)]
     steps = int(args.failures * args.every / 0.8) + 2 * args.every  # the generator uses 80 % of the run
-    churn = random_churn(
-        args.seed, initial, steps, events=args.failures, min_size=args.min_size, kinds=CHAOS_KINDS
-    )
+    churn = random_churn(args.seed, initial, steps, events=args.failures, min_size=args.min_size,
+                         kinds=CHAOS_KINDS, max_size=args.min_size + 2)  # fmt: skip
     common = dict(nodes=args.nodes, steps=steps, live=False, hidden=HIDDEN, digest_every=10,
                   stall_limit_s=STALL_LIMIT_S, hosts=args.hosts)  # fmt: skip
     say(f"long-haul: {args.failures} events over {steps} steps, {args.nodes} nodes; failure-free run first")
