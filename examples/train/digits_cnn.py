@@ -66,6 +66,9 @@ def main() -> None:
     trainer.every(100, lambda info: print(f"step {info.step}: loss {info.loss:.4f}, test accuracy "
                                           f"{accuracy(model, test):.3f} ({info.world} members)"))  # fmt: skip
     trainer.fit(steps)
+    if trainer.loss is None:  # this node joined after the group had trained every step
+        print("the group had already finished: no step taken here")
+        return
     print(f"done at step {trainer.step}: loss {trainer.loss:.4f}, test accuracy {accuracy(model, test):.3f}")
 
 

@@ -63,6 +63,9 @@ def main() -> None:
     )
     trainer.every(50, lambda info: print(f"step {info.step}: loss {info.loss:.4f} ({info.world} members)"))
     trainer.fit(args.steps)
+    if trainer.loss is None:  # this node joined after the group had trained every step
+        print("the group had already finished: no step taken here")
+        return
     x, y = (t.to(args.device) for t in dataset.tensors)
     with torch.no_grad():
         accuracy = (model(x).argmax(dim=1) == y).float().mean().item()

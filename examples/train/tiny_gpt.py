@@ -95,6 +95,9 @@ def main() -> None:
     )  # fmt: skip
     trainer.every(50, lambda info: print(f"step {info.step}: loss {info.loss:.4f} ({info.world} members)"))
     trainer.fit(steps)
+    if trainer.loss is None:  # this node joined after the group had trained every step
+        print("the group had already finished: no step taken here")
+        return
     bits = trainer.loss / math.log(2)
     print(f"done at step {trainer.step}: loss {trainer.loss:.4f} ({bits:.3f} bits per character)")
 
