@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint clean prometheus
+.PHONY: demo test lint clean prometheus gpu-check
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ prometheus:
 
 test: lint prometheus
 	$(BIN)/python -m pytest
+
+# a short elastic job with the model on this machine's CUDA device (examples/train/gpu_check.sh
+# says what it verifies); without one it says so and exits 0
+gpu-check: $(STAMP)
+	bash examples/train/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -47,20 +47,26 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--hidden", type=int, default=HIDDEN, help="hidden width (sets the state size)")
+    parser.add_argument("--device", default="cpu", help="where the model trains (cpu, cuda, cuda:1, ...)")
     args = parser.parse_args()
 
     dataset = make_data(args.samples, args.seed)
-    model = make_model(args.seed, args.hidden)
+    model = make_model(args.seed, args.hidden).to(args.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
 
     def loss(batch):
         x, y = batch
         return torch.nn.functional.cross_entropy(model(x), y)
 
-    trainer = chaos_train.Trainer(model, optimizer, dataset, loss, global_batch=args.global_batch, seed=args.seed)
+    trainer = chaos_train.Trainer(
+        model, optimizer, dataset, loss, global_batch=args.global_batch, seed=args.seed
+    )
     trainer.every(50, lambda info: print(f"step {info.step}: loss {info.loss:.4f} ({info.world} members)"))
     trainer.fit(args.steps)
-    x, y = dataset.tensors
+    if trainer.loss is None:  # this node joined after the group had trained every step
+        print("the group had already finished: no step taken here")
+        return
+    x, y = (t.to(args.device) for t in dataset.tensors)
     with torch.no_grad():
         accuracy = (model(x).argmax(dim=1) == y).float().mean().item()
     print(f"done at step {trainer.step}: loss {trainer.loss:.4f}, accuracy {accuracy:.3f}")

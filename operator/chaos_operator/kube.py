@@ -19,7 +19,8 @@ from kubernetes.client.rest import ApiException
 from chaos_operator.settings import CONFIG
 
 _PLURALS = {"Service": "services", "ConfigMap": "configmaps", "ServiceAccount": "serviceaccounts",
-            "Pod": "pods", "Role": "roles", "RoleBinding": "rolebindings", "Secret": "secrets"}  # fmt: skip
+            "Pod": "pods", "Role": "roles", "RoleBinding": "rolebindings",
+            "NetworkPolicy": "networkpolicies", "Secret": "secrets"}  # fmt: skip
 _api: client.ApiClient | None = None
 
 
@@ -125,3 +126,13 @@ async def delete_pod(namespace: str, name: str) -> None:
 async def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
     result = await _call("GET", _path("Pod", namespace), query=[("labelSelector", selector)])
     return list(result.get("items") or [])
+
+
+async def get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """A core (v1) object, or None when it does not exist."""
+    try:
+        return await _call("GET", _path(kind, namespace, name))
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+    return None

@@ -182,6 +182,9 @@ LINGER_STEPS = 30
 RELAY = True
 
 
+SETTLE_STEPS = 300  # with max_size: a joiner is admitted by then (its process starts in 10-20 s)
+
+
 @dataclass
 class GroupModel:
     """The group a churn script leaves behind, with what a script cannot know: whether a
@@ -194,11 +197,16 @@ class GroupModel:
     removed: list[tuple[str, int]] = field(default_factory=list)  # (node, step of its removal)
     down: list[tuple[str, str]] = field(default_factory=list)
     relay: bool = RELAY
+    # a joiner counts as admitted this many steps after its join (None: never, as the script
+    # cannot know; a long run settles them, or its joiners pile up and block every removal)
+    settle_steps: int | None = None
+    joined_at: dict[str, int] = field(default_factory=dict)
 
     def apply(self, event: ChurnEvent) -> None:
         if event.event == "join":
             self.members.append(event.node)
             self.joiners.append(event.node)
+            self.joined_at[event.node] = event.at_step or 0
         elif event.event in REMOVALS:
             assert event.at_step is not None, "the model follows step-keyed scripts"
             self.members.remove(event.node)
@@ -210,9 +218,11 @@ class GroupModel:
 
     def possible_views(self, step: int) -> list[frozenset[str]]:
         """Every member set the group's view may have at ``step``."""
-        settled = frozenset(self.members) - frozenset(self.joiners)
+        settle = self.settle_steps
+        pending = [j for j in self.joiners if settle is None or step - self.joined_at.get(j, step) < settle]
+        settled = frozenset(self.members) - frozenset(pending)
         lingering = [node for node, at in self.removed if step - at < LINGER_STEPS]
-        maybe = [*self.joiners, *lingering]
+        maybe = [*pending, *lingering]
         views = []
         for mask in range(1 << len(maybe)):
             views.append(settled | {node for i, node in enumerate(maybe) if mask >> i & 1})
@@ -240,7 +250,7 @@ class GroupModel:
 
     def allows(self, event: ChurnEvent) -> bool:
         trial = GroupModel(list(self.members), list(self.joiners), list(self.removed), list(self.down),
-                           self.relay)  # fmt: skip
+                           self.relay, self.settle_steps, dict(self.joined_at))  # fmt: skip
         trial.apply(event)
         return trial.keeps_majority(event.at_step or 0)
 
@@ -252,41 +262,55 @@ def random_churn(
     events: int = 5,
     min_size: int = 3,
     kinds: tuple[str, ...] = DEMO_KINDS,
+    max_size: int | None = None,
 ) -> list[ChurnEvent]:
     """Seeded churn of ``kinds`` that never takes the group below ``min_size`` and after
     every event leaves a majority of every view the group may hold connected
     (:class:`GroupModel`); a kind with no such event falls back to a join, which never
     breaks that. ``CHAOS_KINDS`` adds trainer-only and sidecar-only crashes and slow links."""
     rng = random.Random(seed)
-    group = GroupModel(list(initial))
+    group = GroupModel(list(initial), settle_steps=None if max_size is None else SETTLE_STEPS)
     counter = len(initial)
     out: list[ChurnEvent] = []
     at_steps = sorted(rng.sample(range(max(2, steps // 10), max(3, steps * 9 // 10)), events))
     for at in at_steps:
         members = group.members
+        # at ``max_size`` no joins: a long run keeps a steady size instead of growing
+        # and one cut at a time (a node at a cut link cannot be removed: cuts pile up otherwise)
         choices = ["join", "slow_link", "link_down"]
+        if max_size is not None and len(members) >= max_size:
+            choices.remove("join")
+        if max_size is not None and group.down:
+            choices.remove("link_down")
         if len(members) > min_size:
             choices += list(REMOVALS)
         if group.down:
             choices.append("link_up")
-        kind = rng.choice([k for k in choices if k in kinds])
-        candidates: list[ChurnEvent] = []
-        if kind in REMOVALS:
-            # keep the founder, and nodes at a cut link (its link_up must find both)
-            candidates = [ChurnEvent(at, kind, m) for m in members[1:]
-                          if all(m not in link for link in group.down)]  # fmt: skip
-        elif kind == "link_down":
-            cut = {frozenset(link) for link in group.down}
-            candidates = [ChurnEvent(at, kind, a, b) for i, a in enumerate(members) for b in members[i + 1 :]
-                          if frozenset((a, b)) not in cut]  # fmt: skip
-        elif kind == "link_up":
-            candidates = [ChurnEvent(at, kind, *group.down[0])]
-        elif kind == "slow_link":
-            rate = rng.choice([2.0, 5.0, 20.0, None])
-            candidates = [ChurnEvent(at, kind, rng.choice(members), rate_mbps=rate)]
-        candidates = [c for c in candidates if group.allows(c)]
+        # with max_size, a kind with no allowed event is drawn again (a long run keeps its mix
+        # of kinds); without, it falls back as it always did (seeded scripts stay the same)
+        for _ in range(1 if max_size is None else 12):
+            kind = rng.choice([k for k in choices if k in kinds])
+            candidates: list[ChurnEvent] = []
+            if kind in REMOVALS:
+                # keep the founder, and nodes at a cut link (its link_up must find both)
+                candidates = [ChurnEvent(at, kind, m) for m in members[1:]
+                              if all(m not in link for link in group.down)]  # fmt: skip
+            elif kind == "link_down":
+                cut = {frozenset(link) for link in group.down}
+                candidates = [ChurnEvent(at, kind, a, b) for i, a in enumerate(members)
+                              for b in members[i + 1 :] if frozenset((a, b)) not in cut]  # fmt: skip
+            elif kind == "link_up":
+                candidates = [ChurnEvent(at, kind, *group.down[0])]
+            elif kind == "slow_link":
+                rate = rng.choice([2.0, 5.0, 20.0, None])
+                candidates = [ChurnEvent(at, kind, rng.choice(members), rate_mbps=rate)]
+            candidates = [c for c in candidates if group.allows(c)]
+            if candidates or kind == "join":
+                break
         if candidates:
             event = rng.choice(candidates)
+        elif max_size is not None and len(members) >= max_size:
+            event = ChurnEvent(at, "slow_link", members[0], rate_mbps=None)  # harmless: lifts a limit
         else:
             event = ChurnEvent(at, "join", f"n{counter}")
         if event.event == "join":

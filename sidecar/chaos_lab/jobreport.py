@@ -46,27 +46,54 @@ def check_replicas(trainer: list[dict[str, Any]]) -> tuple[bool, int, list[str]]
     return not problems, compared, problems
 
 
-def check_samples(
-    trainer: list[dict[str, Any]], steps: int, global_batch: int, dataset: int
-) -> dict[str, int]:
-    """Each committed step consumed the global batch at (sampler epoch, cursor); the s-th step
-    must have consumed divmod((s - 1) * B, N). Missing steps lose samples, repeated positions
-    duplicate them, disagreeing members count as both."""
-    consumed: dict[int, set[tuple[int, int]]] = defaultdict(set)
+def check_samples(trainer: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+    """Per-sample accounting from the sample ids the members say they used.
+
+    Before each step's all-reduce a member logs its share (``share``: step, group, ids). A step
+    counts in the group that took it last (its latest ``step`` record: a step a group redid,
+    after losing the members that had taken it or after the job resumed from a checkpoint,
+    counts once, as redone), with the union of the shares logged for it in that group: a
+    share sent into a completed all-reduce is in the update even if its member died before
+    logging the step. Every step must use exactly the global batch's count of distinct ids and
+    no id may appear twice within a data epoch (the sampler's epoch, logged with the step); so
+    each complete data epoch uses every id but the ``dataset_size % global_batch`` its order
+    drops. ``samples_redone`` counts the shares of steps taken again by a later group."""
+    job = next((r for r in trainer if r["type"] == "job"), None)
+    if job is None:
+        return {"sample_accounting": "none: no job record in the trainers' logs", "samples_lost": 0,
+                "samples_duplicated": 0, "samples_expected": 0, "samples_seen": 0}  # fmt: skip
+    size, batch = job["dataset_size"], job["global_batch"]
+    committed: dict[int, tuple[str, int]] = {}  # step -> (group, data epoch), the latest record
+    taken_by: dict[int, set[str]] = defaultdict(set)
+    for r in sorted((r for r in trainer if r["type"] == "step" and r["step"] <= steps), key=lambda r: r["t"]):
+        group = r.get("group") or str(r.get("epoch"))
+        committed[r["step"]] = (group, r["sampler"][0])
+        taken_by[r["step"]].add(group)
+    shares: dict[tuple[int, str], dict[str, list[int]]] = defaultdict(dict)
     for r in trainer:
-        if r["type"] == "step":
-            consumed[r["step"]].add(tuple(r["sampler"]))
-    positions = [pos for s in sorted(consumed) for pos in consumed[s]]
-    expected = {divmod((s - 1) * global_batch, dataset) for s in range(1, steps + 1)}
-    expected = {(q, r) for q, r in expected}
-    seen = set(positions)
-    duplicated = (len(positions) - len(seen)) + len(seen - expected)
-    lost = len(expected - seen)
+        if r["type"] == "share":
+            shares[(r["step"], r.get("group") or str(r.get("epoch")))][r["node"]] = r["ids"]
+    used: dict[int, list[int]] = defaultdict(list)  # data epoch -> ids, in step order
+    short = redone = 0
+    for step in range(1, steps + 1):
+        if step not in committed:
+            short += batch
+            continue
+        group, data_epoch = committed[step]
+        ids = [i for part in shares.get((step, group), {}).values() for i in part]
+        short += max(batch - len(set(ids)), 0)
+        used[data_epoch] += ids
+        redone += sum(len(i) for g in taken_by[step] - {group} for i in shares.get((step, g), {}).values())
+    duplicated = sum(len(ids) - len(set(ids)) for ids in used.values())
+    seen = sum(len(set(ids)) for ids in used.values())
+    out_of_range = sum(1 for ids in used.values() for i in set(ids) if not 0 <= i < size)
     return {
-        "samples_expected": steps * global_batch,
-        "samples_seen": len(seen & expected) * global_batch,
-        "samples_lost": lost * global_batch,
-        "samples_duplicated": duplicated * global_batch,
+        "sample_accounting": "ids",
+        "samples_expected": steps * batch,
+        "samples_seen": seen,
+        "samples_lost": short,
+        "samples_duplicated": duplicated + out_of_range,
+        "samples_redone": redone,
     }
 
 
@@ -160,7 +187,7 @@ def summarize(cfg, injected, sidecar: list[dict], trainer: list[dict], wall_s: f
         "replicas_identical": identical and compared > 0,
         "replica_comparisons": compared,
         "replica_mismatches": problems[:5],
-        **check_samples(trainer, steps_done, cfg.global_batch, cfg.samples),
+        **check_samples(trainer, steps_done),
         "idle_s_per_member": {n: round(s, 3) for n, s in sorted(idle.items())},
         "join_mode": cfg.join_mode,
         "wall_s": round(wall_s, 1),

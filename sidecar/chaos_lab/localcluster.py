@@ -52,6 +52,7 @@ class LocalCluster:
     nodes: dict[str, Node] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.workdir = self.workdir.resolve()  # each sidecar runs in a directory of its own
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.secret_file = self.workdir / "join-secret"
         self.secret_file.write_bytes(self.secret)
@@ -85,6 +86,7 @@ class LocalCluster:
         shares nothing on disk with the others."""
         secret_file = self.secret_file
         if directory is not None:
+            directory = directory.resolve()
             directory.mkdir(parents=True, exist_ok=True)
             secret_file = directory / "join-secret"
             secret_file.write_bytes(self.secret)
@@ -101,6 +103,7 @@ class LocalCluster:
             sys.executable, "-m", "chaos_sidecar.cli", "sidecar",
             "--node-id", node_id, "--port", "0", "--secret-file", str(secret_file),
             "--ready-file", str(ready), "--log", str(log), "--fault-injection",
+            "--state-dir", str(where / "state" / node_id),
             "--heartbeat-s", str(s.heartbeat_interval), "--suspect-timeout-s", str(s.suspect_timeout),
             "--retry-s", str(s.retry_interval),
         ]  # fmt: skip

@@ -1,6 +1,8 @@
 """``chaos-train local``: the main job on one machine, with real processes.
 
-Each node is a sidecar process plus a trainer process (``python -m chaos_train.worker``);
+Each node is a sidecar process plus a trainer process (a training script on the public SDK,
+started by ``chaos-train run`` with the environment the SDK reads; by default the built-in
+job ``examples/train/mlp.py``);
 trainers meet per view epoch over the network (a store hosted by the view's first member,
 found through the sidecars) and pull state through their sidecars. The churn script is
 applied at training steps; progress is read from the trainers' logs. At the end the logs
@@ -24,17 +26,21 @@ from pathlib import Path
 from typing import Any
 
 from chaos_lab import netns
+from chaos_lab.builtin import BUILTIN_SCRIPT
 from chaos_lab.churn import HEALING, ChurnEvent
 from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.membership.machine import Settings
+from chaos_sidecar.trainer_env import TrainerEnv
 
-EXIT_NO_STATE = 4  # chaos_train.worker: a joiner found no member holding state (the job was done)
+EXIT_NO_STATE = 4  # chaos_train.trainer: a joiner found no member holding state (the job was done)
 STRAGGLER_S = 20.0  # after the group's last step, how long a late trainer may take to finish
 POLL_S = 0.1  # how often the trainers' logs are read: churn lands within about 3 steps
 # A group that has not stepped for this long may be waiting for a link to heal: the next
 # scripted healing event fires now instead of at a step that may never come. Longer than a
 # regroup after a crash (a failure timeout) plus a state transfer on a slowed link.
 HEAL_AFTER_S = 5.0
+TRAINER_START_S = 120.0  # a trainer's script must write its first log record within this long
+TRAINER_NICE = 5
 
 
 class JobStalled(RuntimeError):
@@ -88,7 +94,14 @@ class JobConfig:
     seed: int = 0
     live: bool = True
     digest_every: int = 10
-    hidden: int | None = None  # the built-in model's width (state size); None: the worker's default
+    hidden: int | None = None  # the built-in model's width (state size); None: the script's default
+    # the training script every node runs, and its arguments; None: the built-in job, given
+    # the samples, global batch, seed and hidden width above
+    script: Path | None = None
+    script_args: list[str] = field(default_factory=list)
+    # durable checkpoints: a directory all nodes reach (storage, not a node's), every N steps
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 100
     transfer_policy: str = "planned"
     grad_log: int | None = None  # overlap: the members' gradient log bound; None: the SDK's default
     upload_limits_mbps: dict[str, float] = field(default_factory=dict)  # node -> per-link limit
@@ -130,9 +143,11 @@ class LocalJob:
     no_majority: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> its sidecar's record
     _last_line: dict[str, str] = field(default_factory=dict)  # trainer logs: parsed only on a stall
     _sidecar_offsets: dict[str, int] = field(default_factory=dict)
+    _background: set[asyncio.Task] = field(default_factory=set)  # renicing trainers once started
 
     def __post_init__(self) -> None:
-        out = self.cfg.out
+        # every process gets absolute paths: sidecars and trainers run in directories of their own
+        out = self.cfg.out = self.cfg.out.resolve()
         if out.exists():
             shutil.rmtree(out)
         (out / "logs").mkdir(parents=True)
@@ -168,23 +183,47 @@ class LocalJob:
         sidecar = await self.cluster.start(
             node, seed=seed, extra=extra, wrap=wrap, host=host, directory=private
         )
-        cmd = [
-            sys.executable, "-m", "chaos_train.worker", "--node-id", node,
-            "--sidecar-url", sidecar.local_url, "--snapshot-dir", str(snapshots),
-            "--log", str(self.trainer_log(node)), "--steps", str(self.cfg.steps),
-            "--seed", str(self.cfg.seed), "--samples", str(self.cfg.samples),
-            "--global-batch", str(self.cfg.global_batch), "--digest-every", str(self.cfg.digest_every),
-            "--join-mode", self.cfg.join_mode, "--transfer-policy", self.cfg.transfer_policy,
-        ]  # fmt: skip
-        if self.cfg.hidden is not None:
-            cmd += ["--hidden", str(self.cfg.hidden)]
-        if self.cfg.grad_log is not None:
-            cmd += ["--grad-log", str(self.cfg.grad_log)]
-        if founding:
-            cmd.append("--founding")
+        env = TrainerEnv(
+            node_id=node, sidecar_url=sidecar.local_url, snapshot_dir=snapshots,
+            event_log=self.trainer_log(node), founding=founding, steps=self.cfg.steps,
+            join_mode=self.cfg.join_mode, digest_every=self.cfg.digest_every,
+            grad_log=self.cfg.grad_log or TrainerEnv.grad_log, transfer_policy=self.cfg.transfer_policy,
+            checkpoint_dir=self.cfg.checkpoint_dir.resolve() if self.cfg.checkpoint_dir else None,
+            checkpoint_every=self.cfg.checkpoint_every,
+        )  # fmt: skip
+        cmd = [sys.executable, "-m", "chaos_sidecar.cli", "run", *self.script_command()]
         stderr = self.trainer_log(node).with_suffix(".stderr").open("ab")
         cmd = wrap(cmd) if wrap else cmd
-        self.trainers[node] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, cwd=private)
+        # one thread each: several trainers share the machine's cores
+        env_vars = {**os.environ, **env.to_environ(), "OMP_NUM_THREADS": "1"}
+        stdout = self.trainer_log(node).with_suffix(".out").open("ab")  # the script's own output
+        self.trainers[node] = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, cwd=private, env=env_vars)
+        task = asyncio.create_task(self._nice_once_started(node, self.trainers[node]))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _nice_once_started(self, node: str, trainer: subprocess.Popen) -> None:
+        """The sidecars' heartbeats are latency-critical, the trainers' math is not: a trainer
+        runs at a lower priority, but only once its script has started (its first log record),
+        so that a joiner's imports are not starved and its join lands when scripted."""
+        log = self.trainer_log(node)
+        deadline = time.monotonic() + TRAINER_START_S
+        while trainer.poll() is None and time.monotonic() < deadline:
+            if log.exists() and log.stat().st_size > 0:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.setpriority(os.PRIO_PROCESS, trainer.pid, TRAINER_NICE)
+                return
+            await asyncio.sleep(POLL_S)
+
+    def script_command(self) -> list[str]:
+        """The script every node runs, and its arguments."""
+        if self.cfg.script is not None:
+            return [str(self.cfg.script.resolve()), *self.cfg.script_args]
+        args = ["--samples", str(self.cfg.samples), "--global-batch", str(self.cfg.global_batch),
+                "--seed", str(self.cfg.seed)]  # fmt: skip
+        if self.cfg.hidden is not None:
+            args += ["--hidden", str(self.cfg.hidden)]
+        return [str(BUILTIN_SCRIPT), *args]
 
     def trainer_log(self, node: str) -> Path:
         return (self.node_dir(node) or self.cfg.out / "logs") / f"{node}.trainer.jsonl"

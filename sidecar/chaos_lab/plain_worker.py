@@ -18,11 +18,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from chaos_lab.builtin import load_builtin
+from chaos_sidecar.cliutil import positive_int
 from chaos_train import state as snapshot_state
 from chaos_train.groups import new_process_group
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sdk import data_parallel_step
-from chaos_train.worker import HIDDEN, make_data, make_model, positive_int
+from chaos_train.state import Replica
+from chaos_train.workload import Workload
+
+BUILTIN = load_builtin()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,21 +42,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=16384)
     parser.add_argument("--global-batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--hidden", type=positive_int, default=HIDDEN, help="hidden width (sets state size)")
+    parser.add_argument(
+        "--hidden", type=positive_int, default=BUILTIN.HIDDEN, help="hidden width (sets state size)"
+    )
     parser.add_argument("--checkpoint-dir", help="on SIGUSR1 rank 0 writes a checkpoint here and all stop")
     parser.add_argument("--resume", metavar="NAME", help="start from checkpoint NAME")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # several trainers share the machine's cores
     os.nice(5)  # as the elastic trainers do: the comparison keeps the same priorities
-    features, labels = make_data(args.samples, args.seed)
-    model = make_model(args.seed, args.hidden)
+    dataset = BUILTIN.make_data(args.samples, args.seed)
+    model = BUILTIN.make_model(args.seed, args.hidden)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-    loss = torch.nn.CrossEntropyLoss(reduction="sum")
-    plain_loop(args, model, optimizer, loss, features, labels)
+
+    def loss(batch):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    plain_loop(args, Workload(Replica(model, optimizer), dataset, loss, global_batch=args.global_batch))
     return 0
 
 
-def plain_loop(args, model, optimizer, loss_fn, features, labels) -> None:
+def plain_loop(args, work: Workload) -> None:
     """The baselines: the same model, data and step in one fixed torch.distributed group with
     no sidecar and no elasticity. With ``--checkpoint-dir`` it is the checkpoint-restart
     baseline: SIGUSR1 asks for a stop, the request travels in the step's all-reduce so every
@@ -59,35 +70,32 @@ def plain_loop(args, model, optimizer, loss_fn, features, labels) -> None:
     starts a new group (of any size) from that checkpoint."""
     stop = []
     signal.signal(signal.SIGUSR1, lambda signum, frame: stop.append(True))
-    sampler = ElasticSampler(len(features), args.global_batch, args.seed)
+    sampler = ElasticSampler(len(work.dataset), args.global_batch, args.seed)
     log = open(args.log, "a", buffering=1)  # noqa: SIM115 - open for the whole loop
 
     def record(kind: str, **fields) -> None:
         log.write(json.dumps({"t": time.time(), "node": args.node_id, "type": kind, **fields}) + "\n")
 
-    snapshot_state.init_optimizer_state(optimizer)
     step = 0
     if args.resume:
-        extra = snapshot_state.load(Path(args.checkpoint_dir), args.resume, model, optimizer)
+        extra = snapshot_state.load(Path(args.checkpoint_dir), args.resume, work.replica)
         step = extra[0]
         sampler.load(extra[1], extra[2])
         record("loaded", step=step)
     store = dist.FileStore(str(Path(args.store_dir) / "plain-store"), args.world)
     group = new_process_group("gloo", store, args.rank, args.world, timeout_s=1800.0, address="127.0.0.1")
     record("group_ready", step=step)
-    params = list(model.parameters())
     while step < args.steps:
-        _, flags = data_parallel_step(
-            model, params, optimizer, loss_fn, features, labels, sampler.batch(), (args.rank, args.world),
-            group, flags=[1.0 if stop else 0.0],
-        )  # fmt: skip
+        batch = sampler.batch()
+        mine = ElasticSampler.split(batch, args.rank, args.world)
+        _, flags = data_parallel_step(work, mine, len(batch), group, flags=[1.0 if stop else 0.0])
         sampler.advance()
         step += 1
         record("step", step=step)
         if flags[0] > 0 and args.checkpoint_dir:
             if args.rank == 0:
                 epoch, cursor = sampler.state()
-                snapshot_state.save(Path(args.checkpoint_dir), "checkpoint", model, optimizer,
+                snapshot_state.save(Path(args.checkpoint_dir), "checkpoint", work.replica,
                                     step=step, extra=[epoch, cursor], epoch=0)  # fmt: skip
             group.barrier().wait()
             record("stopped", step=step)

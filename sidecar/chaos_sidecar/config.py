@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from chaos_sidecar.errors import InputError, ProtocolError
 from chaos_sidecar.membership.machine import Settings
 from chaos_sidecar.protocol.messages import node_id as check_node_id
-from chaos_sidecar.security import MIN_SECRET_BYTES
+from chaos_sidecar.security import MIN_SECRET_BYTES, RotatingSecret
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,8 @@ class SidecarConfig:
     node_id: str
     """This member's id (the pod name in Kubernetes)."""
     secret: bytes
-    """The job's join secret; signs every peer request."""
+    """The job's join secret; signs every peer request (a :class:`RotatingSecret` when read
+    from a file that may change: a Kubernetes Secret)."""
     host: str = "127.0.0.1"
     """Interface to listen on."""
     port: int = 0
@@ -47,6 +49,12 @@ class SidecarConfig:
     tls_ca: Path | None = None
     """CA (PEM) that signed every member's certificate: peers are verified against it both ways
     (mutual TLS). The trainer's local API stays plain HTTP on a separate loopback port."""
+    secret_file: Path | None = None
+    """Where the secret was read from: polled for a rotated key (``secret_poll_s``)."""
+    secret_poll_s: float = 1.0
+    state_dir: Path | None = None
+    """Where the durable membership state is written (the pod's volume: it survives container
+    restarts). None keeps it in memory: every start is then a new incarnation."""
     trainer_lease_s: float | None = 3.0
     """Once a trainer has used the local API, a silence this long with no request open means
     it died: the sidecar leaves the group for it, so the survivors regroup. None: never."""
@@ -101,6 +109,33 @@ def parse_contacts(text: str) -> tuple[tuple[str, str], ...]:
             raise InputError(f"--peers[{i}]", exc.detail) from None
         contacts.append((node, url.rstrip("/")))
     return tuple(contacts)
+
+
+def read_secret_file(path: Path) -> tuple[bytes, tuple[int, int, int]]:
+    """The key in ``path`` (surrounding whitespace stripped) and what identifies this version
+    of the file (inode, size, mtime of its target: Kubernetes swaps a symlink on update)."""
+    stat = path.stat()
+    return path.read_bytes().strip(), (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def loose_permissions(path: Path) -> str | None:
+    """Why the secret file is readable by more than its owner, or None: readable by others,
+    or by a group this process is not in (Kubernetes' fsGroup is one it is in: the mode the
+    operator gives the Secret's volume, 0440, is not loose)."""
+    stat = path.stat()
+    if stat.st_mode & 0o004:
+        return f"{path} is readable by others (mode {stat.st_mode & 0o777:04o})"
+    if stat.st_mode & 0o040 and stat.st_gid not in {os.getegid(), *os.getgroups()}:
+        return f"{path} is readable by group {stat.st_gid} (mode {stat.st_mode & 0o777:04o})"
+    return None
+
+
+def rotating_secret(path: str | None, grace_s: float, sign_delay_s: float) -> RotatingSecret:
+    secret = read_secret(path)
+    try:
+        return RotatingSecret(secret, grace_s=grace_s, sign_delay_s=sign_delay_s)
+    except ValueError as exc:
+        raise InputError("--secret-grace-s", str(exc)) from None
 
 
 def read_secret(path: str | None) -> bytes:

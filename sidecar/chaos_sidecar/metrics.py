@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 # protocol latencies run from tens of microseconds (one state-machine step) to seconds (a slow quorum)
 _LATENCY_MS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
 LATENCY_BUCKETS = tuple(ms / 1000 for ms in _LATENCY_MS)
-EVENT_KINDS = ("join", "leave", "remove", "topology")  # the view changes, and link changes
+EVENT_KINDS = ("join", "leave", "remove", "rejoin", "topology")  # view changes (rejoin: new incarnation)
+ROTATION_RESULTS = ("accepted", "promoted", "retired", "refused_short", "unreadable")
 S_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -75,6 +76,15 @@ class SidecarMetrics:
             "Times this member stopped reaching a majority of its view",
             registry=r,
         )
+        self.secret_rotations = Counter(
+            "chaostrain_secret_rotations",
+            "Join secret rotations, by result: accepted, promoted (signs now), retired (grace over), "
+            "refused_short, unreadable",
+            ["result"],
+            registry=r,
+        )
+        for result in ROTATION_RESULTS:  # at zero from the start
+            self.secret_rotations.labels(result)
         self.monitoring_bytes = Counter(
             "chaostrain_monitoring_sent_bytes",
             "Bytes sent on peer streams (heartbeats, protocol)",

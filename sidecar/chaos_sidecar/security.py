@@ -2,7 +2,8 @@
 
 The signature covers method, path, a SHA-256 digest of the body and a nanosecond
 timestamp; a verifier accepts a timestamp within ``window_s`` of its clock and each
-signature once (replay cache). Pure functions plus a small cache: no I/O.
+signature once (replay cache). During a rotation (:class:`RotatingSecret`) every key still
+valid is accepted and the newest promoted one signs. Pure functions plus a small cache: no I/O.
 """
 
 from __future__ import annotations
@@ -37,6 +38,71 @@ def signed_headers(
     }
 
 
+class RotatingSecret(bytearray):
+    """The join secret of a job whose Secret may rotate: the bytes are the key this sidecar
+    signs with now (every holder of the object signs with a promoted key at once, with no change
+    at the call sites), and :meth:`accepted` lists every key a verifier takes now.
+
+    A rotation (:meth:`offer`) is accepted for verification at once and used for signing only
+    ``sign_delay_s`` later (:meth:`tick`), so that every member has seen the new key before
+    anyone signs with it (Kubernetes updates each pod's mounted Secret at its own moment); the
+    key it replaces stays accepted for ``grace_s`` after that. A key shorter than
+    ``MIN_SECRET_BYTES`` is refused and the old one stays in force. Pure: times are passed in.
+    """
+
+    def __init__(self, secret: bytes, *, grace_s: float = 600.0, sign_delay_s: float = 0.0) -> None:
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ValueError(f"join secret must be at least {MIN_SECRET_BYTES} bytes")
+        if grace_s < 0 or sign_delay_s < 0:
+            raise ValueError("grace_s and sign_delay_s must not be negative")
+        super().__init__(secret)
+        self.grace_ns = int(grace_s * 1e9)
+        self.sign_delay_ns = int(sign_delay_s * 1e9)
+        self.pending: tuple[bytes, int] | None = None  # (key, seen at): accepted, not yet signing
+        self.retired: list[tuple[bytes, int]] = []  # (key, accepted until)
+
+    def known(self, key: bytes) -> bool:
+        return key == bytes(self) or (self.pending is not None and key == self.pending[0])
+
+    def offer(self, key: bytes, now_ns: int) -> str:
+        """A key read from the Secret: ``unchanged``, ``refused_short`` or ``accepted``."""
+        if self.known(key):
+            return "unchanged"
+        if len(key) < MIN_SECRET_BYTES:
+            return "refused_short"
+        if self.pending is not None:  # rotated again before the last one signed: keep it a while
+            self.retired.append((self.pending[0], now_ns + self.grace_ns))
+        self.pending = (key, now_ns)
+        return "accepted"
+
+    def tick(self, now_ns: int) -> list[str]:
+        """Promote a pending key whose delay has passed, forget retired keys past their grace:
+        what happened (``promoted``, ``retired``)."""
+        happened = []
+        if self.pending is not None and now_ns >= self.pending[1] + self.sign_delay_ns:
+            self.retired.append((bytes(self), now_ns + self.grace_ns))
+            self[:] = self.pending[0]
+            self.pending = None
+            happened.append("promoted")
+        kept = [(k, until) for k, until in self.retired if now_ns <= until and k != bytes(self)]
+        happened += ["retired"] * (len(self.retired) - len(kept))
+        self.retired = kept
+        return happened
+
+    def accepted(self, now_ns: int) -> list[bytes]:
+        keys = [bytes(self)]
+        if self.pending is not None:
+            keys.append(self.pending[0])
+        return keys + [k for k, until in self.retired if now_ns <= until]
+
+
+def accepted_keys(secret: bytes, now_ns: int) -> list[bytes]:
+    """Every key valid now: one for a plain secret, several during a rotation."""
+    if isinstance(secret, RotatingSecret):
+        return secret.accepted(now_ns)
+    return [bytes(secret)]
+
+
 @dataclass
 class Verifier:
     """Checks signed requests; ``check`` returns None when valid, else a reason label."""
@@ -63,8 +129,10 @@ class Verifier:
             return "unauthenticated"
         if abs(now_ns - timestamp_ns) > self.window_s * 1e9:
             return "expired"
-        expected = sign(self.secret, method, path, body, timestamp_ns, node)
-        if not hmac.compare_digest(expected, signature):
+        if not any(
+            hmac.compare_digest(sign(key, method, path, body, timestamp_ns, node), signature)
+            for key in accepted_keys(self.secret, now_ns)
+        ):
             return "bad_signature"
         if signature in self._seen:
             return "replayed"
@@ -78,6 +146,16 @@ class Verifier:
 
 
 FRAME_MAC_BYTES = 32
+
+
+def frame_mac_valid(
+    secret: bytes, mac: bytes, node: str, nonce: str, seq: int, body: bytes, now_ns: int
+) -> bool:
+    """Whether ``mac`` is the frame's MAC under any key valid now."""
+    return any(
+        hmac.compare_digest(mac, frame_mac(key, node, nonce, seq, body))
+        for key in accepted_keys(secret, now_ns)
+    )
 
 
 def frame_mac(secret: bytes, node: str, nonce: str, seq: int, body: bytes) -> bytes:

@@ -29,6 +29,10 @@ GRAD_LOG = "CHAOS_GRAD_LOG"  # overlap joins: averaged gradients the members kee
 # how a joiner splits its pull over the sources: "planned" (the product), or a baseline the
 # benchmarks compare against ("equal-split", "single-source")
 TRANSFER_POLICY = "CHAOS_TRANSFER_POLICY"
+# durable checkpoints (optional): a directory every member reaches, every N steps, keep K
+CHECKPOINT_DIR = "CHAOS_CHECKPOINT_DIR"
+CHECKPOINT_EVERY = "CHAOS_CHECKPOINT_EVERY"
+CHECKPOINT_KEEP = "CHAOS_CHECKPOINT_KEEP"
 
 JOIN_MODES = ("blocking", "overlap")
 BACKENDS = ("gloo", "nccl")
@@ -49,6 +53,9 @@ class TrainerEnv:
     digest_every: int = 10
     grad_log: int = 128
     transfer_policy: str = "planned"
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 100
+    checkpoint_keep: int = 3
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TrainerEnv | None:
@@ -80,6 +87,9 @@ class TrainerEnv:
         if policy not in TRANSFER_POLICIES:
             raise InputError(TRANSFER_POLICY, f"expected one of {TRANSFER_POLICIES}, got {policy!r}")
         grad_log = _count(env, GRAD_LOG, minimum=1)
+        checkpoints = env.get(CHECKPOINT_DIR, "").strip()
+        every = _count(env, CHECKPOINT_EVERY, minimum=1)
+        keep = _count(env, CHECKPOINT_KEEP, minimum=1)
         digest = _count(env, DIGEST_EVERY, minimum=0)
         return cls(
             node_id=node,
@@ -94,6 +104,9 @@ class TrainerEnv:
             digest_every=10 if digest is None else digest,
             grad_log=128 if grad_log is None else grad_log,
             transfer_policy=policy,
+            checkpoint_dir=Path(checkpoints) if checkpoints else None,
+            checkpoint_every=100 if every is None else every,
+            checkpoint_keep=3 if keep is None else keep,
         )
 
     def to_environ(self) -> dict[str, str]:
@@ -116,7 +129,18 @@ class TrainerEnv:
             out[STEPS] = str(self.steps)
         if self.backend is not None:
             out[BACKEND] = self.backend
+        if self.checkpoint_dir is not None:
+            out[CHECKPOINT_DIR] = str(self.checkpoint_dir)
+            out[CHECKPOINT_EVERY] = str(self.checkpoint_every)
+            out[CHECKPOINT_KEEP] = str(self.checkpoint_keep)
         return out
+
+
+def standalone(environ: Mapping[str, str] | None = None) -> tuple[int | None, Path | None]:
+    """What a trainer with no sidecar still reads: the step override and its event log."""
+    env = os.environ if environ is None else environ
+    log = env.get(EVENT_LOG, "").strip()
+    return _count(env, STEPS, minimum=1), Path(log) if log else None
 
 
 def _count(env: Mapping[str, str], name: str, *, minimum: int) -> int | None:

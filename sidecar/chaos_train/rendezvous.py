@@ -17,6 +17,7 @@ wait in) says so in that round's store, so they leave it instead of waiting for 
 from __future__ import annotations
 
 import datetime
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ LOOKUP_POLL_S = 0.02  # asking the sidecars where the host's store is
 WANTED_ROUND = "wanted-round"  # set in a round's store by a member that already failed in it
 
 
+GROUP_KEY = "group"  # the meeting's random name (see Meeting.group)
+
+
 class RendezvousFailed(RuntimeError):
     """The epoch's store could not be reached or was not the one expected."""
 
@@ -45,6 +49,9 @@ class Meeting:
     epoch: int
     round: int
     store: dist.Store  # the host holds the listening TCPStore itself: it serves while referenced
+    # a random name the host gives this meeting: unlike (epoch, round), it differs between
+    # groups of a job started again (view epochs start over with new sidecars)
+    group: str = ""
 
 
 class Rendezvous:
@@ -80,6 +87,7 @@ class Rendezvous:
                 self.address, 0, None, True, self.timeout, wait_for_workers=False
             )
             store.set("fence", f"{epoch}:{round_}")
+            store.set(GROUP_KEY, secrets.token_hex(6))
             self.sidecar.publish_rendezvous(RendezvousEntry(epoch, round_, self.address, store.port))
         else:
             entry = self._find_host(epoch, members[0], moved_on, deadline)
@@ -103,7 +111,7 @@ class Rendezvous:
                 self.rounds[epoch] = max(self.rounds.get(epoch, 0), wanted - 1)
                 raise RoundPassed(f"a member of epoch {epoch} is at round {wanted}, not {round_}")
             time.sleep(POLL_S)
-        return Meeting(epoch, round_, store)
+        return Meeting(epoch, round_, store, store.get(GROUP_KEY).decode())
 
     def _want_round(self, entry: RendezvousEntry, wanted: int) -> None:
         """Tell the members waiting in ``entry``'s older round that this trainer failed there

@@ -47,7 +47,13 @@ class SidecarClient:
                 detail = json.loads(body or b"{}")
             except ValueError:
                 detail = {"message": body.decode(errors="replace")[:500]}
-            return (detail if isinstance(detail, dict) else {}) | {"error": exc.code}
+            detail = detail if isinstance(detail, dict) else {}
+            # the status, and what the sidecar said (its JSON "error", or aiohttp's text)
+            return {
+                **detail,
+                "error": exc.code,
+                "message": str(detail.get("error", detail.get("message", ""))),
+            }
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, ConnectionRefusedError):
                 raise SidecarLost(f"sidecar at {self.url} refused the connection") from None

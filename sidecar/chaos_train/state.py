@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,12 @@ class Replica:
 
     def __post_init__(self) -> None:
         for name, obj in self.objects.items():
-            if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
-                raise InputError(f"state[{name!r}]", f"{type(obj).__name__} has no state_dict/load_state_dict")
+            if not (
+                callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+            ):
+                raise InputError(
+                    f"state[{name!r}]", f"{type(obj).__name__} has no state_dict/load_state_dict"
+                )
 
     def params(self) -> list[torch.Tensor]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -68,7 +73,12 @@ def state_tensors(replica: Replica) -> list[tuple[str, torch.Tensor]]:
             if isinstance(value, torch.Tensor):
                 out.append((f"optim.{i}.{key}", value))
     # the scheduler changes a group's lr: the settings travel with the state
-    out.append(("optim.groups", _blob([{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])))
+    out.append(
+        (
+            "optim.groups",
+            _blob([{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]),
+        )
+    )
     for name in sorted(replica.objects):
         out.append((f"object.{name}", _blob(replica.objects[name].state_dict())))
     return out
@@ -78,7 +88,7 @@ def digest(replica: Replica) -> str:
     h = hashlib.sha256()
     for name, tensor in state_tensors(replica):
         h.update(name.encode())
-        h.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        h.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -92,7 +102,9 @@ def capture(replica: Replica, *, step: int, extra: list[int]) -> Captured:
     tensors = []
     for tname, tensor in [*state_tensors(replica), ("meta.extra", torch.tensor([step, *extra]))]:
         t = tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
-        tensors.append((tname, _DTYPES[t.dtype], tuple(t.shape), memoryview(t.view(torch.uint8).numpy())))
+        tensors.append(
+            (tname, _DTYPES[t.dtype], tuple(t.shape), memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        )
     return tensors
 
 
@@ -107,12 +119,19 @@ def save(directory: Path, name: str, replica: Replica, *, step: int, extra: list
 
 def load(directory: Path, name: str, replica: Replica) -> list[int]:
     """Load snapshot ``name`` into ``replica``; returns [step, *extra]. Optimizer state the
-    replica does not have yet (Adam's, before its first step) is created."""
+    replica does not have yet (Adam's, before its first step) is created. Every entry is
+    checked before anything changes: a snapshot of another model (a name, shape or parameter
+    group that does not fit) is refused naming the entry, and the replica stays as it was."""
     manifest = read_manifest(directory, name)
     raw = data_path(directory, name).read_bytes()
     params = dict(replica.model.named_parameters())
     by_index = replica.params()
     extra: list[int] = []
+    apply: list[Callable[[], None]] = []
+    names = {entry.name for entry in manifest.tensors}
+    missing = sorted(f"param.{n}" for n in params if f"param.{n}" not in names)
+    if missing:
+        raise InputError(missing[0], f"snapshot {name} has no {missing[0]}: it is from another model")
     for entry in manifest.tensors:
         chunk = bytearray(raw[entry.offset : entry.offset + entry.nbytes])
         value = (
@@ -121,29 +140,36 @@ def load(directory: Path, name: str, replica: Replica) -> list[int]:
             else torch.empty(entry.shape, dtype=_TORCH[entry.dtype])
         )
         kind, _, rest = entry.name.partition(".")
+        index, _, key = rest.partition(".")
         if entry.name == "meta.extra":
             extra = [int(x) for x in value.tolist()]
         elif kind == "param" and rest in params and params[rest].shape == value.shape:
-            with torch.no_grad():
-                params[rest].copy_(value)
+            apply.append(lambda p=params[rest], v=value: p.data.copy_(v))
         elif entry.name == "optim.groups":
             groups = _unblob(value)
             if len(groups) != len(replica.optimizer.param_groups):
                 raise InputError(entry.name, f"{len(groups)} parameter groups, this optimizer has "
                                  f"{len(replica.optimizer.param_groups)}")  # fmt: skip
             for group, settings in zip(replica.optimizer.param_groups, groups, strict=True):
-                group.update(settings)
-        elif kind == "optim" and rest.partition(".")[0].isdigit() and int(rest.partition(".")[0]) < len(by_index):
-            index, _, key = rest.partition(".")
+                apply.append(lambda g=group, s=settings: g.update(s))
+        elif kind == "optim" and index.isdigit() and int(index) < len(by_index):
             p = by_index[int(index)]
             # torch keeps Adam's step count on the CPU unless capturable
             device = value.device if key == "step" else p.device
-            replica.optimizer.state[p][key] = value.clone().to(device)
+            apply.append(
+                lambda p=p, k=key, v=value, d=device: replica.optimizer.state[p].__setitem__(
+                    k, v.clone().to(d)
+                )
+            )
         elif kind == "object" and rest in replica.objects:
-            replica.objects[rest].load_state_dict(_unblob(value))
+            loaded = _unblob(value)
+            apply.append(lambda o=replica.objects[rest], v=loaded: o.load_state_dict(v))
         else:
             raise InputError(entry.name, f"snapshot {name} holds {entry.name} {entry.shape}, which has no "
                              "place in this model, optimizer and state")  # fmt: skip
+    with torch.no_grad():
+        for change in apply:
+            change()
     return extra
 
 

@@ -10,19 +10,25 @@ sidecar's group; started as a plain ``python script.py`` it trains alone, the sa
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from chaos_sidecar import trainer_env
 from chaos_sidecar.errors import InputError, UserCodeError
 from chaos_sidecar.trainer_env import TrainerEnv
+from chaos_train.checkpoint import CheckpointPolicy
 from chaos_train.sampler import ElasticSampler
 from chaos_train.sdk import ElasticTrainer, NoState, TrainerConfig, env_backend
 from chaos_train.sidecar_client import SidecarLost
-from chaos_train.state import Replica
+from chaos_train.state import Replica, digest
 from chaos_train.workload import Workload
 
 EXIT_SIDECAR_LOST = 3  # the node's sidecar is gone: its pod (or harness) restarts the node
@@ -52,7 +58,8 @@ class Trainer:
     feeds through ``loss`` at once (gradient accumulation). ``scheduler`` steps after each
     update; ``scaler`` (an AMP ``GradScaler``) scales the loss and unscales before clipping to
     ``max_grad_norm``. ``state`` names further objects with ``state_dict``/``load_state_dict``
-    that travel with the model to joiners (an EMA, a step counter of your own).
+    that travel with the model to joiners (an EMA, a step counter of your own). ``num_workers``
+    processes read and collate each step's micro-batches in parallel (as DataLoader workers).
     """
 
     def __init__(
@@ -70,6 +77,7 @@ class Trainer:
         max_grad_norm: float | None = None,
         state: dict[str, Any] | None = None,
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        num_workers: int = 0,
     ) -> None:
         objects = dict(state or {})
         for name, obj in (("scheduler", scheduler), ("scaler", scaler)):
@@ -81,14 +89,21 @@ class Trainer:
         self.work = Workload(
             self.replica, dataset, loss, global_batch=global_batch, micro_batch=micro_batch,
             collate_fn=collate_fn, scheduler=scheduler, scaler=scaler, max_grad_norm=max_grad_norm,
+            num_workers=num_workers,
         )  # fmt: skip
         self.seed = seed
         self.env = TrainerEnv.from_environ()
         self.step = 0
-        self.loss: float | None = None  # the last step's global mean loss
+        self.loss: float | None = None  # the last step's global mean loss; None: no step taken
         self.rank = 0
         self.world = 1
         self._hooks: list[tuple[int, Hook, bool]] = []
+
+    @staticmethod
+    def total_steps(default: int) -> int:
+        """The step count ``fit`` will train to: ``CHAOS_STEPS`` when the launcher or the lab's
+        harness sets it, else ``default``. Size LR schedules with it."""
+        return trainer_env.standalone()[0] or default
 
     @property
     def elastic(self) -> bool:
@@ -107,12 +122,13 @@ class Trainer:
         set, overrides it). Returns the step this member ends at. A node that must stop (its
         sidecar is gone, or no member holds the state) exits with a message and a distinct
         status; an exception from the user's code ends it with that traceback."""
-        if self.env is not None and self.env.steps is not None:
-            steps = self.env.steps
+        override, alone_log = trainer_env.standalone()
+        steps = override or steps
+        self.loss = None
         if not isinstance(steps, int) or steps <= 0:
             raise InputError("steps", f"expected a positive integer, got {steps!r}")
         if self.env is None:
-            return self._fit_alone(steps)
+            return self._fit_alone(steps, alone_log)
         try:
             return self._fit_elastic(self.env, steps)
         except SidecarLost as exc:
@@ -132,13 +148,25 @@ class Trainer:
                 except Exception as exc:
                     raise UserCodeError("hook", f"{getattr(hook, '__name__', hook)} raised {exc!r}") from exc
 
-    def _fit_alone(self, steps: int) -> int:
+    def _fit_alone(self, steps: int, log_path: Path | None) -> int:
+        """One plain process: the same steps, on the whole global batch each."""
         sampler = ElasticSampler(len(self.work.dataset), self.work.global_batch, self.seed)
-        while self.step < steps:
-            batch = sampler.batch()
-            tail = self.work.apply(self.work.gradients(batch, len(batch), []))
-            sampler.advance()
-            self._after_step(self.step + 1, float(tail[0]) / len(batch), 0, 1)
+        with contextlib.ExitStack() as stack:
+            log = stack.enter_context(log_path.open("a", buffering=1)) if log_path else None
+
+            def record(kind: str, **fields: Any) -> None:
+                if log is not None:
+                    log.write(json.dumps({"t": time.time(), "node": "alone", "type": kind, **fields}) + "\n")
+
+            record("job", dataset_size=len(self.work.dataset), global_batch=self.work.global_batch,
+                   seed=self.seed, steps=steps)  # fmt: skip
+            while self.step < steps:
+                batch = sampler.batch()
+                tail = self.work.apply(self.work.gradients(batch, len(batch), []))
+                sampler.advance()
+                record("step", step=self.step + 1, loss=round(float(tail[0]) / len(batch), 6))
+                self._after_step(self.step + 1, float(tail[0]) / len(batch), 0, 1)
+            record("done", step=self.step, digest=digest(self.replica))
         return self.step
 
     def _fit_elastic(self, env: TrainerEnv, steps: int) -> int:
@@ -155,6 +183,9 @@ class Trainer:
             grad_log=env.grad_log,
             transfer_policy=env.transfer_policy,
             address=env.address,
+            checkpoint=CheckpointPolicy(env.checkpoint_dir, env.checkpoint_every, env.checkpoint_keep)
+            if env.checkpoint_dir
+            else None,
         )
         engine = ElasticTrainer(config, self.work, after_step=self._after_step)
         engine.log(

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from chaos_lab.localcluster import LocalCluster
 from chaos_operator import metrics as operator_metrics
 from chaos_operator.domain import builders
+from chaos_operator.domain.security import build_network_policy
 from chaos_operator.domain.spec import parse_job
 from chaos_sidecar.metrics import SidecarMetrics
 
@@ -268,7 +269,7 @@ def _built_objects(example: Path) -> list[dict]:
     manifest = yaml.safe_load(example.read_text())
     manifest["metadata"] |= {"namespace": "ml", "uid": "0b0e4f9c-5a55-4c9e-9d0e-2d1f4d4b7a10"}
     job = parse_job(manifest)
-    objects = [builders.build_service(job), builders.build_configmap(job)]
+    objects = [builders.build_service(job), builders.build_configmap(job), build_network_policy(job)]
     for index in sorted({0, job.desired - 1}):
         objects += [builders.build_service_account(job, index), builders.build_pod_role(job, index)]
         objects += [builders.build_role_binding(job, index), builders.build_pod(job, index)]
@@ -296,6 +297,7 @@ def test_every_object_the_operator_builds_passes_the_kubernetes_schemas(example:
         "Role",
         "RoleBinding",
         "Pod",
+        "NetworkPolicy",
     }
     assert _schema_failures(objects, kube_version) == []
 

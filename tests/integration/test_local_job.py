@@ -30,10 +30,10 @@ def test_local_job_with_join_crash_and_link_events(tmp_path) -> None:
         )
     )
     out = tmp_path / "out"
-    result = subprocess.run(
+    result = subprocess.run(  # a relative --out, as make demo gives it
         [sys.executable, "-m", "chaos_sidecar.cli", "local", "--nodes", "3", "--steps", "300",
-         "--churn", str(churn), "--out", str(out)],
-        capture_output=True, text=True, timeout=280,
+         "--churn", str(churn), "--out", "out"],
+        capture_output=True, text=True, timeout=280, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

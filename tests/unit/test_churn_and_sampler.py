@@ -84,18 +84,83 @@ def test_sampler_covers_each_epoch_exactly_once_whatever_the_split() -> None:
     assert sampler.state() == (1, 0)
 
 
-def test_sample_accounting_catches_loss_and_duplication() -> None:
-    def step(s, epoch, cursor):
-        return {"type": "step", "step": s, "sampler": [epoch, cursor]}
+@pytest.mark.parametrize("world", range(1, 10))
+@pytest.mark.parametrize("global_batch", [1, 7, 16, 23])
+def test_split_gives_every_id_of_a_ragged_batch_to_exactly_one_rank(world: int, global_batch: int) -> None:
+    sampler = ElasticSampler(dataset_size=100, global_batch=global_batch, seed=world)
+    for _ in range(3 * sampler.steps_per_epoch + 1):
+        batch = sampler.batch()
+        parts = [ElasticSampler.split(batch, rank, world) for rank in range(world)]
+        flat = [i for part in parts for i in part]
+        assert flat == batch  # contiguous, in rank order: nothing lost, nothing twice
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+        assert len(batch) == global_batch
+        sampler.advance()
 
-    good = [step(1, 0, 0), step(2, 0, 16), step(3, 0, 32), step(4, 0, 48), step(5, 1, 0)]
-    assert check_samples(good, 5, 16, 64)["samples_lost"] == 0
-    assert check_samples(good, 5, 16, 64)["samples_duplicated"] == 0
-    lost = [r for r in good if r["step"] != 3]
-    assert check_samples(lost, 5, 16, 64)["samples_lost"] == 16
-    repeated = [*good[:2], step(3, 0, 16), *good[3:]]
-    result = check_samples(repeated, 5, 16, 64)
-    assert result["samples_duplicated"] == 16 and result["samples_lost"] == 16
+
+def test_an_epoch_drops_only_the_tail_that_does_not_fill_a_batch() -> None:
+    sampler = ElasticSampler(dataset_size=50, global_batch=16, seed=1)
+    assert sampler.steps_per_epoch == 3
+    epochs: dict[int, list[int]] = {}
+    for _ in range(6):
+        epochs.setdefault(sampler.state()[0], []).extend(sampler.batch())
+        sampler.advance()
+    assert sorted(epochs) == [0, 1]
+    for ids in epochs.values():
+        assert len(ids) == len(set(ids)) == 48
+    assert set(epochs[0]) != set(epochs[1])  # a different tail each epoch
+    with pytest.raises(ValueError, match="at most dataset_size"):
+        ElasticSampler(dataset_size=8, global_batch=9, seed=0)
+
+
+def _job_log(steps: int, batch: int, size: int, worlds: list[int]) -> list[dict]:
+    """What members log for ``steps`` steps, the group of ``worlds[s - 1]`` members at step s."""
+    sampler = ElasticSampler(size, batch, seed=5)
+    records = [{"type": "job", "node": "n0", "dataset_size": size, "global_batch": batch}]
+    for step in range(1, steps + 1):
+        world = worlds[step - 1]
+        full = sampler.batch()
+        for rank in range(world):
+            ids = ElasticSampler.split(full, rank, world)
+            records.append({"type": "share", "node": f"n{rank}", "step": step, "epoch": 1, "group": "g",
+                            "ids": ids, "t": float(step)})  # fmt: skip
+            records.append({"type": "step", "node": f"n{rank}", "step": step, "epoch": 1, "group": "g",
+                            "sampler": list(sampler.state()), "t": step + 0.5})  # fmt: skip
+        sampler.advance()
+    return records
+
+
+def test_sample_accounting_counts_ids_and_catches_loss_and_duplication() -> None:
+    good = _job_log(10, 16, 64, [3, 3, 4, 2, 5, 5, 1, 3, 3, 2])
+    result = check_samples(good, 10)
+    assert result["sample_accounting"] == "ids"
+    assert (result["samples_seen"], result["samples_lost"], result["samples_duplicated"]) == (160, 0, 0)
+    # a member's share missing from a step: lost, even though every step record is there
+    lost = [r for r in good if not (r["type"] == "share" and r["step"] == 3 and r["node"] == "n1")]
+    assert check_samples(lost, 10)["samples_lost"] == 4
+    # a member that used an id another member also used in the same data epoch
+    repeated = [dict(r) for r in good]
+    share = next(r for r in repeated if r["type"] == "share" and r["step"] == 2 and r["node"] == "n0")
+    other = next(r for r in repeated if r["type"] == "share" and r["step"] == 1 and r["node"] == "n0")
+    share["ids"] = [other["ids"][0], *share["ids"][1:]]
+    result = check_samples(repeated, 10)
+    assert result["samples_duplicated"] == 1 and result["samples_lost"] == 0
+
+
+def test_a_step_redone_in_a_later_group_counts_once_as_redone() -> None:
+    records = _job_log(4, 8, 32, [2, 2, 2, 2])
+    # step 3 was also taken earlier by another group (whose members then died, or that ran
+    # before the job resumed from a checkpoint): superseded, counted as redone
+    records.append({"type": "share", "node": "n9", "step": 3, "group": "old", "ids": [0, 1, 2], "t": 0.1})
+    records.append({"type": "step", "node": "n9", "step": 3, "group": "old", "sampler": [0, 16], "t": 0.2})
+    result = check_samples(records, 4)
+    assert (result["samples_duplicated"], result["samples_lost"], result["samples_redone"]) == (0, 0, 3)
+    # the same group name in the other order: the later one counts
+    records[-1]["t"] = 9.0
+    assert check_samples(records, 4)["samples_lost"] == 5  # only n9's 3 ids of the 8 for step 3
+    # a share logged before the all-reduce counts even if its member never logged the step
+    records = [r for r in _job_log(4, 8, 32, [2, 2, 2, 2]) if not (r["type"] == "step" and r["node"] == "n1")]
+    assert check_samples(records, 4)["samples_lost"] == 0
 
 
 # round 4715 of `bench --scenario chaos --seed 4711` as the old generator wrote it: after the

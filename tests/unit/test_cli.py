@@ -116,7 +116,15 @@ def command_names(parser) -> list[str]:
 
 
 def test_product_and_lab_commands_are_registered() -> None:
-    assert command_names(cli.build_parser()) == ["sidecar", "operator", "plan", "bench", "local", "sim"]
+    assert command_names(cli.build_parser()) == [
+        "sidecar",
+        "run",
+        "operator",
+        "plan",
+        "bench",
+        "local",
+        "sim",
+    ]
 
 
 def test_a_plugin_whose_module_is_not_installed_is_absent(monkeypatch) -> None:
@@ -125,7 +133,7 @@ def test_a_plugin_whose_module_is_not_installed_is_absent(monkeypatch) -> None:
         EntryPoint("ghost", "chaos_ghost.commands.ghost:register", cli.PLUGIN_GROUP),
         EntryPoint("sim", "chaos_lab.commands.sim:register", cli.PLUGIN_GROUP),
     )
-    assert command_names(cli.build_parser()) == ["sidecar", "operator", "plan", "sim"]
+    assert command_names(cli.build_parser()) == ["sidecar", "run", "operator", "plan", "sim"]
 
 
 def test_a_plugin_missing_a_dependency_is_an_error(monkeypatch, tmp_path) -> None:
@@ -164,3 +172,26 @@ def test_without_the_lab_the_product_commands_still_work() -> None:
     assert result.stdout.startswith("plan\n")
     assert "sidecar" in result.stdout and "operator" in result.stdout
     assert not re.search(r"^\s+(bench|local|sim)\s", result.stdout, flags=re.MULTILINE)
+
+
+def test_sidecar_state_dir_reaches_the_config(tmp_path: Path) -> None:
+    from chaos_sidecar.commands.sidecar import config_from_args
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 32)
+    base = ["sidecar", "--node-id", "n0", "--seed", "--secret-file", str(secret)]
+    assert config_from_args(cli.parse(base)).state_dir is None  # in memory: every start a new incarnation
+    config = config_from_args(cli.parse([*base, "--state-dir", str(tmp_path / "state")]))
+    assert config.state_dir == tmp_path / "state"
+
+
+def test_sim_writes_its_report_with_out(tmp_path: Path, capsys) -> None:
+    import json
+
+    out = tmp_path / "results" / "sim.json"
+    args = cli.parse(
+        ["sim", "--nodes", "3", "--schedules", "2", "--faults", "none", "--json", "--out", f"{out}"]
+    )
+    assert args.run(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == printed and printed["schedules"] == 2 and printed["violations"] == 0

@@ -65,6 +65,9 @@ def _cel_errors(schema: dict[str, Any], value: Any, path: str = "") -> list[str]
         for key, sub in (schema.get("properties") or {}).items():
             if key in value:
                 errors += _cel_errors(sub, value[key], f"{path}.{key}")
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            errors += _cel_errors(schema["items"], item, f"{path}[{i}]")
     return errors
 
 

@@ -12,24 +12,31 @@ import torch
 import torch.distributed as dist
 
 from chaos_train.groups import new_process_group
-from chaos_train.sdk import apply_gradients, data_parallel_step, local_gradients, log_keeper
+from chaos_train.sdk import data_parallel_step, log_keeper
+from chaos_train.state import Replica
+from chaos_train.workload import Workload
 
 STEPS = 3
 BATCH = 8
 
 
-def _replica():
+def _replica(dataset) -> Workload:
     torch.manual_seed(7)
     model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    return model, list(model.parameters()), optimizer
+
+    def loss(batch):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    return Workload(Replica(model, optimizer), dataset, loss, global_batch=BATCH)
 
 
 def test_a_member_posting_ahead_and_replaying_later_ends_identical(tmp_path) -> None:
     torch.set_num_threads(1)
     features = torch.randn(STEPS * BATCH, 4, generator=torch.Generator().manual_seed(1))
     labels = torch.randint(0, 3, (STEPS * BATCH,), generator=torch.Generator().manual_seed(2))
-    loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
+    dataset = torch.utils.data.TensorDataset(features, labels)
     store = dist.TCPStore("127.0.0.1", 0, 2, True, datetime.timedelta(seconds=30), wait_for_workers=False)
     groups = {}
 
@@ -42,28 +49,25 @@ def test_a_member_posting_ahead_and_replaying_later_ends_identical(tmp_path) -> 
     for t in threads:
         t.join()
 
-    member, entering, reference = _replica(), _replica(), _replica()
+    member, entering, reference = _replica(dataset), _replica(dataset), _replica(dataset)
     # the entering rank posts all its steps at once: zero gradient, a flag in its own slot
     posted = collections.deque()
     for _ in range(STEPS):
-        flat = local_gradients(entering[0], entering[1], loss_fn, features, labels, [], None, [0.0, 1.0])
+        flat = entering.gradients([], BATCH, [0.0, 1.0])
         posted.append((groups[1].allreduce([flat]), flat))
     batches = [list(range(s * BATCH, (s + 1) * BATCH)) for s in range(STEPS)]
     for batch in batches:  # the member takes the whole batch (the only working rank)
-        _, flags = data_parallel_step(
-            member[0], member[1], member[2], loss_fn, features, labels, batch, (0, 1), groups[0],
-            flags=[0.0, 0.0],
-        )  # fmt: skip
+        _, flags = data_parallel_step(member, batch, len(batch), groups[0], flags=[0.0, 0.0])
         assert flags == [0.0, 1.0]  # the entering rank's flag arrived in the sum
     for work, flat in posted:  # later: the entering rank applies what it received, in order
         work.wait()
-        apply_gradients(entering[1], entering[2], flat)
+        entering.apply(flat)
     for batch in batches:  # one process, no split
-        for p in reference[1]:
+        for p in reference.params:
             p.grad = None
-        (loss_fn(reference[0](features[batch]), labels[batch]) / len(batch)).backward()
-        reference[2].step()
-    for a, b, c in zip(member[1], entering[1], reference[1], strict=True):
+        reference.loss(reference.fetch(batch)).backward()
+        reference.replica.optimizer.step()
+    for a, b, c in zip(member.params, entering.params, reference.params, strict=True):
         assert torch.equal(a, b)
         assert torch.allclose(a, c, atol=1e-6)  # summation order differs from the split
 

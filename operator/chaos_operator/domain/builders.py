@@ -7,6 +7,7 @@ import copy
 import json
 from typing import Any
 
+from chaos_operator.domain.security import SECRET_FILE_MODE, harden_pod
 from chaos_operator.domain.spec import JobSpec
 from chaos_sidecar import trainer_env
 from chaos_sidecar.pod_contract import (
@@ -201,11 +202,12 @@ def build_pod(
     pod_spec.setdefault("containers", []).append(sidecar)
     pod_spec.setdefault("volumes", []).extend([
         volume,
-        {"name": "chaos-secret", "secret": {"secretName": job.secret_name,
+        {"name": "chaos-secret", "secret": {"secretName": job.secret_name, "defaultMode": SECRET_FILE_MODE,
                                             "items": [{"key": job.join_secret_key, "path": "join-secret"}]}},
     ])  # fmt: skip
     pod_spec["serviceAccountName"] = service_account_name(job, index)
     pod_spec["hostname"] = name
     pod_spec["subdomain"] = job.name
     pod_spec.setdefault("restartPolicy", "Never")  # a failed member is replaced, not restarted in place
+    pod_spec, _ = harden_pod(pod_spec)  # restricted Pod Security Standard; warnings: pod_security_warnings
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

@@ -35,6 +35,7 @@ class JobSpec:
     join_secret_key: str = "join-secret"
     backoff_limit: int = 6
     labels: dict[str, str] = field(default_factory=dict)
+    network_policy: Any = None  # domain.security.NetworkPolicySettings (spec.networkPolicy)
 
     @property
     def desired(self) -> int:
@@ -89,6 +90,8 @@ def parse_job(body: dict[str, Any]) -> JobSpec:
     join = spec.get("join", "blocking")
     if join not in ("blocking", "overlap"):
         raise SpecError("join", f"expected blocking or overlap, got {join!r}")
+    from chaos_operator.domain.security import parse_network_policy  # it raises SpecError
+
     return JobSpec(
         name=meta["name"],
         namespace=meta.get("namespace", "default"),
@@ -105,4 +108,5 @@ def parse_job(body: dict[str, Any]) -> JobSpec:
         join_secret_key=secret.get("key", "join-secret"),
         backoff_limit=int((spec.get("runPolicy") or {}).get("backoffLimit", 6)),
         labels=dict(meta.get("labels") or {}),
+        network_policy=parse_network_policy(spec.get("networkPolicy")),
     )

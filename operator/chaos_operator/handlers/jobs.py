@@ -22,6 +22,12 @@ from chaos_operator.domain.builders import (
     pod_name,
 )
 from chaos_operator.domain.reconcile import bad_reports, build_status, plan_pods
+from chaos_operator.domain.security import (
+    build_network_policy,
+    join_secret_problem,
+    network_policy_warnings,
+    pod_security_warnings,
+)
 from chaos_operator.domain.spec import JobSpec, SpecError, parse_job
 from chaos_operator.settings import CONFIG
 
@@ -45,8 +51,9 @@ def _count_error(namespace: str, name: str, reason: str) -> None:
 
 
 async def _shared_objects(job: JobSpec) -> None:
-    for obj in (build_service(job), build_configmap(job)):
-        await kube.apply(obj)
+    for obj in (build_service(job), build_configmap(job), build_network_policy(job)):
+        if obj is not None:  # the NetworkPolicy, when spec.networkPolicy.enabled is false
+            await kube.apply(obj)
     if job.join_secret_name is None:  # else the user's own Secret (federation.joinSecretRef)
         await kube.create_once(build_join_secret(job, secrets.token_urlsafe(32)))
 
@@ -127,11 +134,67 @@ async def reconcile(
         kopf.warn(body, reason="BackoffLimitExceeded",
                   message=f"{plan.failures} failed pods > backoffLimit {job.backoff_limit}")  # fmt: skip
     status["conditions"] = [
-        _condition("Reconciled", True, "Reconciled", f"{len(pods)} pods for {job.desired}")
+        _condition("Reconciled", True, "Reconciled", f"{len(pods)} pods for {job.desired}"),
+        _pod_security_condition(body, job, previous),
+        _network_policy_condition(body, job, previous),
     ]
+    status["conditions"] += await _join_secret_condition(body, job, previous)
     patch.status.update(status)
     metrics.RECONCILES.labels(*key, "ok").inc()
     metrics.DESIRED.labels(*key).set(job.desired)
+
+
+def _warning_condition(
+    body: kopf.Body,
+    previous: dict[str, Any],
+    kind: str,
+    warnings: list[str],
+    reasons: tuple[str, str],
+    ok: str,
+    event: str | None = None,
+) -> dict[str, Any]:
+    """Condition ``kind``: False while there are ``warnings``, with a Warning Event (reason
+    ``event``, else ``kind``) when they first appear or change, not at every reconcile;
+    ``reasons`` is (when fine, when not)."""
+    message = "; ".join(warnings) or ok
+    before = next((c for c in previous.get("conditions") or [] if c.get("type") == kind), {})
+    if warnings and before.get("message") != message[:1000]:
+        kopf.warn(body, reason=event or kind, message=message[:1000])
+    return _condition(kind, not warnings, reasons[bool(warnings)], message)
+
+
+def _pod_security_condition(body: kopf.Body, job: JobSpec, previous: dict[str, Any]) -> dict[str, Any]:
+    """``PodSecurity``: what the template sets against the restricted Pod Security Standard (its
+    pods keep what the user set)."""
+    return _warning_condition(body, previous, "PodSecurity", pod_security_warnings(job),
+                              ("Restricted", "TemplateNotRestricted"),
+                              "pods pass the restricted Pod Security Standard")  # fmt: skip
+
+
+def _network_policy_condition(body: kopf.Body, job: JobSpec, previous: dict[str, Any]) -> dict[str, Any]:
+    """``NetworkPolicy``: federation peers named by host name with no ``federationCIDRs`` (the
+    policy cannot admit them)."""
+    return _warning_condition(body, previous, "NetworkPolicy", network_policy_warnings(job),
+                              ("Complete", "PeersUnmatched"),
+                              "the policy admits every declared contact point")  # fmt: skip
+
+
+async def _join_secret_condition(
+    body: kopf.Body, job: JobSpec, previous: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """``JoinSecret``: False (with an Event when it turns so) while the job's Secret holds a key
+    the sidecars refuse (empty, too short): they keep the old one, so a rotation did not happen."""
+    try:
+        secret = await kube.get("Secret", job.namespace, job.secret_name)
+    except (kube.Forbidden, kube.ApiError) as exc:
+        return [_condition("JoinSecret", False, "Unreadable", str(exc))]
+    if secret is None:
+        return []
+    problem = join_secret_problem(secret, job.join_secret_key)
+    usable = f"Secret {job.secret_name} holds a usable key"
+    warnings = [problem] if problem else []
+    return [_warning_condition(body, previous, "JoinSecret", warnings, ("Valid", "Refused"), usable,
+                               event="JoinSecretRefused")]  # fmt: skip
 
 
 async def deleted(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:

@@ -51,7 +51,7 @@ LINK_PRESETS = {"equal": None, "skewed": [40.0, 20.0, 10.0, 10.0]}
 POLICY = {"chaos": "planned", "chaos-overlap": "planned", "equal-split": "equal-split",
           "single-source": "single-source"}  # fmt: skip
 WARMUP_STEPS = 3
-FEATURES, CLASSES = 64, 10  # the built-in model's input and output widths (chaos_train.worker)
+FEATURES, CLASSES = 64, 10  # the built-in model's input and output widths (examples/train/mlp.py)
 BIG_STEPS = 10**6  # trainers run until the harness stops them
 DEADLINE_S = 900.0
 

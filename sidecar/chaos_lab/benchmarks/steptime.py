@@ -37,7 +37,7 @@ from chaos_sidecar.cliutil import positive_int
 WARMUP = 20
 SAMPLE_S = 0.5  # how often the CPU sampler reads /proc
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-KINDS = {"chaos_train.worker": "trainer", "chaos_lab.plain_worker": "trainer", "chaos_sidecar.cli": "sidecar"}
+KINDS = {"examples/train/": "trainer", "chaos_lab.plain_worker": "trainer", "chaos_sidecar.cli": "sidecar"}
 
 
 def _step_stamps(path: Path) -> list[float]:
@@ -128,9 +128,16 @@ def _plain(nodes: int, steps: int, workdir: Path) -> tuple[float, dict[str, floa
     return _measured(workdir / "p0.jsonl", sampler)
 
 
-def _elastic(nodes: int, steps: int, workdir: Path) -> tuple[float, dict[str, float] | None]:
+def _elastic(
+    nodes: int, steps: int, workdir: Path, checkpoint_every: int | None = None
+) -> tuple[float, dict[str, float] | None]:
     # replica digests are a check of the demo, not part of training: off here
     config = JobConfig(nodes=nodes, steps=steps, churn=[], out=workdir, live=False, digest_every=0)
+    if checkpoint_every:  # a fresh directory per run: a run must not resume from the last one
+        config.checkpoint_dir, config.checkpoint_every = (
+            workdir.parent / f"{workdir.name}-ckpt",
+            checkpoint_every,
+        )
     job = LocalJob(config)
     with CpuSampler() as sampler:
         asyncio.run(job.run())
@@ -156,6 +163,42 @@ def _mean_cpu(runs: list[dict[str, float] | None]) -> dict[str, float] | None:
         return None
     kinds = sorted({k for r in known for k in r})
     return {k: round(statistics.mean(r.get(k, 0.0) for r in known), 3) for k in kinds}
+
+
+def measure_checkpoints(
+    nodes: int,
+    steps: int,
+    every: int,
+    workdir: Path,
+    runs: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The elastic job with durable checkpoints every ``every`` steps against the same job
+    without, alternating (off, on, off, ...) as ``measure`` does with the plain loop."""
+    say = progress or (lambda text: None)
+    off = [_elastic(nodes, steps, workdir / "off0")[0]]
+    on = []
+    for run in range(1, runs + 1):
+        on.append(_elastic(nodes, steps, workdir / f"on{run}", checkpoint_every=every)[0])
+        off.append(_elastic(nodes, steps, workdir / f"off{run}")[0])
+        say(
+            f"run {run}/{runs}: checkpoints on {on[-1]:.2f} ms between off {off[-2]:.2f} and {off[-1]:.2f} ms"
+        )
+    ratios = [x / ((off[i] + off[i + 1]) / 2) for i, x in enumerate(on)]
+    return {
+        "scenario": "steptime",
+        "compared": f"checkpoints every {every} steps vs none",
+        "nodes": nodes,
+        "steps": steps,
+        "runs": runs,
+        "checkpoint_every": every,
+        "off_step_ms_runs": [round(x, 3) for x in off],
+        "on_step_ms_runs": [round(x, 3) for x in on],
+        "ratio_runs": [round(r, 4) for r in ratios],
+        "ratio": round(statistics.median(ratios), 4),
+        "ratio_quartiles": _quartiles(ratios),
+        "off_neighbour_ratios": [round(b / a, 4) for a, b in itertools.pairwise(off)],
+    }
 
 
 def measure(
@@ -201,9 +244,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", type=positive_int, default=8, help="trainer processes")
     parser.add_argument("--steps", type=positive_int, default=300, help="training steps per run")
     parser.add_argument("--runs", type=positive_int, default=3, help="runs per variant, alternating")
+    parser.add_argument(
+        "--checkpoint-every", type=positive_int,
+        help="compare the elastic job with durable checkpoints every N steps against the same job without",
+    )  # fmt: skip
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="chaos-steptime-") as tmp:
         say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        if args.checkpoint_every:
+            return measure_checkpoints(
+                args.nodes, args.steps, args.checkpoint_every, Path(tmp), args.runs, say
+            )
         return measure(args.nodes, args.steps, Path(tmp), args.runs, say)

@@ -30,6 +30,8 @@ SCENARIOS = {
     "scalability": "decision cost of the membership machine and the planner as the group grows",
     "chaos": "rounds of the local job under random faults; exit 1 on any broken invariant",
     "join-modes": "what a join costs the members: blocking vs overlap joins side by side",
+    "examples": "the example scripts under random churn, each against the same script alone",
+    "long-haul": "one job absorbs N faults of every kind, beside the same job without: loss, samples, leaks",
 }
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 from chaos_lab.stats import summary
 from chaos_sidecar.cliutil import Subparsers, non_negative_int, positive_int, print_json
@@ -48,6 +50,7 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--replay", type=non_negative_int, help="replay one schedule by its seed")
     parser.add_argument("--list-faults", action="store_true", help="print the fault kinds and exit")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--out", help="also write the JSON report to this file")
     parser.set_defaults(run=run)
 
 
@@ -112,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         "max_epoch": max((r.max_epoch for r in results), default=0),
         "final_bridge": config.final_bridge,
         "bridged_commits": sum(r.bridged_commits for r in results),
+        "crashes": sum(r.crashes for r in results),
+        "agreement_crashes": sum(r.agreement_crashes for r in results),
+        "lost_state_restarts": sum(r.lost_state for r in results),
         "run_s": round(elapsed, 2),
     }
     for failure in failures[:3]:
@@ -122,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
             f"{'--final-bridge ' if args.final_bridge else ''}--replay {failure.seed}",
             file=sys.stderr,
         )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     if args.json:
         print_json(report)
     else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import ipaddress
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +16,9 @@ from prometheus_client import generate_latest
 from chaos_sidecar.adapters.peer_stream import MAX_FRAME_BYTES, STREAM_PATH, PeerLinks
 from chaos_sidecar.adapters.rendezvous import TrainerRendezvous, epoch_query
 from chaos_sidecar.adapters.runtime import EventLog, MembershipRuntime
+from chaos_sidecar.adapters.secret_watch import warn_if_loose, watch_secret
 from chaos_sidecar.adapters.shard_server import ShardServer
+from chaos_sidecar.adapters.state_store import StateStore, initial_state
 from chaos_sidecar.config import SidecarConfig, client_tls
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.membership import machine as sm
@@ -26,8 +27,15 @@ from chaos_sidecar.monitor.estimates import EstimateTable
 from chaos_sidecar.monitor.probe import probe_bandwidth
 from chaos_sidecar.protocol import local_api
 from chaos_sidecar.protocol.local_api import TRAINER_HEADER, RendezvousEntry, parse_report
-from chaos_sidecar.protocol.messages import MAX_MESSAGE_BYTES, View
-from chaos_sidecar.security import FRAME_MAC_BYTES, NODE_HEADER, TIMESTAMP_HEADER, Verifier, frame_mac
+from chaos_sidecar.protocol.messages import MAX_MESSAGE_BYTES
+from chaos_sidecar.security import (
+    FRAME_MAC_BYTES,
+    NODE_HEADER,
+    TIMESTAMP_HEADER,
+    RotatingSecret,
+    Verifier,
+    frame_mac_valid,
+)
 from chaos_sidecar.transfer.puller import POLICIES, Puller, SourceSpec, TransferError
 from chaos_sidecar.transfer.snapshot import check_name
 
@@ -142,7 +150,7 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
             break
         seq += 1
         mac, body = frame.data[:FRAME_MAC_BYTES], frame.data[FRAME_MAC_BYTES:]
-        if not hmac.compare_digest(mac, frame_mac(secret, node, nonce, seq, body)):
+        if not frame_mac_valid(secret, mac, node, nonce, seq, body, time.time_ns()):
             _reject(app, "bad_signature")
             break
         await runtime.receive(body, authenticated_as=node)
@@ -403,8 +411,18 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         )  # fmt: skip
         ticker = asyncio.create_task(runtime.tick_forever())
         watcher = asyncio.create_task(_watch_trainer(app)) if config.trainer_lease_s else None
+        rotation = None
+        if config.secret_file is not None and isinstance(config.secret, RotatingSecret):
+            warn_if_loose(config.secret_file, runtime.log)
+            rotation = asyncio.create_task(
+                watch_secret(
+                    config.secret_file, config.secret, config.secret_poll_s, app[METRICS], runtime.log
+                )
+            )
         yield
         ticker.cancel()
+        if rotation is not None:
+            rotation.cancel()
         if watcher is not None:
             watcher.cancel()
         await runtime.close()
@@ -412,14 +430,9 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def build_app(config: SidecarConfig, advertise: str) -> web.Application:
     """The sidecar app for a node reachable at ``advertise`` (its bound URL)."""
-    settings = config.membership
-    if config.seed:
-        view = View(1, (config.node_id,), config.node_id, (advertise,))
-        state = sm.initial_member(config.node_id, view, settings, time.monotonic())
-    else:
-        state = sm.initial_joiner(config.node_id, advertise, config.contacts, settings)
-        if config.defer_join:
-            state.status = sm.STANDBY
+    log = EventLog(config.log_path, config.node_id)
+    store = StateStore(config.state_dir, config.node_id) if config.state_dir is not None else None
+    state = initial_state(config, advertise, store, log.write)
     app = web.Application(client_max_size=MAX_MESSAGE_BYTES, middlewares=[_trainer_lease])
     app[LEASE] = TrainerLease()
     app[CONFIG] = config
@@ -435,8 +448,7 @@ def build_app(config: SidecarConfig, advertise: str) -> web.Application:
     def count(reason: str) -> None:
         _reject(app, reason)
 
-    log = EventLog(config.log_path, config.node_id)
-    app[RUNTIME] = MembershipRuntime(state, config.secret, log, metrics, on_reject=count)
+    app[RUNTIME] = MembershipRuntime(state, config.secret, log, metrics, on_reject=count, store=store)
     app[RENDEZVOUS] = rendezvous = TrainerRendezvous(config.node_id, config.secret, app[VERIFIER], count)
     app.router.add_get(local_api.PEER_RENDEZVOUS, rendezvous.peer_handler)
     app.cleanup_ctx.append(_runtime_ctx)

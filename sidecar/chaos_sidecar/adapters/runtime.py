@@ -2,7 +2,13 @@
 
 :class:`MembershipRuntime` owns the :class:`~chaos_sidecar.membership.machine.NodeState`,
 feeds it ticks and received messages, and executes the returned actions: sends become
-signed HTTP POSTs, the rest go to the event log and to waiters. It decides nothing.
+frames on the peer streams, the rest go to the event log and to waiters. It decides nothing.
+
+Durable state: a step that changed it returns a :class:`~chaos_sidecar.membership.machine.
+Persist` action first; with a :class:`~chaos_sidecar.adapters.state_store.StateStore` the
+runtime writes it (fsynced) before it executes anything else of that step. When the write
+fails the step is dropped whole (the state stays as before, nothing is sent: as if the input
+had been lost on the way), logged and counted.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos_sidecar.adapters.peer_stream import PeerLinks
+from chaos_sidecar.adapters.state_store import StateStore
 from chaos_sidecar.errors import ProtocolError
 from chaos_sidecar.membership import machine as sm
 from chaos_sidecar.metrics import SidecarMetrics
@@ -55,8 +62,10 @@ class MembershipRuntime:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_reject: Callable[[str], None] | None = None,
+        store: StateStore | None = None,
     ) -> None:
         self.state = state
+        self.store = store
         self.secret = secret
         self.log = log
         self.metrics = metrics
@@ -75,7 +84,12 @@ class MembershipRuntime:
 
     async def apply(self, event: sm.Event) -> None:
         started = time.perf_counter()
-        self.state, actions = sm.step(self.state, event, self.clock())
+        state, actions = sm.step(self.state, event, self.clock())
+        if actions and isinstance(actions[0], sm.Persist):
+            if not self._persist(actions[0].state):
+                return  # dropped whole: nothing that depends on the lost write happens
+            actions = actions[1:]
+        self.state = state
         if any(isinstance(a, sm.Decided) for a in actions):
             self.metrics.decision_seconds.observe(time.perf_counter() - started)
         self._next_due = sm.next_due(self.state)
@@ -106,6 +120,17 @@ class MembershipRuntime:
                 return f"relay_{reason}"
         await self.apply(sm.Receive(message))
         return None
+
+    def _persist(self, saved: sm.Durable) -> bool:
+        if self.store is None:
+            return True
+        try:
+            self.store.save(saved)
+        except OSError as exc:
+            self.on_reject("persist_failed")
+            self.log.write("error", where="persist", path=str(self.store.path), error=str(exc))
+            return False
+        return True
 
     def _sealed(self, message: Message) -> Message:
         """A relayed message of this node's own gets its end-to-end seal."""

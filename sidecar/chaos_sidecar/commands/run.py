@@ -56,6 +56,14 @@ def register(subparsers: Subparsers) -> None:
         help="this node starts from the script's initial state (implied by --new-group)",
     )  # fmt: skip
     parser.add_argument("--address", help="the host gloo binds to (default: the sidecar's advertised host)")
+    parser.add_argument(
+        "--checkpoint-dir",
+        help="write durable checkpoints here (storage every member reaches) and resume from them",
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints"
+    )
+    parser.add_argument("--checkpoint-keep", type=positive_int, default=3, help="complete checkpoints kept")
     parser.add_argument("script", help="the training script (a Python file)")
     parser.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
     parser.set_defaults(run=run)
@@ -70,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
         env = dict(os.environ)
         if args.steps:
             env[trainer_env.STEPS] = str(args.steps)
+        if args.checkpoint_dir:
+            env[trainer_env.CHECKPOINT_DIR] = args.checkpoint_dir
+            env[trainer_env.CHECKPOINT_EVERY] = str(args.checkpoint_every)
+            env[trainer_env.CHECKPOINT_KEEP] = str(args.checkpoint_keep)
         trainer_env.TrainerEnv.from_environ(env)  # a bad variable fails here, naming it
         os.execve(sys.executable, command, env)
     contacts = parse_contacts(args.peers)
@@ -118,6 +130,9 @@ def _run_with_sidecar(args: argparse.Namespace, command: list[str], scratch: Pat
             founding=args.founding or args.new_group,
             steps=args.steps,
             join_mode=args.join_mode,
+            checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_keep=args.checkpoint_keep,
         )
         trainer = subprocess.Popen(command, env={**os.environ, **env.to_environ()})
         # Ctrl-C or a TERM reach the script (the SDK leaves the group after its current step)

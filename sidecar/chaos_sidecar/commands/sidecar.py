@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 
 from chaos_sidecar.cliutil import Subparsers, non_negative_float, non_negative_int, positive_float
-from chaos_sidecar.config import SidecarConfig, check_tls_files, parse_contacts, read_secret, server_tls
+from chaos_sidecar.config import SidecarConfig, check_tls_files, parse_contacts, rotating_secret, server_tls
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.membership.machine import LEFT, RequestLeave, Settings
 
@@ -39,6 +39,24 @@ def register(subparsers: Subparsers) -> None:
         "--defer-join", action="store_true", help="join only when the trainer asks (POST /local/join)"
     )
     parser.add_argument("--secret-file", help="file holding the shared join secret")
+    parser.add_argument(
+        "--secret-poll-s",
+        type=positive_float,
+        default=1.0,
+        help="how often --secret-file is checked for a new key",
+    )
+    parser.add_argument(
+        "--secret-sign-delay-s",
+        type=non_negative_float,
+        default=120.0,
+        help="a rotated key is accepted at once, signs this much later (every member must see it first)",
+    )
+    parser.add_argument(
+        "--secret-grace-s",
+        type=non_negative_float,
+        default=600.0,
+        help="the replaced key stays accepted this long after the new one signs",
+    )
     parser.add_argument("--ready-file", help="write {'port', 'url', 'pid'} here once listening")
     parser.add_argument("--log", help="append the JSONL event log here")
     parser.add_argument("--heartbeat-s", type=positive_float, default=0.1)
@@ -46,6 +64,11 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--retry-s", type=positive_float, default=0.1)
     parser.add_argument("--fault-injection", action="store_true", help="enable /local/faults (tests)")
     parser.add_argument("--snapshot-dir", help="serve snapshots from this directory")
+    parser.add_argument(
+        "--state-dir",
+        help="keep the durable membership state (promises, acceptances, the committed view) here, "
+        "written before any message that depends on it; without it every start is a new incarnation",
+    )
     parser.add_argument("--tls-cert", help="PEM certificate for the peer port (with --tls-key, --tls-ca)")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument("--tls-ca", help="PEM CA that signed every member's certificate (mutual TLS)")
@@ -84,7 +107,9 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         raise InputError("--suspect-timeout-s", "must be larger than --heartbeat-s (both > 0)")
     return SidecarConfig(
         node_id=args.node_id,
-        secret=read_secret(args.secret_file),
+        secret=rotating_secret(args.secret_file, args.secret_grace_s, args.secret_sign_delay_s),
+        secret_file=Path(args.secret_file),
+        secret_poll_s=args.secret_poll_s,
         host=args.host,
         port=args.port,
         advertise=args.advertise,
@@ -95,6 +120,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         membership=settings,
         fault_injection=args.fault_injection,
         snapshot_dir=Path(args.snapshot_dir) if args.snapshot_dir else None,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
         upload_limit_Bps=args.upload_limit_mbps * 1e6 if args.upload_limit_mbps else None,
         trainer_lease_s=args.trainer_lease_s or None,
         **dict(zip(("tls_cert", "tls_key", "tls_ca"), tls or (None, None, None), strict=True)),

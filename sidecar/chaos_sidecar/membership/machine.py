@@ -25,8 +25,13 @@ Rules (docs/membership.md explains them, with the guards found by the simulator)
   connected one; the topology table keeps showing the direct links that are down.
 * Pending joins and leaves seen while a proposal is in flight are batched into the next one.
 
-Durable state (what survives a crash, see :func:`restart`): the committed view, the acceptor
-state for the next epoch, the highest round seen and ``fast_used``.
+Durable state (what survives a crash, see :class:`Durable`): the committed view, the acceptor
+state for the next epoch, the highest round seen, ``fast_used``, the wish to leave and the
+incarnation. :func:`step` says when it changed with a :class:`Persist` action, first in its
+list: the adapter writes it before executing anything else (a message that depends on a
+promise never leaves before the promise is on disk). A node that lost it comes back as a new
+incarnation (:func:`initial_joiner` with another ``incarnation``): it votes only once a view
+lists it with that incarnation, a view decided after it came back.
 """
 
 from __future__ import annotations
@@ -158,9 +163,19 @@ class Rejected:
 
 @dataclass(frozen=True, slots=True)
 class Accepting:
-    """This node accepted ``view`` for its epoch (the simulator checks quorums with it)."""
+    """This node accepted ``view`` for its epoch under ``ballot`` (the simulator checks
+    quorums, and that a ballot never carries two values, with it)."""
 
     view: View
+    ballot: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Write ``state`` durably before executing the actions after this one (it is always the
+    first): they may depend on it (a promise, an acceptance, a spent fast-path ballot)."""
+
+    state: Durable
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +188,9 @@ class MajorityChanged:
     needed: int
 
 
-Action = Send | Installed | Decided | Observed | TopologyChanged | Rejected | Accepting | MajorityChanged
+Action = (
+    Persist | Send | Installed | Decided | Observed | TopologyChanged | Rejected | Accepting | MajorityChanged
+)
 
 
 # --- state ----------------------------------------------------------------------------------
@@ -190,6 +207,23 @@ class Proposal:
     own: bool  # value is this node's own changes (not a re-proposal)
 
 
+@dataclass(frozen=True, slots=True)
+class Durable:
+    """What a node must not forget across a restart (Paxos' acceptor and proposer state for
+    the next epoch, and its committed view). Everything else is rebuilt from the network."""
+
+    node_id: str
+    incarnation: int
+    status: str
+    view: View | None
+    promised: Ballot | None
+    accepted: tuple[Ballot, View] | None
+    max_round: int
+    fast_used: int
+    want_leave: bool
+    contacts: tuple[tuple[str, str], ...]
+
+
 @dataclass(slots=True)
 class NodeState:
     node_id: str
@@ -203,10 +237,12 @@ class NodeState:
     accepted: tuple[Ballot, View] | None = None
     max_round: int = 0
     fast_used: int = 0
+    incarnation: int = 0  # this node id's life: a node that lost its durable state takes another
     # volatile
     proposal: Proposal | None = None
     want_leave: bool = False
     joins: dict[str, tuple[str, float]] = field(default_factory=dict)  # id -> (address, seen)
+    join_incarnations: dict[str, int] = field(default_factory=dict)  # of the joiners in joins
     leaves: dict[str, float] = field(default_factory=dict)
     last_heard: dict[str, float] = field(default_factory=dict)  # directly or relayed
     last_direct: dict[str, float] = field(default_factory=dict)  # directly
@@ -229,6 +265,7 @@ class NodeState:
         return replace(
             self,
             joins=dict(self.joins),
+            join_incarnations=dict(self.join_incarnations),
             leaves=dict(self.leaves),
             last_heard=dict(self.last_heard),
             last_direct=dict(self.last_direct),
@@ -243,45 +280,82 @@ class NodeState:
 
     @property
     def is_member(self) -> bool:
-        return self.view is not None and self.node_id in self.view.members and self.status == MEMBER
+        return self.view is not None and _listed(self, self.view) and self.status == MEMBER
+
+
+def _listed(s: NodeState, view: View) -> bool:
+    """Whether ``view`` lists this node, in this incarnation (another incarnation of the same
+    id may have voted in its epochs: this one must not)."""
+    return view.incarnation_of(s.node_id) == s.incarnation
 
 
 def initial_member(node_id: str, view: View, settings: Settings, now: float) -> NodeState:
     """A founding member of ``view``."""
-    state = NodeState(node_id, view.address_of(node_id) or node_id, settings, MEMBER, None)
+    incarnation = view.incarnation_of(node_id) or 0
+    address = view.address_of(node_id) or node_id
+    state = NodeState(node_id, address, settings, MEMBER, None, incarnation=incarnation)
     _install(state, view, now, [])
     return state
 
 
 def initial_joiner(
-    node_id: str, address: str, contacts: tuple[tuple[str, str], ...], settings: Settings
+    node_id: str,
+    address: str,
+    contacts: tuple[tuple[str, str], ...],
+    settings: Settings,
+    incarnation: int = 0,
 ) -> NodeState:
-    """A node asking to be admitted; ``contacts`` are (id, address) of current members."""
-    return NodeState(node_id, address, settings, JOINING, None, contacts=contacts)
+    """A node asking to be admitted; ``contacts`` are (id, address) of current members. A node
+    that lost its durable state joins with an ``incarnation`` it never had before."""
+    return NodeState(node_id, address, settings, JOINING, None, contacts=contacts, incarnation=incarnation)
+
+
+def durable(s: NodeState) -> Durable:
+    """The part of ``s`` that survives a restart."""
+    return Durable(
+        s.node_id,
+        s.incarnation,
+        s.status,
+        s.view,
+        s.promised,
+        s.accepted,
+        s.max_round,
+        s.fast_used,
+        s.want_leave,
+        s.contacts,
+    )
+
+
+def recover(saved: Durable, address: str, settings: Settings, now: float) -> NodeState:
+    """The state after a restart that kept ``saved``: everything volatile starts afresh."""
+    fresh = NodeState(
+        saved.node_id,
+        address,
+        settings,
+        saved.status,
+        saved.view,
+        contacts=saved.contacts,
+        promised=saved.promised,
+        accepted=saved.accepted,
+        max_round=saved.max_round,
+        fast_used=saved.fast_used,
+        incarnation=saved.incarnation,
+        want_leave=saved.want_leave,
+    )
+    if saved.view is not None:
+        _grace(fresh, saved.view, now)
+        if saved.want_leave and fresh.is_member:
+            # the wish to leave is durable: a coordinator proposes its own leave from here
+            # (the others forward it), or it would stay forever
+            fresh.leaves[saved.node_id] = now
+    if saved.status in (JOINING, REMOVED):
+        fresh.next_retry = now
+    return fresh
 
 
 def restart(state: NodeState, now: float) -> NodeState:
-    """The state after a crash: durable fields kept, everything volatile reset."""
-    fresh = NodeState(
-        state.node_id,
-        state.address,
-        state.settings,
-        state.status,
-        state.view,
-        contacts=state.contacts,
-        promised=state.promised,
-        accepted=state.accepted,
-        max_round=state.max_round,
-        fast_used=state.fast_used,
-        want_leave=state.want_leave,
-    )
-    if state.view is not None:
-        _grace(fresh, state.view, now)
-        if state.want_leave and state.node_id in state.view.members:
-            # the wish to leave is durable: a coordinator proposes its own leave from here
-            # (the others forward it), or it would stay forever
-            fresh.leaves[state.node_id] = now
-    return fresh
+    """The state after a crash: only :func:`durable` kept, everything volatile reset."""
+    return recover(durable(state), state.address, state.settings, now)
 
 
 def quorum(view: View) -> int:
@@ -320,6 +394,9 @@ def step(state: NodeState, event: Event, now: float) -> tuple[NodeState, list[Ac
                     _forward(s, Leave(s.node_id), out)
     if s.status != LEFT and news:
         _maybe_propose(s, now, out)
+    after = durable(s)
+    if after != durable(state):
+        out.insert(0, Persist(after))
     return s, out
 
 
@@ -452,9 +529,18 @@ def _forward(s: NodeState, body: Body, out: list[Action]) -> None:
     """Send to the coordinator, or to the slow-path candidate when the coordinator is unreachable."""
     assert s.view is not None
     target = s.view.coordinator
-    if _support(s, target, s.view, s.now) < s.view.majority:
+    if _reborn(s, target, s.now) or _support(s, target, s.view, s.now) < s.view.majority:
         target = _candidate(s) or target
     _send(s, target, body, out)
+
+
+def _reborn(s: NodeState, member: str, now: float) -> bool:
+    """Whether ``member`` of this node's view asks, right now, to be admitted as another
+    incarnation (it lost its durable state): it no longer votes, and must be re-admitted."""
+    assert s.view is not None
+    if member not in s.join_incarnations or not _join_is_fresh(s, s.joins[member][1], now):
+        return False
+    return s.join_incarnations[member] > (s.view.incarnation_of(member) or 0)
 
 
 # --- helpers: reachability -----------------------------------------------------------------
@@ -504,7 +590,7 @@ def _candidate(s: NodeState) -> str | None:
     assert s.view is not None
     now = s.now
     for m in s.view.members:
-        if m == s.view.coordinator:
+        if m == s.view.coordinator or (m != s.node_id and _reborn(s, m, now)):
             continue
         if _support(s, m, s.view, now) >= s.view.majority:
             return m
@@ -601,9 +687,15 @@ def _ask_admission(s: NodeState, out: list[Action]) -> None:
     contacts = [c for c in s.contacts if c[0] != s.node_id]
     if not contacts:
         return
+    ask = Message(s.node_id, s.epoch, Join(s.node_id, s.address, s.incarnation))
+    if s.view is not None and s.node_id in s.view.members:
+        # its view lists another incarnation of it: every member must learn that it no
+        # longer votes (a slow-path candidate must not wait for it)
+        for m, address in zip(s.view.members, s.view.addresses, strict=True):
+            if m != s.node_id:
+                out.append(Send(m, address, ask))
     cid, caddr = contacts[s.contact_cursor % len(contacts)]
     s.contact_cursor += 1
-    ask = Message(s.node_id, s.epoch, Join(s.node_id, s.address))
     out.append(Send(cid, caddr, ask))
     coordinator = s.view.coordinator if s.view is not None else cid  # a first join knows none
     if coordinator not in (cid, s.node_id):
@@ -631,7 +723,7 @@ def _retry(s: NodeState, now: float, out: list[Action]) -> None:
     if s.node_id != s.view.coordinator:
         for joiner, (address, seen) in sorted(s.joins.items()):
             if _join_is_fresh(s, seen, now):
-                _forward(s, Join(joiner, address), out)
+                _forward(s, Join(joiner, address, s.join_incarnations.get(joiner, 0)), out)
         if s.want_leave:
             _forward(s, Leave(s.node_id), out)
 
@@ -686,8 +778,8 @@ def _on_receive(s: NodeState, msg: Message, now: float, out: list[Action], *, re
                 _send(s, sender, Commit(s.view), out)
         case Heartbeat():
             _on_heartbeat(s, msg, body, now, out)
-        case Join(node, address):
-            _on_join(s, node, address, now, direct=(sender == node), out=out)
+        case Join(node, address, incarnation):
+            _on_join(s, node, address, incarnation, now, direct=(sender == node), out=out)
         case Leave(node):
             if s.view is not None and node in s.view.members and msg.epoch == s.epoch:
                 s.leaves.setdefault(node, now)
@@ -757,11 +849,20 @@ def _adjust_report(s: NodeState, sender: str, node: str, *, present: bool, now: 
     s.reports[sender] = (now, hears | {node} if present else hears - {node})
 
 
-def _on_join(s: NodeState, node: str, address: str, now: float, *, direct: bool, out: list[Action]) -> None:
+def _on_join(
+    s: NodeState, node: str, address: str, incarnation: int, now: float, *, direct: bool, out: list[Action]
+) -> None:
     if s.view is None or s.status != MEMBER:
         out.append(Rejected("not_member"))
         return
-    if node in s.view.members:
+    if node == s.node_id:
+        out.append(Rejected("self"))
+        return
+    listed = s.view.incarnation_of(node)
+    if (listed is not None and incarnation < listed) or incarnation < s.join_incarnations.get(node, 0):
+        out.append(Rejected("stale_incarnation"))  # from an earlier life, delayed or duplicated
+        return
+    if listed == incarnation:
         if direct:  # the joiner missed its commit
             s.last_push[node] = now
             out.append(Send(node, address, Message(s.node_id, s.epoch, Commit(s.view))))
@@ -770,10 +871,14 @@ def _on_join(s: NodeState, node: str, address: str, now: float, *, direct: bool,
         out.append(Rejected("departed"))
         return
     if direct and node not in s.joins:
-        out.append(Observed(("join", node)))
+        out.append(Observed(("join", node) if listed is None else ("rejoin", node)))
+        if listed is not None:  # it needs the view that still lists its old self
+            s.last_push[node] = now
+            out.append(Send(node, address, Message(s.node_id, s.epoch, Commit(s.view))))
     s.joins[node] = (address, now)
+    s.join_incarnations[node] = incarnation
     if s.node_id != s.view.coordinator:
-        _forward(s, Join(node, address), out)
+        _forward(s, Join(node, address, incarnation), out)
 
 
 # --- acceptor ------------------------------------------------------------------------------
@@ -783,7 +888,7 @@ def _on_acceptor_message(s: NodeState, msg: Message, now: float, out: list[Actio
     body = msg.body
     assert isinstance(body, Prepare | Accept)
     view = s.view
-    if view is None or s.node_id not in view.members or s.status not in (MEMBER,):
+    if view is None or not s.is_member:  # a new incarnation not yet listed as such never votes
         out.append(Rejected("not_acceptor"))
         return
     if body.target != view.epoch + 1:
@@ -810,7 +915,7 @@ def _on_acceptor_message(s: NodeState, msg: Message, now: float, out: list[Actio
         s.promised = body.ballot
         if s.accepted is None or s.accepted != (body.ballot, body.view):
             s.accepted = (body.ballot, body.view)
-            out.append(Accepting(body.view))
+            out.append(Accepting(body.view, body.ballot))
         _send(s, msg.sender, Accepted(body.target, body.ballot), out)
     else:
         _send(s, msg.sender, Nack(body.target, s.promised), out)
@@ -917,6 +1022,7 @@ def _compose(
     removed = _unreachable(s, staying, now) if removals else set()
     members: list[str] = []
     addresses: list[str] = []
+    incarnations: list[int] = []
     for m, address in zip(view.members, view.addresses, strict=True):
         if m in s.leaves:
             changes.append(("leave", m))
@@ -924,7 +1030,13 @@ def _compose(
             changes.append(("remove", m))
         else:
             members.append(m)
+            listed = view.incarnation_of(m) or 0
+            if m != s.node_id and _reborn(s, m, now) and _hears(s, s.node_id, m, now):
+                # it came back without its durable state: the same place, its new incarnation
+                changes.append(("rejoin", m))
+                address, listed = s.joins[m][0], s.join_incarnations[m]
             addresses.append(address)
+            incarnations.append(listed)
     for joiner, (address, seen) in sorted(s.joins.items()):
         # admit only joiners the proposer hears itself: a node cut off from it (say, removed
         # for reaching only a minority) would otherwise be re-admitted through a neighbour's
@@ -938,6 +1050,7 @@ def _compose(
             changes.append(("join", joiner))
             members.append(joiner)
             addresses.append(address)
+            incarnations.append(s.join_incarnations.get(joiner, 0))
     if not changes or not members:
         return None, ()
     # the new view must be able to reach its own quorum: count members heard within half
@@ -965,6 +1078,7 @@ def _compose(
         coordinator,
         tuple(addresses),
         departed[-s.settings.max_departed :],
+        tuple(incarnations) if any(incarnations) else (),
     )
     return new, tuple(changes)
 
@@ -985,7 +1099,9 @@ def _maybe_propose(s: NodeState, now: float, out: list[Action]) -> None:
                 out.append(Decided(new, changes))
                 _self_accept_and_send(s, now, out)
             return
-    elif _support(s, view.coordinator, view, now) >= view.majority or _candidate(s) != me:
+    elif (
+        not _reborn(s, view.coordinator, now) and _support(s, view.coordinator, view, now) >= view.majority
+    ) or _candidate(s) != me:
         return
     # slow path: the coordinator is unreachable, or it already spent its fast ballot
     if _support(s, me, view, now) < view.majority:
@@ -1029,7 +1145,7 @@ def _self_accept_and_send(s: NodeState, now: float, out: list[Action]) -> None:
         s.promised = p.ballot
         if s.accepted != (p.ballot, p.value):
             s.accepted = (p.ballot, p.value)
-            out.append(Accepting(p.value))
+            out.append(Accepting(p.value, p.ballot))
         s.proposal = p = replace(p, replies=p.replies | {me})
     for m in s.view.members:
         _send(s, m, Accept(p.target, p.ballot, p.value), out)
@@ -1042,7 +1158,7 @@ def _commit(s: NodeState, now: float, out: list[Action]) -> None:
     assert p is not None and p.value is not None and s.view is not None
     value = p.value
     for m in sorted(set(s.view.members) | set(value.members)):
-        if m in s.view.members:
+        if m in s.view.members and value.address_of(m) in (None, s.view.address_of(m)):
             _send(s, m, Commit(value), out)
         elif m != s.node_id:  # a joiner: its address is in the new view
             out.append(
@@ -1058,7 +1174,7 @@ def _install(s: NodeState, view: View, now: float, out: list[Action]) -> None:
     s.accepted = None
     s.proposal = None
     s.next_attempt = now
-    if s.node_id in view.members:
+    if _listed(s, view):
         s.status = MEMBER
     elif s.want_leave or s.node_id in view.departed:
         s.status = LEFT
@@ -1070,14 +1186,20 @@ def _install(s: NodeState, view: View, now: float, out: list[Action]) -> None:
         known.pop(gone, None)
     # newest members last, bounded: whom to ask for admission if this node is ever removed
     s.contacts = tuple(known.items())[-MAX_CONTACTS:]
-    s.joins = {j: v for j, v in s.joins.items() if j not in view.members and j not in view.departed}
+    s.joins = {
+        j: v
+        for j, v in s.joins.items()
+        if j not in view.departed and view.incarnation_of(j) != s.join_incarnations.get(j, 0)
+    }
+    s.join_incarnations = {j: i for j, i in s.join_incarnations.items() if j in s.joins}
     s.leaves = {m: t for m, t in s.leaves.items() if m in view.members}
     s.reports = {m: r for m, r in s.reports.items() if m in view.members}
     s.direct_reports = {m: r for m, r in s.direct_reports.items() if m in view.members}
-    if previous is None or s.node_id not in previous.members:
+    if previous is None or not _listed(s, previous):
         _grace(s, view, now)
-    else:
-        _grace(s, view, now, frozenset(view.members) - frozenset(previous.members))
+    else:  # newcomers, and members back as a new incarnation
+        renewed = (m for m in view.members if previous.incarnation_of(m) != view.incarnation_of(m))
+        _grace(s, view, now, frozenset(renewed))
     out.append(Installed(view, s.status))
     _check_majority(s, out)
 

@@ -6,8 +6,15 @@ replays exactly. During the fault phase the scheduler injects the enabled faults
 heals everything and lets the group settle. Invariants are checked after every step:
 
 * no two different views committed with the same epoch;
-* each node's committed epoch only grows (across restarts too);
-* every committed view was accepted by a majority of its predecessor's members;
+* no ballot carries two values, and no two values are chosen (accepted under one ballot by a
+  majority of the predecessor's members) for one epoch, committed or not;
+* each node's committed epoch only grows (across restarts too; a node that lost its state
+  is a new incarnation, whose epochs start again);
+* every committed view was accepted by a majority of its predecessor's members, under one
+  ballot;
+* an acceptor keeps its word across restarts: it never promises or accepts below a ballot it
+  promised, its promises report the highest ballot it accepted, and a new incarnation never
+  votes in an epoch where an earlier one did (checked on the messages it sends);
 * after the faults stop (everything healed, a majority alive), all live nodes converge to
   one view, whose members are exactly the live nodes that did not leave, within
   ``settle_s`` simulated seconds, and keep it for ``hold_s``.
@@ -17,6 +24,15 @@ more hubs still reach everyone, and ``final_bridge`` leaves such a cut in place 
 faults stop (one hub: a member of the newest view; nodes outside it, which have no relays,
 on the hub's side). Convergence then needs a connected majority to keep committing: members
 that cannot reach each other directly must be heard through the hub.
+
+Crash recovery: a restart keeps only what the node's last :class:`~chaos_sidecar.membership.
+machine.Persist` action wrote (and, now and then, not even that: the node comes back as a new
+incarnation). Besides the ``crash`` faults on the schedule, a node crashes right after a step
+that takes part in an agreement (PREPARE, PROMISE, ACCEPT, ACCEPTED, COMMIT, a decision or an
+install) with probability ``paxos_crash_p``, half the time part-way through executing that
+step's actions (the writes and sends after the cut never happen; a step of which nothing got
+out never happened), and restarts soon after; messages from before a restart, and some sent
+to it while it was down, are delivered after it.
 
 No wall clock is read except to time the decision step (``decision_ns``).
 """
@@ -31,7 +47,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from chaos_sidecar.membership import machine as sm
-from chaos_sidecar.protocol.messages import Message, View, decode, encode
+from chaos_sidecar.protocol.messages import Accepted, Ballot, Message, Promise, Relay, View, decode, encode
 
 FAULT_KINDS = (
     "crash",
@@ -45,6 +61,10 @@ FAULT_KINDS = (
     "join",
     "leave",
 )
+
+
+PAXOS_KINDS = frozenset({"prepare", "promise", "accept", "accepted", "commit", "nack"})
+STALE_REPLAYS = 8  # messages from before a restart delivered again after it
 
 
 def parse_faults(text: str) -> frozenset[str]:
@@ -85,6 +105,12 @@ class SimConfig:
     """Tick each node when :func:`~chaos_sidecar.membership.machine.next_due` says, as the
     sidecar does; False ticks every node at the retry pace and checks that a quiet node's
     early ticks change nothing (that ``next_due`` never skips work)."""
+    paxos_crash_p: float = 0.05
+    """With ``crash`` faults: chance that a node crashes right after a step that takes part in
+    an agreement (it restarts 0.01-1 s later, even after the faults stop)."""
+    amnesia_p: float = 0.2
+    """Chance that a restart finds no durable state (a lost or corrupt state file): the node
+    comes back as a new incarnation."""
     settings: sm.Settings = field(default_factory=sm.Settings)
 
 
@@ -102,6 +128,11 @@ class ScheduleResult:
     max_epoch: int = 0
     bridged_commits: int = 0
     """Epochs first committed while a bridge cut was in place."""
+    crashes: int = 0
+    agreement_crashes: int = 0
+    """Crashes right after a step that took part in an agreement."""
+    lost_state: int = 0
+    """Restarts without the durable state (new incarnations)."""
     trace: list[str] = field(default_factory=list)
 
 
@@ -121,12 +152,22 @@ class _Sim:
             n: sm.initial_member(n, self.initial, config.settings, 0.0) for n in ids
         }
         self.crashed: set[str] = set()
+        self.saved: dict[str, sm.Durable] = {n: sm.durable(s) for n, s in self.states.items()}
+        self.reborn: set[str] = set()  # back as a new incarnation, not re-admitted yet
+        self.incarnations = 0
+        self.recent: deque[tuple[str, str, Message]] = deque(maxlen=200)  # agreement messages sent
+        self.missed: dict[str, list[tuple[str, str, Message]]] = {}  # agreement messages lost in a crash
         self.left: set[str] = set()
         self.leaving: set[str] = set()
         self.joined = 0
         # invariant bookkeeping
         self.committed: dict[int, View] = {1: self.initial}
         self.accepts: dict[View, set[str]] = {}
+        self.ballot_values: dict[tuple[int, Ballot], View] = {}
+        self.ballot_accepts: dict[tuple[int, Ballot], set[str]] = {}
+        self.chosen: dict[int, View] = {1: self.initial}
+        # (node, epoch) -> (incarnation, highest ballot promised, highest accepted), as sent
+        self.votes: dict[tuple[str, int], tuple[int, Ballot | None, Ballot | None]] = {}
         self.epochs: dict[str, int] = dict.fromkeys(ids, 1)
         # network faults
         self.groups: dict[str, int] | None = None
@@ -170,10 +211,14 @@ class _Sim:
         message = send.message
         if self.cfg.wire:
             message = decode(encode(message))
-        for _ in range(copies):
+        if message.kind in PAXOS_KINDS:
+            self.recent.append((sender, to, message))
+        for copy in range(copies):
             delay = 0.0005 + self.rng.random() * 0.002
             if self.faults_on:
                 delay += self.rng.random() * self.jitter + self.rng.random() * self.extra_delay
+            if copy:  # a duplicate may come much later (after a restart of either end)
+                delay += self.rng.random() * 0.5
             self.push(self.now + delay, "deliver", (sender, to, message))
 
     # --- running nodes --------------------------------------------------------------------
@@ -190,14 +235,28 @@ class _Sim:
             if not self.cfg.due_ticks:
                 self.check_early_tick(node, state, new, actions)
         self.schedule_tick(node)
-        for action in actions:
+        crash = self.paxos_crash(node, actions)
+        # a crash half the time cuts the step short: what the adapter had not yet executed
+        # (writes, sends) never happens. What the machine decided stands (the checks record it)
+        # unless nothing of the step got out, neither a write nor a message: then it never was
+        done = self.rng.randint(0, len(actions)) if crash and self.rng.random() < 0.5 else len(actions)
+        effects = [i for i, a in enumerate(actions) if isinstance(a, sm.Persist | sm.Send)]
+        happened = not effects or effects[0] < done
+        for index, action in enumerate(actions if happened else []):
             match action:
+                case sm.Persist(saved):
+                    if index < done:
+                        self.saved[node] = saved
                 case sm.Send():
                     self.result.messages += 1
-                    self.transmit(node, action)
-                case sm.Accepting(view):
-                    self.accepts.setdefault(view, set()).add(node)
+                    if index < done:
+                        self.check_vote(node, action.message)
+                        self.transmit(node, action)
+                case sm.Accepting(view, ballot):
+                    self.check_accept(node, view, ballot)
                 case sm.Installed(view, status):
+                    if node in self.reborn and new.is_member:
+                        self.reborn.discard(node)
                     self.check_install(node, view)
                     self.log(
                         f"{node} installs e{view.epoch} {list(view.members)} c={view.coordinator} ({status})"
@@ -207,6 +266,88 @@ class _Sim:
                 case sm.Decided(view, changes):
                     self.result.decision_ns.append(elapsed)
                     self.log(f"{node} decides e{view.epoch}: {changes}")
+        if crash:
+            what = ", ".join(sorted(self.paxos_kinds(actions)))
+            cut = f" ({done} of its {len(actions)} actions done)" if done < len(actions) else ""
+            why = f"after its {what}{cut}"
+            self.crash(node, self.rng.uniform(0.01, 1.0), why, brief=True)
+
+    @staticmethod
+    def paxos_kinds(actions: list) -> set[str]:
+        kinds = {a.message.kind for a in actions if isinstance(a, sm.Send) and a.message.kind in PAXOS_KINDS}
+        kinds.update(type(a).__name__.lower() for a in actions if isinstance(a, sm.Decided | sm.Installed))
+        return kinds
+
+    def paxos_crash(self, node: str, actions: list) -> bool:
+        """Whether ``node`` crashes right after this step (which took part in an agreement)."""
+        if not self.faults_on or "crash" not in self.cfg.faults or node in self.crashed or node in self.left:
+            return False
+        return bool(self.paxos_kinds(actions)) and self.rng.random() < self.cfg.paxos_crash_p
+
+    def crash(self, node: str, down_s: float, why: str = "", *, brief: bool = False) -> None:
+        """``brief``: it comes back even after the faults stop, so any number may be down at
+        once; only a loss of its state (a new incarnation that needs a quorum to be
+        re-admitted) must then keep a live majority (:meth:`may_lose`)."""
+        self.crashed.add(node)
+        self.result.crashes += 1
+        self.result.agreement_crashes += brief
+        self.log(f"FAULT crash {node}{' ' + why if why else ''}")
+        amnesia = node not in self.leaving and self.rng.random() < self.cfg.amnesia_p
+        if amnesia and brief:
+            self.crashed.discard(node)  # may_lose counts the crashed as gone already
+            amnesia = self.may_lose(node)
+            self.crashed.add(node)
+        self.push(self.now + down_s, "restart", (node, amnesia, brief))
+
+    def restart(self, node: str, amnesia: bool) -> None:
+        """Back with what it persisted, or (``amnesia``) as a new incarnation that asks to join."""
+        self.crashed.discard(node)
+        old = self.states[node]
+        if amnesia:
+            self.incarnations += 1
+            top = self.committed[max(self.committed)]
+            contacts = tuple((n, n) for n in top.members if n != node)
+            settings = self.cfg.settings
+            self.states[node] = sm.initial_joiner(node, old.address, contacts, settings, self.incarnations)
+            self.saved[node] = sm.durable(self.states[node])
+            self.reborn.add(node)
+            self.result.lost_state += 1
+            self.epochs[node] = 0  # a new incarnation: its epochs start again
+            self.log(f"FAULT restart {node} without its state: incarnation {self.incarnations}")
+        else:
+            saved = self.saved[node]
+            self.states[node] = sm.recover(saved, old.address, self.cfg.settings, self.now)
+            # an install whose write the crash cut short never happened (nothing it sent left)
+            self.epochs[node] = 0 if saved.view is None else saved.view.epoch
+            self.log(f"FAULT restart {node}")
+            if node in self.leaving and not saved.want_leave:
+                self.leaving.discard(node)  # the request to leave died with it, unwritten
+                self.log(f"{node} forgot its leave (the crash cut it before it was written)")
+        self.schedule_tick(node)
+        # messages from its previous life, to it and from it, arrive again after the restart,
+        # and some of those sent to it while it was down arrive now (while it starts over)
+        stale = [m for m in self.recent if node in (m[0], m[1])]
+        for sender, to, message in self.rng.sample(stale, min(STALE_REPLAYS, len(stale))):
+            self.push(self.now + self.rng.uniform(0.0, 0.05), "deliver", (sender, to, message))
+        missed = self.missed.pop(node, [])
+        for sender, to, message in self.rng.sample(missed, min(4 * STALE_REPLAYS, len(missed))):
+            self.push(self.now + self.rng.uniform(0.001, 0.01), "deliver", (sender, to, message))
+
+    def check_accept(self, node: str, view: View, ballot: Ballot) -> None:
+        """One value per ballot; and once a majority of the predecessor's members accepted one
+        value under one ballot, that value is chosen: no other may be chosen or committed."""
+        self.accepts.setdefault(view, set()).add(node)
+        key = (view.epoch, ballot)
+        first = self.ballot_values.setdefault(key, view)
+        if first != view:
+            self.violation(f"ballot {ballot} of e{view.epoch} carries two values: {first} and {view}")
+        accepted = self.ballot_accepts.setdefault(key, set())
+        accepted.add(node)
+        predecessor = self.committed.get(view.epoch - 1)
+        if predecessor is not None and len(accepted & set(predecessor.members)) >= predecessor.majority:
+            chosen = self.chosen.setdefault(view.epoch, view)
+            if chosen != view:
+                self.violation(f"two values chosen at e{view.epoch}: {chosen} and {view}")
 
     def check_early_tick(self, node: str, before: sm.NodeState, after: sm.NodeState, actions: list) -> None:
         """A tick before a quiet node's ``next_due`` must change nothing that matters (its
@@ -228,6 +369,9 @@ class _Sim:
             self.push(due, "node_tick", node)
 
     def check_install(self, node: str, view: View) -> None:
+        chosen = self.chosen.get(view.epoch)
+        if chosen is not None and chosen != view:
+            self.violation(f"{node} installs e{view.epoch} {view}, but {chosen} was chosen")
         previous = self.committed.get(view.epoch)
         if previous is None:
             self.committed[view.epoch] = view
@@ -251,6 +395,40 @@ class _Sim:
                 f"e{view.epoch} committed with {len(acceptors)} acceptances of "
                 f"{len(predecessor.members)} predecessor members"
             )
+        elif view.epoch not in self.chosen:
+            self.violation(f"e{view.epoch} committed without a majority of its predecessor under one ballot")
+
+    def check_vote(self, node: str, message: Message) -> None:
+        """What an acceptor says must keep its word across restarts: no promise or acceptance
+        below a ballot it promised, a promise reports the highest ballot it accepted in that
+        epoch, and a new incarnation never votes in an epoch where an earlier one did."""
+        body = message.body
+        if isinstance(body, Relay):
+            body = body.inner.body if body.inner.sender == node else None
+        if not isinstance(body, Promise | Accepted):
+            return
+        key, incarnation = (node, body.target), self.states[node].incarnation
+        voter, promised, accepted = self.votes.get(key, (incarnation, None, None))
+        if voter != incarnation:  # the new one knows nothing of the old one's votes
+            self.violation(
+                f"{node} (incarnation {incarnation}) votes in e{body.target}, as did its incarnation {voter}"
+            )
+        if promised is not None and body.ballot < promised:
+            what = f"{node} sent {body.kind} {body.ballot} for e{body.target}"
+            self.violation(f"{what} below its promise {promised}")
+        if isinstance(body, Promise):
+            if accepted is not None and (body.accepted_ballot is None or body.accepted_ballot < accepted):
+                self.violation(
+                    f"{node} promised {body.ballot} for e{body.target} reporting {body.accepted_ballot}, "
+                    f"but it had accepted under {accepted}"
+                )
+        else:
+            accepted = body.ballot if accepted is None else max(accepted, body.ballot)
+        self.votes[key] = (
+            incarnation,
+            body.ballot if promised is None else max(promised, body.ballot),
+            accepted,
+        )
 
     # --- faults ----------------------------------------------------------------------------
 
@@ -258,28 +436,41 @@ class _Sim:
         return set(self.states) - self.crashed - self.left
 
     def views_at_risk(self) -> list[View]:
-        """Views whose quorums must stay alive: the newest committed one and any newer
-        value some live node has accepted (it may yet be chosen)."""
+        """Views whose quorums must stay alive: the newest committed one (and those after the
+        newest any live voter holds), any newer value some node has accepted (it may yet be
+        chosen), each also grown by every pending joiner (alive or not: any of them may yet
+        be admitted)."""
         top = max(self.committed)
-        views = [self.committed[top]]
-        # pending joiners (alive or not) may yet be admitted: assume they all are
-        outsiders = [n for n, s in self.states.items() if s.status in (sm.JOINING, sm.REMOVED)]
-        if outsiders:
-            grown = (*self.committed[top].members, *outsiders)
-            views.append(View(top + 1, grown, grown[0], grown))
+        # a view newer than every live voter's is known only to nodes that left or died: the
+        # voters learn it through a quorum of the newest view they hold
+        voters = self.live() - self.leaving - self.reborn
+        known = max((self.states[n].epoch for n in voters if self.states[n].view is not None), default=top)
+        views = [self.committed[e] for e in range(min(known, top), top + 1) if e in self.committed]
         for state in self.states.values():
             if state.accepted is not None and state.accepted[1].epoch > top:
                 views.append(state.accepted[1])
+        outsiders = [n for n, s in self.states.items() if s.status in (sm.JOINING, sm.REMOVED)]
+        for view in list(views):
+            grown = (*view.members, *(n for n in outsiders if n not in view.members))
+            if len(grown) > len(view.members):
+                views.append(View(view.epoch + 1, grown, grown[0], grown))
         return views
 
     def may_lose(self, node: str) -> bool:
         """Whether crashing or retiring ``node`` keeps a live majority in every view that
         matters (the precondition of the liveness check; leavers count as gone)."""
-        alive = self.live() - self.leaving - {node}
-        return all(
-            len(alive & set(v.members)) >= v.majority and len(alive & set(v.members)) >= 2
-            for v in self.views_at_risk()
-        )
+        alive = self.live() - self.leaving - self.reborn - {node}  # the reborn vote only once re-admitted
+        for view in self.views_at_risk():
+            size, live = len(view.members), len(alive & set(view.members))
+            # the next view may drop up to a minority of this one's members, live ones too (a
+            # proposer judges on reports that may be stale): say the live ones. Without this
+            # a crash strands the group for good: n1 of [n0, n1], the successor of [n0, n1, n3]
+            # that n0 proposed while a partition cut n3 off, or while n1 was dying
+            for dropped in range(size - view.majority + 1):
+                kept, kept_live = size - dropped, live - dropped
+                if kept_live < kept // 2 + 1 or kept_live < 2:
+                    return False
+        return True
 
     def inject(self) -> None:
         kinds = sorted(self.cfg.faults)
@@ -291,10 +482,7 @@ class _Sim:
             case "crash":
                 candidates = [n for n in live if self.may_lose(n)]
                 if candidates:
-                    node = rng.choice(candidates)
-                    self.crashed.add(node)
-                    self.log(f"FAULT crash {node}")
-                    self.push(self.now + rng.uniform(0.2, 1.2), "restart", node)
+                    self.crash(rng.choice(candidates), rng.uniform(0.2, 1.2))
             case "partition":
                 if len(live) >= 2 and self.groups is None:
                     shuffled = live[:]
@@ -337,6 +525,7 @@ class _Sim:
                 node = f"j{self.joined}"
                 contacts = tuple((n, n) for n in sorted(self.committed[max(self.committed)].members))
                 self.states[node] = sm.initial_joiner(node, node, contacts, self.cfg.settings)
+                self.saved[node] = sm.durable(self.states[node])
                 self.epochs[node] = 0
                 self.log(f"FAULT join {node}")
                 self.schedule_tick(node)
@@ -439,6 +628,8 @@ class _Sim:
                 case "deliver":
                     sender, to, message = payload  # type: ignore[misc]
                     assert isinstance(message, Message)
+                    if to in self.crashed and message.kind in PAXOS_KINDS and self.faults_on:
+                        self.missed.setdefault(to, []).append((sender, to, message))
                     if to in self.crashed or to in self.left or not self.connected(sender, to):
                         continue
                     self.apply(to, sm.Receive(message))
@@ -467,12 +658,9 @@ class _Sim:
                 case "fault":
                     self.inject()
                 case "restart":
-                    node = payload  # type: ignore[assignment]
-                    if self.faults_on and node in self.crashed:
-                        self.crashed.discard(node)
-                        self.states[node] = sm.restart(self.states[node], self.now)
-                        self.schedule_tick(node)
-                        self.log(f"FAULT restart {node}")
+                    node, amnesia, brief = payload  # type: ignore[misc]
+                    if (self.faults_on or brief) and node in self.crashed:
+                        self.restart(node, amnesia)
                 case "heal":
                     self.groups = None
                     self.log("heal partition")

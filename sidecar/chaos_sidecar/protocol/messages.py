@@ -21,6 +21,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_MEMBERS = 1024
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,62}$")
 _ADDRESS_MAX = 256
+MAX_INCARNATION = 2**53  # the sidecar takes microseconds of the wall clock: later lives are larger
 
 Ballot = tuple[int, str]  # (round, node id); round 0 belongs to the view's coordinator
 
@@ -34,6 +35,10 @@ class View:
     coordinator: str
     addresses: tuple[str, ...]  # aligned with members
     departed: tuple[str, ...] = ()  # recent graceful leavers, never re-admitted
+    incarnations: tuple[int, ...] = ()
+    """Aligned with members (empty: every member's is 0). A sidecar that comes back without
+    its durable state is a new incarnation of its node id: it votes only once a view lists
+    it with its own incarnation (see docs/membership.md)."""
 
     @property
     def majority(self) -> int:
@@ -45,14 +50,25 @@ class View:
         except ValueError:
             return None
 
+    def incarnation_of(self, node: str) -> int | None:
+        """``node``'s incarnation in this view (None: not a member)."""
+        try:
+            index = self.members.index(node)
+        except ValueError:
+            return None
+        return self.incarnations[index] if self.incarnations else 0
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "epoch": self.epoch,
             "members": list(self.members),
             "coordinator": self.coordinator,
             "addresses": list(self.addresses),
             "departed": list(self.departed),
         }
+        if any(self.incarnations):
+            out["incarnations"] = list(self.incarnations)
+        return out
 
 
 # --- bodies ---------------------------------------------------------------------------------
@@ -72,6 +88,7 @@ class Join:
     kind: ClassVar[str] = "join"
     node: str  # the joiner (a member may forward a joiner's request)
     address: str
+    incarnation: int = 0  # the joiner's; another than its view's makes a member rejoin
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +231,10 @@ def _body_json(body: Body) -> dict[str, Any]:
                 out["direct"] = list(body.direct)
             return out
         case Join():
-            return {"node": body.node, "address": body.address}
+            join: dict[str, Any] = {"node": body.node, "address": body.address}
+            if body.incarnation:
+                join["incarnation"] = body.incarnation
+            return join
         case Leave() | Suspect() | LinkDown() | LinkUp():
             return {"node": body.node}
         case Prepare() | Accepted():
@@ -311,13 +331,32 @@ def _view(value: Any, where: str) -> View:
     coordinator = node_id(value.get("coordinator"), f"{where}.coordinator")
     if coordinator not in members:
         raise _bad(f"{where}.coordinator", "must be a member")
+    incarnations = value.get("incarnations", [])
+    if not isinstance(incarnations, list) or len(incarnations) not in (0, len(members)):
+        raise _bad(f"{where}.incarnations", "expected one incarnation per member")
+    for i, incarnation in enumerate(incarnations):
+        if type(incarnation) is not int or not 0 <= incarnation <= MAX_INCARNATION:
+            raise _bad(f"{where}.incarnations[{i}]", f"expected an integer in 0..{MAX_INCARNATION}")
     return View(
         epoch=_int(value, "epoch", where, minimum=1),
         members=members,
         coordinator=coordinator,
         addresses=tuple(_address(a, f"{where}.addresses[{i}]") for i, a in enumerate(addresses)),
         departed=_ids(value.get("departed", []), f"{where}.departed"),
+        incarnations=tuple(incarnations) if any(incarnations) else (),
     )
+
+
+def view_from_json(value: Any, where: str) -> View:
+    """A view as :meth:`View.to_json` wrote it, validated (raises :class:`ProtocolError`)."""
+    return _view(value, where)
+
+
+def ballot_from_json(value: Any, where: str) -> Ballot:
+    """A ballot ``[round, node id]``, validated (raises :class:`ProtocolError`)."""
+    ballot = _ballot(value, where)
+    assert ballot is not None
+    return ballot
 
 
 def _parse_body(kind: str, body: dict[str, Any]) -> Body:
@@ -352,9 +391,13 @@ def _parse_body(kind: str, body: dict[str, Any]) -> Body:
                 None if direct is None else _ids(direct, "body.direct"),
             )
         case "join":
+            incarnation = body.get("incarnation", 0)
+            if type(incarnation) is not int or not 0 <= incarnation <= MAX_INCARNATION:
+                raise _bad("body.incarnation", f"expected an integer in 0..{MAX_INCARNATION}")
             return Join(
                 node_id(body.get("node"), "body.node"),
                 _address(body.get("address"), "body.address"),
+                incarnation,
             )
         case "leave":
             return Leave(node_id(body.get("node"), "body.node"))

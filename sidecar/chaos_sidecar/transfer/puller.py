@@ -34,7 +34,7 @@ from chaos_sidecar.errors import ChaosError
 from chaos_sidecar.planning import greedy
 from chaos_sidecar.planning.extended import replan
 from chaos_sidecar.planning.model import Instance, Source
-from chaos_sidecar.security import signed_headers
+from chaos_sidecar.security import accepted_keys, signed_headers
 from chaos_sidecar.transfer.snapshot import Manifest, ShardFile, parse_manifest, verify_shard
 
 BODY_MAC_HEADER = "X-Chaos-Body-Mac"
@@ -184,8 +184,11 @@ class Puller:
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 problems.append(f"{spec.id}: {exc!r}")
                 continue
-            expected = hmac.new(self.secret, raw, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(mac, expected):
+            expected = [
+                hmac.new(k, raw, hashlib.sha256).hexdigest()
+                for k in accepted_keys(self.secret, time.time_ns())
+            ]
+            if not any(hmac.compare_digest(mac, e) for e in expected):  # any key valid now (rotation)
                 problems.append(f"{spec.id}: manifest MAC mismatch (tampered)")
                 continue
             return parse_manifest(raw)

@@ -1,0 +1,89 @@
+"""The public SDK through its launcher and the local harness: real sidecars and trainers.
+
+- a user exception ends the trainer with the user's traceback and a non-zero exit, and is
+  not taken for a failed collective (no regroup after it);
+- founding members that start from different parameters are refused, naming the problem;
+- an example script trains under random churn with every sample used exactly once (counted
+  by id) and ends where the same script trained alone ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "tests" / "data" / "scripts"
+CLI = [sys.executable, "-m", "chaos_sidecar.cli"]
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CHAOS_")} | {"OMP_NUM_THREADS": "1"}
+
+
+def test_a_user_exception_ends_the_trainer_with_its_traceback_and_no_regroup(tmp_path) -> None:
+    log = tmp_path / "events.jsonl"
+    done = subprocess.run(
+        [*CLI, "run", "--new-group", "--node-id", "solo", "--event-log", str(log),
+         str(SCRIPTS / "failing_step.py")],
+        capture_output=True, text=True, timeout=120, env=_clean_env(), check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "ValueError: the user's model broke at its third step" in done.stderr
+    assert "failing_step.py" in done.stderr  # the user's own frame is in the traceback
+    kinds = [json.loads(line)["type"] for line in log.read_text().splitlines()]
+    assert "user_error" in kinds
+    assert "collective_failed" not in kinds and "rendezvous_failed" not in kinds
+    assert kinds.count("regroup") == 1  # the first group only
+    assert kinds.count("step") == 2
+
+
+def test_run_names_a_script_that_does_not_exist(tmp_path) -> None:
+    done = subprocess.run([*CLI, "run", "--new-group", str(tmp_path / "nope.py")], capture_output=True,
+                          text=True, timeout=60, env=_clean_env(), check=False)  # fmt: skip
+    assert done.returncode == 2
+    assert "SCRIPT" in done.stderr and "nope.py does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_founding_members_with_different_initial_parameters_are_refused(tmp_path) -> None:
+    churn = tmp_path / "none.json"
+    churn.write_text("[]")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [*CLI, "local", "--nodes", "3", "--steps", "20", "--churn", str(churn), "--out", str(out),
+         "--script", str(SCRIPTS / "unseeded.py")],
+        capture_output=True, text=True, timeout=300, env=_clean_env(), check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    stderr = "".join(p.read_text() for p in out.glob("logs/*.trainer.stderr"))
+    assert "model: the initial state differs between members" in stderr
+    steps = [r for p in out.glob("logs/*.trainer.jsonl") for r in map(json.loads, p.read_text().splitlines())
+             if r["type"] == "step"]  # fmt: skip
+    assert steps == []  # refused before the first step
+
+
+def test_an_example_trains_under_random_churn_exactly_once_per_sample_and_as_alone(tmp_path) -> None:
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [*CLI, "local", "--steps", "60", "--churn", "random:3", "--out", str(out), "--compare-alone",
+         "--script", str(ROOT / "examples" / "train" / "digits_cnn.py"), "--script-args", "--steps 60"],
+        capture_output=True, text=True, timeout=600, env=_clean_env(), check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] and summary["replicas_identical"]
+    assert summary["sample_accounting"] == "ids"
+    assert summary["samples_seen"] == summary["samples_expected"] == 60 * 64
+    assert summary["samples_lost"] == summary["samples_duplicated"] == 0
+    assert any(e["kind"] in ("crash", "crash_sidecar", "crash_trainer", "leave") for e in summary["events"])
+    assert summary["alone"]["steps"] == 60
+    # the same global batches in the same order: only the order of floating-point sums differs
+    assert summary["alone"]["final_loss_relative_difference"] < 1e-3
