@@ -108,6 +108,8 @@ class RunningPod:
     slot: int
     directory: Path
     token: str = ""
+    kill_at: float = 0.0
+    kill_reported: bool = False
     containers: dict[str, Container] = field(default_factory=dict)
     started: bool = False
     stopping: bool = False
@@ -134,7 +136,6 @@ class PodRunner:
         self.star: netns.Star | None = None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task | None = None
-        self._stops: set[asyncio.Task] = set()
         self.errors: list[str] = []  # what the runner itself failed at (shown by tests)
 
     # --- life -------------------------------------------------------------------------------------
@@ -158,8 +159,6 @@ class PodRunner:
                 if c.process is not None:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         await asyncio.to_thread(c.process.wait, 10)
-        for task in list(self._stops):
-            task.cancel()
         if self._session is not None:
             await self._session.close()
         if self.star is not None:
@@ -208,6 +207,7 @@ class PodRunner:
             await asyncio.sleep(POLL_S)
 
     async def _sync(self) -> None:
+        self._reap()
         listed = await self._api("GET", f"/api/v1/namespaces/{self.namespace}/pods") or {}
         seen = set()
         for body in listed.get("items") or []:
@@ -463,28 +463,28 @@ class PodRunner:
         return any(c.process is not None and c.process.poll() is None for c in pod.containers.values())
 
     def _stop(self, pod: RunningPod, body: dict[str, Any] | None) -> None:
+        """SIGTERM now; SIGKILL once the grace period is over (see _reap, every loop)."""
         if pod.stopping:
             return
         pod.stopping = True
         grace = float(((body or {}).get("spec") or {}).get("terminationGracePeriodSeconds", 30))
-        task = asyncio.create_task(self._stop_later(pod, min(grace, MAX_GRACE_S)))
-        self._stops.add(task)
-        task.add_done_callback(self._stops.discard)
-
-    async def _stop_later(self, pod: RunningPod, grace_s: float) -> None:
+        pod.kill_at = time.monotonic() + min(grace, MAX_GRACE_S)
         self._signal(pod, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and self._alive(pod):
-            await asyncio.sleep(0.1)
-        deadline = time.monotonic() + KILL_WAIT_S
-        while self._alive(pod):
-            self._signal(pod, signal.SIGKILL)
-            if time.monotonic() > deadline:
-                self.errors.append(f"{pod.name}: processes outlived SIGKILL by {KILL_WAIT_S} s")
-                break
-            await asyncio.sleep(0.1)
-        if self.pods.get(pod.name) is pod:
-            del self.pods[pod.name]  # its slot is free again
+
+    def _reap(self) -> None:
+        """Stopping pods: gone once every process exited (the slot is free again); SIGKILL
+        after the grace period, again at every look until they are gone."""
+        now = time.monotonic()
+        for name, pod in list(self.pods.items()):
+            if not pod.stopping:
+                continue
+            if not self._alive(pod):
+                del self.pods[name]
+            elif now >= pod.kill_at:
+                self._signal(pod, signal.SIGKILL)
+                if now >= pod.kill_at + KILL_WAIT_S and not pod.kill_reported:
+                    pod.kill_reported = True
+                    self.errors.append(f"{name}: processes outlived SIGKILL by {KILL_WAIT_S} s")
 
     def describe(self) -> str:
         """One line per pod: containers, exit codes, readiness (for failure messages)."""
@@ -495,7 +495,7 @@ class PodRunner:
         elif task is not None:
             frames = task.get_stack(limit=8)
             rows.append("loop at " + " < ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in frames))
-        rows += [f"stopping tasks {len(self._stops)}; errors {self.errors[-3:]}"]
+        rows += [f"errors {self.errors[-3:]}"]
         for pod in self.pods.values():
             parts = [
                 f"{c.name}:{'ready' if c.ready else 'notready'}:{c.exit_code}:"

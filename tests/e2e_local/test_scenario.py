@@ -343,8 +343,23 @@ async def test_the_kubernetes_path_end_to_end(scenario: Scenario) -> None:
             )
 
         await until(f"the group to heal without {victim}", healed, 60, scene.describe)
-        # the replacement, under the same name, joined (a view at least two epochs later)
-        status = await scene.view_is(remaining, 120, after_epoch=epoch_before + 1)
+        # the replacement joined (the operator names it: the lowest index free when it looked)
+        survivors = remaining - {victim}
+
+        def replaced() -> set[str] | None:
+            status = scene.status()
+            view = status.get("view") or {}
+            members = set(view.get("members") or [])
+            ok = (
+                view.get("epoch", 0) > epoch_before + 1
+                and len(members) == 3
+                and survivors < members
+                and members == set(scene.pods())
+            )
+            return members if ok else None
+
+        remaining = await until(f"a replacement for {victim} in the view", replaced, 120, scene.describe)
+        status = await scene.view_is(remaining, 60, after_epoch=epoch_before + 1)
         assert status["failures"] >= 1
         await scene.training_advances(remaining, 3, 60)
         print(f"[{time.monotonic() - started:.0f} s] {victim} killed, healed and replaced")
