@@ -213,5 +213,5 @@ async def test_operator_on_a_real_cluster() -> None:
     identical, compared, problems = check_replicas(records)
     assert identical and compared >= 1, problems
     last = max(r["step"] for r in records if r["type"] == "step")
-    samples = check_samples(records, last, 256, 16384)
+    samples = check_samples(records, last)
     assert samples["samples_lost"] == 0 and samples["samples_duplicated"] == 0, samples
