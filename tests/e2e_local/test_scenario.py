@@ -41,7 +41,7 @@ from chaos_operator.domain.spec import parse_job
 REASON = podrunner.unavailable()
 pytestmark = [
     pytest.mark.skipif(REASON is not None, reason=f"e2e_local: {REASON} (the pod runner plays the kubelet)"),
-    pytest.mark.timeout(480),
+    pytest.mark.timeout(600),  # about 4-7 min on 2 shared cores; most of it is the trainers
 ]
 ROOT = Path(__file__).resolve().parents[2]
 NS = "default"
