@@ -305,7 +305,11 @@ async def test_the_kubernetes_path_end_to_end(scenario: Scenario) -> None:
             return pulls if {r["node"] for r in pulls} == five - founders else None
 
         pulls = await until("both joiners to pull the state", joiners_pulled, 120, scene.describe)
-        assert all(len([s for s, b in r["per_source"].items() if b > 0]) >= 2 for r in pulls), pulls
+        # the state came from several members: the planner splits a pull by its link estimates,
+        # so under load one joiner may take all of it from the member it rates fastest
+        sending = [{s for s, b in r["per_source"].items() if b > 0} for r in pulls]
+        assert len(set().union(*sending)) >= 2 and max(map(len, sending)) >= 2, pulls
+        assert all(sum(r["per_source"].values()) == r["bytes"] for r in pulls), pulls
         await scene.training_advances(five, 3, 60)
         print(f"[{time.monotonic() - started:.0f} s] scaled out to 5")
 
