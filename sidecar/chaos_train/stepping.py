@@ -163,9 +163,7 @@ class Stepping:
         if self.pending is not None:
             self._log_gradient()
         self._checkpoint_if_due()
-        self._log_step(
-            loss_sum, epoch, cursor, ids=mine, allreduce_ms=round(timings["allreduce_s"] * 1000, 2)
-        )
+        self._log_step(loss_sum, epoch, cursor, allreduce_ms=round(timings["allreduce_s"] * 1000, 2))
         return sums
 
     def _checkpoint_if_due(self) -> None:
