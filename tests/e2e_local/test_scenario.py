@@ -42,6 +42,10 @@ REASON = podrunner.unavailable()
 pytestmark = [
     pytest.mark.skipif(REASON is not None, reason=f"e2e_local: {REASON} (the pod runner plays the kubelet)"),
     pytest.mark.timeout(600),  # about 4-7 min on 2 shared cores; most of it is the trainers
+    # out of the default suite for now: 5-7 minutes, and it failed 2 of 3 times in the full
+    # suite on a loaded machine (issue 22 stays open); run it with
+    # .venv/bin/python -m pytest -m slow tests/e2e_local
+    pytest.mark.slow,
 ]
 ROOT = Path(__file__).resolve().parents[2]
 NS = "default"
