@@ -53,8 +53,9 @@ def test_job_in_namespaces_through_join_cut_crash_and_leave_keeps_replicas_and_n
     sent = join["bytes_per_source"]
     assert join["kind"] == "join" and sum(sent.values()) > 0
     # every member is listed with its bytes; the planner weighs each link's measured bandwidth
-    # and round trip (queueing behind the gradients on a shaped link included)
-    assert set(sent) >= {"n0", "n2", "n3"}, sent
+    # and its round trip without the queue that gradients build while the group trains
+    assert set(sent) >= {"n0", "n1", "n2", "n3"}, sent
+    assert sum(1 for b in sent.values() if b > 0) >= 3, sent
     assert join["sources"] == sorted(n for n, b in sent.items() if b > 0)
     assert max(sent, key=sent.get) == "n0", sent  # n0's link is the fastest (40 MB/s)
     # each node's files stayed in its own directory; every namespace is gone again

@@ -225,9 +225,8 @@ async def pull_handler(request: web.Request) -> web.Response:
         await asyncio.wait(request.app[WARMING], timeout=5)
     await _probe_links(request.app, {s.id: s.url for s in specs})
     for spec in specs:
-        spec.bandwidth_Bps = table.bandwidth(spec.id, 1e8)
-        rtt = table.links.get(spec.id)
-        spec.overhead_s = max(rtt.rtt_s or 0.001, 0.0005) if rtt else 0.001
+        spec.bandwidth_Bps = table.bandwidth(spec.id)
+        spec.overhead_s = table.request_overhead_s(spec.id)
     puller = Puller(session, config.secret, config.node_id, config.snapshot_dir, name,
                     on_throughput=table.observe_bandwidth)  # fmt: skip
     try:
