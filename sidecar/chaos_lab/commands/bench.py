@@ -32,6 +32,7 @@ SCENARIOS = {
     "join-modes": "what a join costs the members: blocking vs overlap joins side by side",
     "examples": "the example scripts under random churn, each against the same script alone",
     "long-haul": "one job absorbs N faults of every kind, beside the same job without: loss, samples, leaks",
+    "seeds": "the main job once per random churn seed (netns by default): invariants, bytes per source",
 }
 
 

@@ -1,0 +1,110 @@
+"""The main job over consecutive random churn seeds: ``chaos-train local --churn random:SEED``
+once per seed, on loopback or with every node in its own network namespace. Reported per seed:
+exit status, replicas identical, per-sample accounting, files opened across node directories,
+and every event with the bytes each member sent to a joiner; overall, how many members sent
+bytes per join and whether the fastest link sent the most.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from chaos_sidecar.cliutil import positive_int
+from chaos_sidecar.errors import InputError
+
+RUN_DEADLINE_S = 900.0
+
+
+def seed_range(text: str) -> list[int]:
+    """``A-B`` (inclusive) or one seed."""
+    first, _, last = text.partition("-")
+    try:
+        seeds = list(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise InputError("--seeds", f"expected A-B or one seed, got {text!r}") from None
+    if not seeds or seeds[0] < 1:
+        raise InputError("--seeds", f"expected positive seeds, first <= last, got {text!r}")
+    return seeds
+
+
+def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "chaos_sidecar.cli", "local", "--nodes", str(args.nodes),
+           "--hosts", args.hosts, "--links", args.links, "--churn", f"random:{seed}",
+           "--steps", str(args.steps), "--out", str(out)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAOS_")}
+    began = time.monotonic()
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=RUN_DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        return {"seed": seed, "ok": False, "error": f"did not finish within {RUN_DEADLINE_S:.0f} s"}
+    summary_path = out / "summary.json"
+    if not summary_path.exists():
+        return {"seed": seed, "ok": False, "exit": done.returncode, "error": done.stderr[-1500:]}
+    summary = json.loads(summary_path.read_text())
+    return {
+        "seed": seed,
+        "exit": done.returncode,
+        "ok": done.returncode == 0 and summary["ok"],
+        "wall_s": round(time.monotonic() - began, 1),
+        "replicas_identical": summary["replicas_identical"],
+        "samples_lost": summary["samples_lost"],
+        "samples_duplicated": summary["samples_duplicated"],
+        "foreign_opens": summary.get("foreign_opens", []),
+        "events": [
+            {
+                key: e.get(key)
+                for key in ("kind", "node", "peer", "at_step", "sources", "bytes_per_source", "transfer_ms")
+            }
+            for e in summary["events"]
+        ],
+    }
+
+
+def join_sources(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per join that moved state: how many members sent bytes, and which one sent the most."""
+    joins = [
+        e for r in runs for e in r.get("events", []) if e["kind"] == "join" and e.get("bytes_per_source")
+    ]
+    senders = [sum(1 for b in e["bytes_per_source"].values() if b > 0) for e in joins]
+    return {
+        "joins": len(joins),
+        "senders_per_join": {str(k): senders.count(k) for k in sorted(set(senders))},
+        "top_sender_per_join": {
+            node: sum(1 for e in joins if max(e["bytes_per_source"], key=e["bytes_per_source"].get) == node)
+            for node in sorted({max(e["bytes_per_source"], key=e["bytes_per_source"].get) for e in joins})
+        },
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seeds", type=seed_range, default=seed_range("1-10"), help="A-B, inclusive (1-10)")
+    parser.add_argument("--nodes", type=positive_int, default=4)
+    parser.add_argument("--steps", type=positive_int, default=200)
+    parser.add_argument("--hosts", choices=("loopback", "netns"), default="netns")
+    parser.add_argument("--links", default="skewed", help="as chaos-train local --links")
+
+
+def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="chaos-seeds-") as tmp:
+        for seed in args.seeds:
+            print(f"seeds: random:{seed} ...", file=sys.stderr, flush=True)
+            runs.append(run_seed(seed, args, Path(tmp) / f"seed-{seed}"))
+            print(f"seeds: random:{seed} ok={runs[-1]['ok']} {runs[-1].get('wall_s')} s", file=sys.stderr)
+    return {
+        "scenario": "seeds",
+        "command": f"chaos-train local --nodes {args.nodes} --hosts {args.hosts} --links {args.links} "
+        f"--churn random:SEED --steps {args.steps}",
+        "seeds": [args.seeds[0], args.seeds[-1]],
+        "ok": all(r["ok"] for r in runs),
+        "joins": join_sources(runs),
+        "runs": runs,
+    }
