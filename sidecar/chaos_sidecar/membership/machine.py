@@ -37,9 +37,9 @@ lists it with that incarnation, a view decided after it came back.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass, field, replace
 
+from chaos_sidecar.membership.support import SupportIndex
 from chaos_sidecar.protocol.messages import (
     Accept,
     Accepted,
@@ -260,6 +260,8 @@ class NodeState:
     last_push: dict[str, float] = field(default_factory=dict)
     contact_cursor: int = 0
     now: float = 0.0  # time of the event being processed
+    # derived from reports and last_heard, kept up to date incrementally (see membership.support)
+    support: SupportIndex = field(default_factory=SupportIndex, compare=False, repr=False)
 
     def copy(self) -> NodeState:
         return replace(
@@ -272,6 +274,7 @@ class NodeState:
             reports=dict(self.reports),
             direct_reports=dict(self.direct_reports),
             last_push=dict(self.last_push),
+            support=self.support.copy(),
         )
 
     @property
@@ -443,8 +446,11 @@ def is_quiet(s: NodeState) -> bool:
     return all(
         m in s.last_heard
         and m in s.reports
-        and s.reports[m][1] >= everyone
-        and s.direct_reports.get(m, everyone) >= everyone
+        and not s.support.missing(view.members, ("report", m), s.reports[m][1])
+        and (
+            m not in s.direct_reports
+            or not s.support.missing(view.members, ("direct", m), s.direct_reports[m])
+        )
         for m in view.members
         if m != s.node_id
     )
@@ -484,7 +490,7 @@ def _relays_for(s: NodeState, to: str) -> list[str]:
     failing any, a node asking to join that this node hears (it sends no reports, so it may
     not reach ``to``: the choice rotates with time)."""
     view, now = s.view, s.now
-    if view is None or not s.is_member or to not in view.members:
+    if view is None or not s.is_member or not view.has(to):
         return []
     fresh = now - s.settings.suspect_timeout / 2
     if s.last_direct.get(to, -1e18) >= fresh:
@@ -568,16 +574,25 @@ def _heard_by(s: NodeState, a: str, now: float) -> frozenset[str] | set[str] | N
     return report[1]
 
 
-def _support_counts(s: NodeState, members: list[str] | tuple[str, ...], now: float) -> Counter[str]:
-    """``_support`` for every member at once, judged among ``members`` only. Set operations and
-    a Counter keep this O(n^2) work in C: a coordinator of 1,000 runs it on every tick."""
-    inside = set(members)
-    counts: Counter[str] = Counter(inside)
-    for m in members:
-        heard = _heard_by(s, m, now)
-        if heard:
-            counts.update((inside & heard) - {m})
-    return counts
+def _support_counts(s: NodeState, members: list[str] | tuple[str, ...], now: float) -> dict[str, int]:
+    """``_support`` for every member at once, judged among ``members`` only. A coordinator of
+    1,000 runs this on every tick: the support index recounts only the reports that changed."""
+    s.support.sync(fresh_hears(s, now))
+    return s.support.support(members)
+
+
+def fresh_hears(s: NodeState, now: float) -> dict[str, frozenset[str]]:
+    """Whom each member hears, by its fresh report (this node: by its own failure detector)."""
+    timeout = s.settings.suspect_timeout
+    heard = {a: r[1] for a, r in s.reports.items() if a != s.node_id and now - r[0] <= timeout}
+    heard[s.node_id] = frozenset(b for b, t in s.last_heard.items() if now - t <= timeout) | {s.node_id}
+    return heard
+
+
+def support_counts(s: NodeState, members: list[str] | tuple[str, ...], now: float) -> dict[str, int]:
+    """``_support_counts`` for checks from outside (the simulator). It brings ``s``'s support
+    index up to date, a cache: ``s`` still means the same state."""
+    return _support_counts(s, members, now)
 
 
 def _support(s: NodeState, x: str, view: View, now: float) -> int:
@@ -663,7 +678,8 @@ def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> None:
     also brings the next heartbeat forward: when the lost one is the coordinator, the
     Suspect goes nowhere useful, and the slow-path candidate learns it from heartbeats."""
     assert s.view is not None
-    direct = frozenset(m for m in s.view.members if m in _direct_heard_by(s, s.node_id, now))
+    direct_now = _direct_heard_by(s, s.node_id, now)
+    direct = frozenset(m for m in s.view.members if m in direct_now)
     if direct != s.my_direct:  # a link, not a peer: relays may still carry it
         previous_direct, s.my_direct = s.my_direct, direct
         out.extend(Observed(("link_down", m)) for m in sorted(previous_direct - direct))
@@ -829,11 +845,21 @@ def _on_heartbeat(s: NodeState, msg: Message, body: Heartbeat, now: float, out: 
     if msg.epoch < s.epoch:  # a report about an older membership, possibly long delayed
         out.append(Rejected("stale_epoch"))
         return
-    s.reports[msg.sender] = (now, frozenset(body.hears))
+    # a report that repeats the last one keeps its set object: the support index compares by
+    # identity. Counted now, as it arrives, so a decision has only stale reports to take back.
+    hears = frozenset(body.hears)
+    previous = s.reports.get(msg.sender)
+    if previous is not None and previous[1] == hears:
+        hears = previous[1]
+    s.reports[msg.sender] = (now, hears)
+    s.support.count(msg.sender, hears)
     if body.direct is None:
         s.direct_reports.pop(msg.sender, None)
     else:
-        s.direct_reports[msg.sender] = frozenset(body.direct)
+        direct = frozenset(body.direct)
+        if s.direct_reports.get(msg.sender) != direct:
+            s.direct_reports[msg.sender] = direct
+    s.support.missing(s.view.members, ("direct", msg.sender), s.direct_reports.get(msg.sender, hears))
     if body.topology_version > s.topology[0]:
         s.topology = (body.topology_version, body.down_links)
         out.append(TopologyChanged(body.topology_version, body.down_links))
@@ -1023,14 +1049,14 @@ def _compose(
     members: list[str] = []
     addresses: list[str] = []
     incarnations: list[int] = []
-    for m, address in zip(view.members, view.addresses, strict=True):
+    listed_incarnations = view.incarnations or (0,) * len(view.members)
+    for m, address, listed in zip(view.members, view.addresses, listed_incarnations, strict=True):
         if m in s.leaves:
             changes.append(("leave", m))
         elif m in removed:
             changes.append(("remove", m))
         else:
             members.append(m)
-            listed = view.incarnation_of(m) or 0
             if m != s.node_id and _reborn(s, m, now) and _hears(s, s.node_id, m, now):
                 # it came back without its durable state: the same place, its new incarnation
                 changes.append(("rejoin", m))
@@ -1158,7 +1184,7 @@ def _commit(s: NodeState, now: float, out: list[Action]) -> None:
     assert p is not None and p.value is not None and s.view is not None
     value = p.value
     for m in sorted(set(s.view.members) | set(value.members)):
-        if m in s.view.members and value.address_of(m) in (None, s.view.address_of(m)):
+        if s.view.has(m) and value.address_of(m) in (None, s.view.address_of(m)):
             _send(s, m, Commit(value), out)
         elif m != s.node_id:  # a joiner: its address is in the new view
             out.append(
@@ -1192,9 +1218,9 @@ def _install(s: NodeState, view: View, now: float, out: list[Action]) -> None:
         if j not in view.departed and view.incarnation_of(j) != s.join_incarnations.get(j, 0)
     }
     s.join_incarnations = {j: i for j, i in s.join_incarnations.items() if j in s.joins}
-    s.leaves = {m: t for m, t in s.leaves.items() if m in view.members}
-    s.reports = {m: r for m, r in s.reports.items() if m in view.members}
-    s.direct_reports = {m: r for m, r in s.direct_reports.items() if m in view.members}
+    s.leaves = {m: t for m, t in s.leaves.items() if view.has(m)}
+    s.reports = {m: r for m, r in s.reports.items() if view.has(m)}
+    s.direct_reports = {m: r for m, r in s.direct_reports.items() if view.has(m)}
     if previous is None or not _listed(s, previous):
         _grace(s, view, now)
     else:  # newcomers, and members back as a new incarnation
@@ -1213,9 +1239,15 @@ def _update_topology(s: NodeState, now: float, out: list[Action]) -> None:
     kept_set = set(kept)
     down: set[tuple[str, str]] = set()
     for a in kept:  # a fresh report that lacks b: a says it does not hear b directly
-        if a == s.node_id or _heard_by(s, a, now) is not None:
-            heard = _direct_heard_by(s, a, now)
-            down.update((a, b) if a < b else (b, a) for b in kept_set - heard - {a})  # canonical order
+        if a == s.node_id:
+            missing = set(view.members) - _direct_heard_by(s, a, now)
+        elif _heard_by(s, a, now) is not None:
+            missing = s.support.missing(view.members, ("direct", a), _direct_heard_by(s, a, now))
+        else:
+            continue
+        down.update(
+            (a, b) if a < b else (b, a) for b in missing if b in kept_set and b != a
+        )  # canonical order
     links = tuple(sorted(down))
     if links != s.topology[1]:
         version = (view.epoch, s.topology[0][1] + 1 if s.topology[0][0] == view.epoch else 1)

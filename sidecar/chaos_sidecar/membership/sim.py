@@ -47,6 +47,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from chaos_sidecar.membership import machine as sm
+from chaos_sidecar.membership.support import support_from_scratch
 from chaos_sidecar.protocol.messages import Accepted, Ballot, Message, Promise, Relay, View, decode, encode
 
 FAULT_KINDS = (
@@ -232,6 +233,7 @@ class _Sim:
         self.result.steps += 1
         if isinstance(event, sm.Tick):
             self.result.ticks += 1
+            self.check_support(node, new)
             if not self.cfg.due_ticks:
                 self.check_early_tick(node, state, new, actions)
         self.schedule_tick(node)
@@ -358,6 +360,16 @@ class _Sim:
         if actions or replace(after, **clocks) != before:
             due = sm.next_due(before)
             self.violation(f"{node} ticked at {self.now:.4f} before its due {due:.4f}: {actions}")
+
+    def check_support(self, node: str, state: sm.NodeState) -> None:
+        """The machine's incremental support counts equal the count from scratch."""
+        if state.view is None:
+            return
+        members = state.view.members
+        counted = sm.support_counts(state, members, self.now)
+        expected = support_from_scratch(sm.fresh_hears(state, self.now), members)
+        if counted != expected:
+            self.violation(f"{node} counts support {counted}, from scratch {expected}")
 
     def schedule_tick(self, node: str) -> None:
         """due_ticks: make sure the node ticks by its deadline (no-op with fixed ticks)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from chaos_sidecar.errors import ProtocolError
@@ -39,22 +39,27 @@ class View:
     """Aligned with members (empty: every member's is 0). A sidecar that comes back without
     its durable state is a new incarnation of its node id: it votes only once a view lists
     it with its own incarnation (see docs/membership.md)."""
+    # member -> rank: lookups per member stay O(1) in a group of 1,000
+    _rank: dict[str, int] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_rank", {m: i for i, m in enumerate(self.members)})
 
     @property
     def majority(self) -> int:
         return len(self.members) // 2 + 1
 
+    def has(self, node: str) -> bool:
+        return node in self._rank
+
     def address_of(self, node: str) -> str | None:
-        try:
-            return self.addresses[self.members.index(node)]
-        except ValueError:
-            return None
+        index = self._rank.get(node)
+        return None if index is None else self.addresses[index]
 
     def incarnation_of(self, node: str) -> int | None:
         """``node``'s incarnation in this view (None: not a member)."""
-        try:
-            index = self.members.index(node)
-        except ValueError:
+        index = self._rank.get(node)
+        if index is None:
             return None
         return self.incarnations[index] if self.incarnations else 0
 
