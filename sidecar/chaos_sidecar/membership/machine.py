@@ -490,10 +490,10 @@ def _relays_for(s: NodeState, to: str) -> list[str]:
     failing any, a node asking to join that this node hears (it sends no reports, so it may
     not reach ``to``: the choice rotates with time)."""
     view, now = s.view, s.now
-    if view is None or not s.is_member or not view.has(to):
-        return []
     fresh = now - s.settings.suspect_timeout / 2
-    if s.last_direct.get(to, -1e18) >= fresh:
+    if s.last_direct.get(to, -1e18) >= fresh:  # the usual case first: every broadcast asks this
+        return []
+    if view is None or not s.is_member or not view.has(to):
         return []
     relays = [
         relay
