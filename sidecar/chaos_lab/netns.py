@@ -27,6 +27,16 @@ PREFIX = "chaos"
 # a namespace's name carries the pid of the process that made it: namespaces whose maker is
 # gone (a harness that crashed or was killed) are removed by the next run (remove_stale)
 _NAME = re.compile(rf"^{PREFIX}([0-9a-f]+)x[0-9a-f]+n\d+$")
+# ``ip netns exec`` mounts /etc/netns/<ns>/<file> over /etc/<file>. The machine's resolver is
+# not reachable from a namespace, and torch's TCPStore and gloo look up the name of every peer
+# that connects: each lookup waited 10 s for it, so every rendezvous and process group took
+# 10-20 s. A resolver on the namespace's own loopback, where nothing listens, fails at once.
+# Nothing here needs names: nodes advertise their addresses.
+NETNS_ETC = Path("/etc/netns")
+RESOLV_CONF = (
+    "# chaos_lab.netns: no DNS in this namespace; lookups fail at once\n"
+    "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
+)
 
 
 def owned_tag() -> str:
@@ -42,6 +52,7 @@ def remove_stale() -> list[str]:
         match = _NAME.match(name)
         if match and not Path(f"/proc/{int(match.group(1), 16)}").exists():
             subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+            shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
             stale.append(name)
     return stale
 
@@ -89,6 +100,8 @@ class Star:
                 ns, inner, outer = self.name(i), f"c{self.tag}i{i}", f"c{self.tag}o{i}"
                 _run("ip", "netns", "add", ns)
                 self.created.append(ns)
+                (NETNS_ETC / ns).mkdir(parents=True, exist_ok=True)
+                (NETNS_ETC / ns / "resolv.conf").write_text(RESOLV_CONF)
                 _run("ip", "link", "add", inner, "type", "veth", "peer", "name", outer)
                 _run("ip", "link", "set", inner, "netns", ns)
                 _run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{self.ip(i)}/30", "dev", inner)
@@ -168,6 +181,7 @@ class Star:
     def __exit__(self, *exc: object) -> None:
         for ns in self.created:  # deleting a namespace removes its veth pair too
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+            shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
         self.created.clear()
         if self._forwarding is not None:
             FORWARDING.write_text(self._forwarding + "\n")

