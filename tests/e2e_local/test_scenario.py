@@ -9,8 +9,11 @@ find each other and train -> scale to 5 through the scale subresource -> the joi
 several members -> scale to 3 -> the operator deletes exactly the two released pods -> kill one
 pod's processes -> the group heals and the operator replaces the pod -> stop the operator, crash
 a member and add a pod by hand while training goes on -> restart the operator, status catches up
--> delete the job and everything it owned is gone. Replicas identical, samples neither lost nor
-duplicated. No test writes a chaostraining.io/* annotation: the sidecars do.
+-> kill every pod (every process, SIGKILL): the operator's new pods found a group that resumes
+from the newest checkpoint on the job's claim (spec.checkpoint) -> delete the job and
+everything it owned is gone. Replicas identical (within each life of the job), samples neither
+lost nor duplicated, the steps after the checkpoint counted once. No test writes a
+chaostraining.io/* annotation: the sidecars do.
 """
 
 from __future__ import annotations
@@ -42,11 +45,9 @@ from chaos_operator.domain.spec import parse_job
 REASON = podrunner.unavailable()
 pytestmark = [
     pytest.mark.skipif(REASON is not None, reason=f"e2e_local: {REASON} (the pod runner plays the kubelet)"),
-    pytest.mark.timeout(600),  # about 4-7 min on 2 shared cores; most of it is the trainers
-    # out of the default suite for now: 5-7 minutes, and it failed 2 of 3 times in the full
-    # suite on a loaded machine (issue 22 stays open); run it with
-    # .venv/bin/python -m pytest -m slow tests/e2e_local
-    pytest.mark.slow,
+    # about 2 min on 2 cores shared with other work (load average 13-20); each step waits
+    # with its own deadline, this only bounds the whole
+    pytest.mark.timeout(420),
 ]
 ROOT = Path(__file__).resolve().parents[2]
 NS = "default"
@@ -371,14 +372,17 @@ async def test_the_kubernetes_path_end_to_end(scenario: Scenario) -> None:
             return set(pods) if len(pods) == 3 else None
 
         remaining = await until("scale-in to 3 pods", watch_releases, 120, scene.describe)
-        # the pods deleted are exactly the members that left the group gracefully (their
-        # trainers say so); a "released" report seen before a deletion names one of them (the
-        # operator may delete a released pod before this poll sees its annotation)
+        # two pods deleted, both released: the operator deletes a pod only when its sidecar
+        # reported it released or it failed, and none failed. A "released" report this poll saw,
+        # or a trainer's "left", names one of them. Neither is required of each: the operator
+        # may delete a released pod before this poll sees its annotation, and a trainer busy
+        # in a rendezvous when its sidecar leaves may be stopped with its pod before it asks
+        # its sidecar again (it logs sidecar_lost instead)
+        deleted = before - remaining
         left = {r["node"] for r in scene.trainer_records() if r["type"] == "left" and r["node"] in before}
-        assert before - remaining == left and len(left) == 2, (before, remaining, left)
-        assert released <= left, (released, left)
+        assert len(deleted) == 2 and released | left <= deleted, (before, remaining, released, left)
         status = await scene.view_is(remaining, 60)
-        assert (status.get("scaleIn") or {}).get("requested") == 0
+        assert (status.get("scaleIn") or {}).get("requested") == 0 and not status.get("failures"), status
         await scene.training_advances(remaining, 3, 60)
         print(f"[{time.monotonic() - started:.0f} s] scaled in to 3: {sorted(released)} left")
 
@@ -457,7 +461,8 @@ async def test_the_kubernetes_path_end_to_end(scenario: Scenario) -> None:
 
         # --- kill every pod (every process, SIGKILL): the job resumes from its newest checkpoint -----
         checkpoints = scene.runner.claim_path(CLAIM) / JOB  # spec.checkpoint.subPath: the job's name
-        assert any(checkpoints.glob("step-*")), f"no checkpoint in {checkpoints}"
+        written = lambda: any(checkpoints.glob("step-*"))  # noqa: E731
+        await until(f"a checkpoint in {checkpoints}", written, 60, scene.describe)
         killed_all_at = time.time()
         for pod in sorted(now_members):
             scene.runner.kill(pod)
