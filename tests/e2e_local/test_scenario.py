@@ -481,7 +481,7 @@ async def test_the_kubernetes_path_end_to_end(scenario: Scenario) -> None:
         assert newest <= killed_at_step < newest + 2 * CHECKPOINT_EVERY + 50, (newest, killed_at_step)
         after_all = set(resumes)
         status = await scene.view_is(after_all, 90)
-        await scene.training_advances(after_all, 3, 60)
+        await scene.training_advances(after_all, 10, 60)  # two replica digests (every 5 steps) at least
         # the loss curve continues: the first step after the resume is the one after the
         # checkpoint, on the state the killed group had there (same batch: same loss)
         records = await call(scene.trainer_records)
