@@ -9,6 +9,12 @@ For every pod in the namespace it watches (by listing every ``POLL_S``):
   and reach the API emulator at the root end of their veth (the emulator listens on every
   interface). ``KUBERNETES_SERVICE_HOST``/``PORT`` point there, and so does
   ``CHAOS_KUBE_API`` (http: the emulator speaks no TLS), as a kubelet's would.
+- **DNS**: each pod's namespace gets its own ``resolv.conf`` (``/etc/netns/<ns>/``, which
+  ``ip netns exec`` mounts over ``/etc/resolv.conf``) naming a resolver on the pod's loopback,
+  where nothing listens: a lookup fails at once. The machine's resolver is not reachable from
+  a pod's namespace, and every lookup waited 10 s for it; torch's TCPStore and gloo look up
+  the name of each peer that connects, so every rendezvous and process group took 10-20 s
+  (a real cluster's DNS answers). Nothing here needs names: pods advertise their IPs.
 - **containers**: each container's ``command`` + ``args`` (``$(VAR)`` expanded from its env, as
   the kubelet does) run as a process inside the pod's namespace, with the container's ``env``
   (``value`` with ``$(VAR)`` expansion, ``fieldRef`` of ``metadata.name``, ``metadata.namespace``,
@@ -17,8 +23,12 @@ For every pod in the namespace it watches (by listing every ``POLL_S``):
   container without ``command`` fails (the runner does not know images' entrypoints).
 - **volumes**: ``emptyDir``, ``secret``, ``configMap``, ``downwardAPI`` and ``hostPath`` are
   materialised under the pod's directory (or used in place, for hostPath) and bind-mounted at
-  each ``volumeMount``'s path inside the process's own mount namespace (``ip netns exec`` gives
-  every process one, so the mounts are seen by that process only). The service account's
+  each ``volumeMount``'s path (its ``subPath`` inside the volume, created when missing, as the
+  kubelet does) inside the process's own mount namespace (``ip netns exec`` gives every
+  process one, so the mounts are seen by that process only). A ``persistentVolumeClaim`` is
+  one directory per claim under the runner's work directory, shared by every pod that mounts
+  it (ReadWriteMany) and kept when pods go; a pod whose claim does not exist in the API stays
+  Pending. The service account's
   token and namespace are mounted at ``/var/run/secrets/kubernetes.io/serviceaccount``.
 - **image paths**: ``IMAGE_PATHS`` maps paths the Dockerfile populates to this checkout:
   ``/opt/chaos/examples/train`` is the repository's ``examples/train`` (the trainer image's
@@ -44,6 +54,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +72,12 @@ PROBE_TIMEOUT_S = 1.0
 MAX_PROBE_PERIOD_S = 0.5  # probes run at least this often (pods here start in seconds)
 MAX_GRACE_S = 5.0
 KILL_WAIT_S = 10.0
+SLOW_CALL_S = 1.0
+NETNS_ETC = Path("/etc/netns")  # ip netns exec mounts /etc/netns/<ns>/<file> over /etc/<file>
+RESOLV_CONF = (
+    "# chaos_lab.podrunner: no DNS in this pod; lookups fail at once\n"
+    "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
+)
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_PATHS = {"/opt/chaos/examples/train": REPO / "examples" / "train"}
@@ -144,6 +161,10 @@ class PodRunner:
         netns.remove_stale()
         self.star = netns.Star(self.slots, [None] * self.slots, subnet=200 + os.getpid() % 50, routed=True)
         await asyncio.to_thread(self.star.__enter__)
+        for slot in range(self.slots):
+            resolver = NETNS_ETC / self.star.name(slot) / "resolv.conf"
+            resolver.parent.mkdir(parents=True, exist_ok=True)
+            resolver.write_text(RESOLV_CONF)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         self._task = asyncio.create_task(self._loop())
         return self
@@ -163,6 +184,8 @@ class PodRunner:
             await self._session.close()
         if self.star is not None:
             await asyncio.to_thread(self.star.__exit__)
+            for slot in range(self.slots):
+                shutil.rmtree(NETNS_ETC / self.star.name(slot), ignore_errors=True)
 
     def ip(self, pod_name: str) -> str | None:
         for pod in self.pods.values():
@@ -179,6 +202,10 @@ class PodRunner:
                 return
         raise KeyError(f"no running pod {pod_name}")
 
+    def claim_path(self, claim: str) -> Path:
+        """Where the persistentVolumeClaim ``claim``'s data lives (shared, outlives the pods)."""
+        return self.workdir / "claims" / claim
+
     def log_path(self, pod_name: str, container: str) -> Path | None:
         for pod in self.pods.values():
             if pod.name == pod_name:
@@ -190,12 +217,21 @@ class PodRunner:
     async def _api(self, method: str, path: str, body: Any = None) -> Any:
         assert self._session is not None
         headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
-        async with self._session.request(method, self.api_url + path, json=body, headers=headers) as r:
-            if r.status == 404:
-                return None
-            if r.status >= 300:
-                raise RuntimeError(f"{method} {path}: {r.status} {(await r.text())[:200]}")
-            return await r.json()
+        began = time.monotonic()
+        try:
+            async with self._session.request(method, self.api_url + path, json=body, headers=headers) as r:
+                if r.status == 404:
+                    return None
+                if r.status >= 300:
+                    raise RuntimeError(f"{method} {path}: {r.status} {(await r.text())[:200]}")
+                return await r.json()
+        except TimeoutError:
+            raise TimeoutError(f"{method} {path}: no answer in {time.monotonic() - began:.1f} s") from None
+        finally:
+            took = time.monotonic() - began
+            if took > SLOW_CALL_S:  # a slow API shows in the test's output, with when
+                when = time.strftime("%H:%M:%S")
+                print(f"podrunner: {when} {method} {path} took {took:.1f} s", file=sys.stderr)
 
     async def _loop(self) -> None:
         while True:
@@ -203,7 +239,7 @@ class PodRunner:
                 await self._sync()
             except Exception as exc:  # a runner bug must show, not stop every pod silently
                 self.errors.append(f"{type(exc).__name__}: {exc}")
-                print(f"podrunner: {type(exc).__name__}: {exc}", file=sys.stderr)
+                print(f"podrunner: {time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}", file=sys.stderr)
             await asyncio.sleep(POLL_S)
 
     async def _sync(self) -> None:
@@ -287,6 +323,14 @@ class PodRunner:
                 out[name] = Path(volume["hostPath"]["path"])
                 out[name].mkdir(parents=True, exist_ok=True)
                 continue
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                if await self._api("GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}") is None:
+                    pod.pending_reason = f"persistentvolumeclaim {claim} not found"
+                    return None
+                out[name] = self.claim_path(claim)
+                out[name].mkdir(parents=True, exist_ok=True)
+                continue
             path.mkdir(parents=True, exist_ok=True)
             out[name] = path
             if "emptyDir" in volume:
@@ -362,7 +406,12 @@ class PodRunner:
                 continue
             mounts = [(volumes["__serviceaccount__"], SERVICE_ACCOUNT_DIR)]
             mounts += [(host, Path(image)) for image, host in IMAGE_PATHS.items()]
-            mounts += [(volumes[m["name"]], Path(m["mountPath"])) for m in spec.get("volumeMounts") or []]
+            for m in spec.get("volumeMounts") or []:
+                source = volumes[m["name"]]
+                if m.get("subPath"):
+                    source = source / m["subPath"]
+                    source.mkdir(parents=True, exist_ok=True)
+                mounts.append((source, Path(m["mountPath"])))
             script = "set -e; " + "; ".join(
                 f"mkdir -p {shlex.quote(str(target))}; mount --bind {shlex.quote(str(source))} "
                 f"{shlex.quote(str(target))}"

@@ -30,6 +30,13 @@ CONFIG_KEY = "job.json"  # the key of the job's ConfigMap <job>-config (carries 
 PEER_PORT = 7070
 SNAPSHOT_MOUNT = "/var/run/chaos/snapshots"  # the emptyDir{medium: Memory} both containers share
 SECRET_MOUNT = "/var/run/chaos/secret"
+# the sidecar's durable membership state (--state-dir): an emptyDir of the pod, on the node's
+# disk. It outlives the sidecar container (a container restarted in place finds its promises),
+# not the pod; a replacement pod is a new object with a fresh volume, so its sidecar starts as
+# a new incarnation (docs/membership.md), which is safe by construction
+STATE_MOUNT = "/var/run/chaos/state"
+# spec.checkpoint's volume in the trainer containers (CHAOS_CHECKPOINT_DIR)
+CHECKPOINT_MOUNT = "/var/run/chaos/checkpoints"
 SECRET_FILE = f"{SECRET_MOUNT}/join-secret"
 
 # the sidecar container's environment (downward API), referenced by its arguments as $(NAME)
@@ -56,6 +63,7 @@ class SidecarPod:
     heartbeat_s: float = 0.1
     suspect_timeout_s: float = 1.0
     peers: tuple[str, ...] = ()  # federation contact points, "id=URL"
+    state_dir: str | None = STATE_MOUNT  # --state-dir: the pod's volume for the durable state
 
 
 def sidecar_args(pod: SidecarPod) -> list[str]:
@@ -64,7 +72,8 @@ def sidecar_args(pod: SidecarPod) -> list[str]:
     It listens on every interface and advertises the pod's IP (``$(CHAOS_POD_IP)``, expanded
     by the kubelet from the container's downward-API env); ``--kube-job`` makes it find its
     job's pods through the API (read-only, with the pod's own service account) as contacts,
-    and report its view on its own pod. A member of the first view other than the seed joins
+    and report its view on its own pod; ``--state-dir`` keeps its membership state on the
+    pod's volume across container restarts. A member of the first view other than the seed joins
     at once; a later pod joins when its trainer asks (``--defer-join``)."""
     args = [
         "--node-id", pod.node_id,
@@ -77,6 +86,8 @@ def sidecar_args(pod: SidecarPod) -> list[str]:
         "--suspect-timeout-s", _number(pod.suspect_timeout_s),
         "--kube-job", pod.job,
     ]  # fmt: skip
+    if pod.state_dir:
+        args += ["--state-dir", pod.state_dir]
     if pod.seed:
         args.append("--seed")
     if pod.peers:

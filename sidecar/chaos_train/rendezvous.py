@@ -30,6 +30,8 @@ from chaos_train.sidecar_client import SidecarClient
 ARRIVAL_DEADLINE_S = 120.0  # every member of a view reaches its meeting, or the round is given up
 POLL_S = 0.005  # arrival checks: a store round trip on the host
 LOOKUP_POLL_S = 0.02  # asking the sidecars where the host's store is
+# one try to reach the host's store; between tries a member checks whether its view moved on
+CONNECT_TRY_S = 2.0
 WANTED_ROUND = "wanted-round"  # set in a round's store by a member that already failed in it
 
 
@@ -94,8 +96,10 @@ class Rendezvous:
             if entry is None:
                 return None
             round_ = self.rounds[epoch] = entry.round
+            store = self._connect(entry, moved_on, deadline)
+            if store is None:
+                return None
             try:
-                store = dist.TCPStore(entry.host, entry.port, None, False, self.timeout)
                 fence = store.get("fence").decode()
             except (RuntimeError, ValueError) as exc:  # refused, timed out, or gone
                 raise RendezvousFailed(f"the store of epoch {epoch} at {entry.address}: {exc}") from None
@@ -112,6 +116,29 @@ class Rendezvous:
                 raise RoundPassed(f"a member of epoch {epoch} is at round {wanted}, not {round_}")
             time.sleep(POLL_S)
         return Meeting(epoch, round_, store, store.get(GROUP_KEY).decode())
+
+    def _connect(
+        self, entry: RendezvousEntry, moved_on: Callable[[], bool], deadline: float
+    ) -> dist.Store | None:
+        """A client of the host's store, tried ``CONNECT_TRY_S`` at a time. A host that moved on
+        to a newer view has closed this epoch's store (or its pod is gone): one long try sat
+        out the whole timeout (15 s) although this member's sidecar already had the newer
+        view. None when the view moved on or the deadline passed; RendezvousFailed once the
+        tries add up to the timeout."""
+        give_up = time.monotonic() + self.timeout.total_seconds()
+        while True:
+            try:
+                try_s = datetime.timedelta(seconds=CONNECT_TRY_S)
+                store = dist.TCPStore(entry.host, entry.port, None, False, try_s)
+            except (RuntimeError, ValueError) as exc:  # refused, timed out, or gone
+                if moved_on() or time.monotonic() > deadline:
+                    return None
+                if time.monotonic() > give_up:
+                    message = f"the store of epoch {entry.epoch} at {entry.address}: {exc}"
+                    raise RendezvousFailed(message) from None
+                continue
+            store.set_timeout(self.timeout)  # the meeting's own operations
+            return store
 
     def _want_round(self, entry: RendezvousEntry, wanted: int) -> None:
         """Tell the members waiting in ``entry``'s older round that this trainer failed there

@@ -47,7 +47,8 @@ def test_every_pod_built_for_an_example_passes_restricted(example: Path) -> None
         sidecar = next(c for c in pod["spec"]["containers"] if c["name"] == "chaos-sidecar")
         assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
         writable = {m["mountPath"] for m in sidecar["volumeMounts"] if not m.get("readOnly")}
-        assert writable == {builders.SNAPSHOT_DIR}  # the sidecar writes only to its volume
+        # the sidecar writes only to its volumes: snapshots and its durable membership state
+        assert writable == {builders.SNAPSHOT_DIR, builders.STATE_MOUNT}
     assert pod_security_warnings(_job(manifest)) == []
 
 

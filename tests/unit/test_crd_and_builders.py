@@ -120,6 +120,12 @@ def _minimal(name: str = "mnist-minimal", **spec: Any) -> dict[str, Any]:
         (_minimal(name="j" * 59), "metadata.name"),  # its pods' hostnames would not fit 63
         (_minimal(name="9lives"), "metadata.name"),  # the Service needs a DNS-1035 label
         (_minimal(name="a.b"), "metadata.name"),
+        (_minimal(checkpoint={"everySteps": 10}), "claimName"),
+        (_minimal(checkpoint={"claimName": "Not_A_Name"}), "claimName"),
+        (_minimal(checkpoint={"claimName": "ckpt", "subPath": "../other-job"}), "subPath"),
+        (_minimal(checkpoint={"claimName": "ckpt", "subPath": "/abs"}), "subPath"),
+        (_minimal(checkpoint={"claimName": "ckpt", "everySteps": 0}), "everySteps"),
+        (_minimal(checkpoint={"claimName": "ckpt", "keep": 0}), "keep"),
         (
             {"apiVersion": "chaostraining.io/v1alpha1", "kind": "ChaosTrainingJob", "spec": {"replicas": 3}},
             "template",
@@ -375,3 +381,82 @@ def test_bad_reports_are_ignored_and_named() -> None:
     assert "report.job" in problems["mnist-minimal-2"] and "not JSON" in problems["mnist-minimal-1"]
     status = build_status(_job(), pods)
     assert status["step"] == 7 and status["view"]["epoch"] == 4 and status["members"] == 1
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "field"),
+    [
+        ("ckpt", "checkpoint"),
+        ({"everySteps": 10}, "checkpoint.claimName"),
+        ({"claimName": "Not_A_Name"}, "checkpoint.claimName"),
+        ({"claimName": "ckpt", "subPath": "a/../b"}, "checkpoint.subPath"),
+        ({"claimName": "ckpt", "subPath": "/abs"}, "checkpoint.subPath"),
+        ({"claimName": "ckpt", "everySteps": 0}, "checkpoint.everySteps"),
+        ({"claimName": "ckpt", "everySteps": "10"}, "checkpoint.everySteps"),
+        ({"claimName": "ckpt", "keep": 0}, "checkpoint.keep"),
+        ({"claimName": "ckpt", "volume": {}}, "checkpoint.volume"),
+    ],
+)
+def test_the_parser_refuses_a_bad_checkpoint_naming_the_field(checkpoint: Any, field: str) -> None:
+    body = _minimal(checkpoint=checkpoint)
+    body["metadata"] |= {"namespace": "ml", "uid": "u-1"}
+    with pytest.raises(SpecError, match=rf"^spec\.{re.escape(field)}:") as caught:
+        parse_job(body)
+    assert caught.value.field == field
+
+
+def test_checkpoints_are_mounted_in_the_trainer_and_configured_by_its_environment() -> None:
+    from chaos_sidecar import trainer_env
+    from chaos_sidecar.pod_contract import CHECKPOINT_MOUNT
+
+    job = _job(checkpoint={"claimName": "ckpt", "everySteps": 20, "keep": 2})
+    assert job.checkpoint is not None and job.checkpoint.sub_path == "mnist-minimal"  # the job's name
+    pod = build_pod(job, 1)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["chaos-checkpoints"]["persistentVolumeClaim"] == {"claimName": "ckpt"}
+    trainer, sidecar = pod["spec"]["containers"]
+    mount = next(m for m in trainer["volumeMounts"] if m["name"] == "chaos-checkpoints")
+    assert mount == {"name": "chaos-checkpoints", "mountPath": CHECKPOINT_MOUNT, "subPath": "mnist-minimal"}
+    assert all(m["name"] != "chaos-checkpoints" for m in sidecar["volumeMounts"])  # the trainer's only
+    values = {e["name"]: e.get("value") for e in trainer["env"]} | {trainer_env.NODE_ID: "mnist-minimal-1"}
+    parsed = trainer_env.TrainerEnv.from_environ(values)
+    assert parsed is not None and str(parsed.checkpoint_dir) == CHECKPOINT_MOUNT
+    assert (parsed.checkpoint_every, parsed.checkpoint_keep) == (20, 2)
+    other = build_pod(_job(checkpoint={"claimName": "ckpt", "subPath": "runs/old-job"}), 0)
+    assert other["spec"]["containers"][0]["volumeMounts"][-1]["subPath"] == "runs/old-job"
+    plain = build_pod(_job(), 1)  # no spec.checkpoint: no volume, no variables
+    assert "chaos-checkpoints" not in {v["name"] for v in plain["spec"]["volumes"]}
+    assert trainer_env.CHECKPOINT_DIR not in {e["name"] for e in plain["spec"]["containers"][0]["env"]}
+
+
+def test_the_sidecar_keeps_its_membership_state_on_a_pod_volume() -> None:
+    from chaos_sidecar.pod_contract import STATE_MOUNT
+
+    pod = build_pod(_job(), 0)
+    sidecar = pod["spec"]["containers"][1]
+    assert sidecar["args"][sidecar["args"].index("--state-dir") + 1] == STATE_MOUNT
+    mount = next(m for m in sidecar["volumeMounts"] if m["mountPath"] == STATE_MOUNT)
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
+    # on the node's disk: it outlives a restarted container (not the pod); the trainer has no use for it
+    assert "emptyDir" in volume and volume["emptyDir"].get("medium") != "Memory"
+    assert all(m["name"] != mount["name"] for m in pod["spec"]["containers"][0]["volumeMounts"])
+
+
+def test_pods_created_when_every_member_is_gone_found_a_new_group() -> None:
+    from chaos_operator.domain.reconcile import plan_pods
+
+    job = _job(replicas=3, minReplicas=1, maxReplicas=8)
+    first = plan_pods(job, [], view_reported=False)
+    assert first.founding and first.create == [0, 1, 2] and first.seed == 0
+    # a view was reported and members are alive: a replacement joins them
+    join = plan_pods(job, [_pod(0), _pod(2)], view_reported=True)
+    assert not join.founding and join.create == [1] and join.seed is None
+    # every pod failed: deleted now, replaced after the backoff, as a new founding group
+    dead = plan_pods(job, [_pod(i, phase="Failed") for i in range(3)], view_reported=True, now=10.0)
+    assert dead.create == [] and dead.retry_after_s > 0
+    later = plan_pods(job, [], failures=3, last_failure_at=10.0, now=10.0 + dead.retry_after_s,
+                      view_reported=True)  # fmt: skip
+    assert later.founding and later.create == [0, 1, 2] and later.seed == 0
+    # a pod still pending counts as alive: the others join it, nobody founds
+    pending = plan_pods(job, [_pod(1, phase="Pending")], view_reported=True)
+    assert not pending.founding and pending.create == [0, 2]

@@ -11,6 +11,7 @@ from chaos_operator.domain.security import SECRET_FILE_MODE, harden_pod
 from chaos_operator.domain.spec import JobSpec
 from chaos_sidecar import trainer_env
 from chaos_sidecar.pod_contract import (
+    CHECKPOINT_MOUNT,
     CONFIG_KEY,
     GROUP,
     INDEX_LABEL,
@@ -20,12 +21,15 @@ from chaos_sidecar.pod_contract import (
     POD_NAMESPACE,
     REPORT_ANNOTATION,
     SECRET_MOUNT,
+    STATE_MOUNT,
     SidecarPod,
     sidecar_args,
 )
 from chaos_sidecar.pod_contract import SNAPSHOT_MOUNT as SNAPSHOT_DIR
 
-__all__ = ["GROUP", "INDEX_LABEL", "JOB_LABEL", "PEER_PORT", "REPORT_ANNOTATION", "SNAPSHOT_DIR"]
+__all__ = [
+    "GROUP", "INDEX_LABEL", "JOB_LABEL", "PEER_PORT", "REPORT_ANNOTATION", "SNAPSHOT_DIR", "STATE_MOUNT",
+]  # fmt: skip
 SIDECAR_IMAGE = "ghcr.io/chaos-training/sidecar:0.1.0"  # the Dockerfile's target "sidecar"
 
 
@@ -132,24 +136,44 @@ def pod_name(job: JobSpec, index: int) -> str:
 
 def trainer_environment(job: JobSpec, *, founding: bool) -> list[dict[str, Any]]:
     """The trainer's configuration (:mod:`chaos_sidecar.trainer_env`): its node id is the pod's
-    name (downward API), its sidecar is on loopback, the snapshot volume is shared."""
-    return [
+    name (downward API), its sidecar is on loopback, the snapshot volume is shared; with
+    ``spec.checkpoint``, where and how often it keeps checkpoints."""
+    env = [
         {"name": trainer_env.NODE_ID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": trainer_env.SIDECAR_URL, "value": f"http://127.0.0.1:{PEER_PORT}"},
         {"name": trainer_env.SNAPSHOT_DIR, "value": SNAPSHOT_DIR},
         {"name": trainer_env.FOUNDING, "value": "1" if founding else "0"},
         {"name": trainer_env.JOIN_MODE, "value": job.join},
     ]
+    if job.checkpoint is not None:
+        env += [
+            {"name": trainer_env.CHECKPOINT_DIR, "value": CHECKPOINT_MOUNT},
+            {"name": trainer_env.CHECKPOINT_EVERY, "value": str(job.checkpoint.every_steps)},
+            {"name": trainer_env.CHECKPOINT_KEEP, "value": str(job.checkpoint.keep)},
+        ]
+    return env
+
+
+CHECKPOINT_VOLUME = "chaos-checkpoints"
+STATE_VOLUME = "chaos-state"
 
 
 def build_pod(
-    job: JobSpec, index: int, *, founding: bool = False, sidecar_image: str = SIDECAR_IMAGE
+    job: JobSpec,
+    index: int,
+    *,
+    founding: bool = False,
+    seed: bool | None = None,
+    sidecar_image: str = SIDECAR_IMAGE,
 ) -> dict[str, Any]:
     """The user's template plus the injected sidecar, the shared snapshot volume and env.
 
-    ``founding``: the pod belongs to the job's first view (created before any sidecar reported
-    a view): its trainer starts from the script's initial state, and the lowest index seeds
-    the group; any later pod joins and pulls the state from the members."""
+    ``founding``: the pod belongs to a first view (created before any sidecar reported a view,
+    or after every pod of the job was gone): its trainer starts from the script's initial
+    state or the newest checkpoint; ``seed`` (default: founding index 0) founds the group. Any
+    later pod joins and pulls the state from the members."""
+    seed = founding and index == 0 if seed is None else seed
+
     template = copy.deepcopy(job.template)
     pod_spec = template.get("spec", {})
     name = pod_name(job, index)
@@ -162,12 +186,17 @@ def build_pod(
     volume = {"name": "chaos-snapshots", "emptyDir": {"medium": "Memory"}}
     mount = {"name": "chaos-snapshots", "mountPath": SNAPSHOT_DIR}
     env = trainer_environment(job, founding=founding)
+    checkpoints = job.checkpoint
     for container in pod_spec.get("containers", []):
         # ours first: the template's own env may refer to them as $(CHAOS_NODE_ID)
         container["env"] = copy.deepcopy(env) + list(container.get("env") or [])
         container.setdefault("volumeMounts", []).append(dict(mount))
+        if checkpoints is not None:
+            container["volumeMounts"].append(
+                {"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT, "subPath": checkpoints.sub_path}
+            )
     contract = SidecarPod(
-        job=job.name, node_id=name, seed=founding and index == 0, heartbeat_s=job.probe_interval_s,
+        job=job.name, node_id=name, seed=seed, heartbeat_s=job.probe_interval_s,
         suspect_timeout_s=job.failure_timeout_s, peers=job.peers,
     )  # fmt: skip
     sidecar = {
@@ -183,6 +212,7 @@ def build_pod(
         "volumeMounts": [
             mount,
             {"name": "chaos-secret", "mountPath": SECRET_MOUNT, "readOnly": True},
+            {"name": STATE_VOLUME, "mountPath": STATE_MOUNT},
         ],
         # a busy node answers slower than the kubelet's default of 1 s
         "readinessProbe": {
@@ -204,7 +234,14 @@ def build_pod(
         volume,
         {"name": "chaos-secret", "secret": {"secretName": job.secret_name, "defaultMode": SECRET_FILE_MODE,
                                             "items": [{"key": job.join_secret_key, "path": "join-secret"}]}},
+        # the sidecar's durable membership state: on the node's disk, it outlives a restarted
+        # container (not the pod: a replacement pod's sidecar is a new incarnation); a few KiB
+        {"name": STATE_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}},
     ])  # fmt: skip
+    if checkpoints is not None:  # every member reaches it (ReadWriteMany); one writes at a time
+        pod_spec["volumes"].append(
+            {"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": checkpoints.claim_name}}
+        )
     pod_spec["serviceAccountName"] = service_account_name(job, index)
     pod_spec["hostname"] = name
     pod_spec["subdomain"] = job.name

@@ -27,6 +27,14 @@ class PodPlan:
     failures: int = 0  # failed pods over the job's life, this reconcile's included
     retry_after_s: float = 0.0  # replacements held back by the backoff
     exhausted: bool = False  # more failures than runPolicy.backoffLimit: give up
+    # the pods to create found a group (CHAOS_FOUNDING=1, the lowest of them seeds): no view was
+    # reported yet, or no pod of the job is left to join (every member died: the new group
+    # starts from the newest checkpoint, if spec.checkpoint keeps any)
+    founding: bool = False
+
+    @property
+    def seed(self) -> int | None:
+        return min(self.create) if self.founding and self.create else None
 
 
 BACKOFF_BASE_S = 1.0
@@ -80,9 +88,11 @@ def plan_pods(
     failures: int = 0,
     last_failure_at: float = 0.0,
     now: float = 0.0,
+    view_reported: bool = False,
 ) -> PodPlan:
     """Decide creations and deletions. ``failures``/``last_failure_at`` come from the job's
-    status (failed pods seen before), ``now`` from the caller's clock."""
+    status (failed pods seen before), ``now`` from the caller's clock, ``view_reported``:
+    whether a sidecar has reported a view yet (``status.view``)."""
     live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
     released = [p["metadata"]["name"] for p in live if report_of(p).get("released")]
     # a released member's pod is deleted, not counted as a failure, however its processes ended
@@ -113,7 +123,8 @@ def plan_pods(
         if index not in used:
             create.append(index)
         index += 1
-    return PodPlan(create=create, delete=delete, failed=failed, failures=total_failures)
+    founding = not view_reported or not active
+    return PodPlan(create=create, delete=delete, failed=failed, failures=total_failures, founding=founding)
 
 
 def build_status(job: JobSpec, pods: list[dict[str, Any]]) -> dict[str, Any]:

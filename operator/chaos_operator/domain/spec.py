@@ -19,6 +19,16 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
+class CheckpointSpec:
+    """``spec.checkpoint``: durable checkpoints on a PersistentVolumeClaim every pod mounts."""
+
+    claim_name: str  # the PVC (ReadWriteMany: every member reaches it; one writes at a time)
+    sub_path: str  # the directory inside the claim (default: the job's name)
+    every_steps: int = 100
+    keep: int = 3
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str
     namespace: str
@@ -36,6 +46,7 @@ class JobSpec:
     backoff_limit: int = 6
     labels: dict[str, str] = field(default_factory=dict)
     network_policy: Any = None  # domain.security.NetworkPolicySettings (spec.networkPolicy)
+    checkpoint: CheckpointSpec | None = None  # spec.checkpoint
 
     @property
     def desired(self) -> int:
@@ -47,10 +58,10 @@ class JobSpec:
         return self.join_secret_name or f"{self.name}-join"
 
 
-def _int(spec: dict, key: str, default: int, low: int = 1, high: int = 1024) -> int:
+def _int(spec: dict, key: str, default: int, low: int = 1, high: int = 1024, path: str = "") -> int:
     value = spec.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise SpecError(key, f"expected an integer in {low}..{high}, got {value!r}")
+        raise SpecError(path or key, f"expected an integer in {low}..{high}, got {value!r}")
     return value
 
 
@@ -65,6 +76,34 @@ def _peers(peers: Any) -> tuple[str, ...]:
         if not isinstance(peer, str) or not PEER.match(peer):
             raise SpecError(f"federation.peers[{i}]", f"expected id=http(s)://host:port, got {peer!r}")
     return tuple(peers)
+
+
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+SUB_PATH = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")  # no ".."
+
+
+def _checkpoint(raw: Any, job_name: str) -> CheckpointSpec | None:
+    """``spec.checkpoint``: ``claimName`` (required), ``subPath``, ``everySteps``, ``keep``."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SpecError("checkpoint", "expected an object")
+    unknown = sorted(set(raw) - {"claimName", "subPath", "everySteps", "keep"})
+    if unknown:
+        raise SpecError(f"checkpoint.{unknown[0]}", "unknown field")
+    claim = raw.get("claimName")
+    if not isinstance(claim, str) or len(claim) > 253 or not DNS_SUBDOMAIN.match(claim):
+        raise SpecError("checkpoint.claimName", f"expected a PersistentVolumeClaim's name, got {claim!r}")
+    sub_path = raw.get("subPath", job_name)
+    if not isinstance(sub_path, str) or len(sub_path) > 253 or not SUB_PATH.match(sub_path):
+        problem = f"expected a relative path, no component starting with '.', got {sub_path!r}"
+        raise SpecError("checkpoint.subPath", problem)
+    return CheckpointSpec(
+        claim_name=claim,
+        sub_path=sub_path,
+        every_steps=_int(raw, "everySteps", 100, high=1_000_000, path="checkpoint.everySteps"),
+        keep=_int(raw, "keep", 3, high=100, path="checkpoint.keep"),
+    )
 
 
 def parse_job(body: dict[str, Any]) -> JobSpec:
@@ -109,4 +148,5 @@ def parse_job(body: dict[str, Any]) -> JobSpec:
         backoff_limit=int((spec.get("runPolicy") or {}).get("backoffLimit", 6)),
         labels=dict(meta.get("labels") or {}),
         network_policy=parse_network_policy(spec.get("networkPolicy")),
+        checkpoint=_checkpoint(spec.get("checkpoint"), meta["name"]),
     )

@@ -58,7 +58,7 @@ async def _shared_objects(job: JobSpec) -> None:
         await kube.create_once(build_join_secret(job, secrets.token_urlsafe(32)))
 
 
-async def _create_pod(job: JobSpec, index: int, founding: bool) -> None:
+async def _create_pod(job: JobSpec, index: int, founding: bool, *, seed: bool) -> None:
     """The pod's own identity and permissions first, then the pod that runs as it."""
     for obj in (
         build_service_account(job, index),
@@ -66,7 +66,7 @@ async def _create_pod(job: JobSpec, index: int, founding: bool) -> None:
         build_role_binding(job, index),
     ):
         await kube.apply(obj)
-    await kube.apply(build_pod(job, index, founding=founding, sidecar_image=CONFIG.sidecar_image))
+    await kube.apply(build_pod(job, index, founding=founding, seed=seed, sidecar_image=CONFIG.sidecar_image))
 
 
 def _warn_bad_reports(body: kopf.Body, job: JobSpec, pods: list[dict[str, Any]]) -> None:
@@ -98,17 +98,17 @@ async def reconcile(
         plan = plan_pods(
             job, pods, failures=int(previous.get("failures") or 0),
             last_failure_at=float(previous.get("lastFailureAt") or 0.0), now=time.time(),
+            view_reported=bool(previous.get("view")),
         )  # fmt: skip
         for pod in plan.delete:
             logger.info(f"deleting {pod} ({'failed' if pod in plan.failed else 'released by the group'})")
             await kube.delete_pod(job.namespace, pod)
             metrics.PODS_DELETED.labels(*key, "failed" if pod in plan.failed else "released").inc()
-        # the first view's pods: no sidecar has reported a view yet (their trainers start from
-        # the script's initial state, index 0 seeds); later pods join and pull the state
-        founding = not previous.get("view")
+        # a first view's pods (none reported yet, or every member gone) found the group, the
+        # lowest seeds; later pods join and pull the state
         for index in plan.create:
-            logger.info(f"creating {pod_name(job, index)}{' (founding)' if founding else ''}")
-            await _create_pod(job, index, founding)
+            logger.info(f"creating {pod_name(job, index)}{' (founding)' if plan.founding else ''}")
+            await _create_pod(job, index, plan.founding, seed=index == plan.seed)
             metrics.PODS_CREATED.labels(*key).inc()
     except kube.Forbidden as exc:
         _count_error(*key, "Forbidden")
