@@ -9,12 +9,10 @@ For every pod in the namespace it watches (by listing every ``POLL_S``):
   and reach the API emulator at the root end of their veth (the emulator listens on every
   interface). ``KUBERNETES_SERVICE_HOST``/``PORT`` point there, and so does
   ``CHAOS_KUBE_API`` (http: the emulator speaks no TLS), as a kubelet's would.
-- **DNS**: each pod's namespace gets its own ``resolv.conf`` (``/etc/netns/<ns>/``, which
-  ``ip netns exec`` mounts over ``/etc/resolv.conf``) naming a resolver on the pod's loopback,
-  where nothing listens: a lookup fails at once. The machine's resolver is not reachable from
-  a pod's namespace, and every lookup waited 10 s for it; torch's TCPStore and gloo look up
-  the name of each peer that connects, so every rendezvous and process group took 10-20 s
-  (a real cluster's DNS answers). Nothing here needs names: pods advertise their IPs.
+- **DNS**: each pod's namespace has a resolver that fails at once (``chaos_lab.netns`` gives
+  every namespace one: torch looks up each connecting peer's name, and the machine's resolver
+  is out of reach). A real cluster's DNS answers. Nothing here needs names: pods advertise
+  their IPs.
 - **containers**: each container's ``command`` + ``args`` (``$(VAR)`` expanded from its env, as
   the kubelet does) run as a process inside the pod's namespace, with the container's ``env``
   (``value`` with ``$(VAR)`` expansion, ``fieldRef`` of ``metadata.name``, ``metadata.namespace``,
@@ -54,7 +52,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -73,11 +70,6 @@ MAX_PROBE_PERIOD_S = 0.5  # probes run at least this often (pods here start in s
 MAX_GRACE_S = 5.0
 KILL_WAIT_S = 10.0
 SLOW_CALL_S = 1.0
-NETNS_ETC = Path("/etc/netns")  # ip netns exec mounts /etc/netns/<ns>/<file> over /etc/<file>
-RESOLV_CONF = (
-    "# chaos_lab.podrunner: no DNS in this pod; lookups fail at once\n"
-    "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
-)
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_PATHS = {"/opt/chaos/examples/train": REPO / "examples" / "train"}
@@ -161,10 +153,6 @@ class PodRunner:
         netns.remove_stale()
         self.star = netns.Star(self.slots, [None] * self.slots, subnet=200 + os.getpid() % 50, routed=True)
         await asyncio.to_thread(self.star.__enter__)
-        for slot in range(self.slots):
-            resolver = NETNS_ETC / self.star.name(slot) / "resolv.conf"
-            resolver.parent.mkdir(parents=True, exist_ok=True)
-            resolver.write_text(RESOLV_CONF)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         self._task = asyncio.create_task(self._loop())
         return self
@@ -184,8 +172,6 @@ class PodRunner:
             await self._session.close()
         if self.star is not None:
             await asyncio.to_thread(self.star.__exit__)
-            for slot in range(self.slots):
-                shutil.rmtree(NETNS_ETC / self.star.name(slot), ignore_errors=True)
 
     def ip(self, pod_name: str) -> str | None:
         for pod in self.pods.values():
