@@ -23,7 +23,9 @@ from typing import Any
 
 import aiohttp
 
+from chaos_sidecar import eventlog
 from chaos_sidecar.errors import ChaosError
+from chaos_sidecar.eventlog import Record
 from chaos_sidecar.membership.machine import Settings
 
 # Polling the nodes costs them CPU; latencies are measured from their logs, not from polls.
@@ -232,12 +234,5 @@ class LocalCluster:
                 raise ClusterError(f"no agreement on {sorted(members)} within {timeout}s: {summary}")
             await asyncio.sleep(POLL_S)
 
-    def read_logs(self) -> list[dict[str, Any]]:
-        records = []
-        for node in self.nodes.values():
-            if node.log_path and node.log_path.exists():
-                for line in node.log_path.read_text().splitlines():
-                    if line.strip():
-                        records.append(json.loads(line))
-        records.sort(key=lambda r: r["t"])
-        return records
+    def read_logs(self) -> list[Record]:
+        return eventlog.read(node.log_path for node in self.nodes.values() if node.log_path)

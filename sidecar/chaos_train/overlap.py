@@ -9,6 +9,7 @@ import statistics
 import time
 from typing import Any
 
+from chaos_sidecar.eventlog import Kind
 from chaos_train import state as snapshot_state
 from chaos_train.engine_config import (
     DECLINED,
@@ -47,7 +48,7 @@ class OverlapJoin:
             note = {"snapshot_step": self.step, "sources": self.members, "step_s": step_s,
                     "grad_bytes": self.grad_bytes}  # fmt: skip
         self._write_later(self._publish_snapshot, view["epoch"], self.step, self._capture, note, self._next)
-        self.log("overlap_start", step=self.step, joiners=joiners, epoch=view["epoch"],
+        self.log(Kind.OVERLAP_START, step=self.step, joiners=joiners, epoch=view["epoch"],
                  pause_ms=round((time.monotonic() - started) * 1000, 1))  # fmt: skip
 
     def _publish_snapshot(
@@ -70,7 +71,7 @@ class OverlapJoin:
             concurrent.futures.wait([self._capture])  # a failed copy is logged by its writer
             self._capture = None
             epoch = self.pending["epoch"] if self.pending else None
-            self.log("capture_wait", epoch=epoch, wait_ms=round((time.monotonic() - began) * 1000, 1))
+            self.log(Kind.CAPTURE_WAIT, epoch=epoch, wait_ms=round((time.monotonic() - began) * 1000, 1))
 
     @staticmethod
     def _joiner_progress(build: GroupBuild | None, joiner: str) -> int | str | None:
@@ -178,7 +179,7 @@ class OverlapJoin:
             group = built.result()[0]
             self._post_entering(group, built.members.index(self.cfg.node_id), len(built.members),
                                 [0.0, 0.0], final=False)  # fmt: skip
-            self.log("posted_ahead", step=self.step, epoch=built.epoch)
+            self.log(Kind.POSTED_AHEAD, step=self.step, epoch=built.epoch)
         gather = built.posted()
         return gather is not None and gather.is_completed()
 
@@ -212,7 +213,7 @@ class OverlapJoin:
         if info.get("step_s") and replay_s > REPLAY_SHARE_OF_STEP * info["step_s"]:
             # replaying would fall further behind every step: let the members regroup now
             store.set(progress, DECLINED)
-            self.log("overlap_declined", replay_s=round(replay_s, 4), step_s=round(info["step_s"], 4),
+            self.log(Kind.OVERLAP_DECLINED, replay_s=round(replay_s, 4), step_s=round(info["step_s"], 4),
                      bandwidth_Bps=round(bandwidth))  # fmt: skip
             return
         started = time.monotonic()
@@ -232,7 +233,7 @@ class OverlapJoin:
             level = not self._apply_logged(self.step + 1, info["sources"])
             if level:
                 time.sleep(0.005)
-        self.log("overlap_caught_up", step=self.step, snapshot_step=info["snapshot_step"],
+        self.log(Kind.OVERLAP_CAUGHT_UP, step=self.step, snapshot_step=info["snapshot_step"],
                  sources=info["sources"],
                  transfer_ms=round((pulled - started) * 1000, 1),
                  replay_ms=round((time.monotonic() - pulled) * 1000, 1))  # fmt: skip

@@ -15,6 +15,7 @@ from typing import Any
 import torch.distributed as dist
 
 from chaos_sidecar.errors import InputError
+from chaos_sidecar.eventlog import Kind
 from chaos_train import state as snapshot_state
 from chaos_train.engine_config import (
     BLOCKING_NOTE,
@@ -47,7 +48,7 @@ class Regrouping:
                 return False
             if time.monotonic() - reported > 60:
                 reported = time.monotonic()
-                self.log("waiting_for_view", epoch=epoch, waited_s=round(reported - waiting_since))
+                self.log(Kind.WAITING_FOR_VIEW, epoch=epoch, waited_s=round(reported - waiting_since))
 
     # --- regrouping -----------------------------------------------------------------------------
 
@@ -77,7 +78,7 @@ class Regrouping:
 
     def _regroup(self) -> None:
         if self.leaving:
-            self.log("leaving", step=self.step)
+            self.log(Kind.LEAVING, step=self.step)
             self._close_group()
             self.sidecar.leave()
             deadline = time.monotonic() + 30
@@ -121,7 +122,7 @@ class Regrouping:
                     gathered = (built.gather(mine).result(lost) if built
                                 else all_gather_ints(self.group, mine, lost))  # fmt: skip
             except RuntimeError as exc:  # someone died during the rendezvous, or was too slow
-                self.log("rendezvous_failed", epoch=epoch, error=str(exc)[:200])
+                self.log(Kind.RENDEZVOUS_FAILED, epoch=epoch, error=str(exc)[:200])
                 self._close_group()
                 if (
                     built is None
@@ -139,13 +140,13 @@ class Regrouping:
                 idle = len(members) - self.work.global_batch
                 message = (f"global_batch {self.work.global_batch} is smaller than the group "
                            f"({len(members)} members): {idle} of them idle each step")  # fmt: skip
-                self.log("warning", epoch=epoch, message=message)
+                self.log(Kind.WARNING, epoch=epoch, message=message)
                 print(f"chaos_train: warning: {message}", file=sys.stderr, flush=True)
             self._lost = lost
             try:
                 transfer = self._reconcile(gathered, epoch)
             except RuntimeError as exc:  # a member died while the state moved
-                self.log("reconcile_failed", epoch=epoch, error=str(exc)[:200])
+                self.log(Kind.RECONCILE_FAILED, epoch=epoch, error=str(exc)[:200])
                 self.group_epoch = previous
                 self._close_group()
                 if not self._await_newer_view(epoch, patience_s=RETRY_PATIENCE_S):
@@ -157,7 +158,7 @@ class Regrouping:
             self._end_overlap()
             self.regroup_needed = False
             self.log(
-                "regroup", epoch=epoch, members=members, rank=rank, step=self.step,
+                Kind.REGROUP, epoch=epoch, members=members, rank=rank, step=self.step,
                 pause_ms=round((time.monotonic() - started) * 1000, 1),
                 group_ms=round((grouped - started) * 1000, 1), open_ms=round((opened_at - started) * 1000, 1),
                 built_ahead=built is not None, gather_predicted=self._unchecked is not None, **transfer,
@@ -249,7 +250,7 @@ class Regrouping:
             # the members may have trained in that group with this joiner's posted all-reduces:
             # those steps are not in their log, so replaying cannot reach them; pull instead
             self._can_replay = False
-            self.log("posted_group_skipped", epoch=built.epoch, for_epoch=epoch)
+            self.log(Kind.POSTED_GROUP_SKIPPED, epoch=built.epoch, for_epoch=epoch)
         self._to_free.put([built])
         return None
 
@@ -257,7 +258,7 @@ class Regrouping:
         """The replica check after a view change (off with ``digest_every`` 0, as in benchmarks:
         hashing the state takes tens of ms; the final digest is always logged)."""
         if self.cfg.digest_every:
-            self.log("digest", step=self.step, digest=snapshot_state.digest(self.replica))
+            self.log(Kind.DIGEST, step=self.step, digest=snapshot_state.digest(self.replica))
 
     def _reconcile(self, gathered: list[list[int]], epoch: int) -> dict[str, Any]:
         """Members behind the newest state get it: an overlap joiner enters and replays the
@@ -337,7 +338,7 @@ class Regrouping:
             if extra is not None and all(r == [step, 1] for r in results):
                 self.step = extra[0]
                 self.sampler.load(extra[1], extra[2])
-                self.log("resumed", step=self.step, checkpoint=step)
+                self.log(Kind.RESUMED, step=self.step, checkpoint=step)
                 return {
                     "transfer_ms": 0.0,
                     "sources": [],
@@ -385,6 +386,6 @@ class Regrouping:
         self.step, sampler_epoch, cursor = extra[0], extra[1], extra[2]
         self.sampler.load(sampler_epoch, cursor)
         sources = result.get("per_source", [])
-        self.log("pulled", name=name, seconds=result.get("seconds"), call_s=round(pulled - began, 4),
+        self.log(Kind.PULLED, name=name, seconds=result.get("seconds"), call_s=round(pulled - began, 4),
                  load_s=round(time.monotonic() - pulled, 4), bytes=sum(s["bytes"] for s in sources),
                  per_source={s["id"]: s["bytes"] for s in sources})  # fmt: skip

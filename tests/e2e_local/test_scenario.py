@@ -33,10 +33,11 @@ from kmock._internal.apps import Server
 from kubernetes import client
 
 from chaos_lab import podrunner
-from chaos_lab.jobreport import check_replicas, check_samples, read_jsonl
+from chaos_lab.jobreport import check_replicas, check_samples
 from chaos_operator import kube
 from chaos_operator.domain import builders
 from chaos_operator.domain.spec import parse_job
+from chaos_sidecar.eventlog import read as read_jsonl
 
 REASON = podrunner.unavailable()
 pytestmark = [

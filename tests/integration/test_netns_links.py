@@ -11,6 +11,7 @@ import pytest
 from chaos_lab import netns
 from chaos_lab.benchmarks.transfer import make_state
 from chaos_lab.localcluster import LocalCluster
+from chaos_sidecar.eventlog import Kind
 from chaos_sidecar.monitor.probe import probe_bandwidth
 from chaos_sidecar.transfer.puller import Puller, SourceSpec
 from chaos_sidecar.transfer.snapshot import data_path, file_digest
@@ -49,8 +50,8 @@ def _latest_views(cluster: LocalCluster) -> dict[str, tuple[int, frozenset[str],
     only, and these nodes live in other namespaces)."""
     latest: dict[str, tuple[int, frozenset[str], str]] = {}
     for record in cluster.read_logs():
-        if record["type"] == "installed":
-            latest[record["node"]] = (record["epoch"], frozenset(record["members"]), record["status"])
+        if record.kind is Kind.INSTALLED:
+            latest[record.node] = (record["epoch"], frozenset(record["members"]), record["status"])
     return latest
 
 
@@ -91,7 +92,7 @@ async def test_partition_between_namespaces(tmp_path: Path) -> None:
             await _until_agreed(cluster, everyone)
             installed: dict[int, set[frozenset[str]]] = {}
             for record in cluster.read_logs():
-                if record["type"] == "installed":
+                if record.kind is Kind.INSTALLED:
                     installed.setdefault(record["epoch"], set()).add(frozenset(record["members"]))
     assert all(len(views) == 1 for views in installed.values()), installed
 
@@ -113,10 +114,10 @@ async def test_a_member_relays_between_two_that_cannot_reach_each_other(tmp_path
             after = await _until_agreed(cluster, {"n0", "n2", "n3"}, timeout=30)
             assert after > before
             records = cluster.read_logs()
-    topology = [r["down"] for r in records if r["type"] == "topology" and r["node"] == "n0"]
+    topology = [r["down"] for r in records if r.kind is Kind.TOPOLOGY and r.node == "n0"]
     assert topology and ["n0", "n3"] in topology[-1], topology
     installed: dict[int, set[frozenset[str]]] = {}
     for record in records:
-        if record["type"] == "installed":
+        if record.kind is Kind.INSTALLED:
             installed.setdefault(record["epoch"], set()).add(frozenset(record["members"]))
     assert all(len(views) == 1 for views in installed.values()), installed

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def records(cluster: LocalCluster, node: str, kind: str) -> list[dict]:
-    return [r for r in cluster.read_logs() if r["node"] == node and r["type"] == kind]
+    return [r for r in cluster.read_logs() if r.node == node and r.kind is kind]
 
 
 async def test_a_killed_sidecar_recovers_its_state_or_rejoins_as_a_new_incarnation(tmp_path) -> None:

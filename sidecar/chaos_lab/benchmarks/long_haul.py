@@ -39,9 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from chaos_lab.churn import CHAOS_KINDS, random_churn
-from chaos_lab.jobreport import read_jsonl, summarize
+from chaos_lab.jobreport import summarize
 from chaos_lab.localjob import JobConfig, JobStalled, LocalJob
+from chaos_sidecar import eventlog
 from chaos_sidecar.cliutil import positive_int
+from chaos_sidecar.eventlog import Kind
 
 HIDDEN = 256
 SAMPLE_S = 1.0
@@ -130,8 +132,8 @@ def run_job(cfg: JobConfig) -> tuple[LocalJob, ResourceSampler, dict[str, Any]]:
     job = LocalJob(cfg)
     with ResourceSampler(job) as sampler:
         wall = asyncio.run(job.run())
-    sidecar = read_jsonl(sorted((cfg.out / "sidecars").glob("*.events.jsonl")))
-    trainer = read_jsonl(job.trainer_logs())
+    sidecar = eventlog.read(sorted((cfg.out / "sidecars").glob("*.events.jsonl")))
+    trainer = eventlog.read(job.trainer_logs())
     return job, sampler, summarize(cfg, job.injected, sidecar, trainer, wall) | {"_trainer": trainer}
 
 
@@ -173,7 +175,7 @@ def measure(args: argparse.Namespace, workdir: Path, say) -> dict[str, Any]:
     if not resources:
         failed.append("no process lived through the whole run: no resource curve")
     failed += leaks
-    regroups = sum(1 for r in trainer if r["type"] == "regroup")
+    regroups = sum(1 for r in trainer if r.kind is Kind.REGROUP)
     result |= {
         "ok": not failed,
         "failed": failed,
@@ -197,7 +199,9 @@ def measure(args: argparse.Namespace, workdir: Path, say) -> dict[str, Any]:
         "resources": resources,
         "_series": dict(sampler.series),
         "_losses": {
-            "failure_free": _losses(read_jsonl(sorted((workdir / "calm" / "logs").glob("*.trainer.jsonl")))),
+            "failure_free": _losses(
+                eventlog.read(sorted((workdir / "calm" / "logs").glob("*.trainer.jsonl")))
+            ),
             "with_failures": _losses(trainer),
         },
         "_event_steps": [(i.step, i.event.event) for i in job.injected],
@@ -206,7 +210,7 @@ def measure(args: argparse.Namespace, workdir: Path, say) -> dict[str, Any]:
 
 
 def _losses(trainer: list[dict[str, Any]]) -> list[tuple[int, float]]:
-    by_step = {r["step"]: r["loss"] for r in trainer if r["type"] == "step"}
+    by_step = {r["step"]: r["loss"] for r in trainer if r.kind is Kind.STEP}
     return sorted(by_step.items())
 
 

@@ -42,8 +42,10 @@ import aiohttp
 
 from chaos_lab.localcluster import LocalCluster
 from chaos_lab.localjob import JobConfig, LocalJob
+from chaos_sidecar import eventlog
 from chaos_sidecar.cliutil import positive_float, positive_int
 from chaos_sidecar.errors import InputError
+from chaos_sidecar.eventlog import Kind, Record
 from chaos_sidecar.transfer.puller import Puller, SourceSpec
 
 METHODS = ("chaos", "chaos-overlap", "equal-split", "single-source", "checkpoint-restart")
@@ -69,14 +71,8 @@ def state_bytes(hidden: int) -> int:
     return 8 * params
 
 
-def read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-
-
-def first(records: list[dict[str, Any]], kind: str, after: float = 0.0) -> dict[str, Any] | None:
-    return next((r for r in records if r["type"] == kind and r["t"] >= after), None)
+def first(records: list[Record], kind: Kind, after: float = 0.0) -> Record | None:
+    return next((r for r in records if r.kind is kind and r.t >= after), None)
 
 
 def stop(processes) -> None:
@@ -127,37 +123,35 @@ async def run_elastic(method: str, rates: list[float], hidden: int, workdir: Pat
             def joined() -> bool:
                 if job.trainers["joiner"].poll() is not None:
                     raise RuntimeError(f"the joiner exited; see {config.out}/logs")
-                return first(read_log(joiner_log), "step") is not None
+                return first(eventlog.read([joiner_log]), Kind.STEP) is not None
 
             await until(joined, DEADLINE_S, "the joiner's first step")
     finally:
         stop(job.trainers.values())
-    joiner = read_log(joiner_log)
-    requested = first(joiner, "join_requested")
-    step = first(joiner, "step")
-    regroup = first(joiner, "regroup")
-    pulled = first(joiner, "pulled")
+    joiner = eventlog.read([joiner_log])
+    requested = first(joiner, Kind.JOIN_REQUESTED)
+    step = first(joiner, Kind.STEP)
+    regroup = first(joiner, Kind.REGROUP)
+    pulled = first(joiner, Kind.PULLED)
     assert requested and step and regroup and pulled, "joiner log incomplete"
     idle = []
     saves = []
     arrivals = []  # when each member reached the step boundary after the join was agreed
     for node in names:
-        records = read_log(job.trainer_log(node))
-        joined = [r for r in records if r["type"] == "regroup" and r["epoch"] == regroup["epoch"]]
+        records = eventlog.read([job.trainer_log(node)])
+        joined = [r for r in records if r.kind is Kind.REGROUP and r["epoch"] == regroup["epoch"]]
         saves += [r.get("save_ms", 0.0) / 1000 for r in joined]
-        arrivals += [r["t"] - r["pause_ms"] / 1000 for r in joined]
-        pauses = [
-            r for r in records if r["type"] in ("regroup", "overlap_start") and r["t"] >= requested["t"]
-        ]
+        arrivals += [r.t - r["pause_ms"] / 1000 for r in joined]
+        pauses = [r for r in records if r.kind in (Kind.REGROUP, Kind.OVERLAP_START) and r.t >= requested.t]
         idle.append(sum(r["pause_ms"] for r in pauses) / 1000)
-    boundary = max(arrivals, default=regroup["t"] - regroup["pause_ms"] / 1000)
-    grouped = regroup["t"] - regroup["pause_ms"] / 1000 + regroup["group_ms"] / 1000
+    boundary = max(arrivals, default=regroup.t - regroup["pause_ms"] / 1000)
+    grouped = regroup.t - regroup["pause_ms"] / 1000 + regroup["group_ms"] / 1000
     return {
-        "delay_s": step["t"] - requested["t"],
+        "delay_s": step.t - requested.t,
         "idle_s": sum(idle) / len(idle),
         "bytes": pulled["bytes"],
         "breakdown_s": {
-            "agree_and_reach_step_boundary": boundary - requested["t"],
+            "agree_and_reach_step_boundary": boundary - requested.t,
             "transfer": pulled["seconds"],
             "process_group": grouped - boundary,
             "snapshot_save": max(saves, default=0.0),
@@ -167,7 +161,7 @@ async def run_elastic(method: str, rates: list[float], hidden: int, workdir: Pat
             - max(saves, default=0.0)
             - pulled["call_s"]
             - pulled["load_s"],
-            "first_step": step["t"] - regroup["t"],
+            "first_step": step.t - regroup.t,
         },
         "bytes_per_source": pulled["per_source"],
     }
@@ -207,7 +201,9 @@ async def run_checkpoint_restart(rates: list[float], hidden: int, workdir: Path)
     async with LocalCluster(workdir / "links") as links:
         try:
             await until(
-                lambda: sum(r["type"] == "step" for r in read_log(workdir / "n0.jsonl")) >= WARMUP_STEPS,
+                lambda: (
+                    sum(r.kind is Kind.STEP for r in eventlog.read([workdir / "n0.jsonl"])) >= WARMUP_STEPS
+                ),
                 300,
                 "the members to warm up",
             )
@@ -247,17 +243,17 @@ async def run_checkpoint_restart(rates: list[float], hidden: int, workdir: Path)
             def joined() -> bool:
                 if any(p.poll() not in (None, 0) for p in processes):
                     raise RuntimeError(f"a restarted worker failed; see {workdir}")
-                return first(read_log(joiner_log), "step") is not None
+                return first(eventlog.read([joiner_log]), Kind.STEP) is not None
 
             await until(joined, DEADLINE_S, "the joiner's first step")
         finally:
             stop(processes)
-    joiner = read_log(joiner_log)
-    step = first(joiner, "step")
-    loaded = first(joiner, "loaded")
-    ready = first(joiner, "group_ready")
+    joiner = eventlog.read([joiner_log])
+    step = first(joiner, Kind.STEP)
+    loaded = first(joiner, Kind.LOADED)
+    ready = first(joiner, Kind.GROUP_READY)
     assert step and loaded and ready
-    delay = step["t"] - requested
+    delay = step.t - requested
     total = result.manifest.total_bytes
     return {
         "delay_s": delay,
@@ -267,9 +263,9 @@ async def run_checkpoint_restart(rates: list[float], hidden: int, workdir: Path)
             "stop_and_save": stopped - requested,
             "write_to_storage": written - stopped,
             "read_from_storage": read_done - written,
-            "restart_and_load": loaded["t"] - read_done,
-            "rendezvous": ready["t"] - loaded["t"],
-            "first_step": step["t"] - ready["t"],
+            "restart_and_load": loaded.t - read_done,
+            "rendezvous": ready.t - loaded.t,
+            "first_step": step.t - ready.t,
         },
     }
 

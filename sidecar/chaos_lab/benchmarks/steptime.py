@@ -30,9 +30,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chaos_lab.jobreport import read_jsonl
 from chaos_lab.localjob import JobConfig, LocalJob
+from chaos_sidecar import eventlog
 from chaos_sidecar.cliutil import positive_int
+from chaos_sidecar.eventlog import Kind
 
 WARMUP = 20
 SAMPLE_S = 0.5  # how often the CPU sampler reads /proc
@@ -41,7 +42,7 @@ KINDS = {"examples/train/": "trainer", "chaos_lab.plain_worker": "trainer", "cha
 
 
 def _step_stamps(path: Path) -> list[float]:
-    return [r["t"] for r in read_jsonl([path]) if r["type"] == "step"]
+    return [r.t for r in eventlog.read([path]) if r.kind is Kind.STEP]
 
 
 def _step_ms(path: Path, stamps: list[float]) -> float:

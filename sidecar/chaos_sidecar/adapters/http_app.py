@@ -15,12 +15,13 @@ from prometheus_client import generate_latest
 
 from chaos_sidecar.adapters.peer_stream import MAX_FRAME_BYTES, STREAM_PATH, PeerLinks
 from chaos_sidecar.adapters.rendezvous import TrainerRendezvous, epoch_query
-from chaos_sidecar.adapters.runtime import EventLog, MembershipRuntime
+from chaos_sidecar.adapters.runtime import MembershipRuntime
 from chaos_sidecar.adapters.secret_watch import warn_if_loose, watch_secret
 from chaos_sidecar.adapters.shard_server import ShardServer
 from chaos_sidecar.adapters.state_store import StateStore, initial_state
 from chaos_sidecar.config import SidecarConfig, client_tls
 from chaos_sidecar.errors import InputError
+from chaos_sidecar.eventlog import EventLog, Kind
 from chaos_sidecar.membership import machine as sm
 from chaos_sidecar.metrics import SidecarMetrics
 from chaos_sidecar.monitor.estimates import EstimateTable
@@ -87,7 +88,7 @@ async def _watch_trainer(app: web.Application) -> None:
         if app[RENDEZVOUS].finished_step is not None:
             return  # the trainer finished the job: this node stays to tell a late joiner so
         if lease.expired(limit, time.monotonic()) and runtime.state.status in (sm.MEMBER, sm.JOINING):
-            runtime.log.write("trainer_lost", silent_s=round(time.monotonic() - lease.last, 3))
+            runtime.log.write(Kind.TRAINER_LOST, silent_s=round(time.monotonic() - lease.last, 3))
             await runtime.apply(sm.RequestLeave())
             return
 
