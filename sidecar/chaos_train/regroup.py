@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.eventlog import Kind
+from chaos_sidecar.protocol.messages import View
 from chaos_train import state as snapshot_state
 from chaos_train.engine_config import (
     BLOCKING_NOTE,
@@ -41,8 +42,7 @@ class Regrouping:
         waiting_since = time.monotonic()
         reported = waiting_since
         while True:  # a member cut off from any majority pauses here until the group moves on
-            view = self.sidecar.wait_view(epoch, timeout=min(5.0, patience_s or 5.0)).get("view") or {}
-            if view.get("epoch", 0) > epoch:
+            if self.sidecar.wait_view(epoch, timeout=min(5.0, patience_s or 5.0)).epoch > epoch:
                 return True
             if patience_s is not None and time.monotonic() - waiting_since >= patience_s:
                 return False
@@ -58,23 +58,18 @@ class Regrouping:
         self.rendezvous.next_round(self.group_epoch or 0)
         self._same_epoch_again = True
 
-    def _current_member_view(self) -> dict[str, Any]:
+    def _current_member_view(self) -> View:
         """The newest view this node is a member of, newer than the current group's (or the
         current one again, after ``_retry_epoch``)."""
         after = (self.group_epoch or 0) - (1 if self._same_epoch_again else 0)
         while True:
             snap = self.sidecar.view()
-            view = snap.get("view")
-            if (
-                snap.get("status") == "member"
-                and view
-                and self.cfg.node_id in view["members"]
-                and view["epoch"] > after
-            ):
+            view = snap.view
+            if snap.status == "member" and view and self.cfg.node_id in view.members and view.epoch > after:
                 return view
-            if snap.get("status") == "left":
+            if snap.status == "left":
                 raise LeftGroup()
-            self.sidecar.wait_view((view or {}).get("epoch", 0), timeout=2.0)
+            self.sidecar.wait_view(snap.epoch, timeout=2.0)
 
     def _regroup(self) -> None:
         if self.leaving:
@@ -82,7 +77,7 @@ class Regrouping:
             self._close_group()
             self.sidecar.leave()
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and self.sidecar.view().get("status") != "left":
+            while time.monotonic() < deadline and self.sidecar.view().status != "left":
                 self.sidecar.wait_view(self.group_epoch or 0, timeout=1.0)
             raise LeftGroup()
         self._await_capture()
@@ -94,8 +89,8 @@ class Regrouping:
                 raise JobFinished()
             started = time.monotonic()
             self._close_group()
-            members = view["members"]
-            epoch = view["epoch"]
+            members = list(view.members)
+            epoch = view.epoch
             rank = members.index(self.cfg.node_id)
             lost = self._lost_watch(epoch, members)
             built = self._take_built(epoch, members)
@@ -190,7 +185,7 @@ class Regrouping:
 
         def lost() -> bool:
             view = self.sidecar.latest_view
-            return view.get("epoch", 0) > epoch and not set(members) <= set(view.get("members", ()))
+            return view is not None and view.epoch > epoch and not set(members) <= set(view.members)
 
         return lost
 
@@ -220,21 +215,21 @@ class Regrouping:
             store.set(NOTE_KEY, json.dumps(note))
         return self._group_in(store, epoch, members)
 
-    def _build_ahead(self, view: dict[str, Any]) -> None:
+    def _build_ahead(self, view: View) -> None:
         """Start building the group of ``view`` on a thread (overlap joins: members and joiner)."""
-        epoch, members = view["epoch"], list(view["members"])
+        epoch, members = view.epoch, list(view.members)
         self._next = GroupBuild(
             epoch, members, lambda: self._meet(epoch, members),
             lambda store: self._group_in(store, epoch, members), self._builders,
         )  # fmt: skip
 
-    def _built_view(self) -> dict[str, Any] | None:
+    def _built_view(self) -> View | None:
         """The view whose group was built ahead, while it is still the newest: no need to ask
         the sidecar at the step where the members change groups."""
-        built = self._next
-        if built is None or not built.usable() or self.sidecar.latest_epoch != built.epoch:
+        built, view = self._next, self.sidecar.latest_view
+        if built is None or not built.usable() or view is None or view.epoch != built.epoch:
             return None
-        return {"epoch": built.epoch, "members": built.members}
+        return view
 
     def _take_built(self, epoch: int, members: list[str]) -> GroupBuild | None:
         """The group built ahead for exactly this view, if any. One for another view is freed,

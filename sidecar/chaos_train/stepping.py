@@ -90,9 +90,9 @@ class Stepping:
             self._drop_stale_grads()  # every entering joiner is through the members' log
         if sums[0] > 0:
             if self.pending is None and sums[1] == self.world:
-                view = self.sidecar.view()["view"]
-                if view["epoch"] <= (self.group_epoch or 0):  # the others saw it first
-                    view = self.sidecar.wait_view(self.group_epoch or 0, timeout=2.0)["view"]
+                view = self.sidecar.view().view
+                if view is None or view.epoch <= (self.group_epoch or 0):  # the others saw it first
+                    view = self.sidecar.wait_view(self.group_epoch or 0, timeout=2.0).view
                 self._start_overlap(view)
             else:
                 self.regroup_needed = True
@@ -195,8 +195,8 @@ class Stepping:
             self._just_regrouped, self._idle_s, self._reported_at = False, 0.0, now
 
     def _only_joins(self) -> bool:
-        view = (self.sidecar.view() or {}).get("view") or {}
-        return set(self.members) < set(view.get("members", ()))
+        view = self.sidecar.view().view
+        return view is not None and set(self.members) < set(view.members)
 
 
 def data_parallel_step(
