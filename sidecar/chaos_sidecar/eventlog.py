@@ -25,7 +25,10 @@ VERSION = 1  # raise when a field changes meaning; readers refuse other versions
 class Kind(enum.StrEnum):
     """Every kind of record, grouped by the process that writes it."""
 
-    # the sidecar: membership (adapters.runtime), its trainer's lease, its secret file
+    # the sidecar: its durable state, membership (adapters.runtime), its trainer's lease, its
+    # secret file
+    RECOVERED = "recovered"
+    STATE_LOST = "state_lost"
     OBSERVED = "observed"
     DECIDED = "decided"
     INSTALLED = "installed"
