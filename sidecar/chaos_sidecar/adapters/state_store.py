@@ -102,9 +102,8 @@ def initial_state(
             view = View(1, (config.node_id,), config.node_id, (advertise,), incarnations=(incarnation,))
             state = sm.initial_member(config.node_id, view, settings, time.monotonic())
         else:
-            state = sm.initial_joiner(config.node_id, advertise, config.contacts, settings, incarnation)
-            if config.defer_join:
-                state.status = sm.STANDBY
+            state = sm.initial_joiner(config.node_id, advertise, config.contacts, settings, incarnation,
+                                      standby=config.defer_join)  # fmt: skip
     if store is not None:
         try:
             store.save(sm.durable(state))

@@ -132,7 +132,8 @@ async def serve(config: SidecarConfig, ready_file: str | None, kube_job: str | N
     from aiohttp import web
 
     from chaos_sidecar.adapters import kube_pod
-    from chaos_sidecar.adapters.http_app import METRICS, RUNTIME, build_app
+    from chaos_sidecar.adapters.app_state import METRICS, RUNTIME
+    from chaos_sidecar.adapters.http_app import build_app
 
     pod_api = kube_pod.PodApi.from_environ() if kube_job else None
     if pod_api is not None and not config.seed:  # not listening (so not ready) until a peer shows

@@ -18,6 +18,7 @@ from chaos_sidecar.protocol.messages import View, view_from_json
 
 TRAINER_HEADER = "X-Chaos-Trainer"  # set by the trainer SDK: only its calls hold its lease
 
+LOCAL_PREFIX = "/local/"  # every local route: loopback only, and the trainer's calls hold its lease
 VIEW = "/local/view"
 WAIT_VIEW = "/local/wait-view"
 REPORT = "/local/report"
