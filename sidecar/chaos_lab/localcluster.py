@@ -9,7 +9,6 @@ line), with a deadline.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import signal
@@ -24,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from chaos_sidecar import eventlog
+from chaos_sidecar.commands.sidecar import wait_ready
 from chaos_sidecar.errors import ChaosError
 from chaos_sidecar.eventlog import Record
 from chaos_sidecar.membership.machine import Settings
@@ -117,12 +117,11 @@ class LocalCluster:
         process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, cwd=where)
         node = Node(node_id, process, log_path=log)
         self.nodes[node_id] = node
-        await self._until(lambda: ready.exists() or process.poll() is not None, 30, f"{node_id} to listen")
-        if process.poll() is not None:
-            raise ClusterError(f"{node_id} exited with {process.returncode}; see {where}/{node_id}.stderr")
-        ready_info = json.loads(ready.read_text())
-        node.url = ready_info["url"]
-        node.local_url = ready_info.get("local_url", node.url)
+        try:
+            listening = await asyncio.to_thread(wait_ready, ready, process)
+        except ChaosError as exc:
+            raise ClusterError(f"{node_id}: {exc}; see {where}/{node_id}.stderr") from None
+        node.url, node.local_url = listening.url, listening.local_url
         return node
 
     def kill(self, node_id: str) -> None:

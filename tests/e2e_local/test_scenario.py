@@ -38,6 +38,7 @@ from chaos_operator import kube
 from chaos_operator.domain import builders
 from chaos_operator.domain.spec import parse_job
 from chaos_sidecar.eventlog import read as read_jsonl
+from polling import until
 
 REASON = podrunner.unavailable()
 pytestmark = [
@@ -52,23 +53,6 @@ ROOT = Path(__file__).resolve().parents[2]
 NS = "default"
 GROUP, VERSION, PLURAL = "chaostraining.io", "v1alpha1", "chaostrainingjobs"
 JOB = "ctj-e2e"
-
-
-async def until(
-    what: str, check: Callable[[], Any], timeout: float, describe: Callable[[], str] = str
-) -> Any:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout``. Checks call
-    the emulator synchronously (the Kubernetes client), so they run in a thread: the emulator
-    serves on this event loop."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(check)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            detail = await asyncio.to_thread(describe)
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; {detail}")
-        await asyncio.sleep(0.2)
 
 
 def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -10,15 +10,50 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from chaos_sidecar.cliutil import Subparsers, non_negative_float, non_negative_int, positive_float
 from chaos_sidecar.config import SidecarConfig, check_tls_files, parse_contacts, rotating_secret, server_tls
-from chaos_sidecar.errors import InputError
+from chaos_sidecar.errors import ChaosError, InputError
 from chaos_sidecar.membership.machine import LEFT, RequestLeave, Settings
 
 LEAVE_TIMEOUT_S = 5.0
+START_S = 30.0  # a sidecar listens within this long of its start (it writes its ready file then)
+READY_POLL_S = 0.05
 LOCAL_OR_ANY = ("127.0.0.1", "localhost", "0.0.0.0")  # hosts whose port also serves loopback
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What a sidecar writes to its ``--ready-file`` once it listens: its peer port and URL,
+    the URL of its trainer's local API and its process id."""
+
+    port: int
+    url: str
+    local_url: str
+    pid: int
+
+    def write(self, path: Path) -> None:
+        """Whole or not at all: a reader never sees half a file."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self)))
+        tmp.replace(path)
+
+
+def wait_ready(path: Path, process: subprocess.Popen, timeout_s: float = START_S) -> Ready:
+    """What the sidecar ``process`` wrote to its ready file ``path`` once it listens; raises
+    :class:`ChaosError` when it exits first or does not listen within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if process.poll() is not None:
+            raise ChaosError(f"the sidecar exited with status {process.returncode} before listening")
+        if time.monotonic() > deadline:
+            raise ChaosError(f"the sidecar did not listen within {timeout_s:.0f} s")
+        time.sleep(READY_POLL_S)
+    return Ready(**json.loads(path.read_text()))
 
 
 def register(subparsers: Subparsers) -> None:
@@ -57,7 +92,7 @@ def register(subparsers: Subparsers) -> None:
         default=600.0,
         help="the replaced key stays accepted this long after the new one signs",
     )
-    parser.add_argument("--ready-file", help="write {'port', 'url', 'pid'} here once listening")
+    parser.add_argument("--ready-file", help="write {'port', 'url', 'local_url', 'pid'} here once listening")
     parser.add_argument("--log", help="append the JSONL event log here")
     parser.add_argument("--heartbeat-s", type=positive_float, default=0.1)
     parser.add_argument("--suspect-timeout-s", type=positive_float, default=0.5)
@@ -161,10 +196,7 @@ async def serve(config: SidecarConfig, ready_file: str | None, kube_job: str | N
         await web.SockSite(runner, local).start()
         local_url = f"http://127.0.0.1:{local.getsockname()[1]}"
     if ready_file:
-        tmp = Path(ready_file + ".tmp")
-        ready = {"port": port, "url": advertise, "local_url": local_url, "pid": os.getpid()}
-        tmp.write_text(json.dumps(ready))
-        tmp.replace(ready_file)
+        Ready(port, advertise, local_url, os.getpid()).write(Path(ready_file))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
