@@ -82,10 +82,12 @@ class LocalCluster:
         wrap=None,
         host: str = "127.0.0.1",
         directory: Path | None = None,
+        program: list[str] | None = None,
     ) -> Node:
         """Start ``node_id``'s sidecar. Its files (ready file, event log, stderr) go to the
         cluster's directory, or to ``directory`` (with a copy of the join secret): a node that
-        shares nothing on disk with the others."""
+        shares nothing on disk with the others. ``program`` runs the sidecar instead of
+        ``chaos-train sidecar`` (with the same arguments): a baseline's, say."""
         secret_file = self.secret_file
         if directory is not None:
             directory = directory.resolve()
@@ -102,7 +104,7 @@ class LocalCluster:
         peers = ",".join(f"{n}={self.nodes[n].url}" for n in contacts)
         s = self.settings
         cmd = [
-            sys.executable, "-m", "chaos_sidecar.cli", "sidecar",
+            *(program or [sys.executable, "-m", "chaos_sidecar.cli", "sidecar"]),
             "--node-id", node_id, "--port", "0", "--secret-file", str(secret_file),
             "--ready-file", str(ready), "--log", str(log), "--fault-injection",
             "--state-dir", str(where / "state" / node_id),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos_lab import netns
+from chaos_lab.baselines import sidecar_command
 from chaos_lab.builtin import BUILTIN_SCRIPT
 from chaos_lab.churn import HEALING, ChurnEvent
 from chaos_lab.localcluster import LocalCluster
@@ -103,7 +104,7 @@ class JobConfig:
     # durable checkpoints: a directory all nodes reach (storage, not a node's), every N steps
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 100
-    transfer_policy: str = "planned"
+    transfer_split: str | None = None  # a baseline of chaos_lab.baselines; None: the planner
     grad_log: int | None = None  # overlap: the members' gradient log bound; None: the SDK's default
     upload_limits_mbps: dict[str, float] = field(default_factory=dict)  # node -> per-link limit
     # "loopback": every node on this host's loopback; "netns": each node in its own network
@@ -181,14 +182,15 @@ class LocalJob:
             extra += ["--upload-limit-mbps", str(self.cfg.upload_limits_mbps[node])]
         wrap = self._wrap(node)
         host = self.star.ip(self.cfg.node_names().index(node)) if self.star else "127.0.0.1"
+        program = sidecar_command(self.cfg.transfer_split) if self.cfg.transfer_split else None
         sidecar = await self.cluster.start(
-            node, seed=seed, extra=extra, wrap=wrap, host=host, directory=private
+            node, seed=seed, extra=extra, wrap=wrap, host=host, directory=private, program=program
         )
         env = TrainerEnv(
             node_id=node, sidecar_url=sidecar.local_url, snapshot_dir=snapshots,
             event_log=self.trainer_log(node), founding=founding, steps=self.cfg.steps,
             join_mode=self.cfg.join_mode, digest_every=self.cfg.digest_every,
-            grad_log=self.cfg.grad_log or TrainerEnv.grad_log, transfer_policy=self.cfg.transfer_policy,
+            grad_log=self.cfg.grad_log or TrainerEnv.grad_log,
             checkpoint_dir=self.cfg.checkpoint_dir.resolve() if self.cfg.checkpoint_dir else None,
             checkpoint_every=self.cfg.checkpoint_every,
         )  # fmt: skip

@@ -373,7 +373,7 @@ class Regrouping:
 
     def _pull_state(self, name: str, providers: list[str]) -> None:
         began = time.monotonic()
-        result = self.sidecar.pull(name, providers, self.cfg.transfer_policy)
+        result = self.sidecar.pull(name, providers)
         if "error" in result:
             raise RuntimeError(f"state transfer failed ({result['error']}): {result.get('message', '')}")
         pulled = time.monotonic()

@@ -105,8 +105,8 @@ class SidecarClient:
     def leave(self) -> None:
         self._call("POST", local_api.LEAVE)
 
-    def pull(self, name: str, sources: list[str], policy: str = "planned") -> dict[str, Any]:
-        body = {"name": name, "sources": sources, "policy": policy}
+    def pull(self, name: str, sources: list[str]) -> dict[str, Any]:
+        body = {"name": name, "sources": sources}
         return self._call("POST", local_api.PULL, body, timeout=600)
 
     def links(self, peers: list[str]) -> dict[str, dict[str, float | None]]:

@@ -176,7 +176,6 @@ class Trainer:
             digest_every=env.digest_every,
             join_mode=env.join_mode,
             grad_log=env.grad_log,
-            transfer_policy=env.transfer_policy,
             address=env.address,
             checkpoint=CheckpointPolicy(env.checkpoint_dir, env.checkpoint_every, env.checkpoint_keep)
             if env.checkpoint_dir

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from chaos_lab.baselines import sidecar_command, single_source
 from chaos_lab.benchmarks.transfer import make_state, start_sources
 from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.errors import InputError
@@ -147,3 +148,16 @@ async def test_shard_server_requires_auth_and_plain_names(tmp_path: Path, origin
             headers = signed_headers(cluster.secret, "GET", path, b"", time.time_ns(), "joiner")
             async with session.get(url + path, headers=headers) as response:
                 assert response.status == 416
+
+
+async def test_a_baseline_split_replaces_the_planner_in_the_puller_and_in_a_sidecar(
+    tmp_path: Path, origin: Path
+) -> None:
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        specs = await start_sources(cluster, tmp_path, origin, NAME, 3, [8, 8, 8])
+        result = await _pull(cluster, specs, tmp_path, split=single_source)
+        # the lab's baseline sidecar: the product's sidecar, started with the split passed in
+        baseline = await cluster.start("b0", seed=True, program=sidecar_command("equal-split"))
+        assert (await cluster.view("b0"))["view"]["members"] == ["b0"] and baseline.url
+    assert file_digest(result.path) == file_digest(data_path(origin, NAME))
+    assert [sid for sid, stats in result.per_source.items() if stats.bytes] == ["s0"]

@@ -40,6 +40,7 @@ from typing import Any
 
 import aiohttp
 
+from chaos_lab.baselines import single_source
 from chaos_lab.localcluster import LocalCluster
 from chaos_lab.localjob import JobConfig, LocalJob
 from chaos_sidecar import eventlog
@@ -50,8 +51,7 @@ from chaos_sidecar.transfer.puller import Puller, SourceSpec
 
 METHODS = ("chaos", "chaos-overlap", "equal-split", "single-source", "checkpoint-restart")
 LINK_PRESETS = {"equal": None, "skewed": [40.0, 20.0, 10.0, 10.0]}
-POLICY = {"chaos": "planned", "chaos-overlap": "planned", "equal-split": "equal-split",
-          "single-source": "single-source"}  # fmt: skip
+SPLIT = {"equal-split": "equal-split", "single-source": "single-source"}  # else: the planner
 WARMUP_STEPS = 3
 FEATURES, CLASSES = 64, 10  # the built-in model's input and output widths (examples/train/mlp.py)
 BIG_STEPS = 10**6  # trainers run until the harness stops them
@@ -99,7 +99,7 @@ async def run_elastic(method: str, rates: list[float], hidden: int, workdir: Pat
     config = JobConfig(
         nodes=len(rates), steps=BIG_STEPS, churn=[], out=workdir / method, live=False, digest_every=0,
         join_mode="overlap" if method == "chaos-overlap" else "blocking", hidden=hidden,
-        transfer_policy=POLICY[method], upload_limits_mbps=dict(zip(names, rates, strict=True)),
+        transfer_split=SPLIT.get(method), upload_limits_mbps=dict(zip(names, rates, strict=True)),
     )  # fmt: skip
     job = LocalJob(config)
     try:
@@ -221,14 +221,15 @@ async def run_checkpoint_restart(rates: list[float], hidden: int, workdir: Path)
             stopped = time.time()
             async with aiohttp.ClientSession() as session:
                 # storage stands for a remote object store: it receives over n0's link ...
-                write = Puller(session, links.secret, "storage", workdir / "storage", "checkpoint")
-                await write.pull([SourceSpec("n0", writer.url, 1.0)], policy="single-source")
+                write = Puller(session, links.secret, "storage", workdir / "storage", "checkpoint",
+                               split=single_source)  # fmt: skip
+                await write.pull([SourceSpec("n0", writer.url, 1.0)])
                 written = time.time()
                 # ... and the joiner reads over storage's link; members read their local copy
                 joiner_dir = workdir / "checkpoints" / "joiner"
                 joiner_dir.mkdir(parents=True)
-                read = Puller(session, links.secret, "joiner", joiner_dir, "checkpoint")
-                result = await read.pull([SourceSpec("storage", storage.url, 1.0)], policy="single-source")
+                read = Puller(session, links.secret, "joiner", joiner_dir, "checkpoint", split=single_source)
+                result = await read.pull([SourceSpec("storage", storage.url, 1.0)])
                 read_done = time.time()
             for node in names[1:]:
                 shutil.copytree(

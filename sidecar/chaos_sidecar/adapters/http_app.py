@@ -35,6 +35,7 @@ from chaos_sidecar.eventlog import EventLog
 from chaos_sidecar.metrics import SidecarMetrics
 from chaos_sidecar.protocol.messages import MAX_MESSAGE_BYTES
 from chaos_sidecar.security import RotatingSecret, Verifier
+from chaos_sidecar.transfer.puller import PieceSplit, plan_pieces
 from chaos_sidecar.transfer.service import TransferService
 
 
@@ -81,8 +82,10 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         await runtime.close()
 
 
-def build_app(config: SidecarConfig, advertise: str) -> web.Application:
-    """The sidecar app for a node reachable at ``advertise`` (its bound URL)."""
+def build_app(config: SidecarConfig, advertise: str, split: PieceSplit = plan_pieces) -> web.Application:
+    """The sidecar app for a node reachable at ``advertise`` (its bound URL); ``split`` divides
+    the snapshots this node pulls over their sources (the shard planner's, unless the
+    sidecar's embedder passes another: the lab's benchmark baselines)."""
     log = EventLog(config.log_path, config.node_id)
     store = StateStore(config.state_dir, config.node_id) if config.state_dir is not None else None
     state = initial_state(config, advertise, store, log.write)
@@ -90,7 +93,7 @@ def build_app(config: SidecarConfig, advertise: str) -> web.Application:
     app[LEASE] = TrainerLease()
     app[CONFIG] = config
     app[METRICS] = metrics = SidecarMetrics()
-    app[TRANSFERS] = TransferService(config.node_id, config.secret, config.snapshot_dir, metrics)
+    app[TRANSFERS] = TransferService(config.node_id, config.secret, config.snapshot_dir, metrics, split)
     app[JOIN_REQUESTED] = []
     app[VERIFIER] = Verifier(config.secret)
 

@@ -29,7 +29,7 @@ from chaos_sidecar.membership import machine as sm
 from chaos_sidecar.protocol import local_api
 from chaos_sidecar.protocol.local_api import LOCAL_PREFIX, TRAINER_HEADER, RendezvousEntry, parse_report
 from chaos_sidecar.protocol.messages import View
-from chaos_sidecar.transfer.puller import POLICIES, TransferError
+from chaos_sidecar.transfer.puller import TransferError
 from chaos_sidecar.transfer.snapshot import check_name
 
 
@@ -133,16 +133,13 @@ async def pull_handler(request: web.Request) -> web.Response:
         payload = await request.json()
         name = check_name(payload["name"])
         ids = [str(x) for x in payload["sources"]]
-        policy = payload.get("policy", "planned")
-        if policy not in POLICIES:
-            raise InputError("policy", f"expected one of {POLICIES}, got {policy!r}")
     except (ValueError, KeyError, TypeError, InputError) as exc:
-        raise web.HTTPBadRequest(text=f"expected {{'name', 'sources', 'policy'?}}: {exc}") from None
+        raise web.HTTPBadRequest(text=f"expected {{'name', 'sources'}}: {exc}") from None
     if not ids:
         raise web.HTTPBadRequest(text="sources: expected at least one member")
     sources = _addresses(request.app[RUNTIME].state.view, ids, "sources")
     try:
-        result = await request.app[TRANSFERS].pull(name, sources, policy)
+        result = await request.app[TRANSFERS].pull(name, sources)
     except (TransferError, InputError) as exc:
         return web.json_response({"error": str(exc)}, status=502)
     return web.json_response(result.to_json())

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,7 +163,14 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
     )
 
 
-async def serve(config: SidecarConfig, ready_file: str | None, kube_job: str | None = None) -> None:
+async def serve(
+    config: SidecarConfig,
+    ready_file: str | None,
+    kube_job: str | None = None,
+    split: Callable[..., dict[str, int]] | None = None,
+) -> None:
+    """Run one sidecar until it is told to stop or it left. ``split``: how the snapshots it
+    pulls are divided over their sources, if not by the shard planner (see build_app)."""
     # the web stack is loaded only when a sidecar runs, not whenever the CLI parses
     from aiohttp import web
 
@@ -183,7 +191,7 @@ async def serve(config: SidecarConfig, ready_file: str | None, kube_job: str | N
     port = sock.getsockname()[1]
     tls = server_tls(config)
     advertise = config.advertise or f"{'https' if tls else 'http'}://{config.host}:{port}"
-    app = build_app(config, advertise)
+    app = build_app(config, advertise) if split is None else build_app(config, advertise, split)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     await web.SockSite(runner, sock, ssl_context=tls).start()

@@ -106,23 +106,15 @@ class _Worker:
     alive: bool = True
 
 
-POLICIES = ("planned", "equal-split", "single-source")
+# How a snapshot is divided over its sources: pieces per source id, given the manifest, the
+# sources and the joiner's download limit; the snapshot travels in as many pieces as they add
+# up to (see piece_bounds).
+PieceSplit = Callable[[Manifest, list[SourceSpec], float | None], dict[str, int]]
 
 
-def plan_pieces(
-    manifest: Manifest, sources: list[SourceSpec], download_Bps: float | None, policy: str = "planned"
-) -> dict[str, int]:
-    """Pieces per source; the snapshot travels in as many pieces as they add up to (see
-    piece_bounds). ``planned`` asks the shard planner; the two baselines of the benchmark split
-    without it: ``equal-split`` gives every source the same share whatever its bandwidth
-    (Elan), ``single-source`` takes everything from the first source (EDL, Horovod)."""
+def plan_pieces(manifest: Manifest, sources: list[SourceSpec], download_Bps: float | None) -> dict[str, int]:
+    """The shard planner's split: how many pieces, and how many each source sends."""
     base = manifest.shard_count
-    if policy == "single-source":
-        return {sources[0].id: 1}
-    if policy == "equal-split":  # one request per source, like the planner's plans
-        return dict.fromkeys(sorted(s.id for s in sources)[:base], 1)
-    if policy != "planned":
-        raise ValueError(f"unknown transfer policy {policy!r}; expected one of {POLICIES}")
     counts = [2**i for i in range(base.bit_length())]  # every power of two up to the shard count
     instance = Instance(
         state_bytes=manifest.total_bytes,
@@ -156,7 +148,9 @@ class Puller:
         download_Bps: float | None = None,
         progress: Callable[[int, int], None] | None = None,
         on_throughput: Callable[[str, float], None] | None = None,
+        split: PieceSplit = plan_pieces,
     ) -> None:
+        self.split = split
         self.session = session
         self.secret = secret
         self.node_id = node_id
@@ -194,14 +188,12 @@ class Puller:
             return parse_manifest(raw)
         raise TransferError(f"no source served a valid manifest: {'; '.join(problems)}")
 
-    async def pull(
-        self, sources: list[SourceSpec], manifest: Manifest | None = None, policy: str = "planned"
-    ) -> PullResult:
+    async def pull(self, sources: list[SourceSpec], manifest: Manifest | None = None) -> PullResult:
         if not sources:
             raise TransferError("no sources")
         started = time.monotonic()
         manifest = manifest or await self.fetch_manifest(sources)
-        assignment = plan_pieces(manifest, sources, self.download_Bps, policy)
+        assignment = self.split(manifest, sources, self.download_Bps)
         workers = {s.id: _Worker(s) for s in sources}
         bounds = piece_bounds(manifest.shard_count, sum(assignment.values()))
         piece = 0

@@ -18,7 +18,7 @@ from typing import Any
 from chaos_sidecar.metrics import SidecarMetrics
 from chaos_sidecar.monitor.estimates import EstimateTable, LinkEstimate
 from chaos_sidecar.monitor.probe import probe_bandwidth
-from chaos_sidecar.transfer.puller import Puller, PullResult, SourceSpec
+from chaos_sidecar.transfer.puller import PieceSplit, Puller, PullResult, SourceSpec, plan_pieces
 
 WARM_WAIT_S = 5.0  # a request waits this long for the links being measured since admission
 WARM_DEADLINE_S = 30.0  # warming gives up when this node is not admitted within this long
@@ -27,10 +27,19 @@ WARM_POLL_S = 0.02  # how often warming looks whether the view admitted this nod
 
 class TransferService:
     """``session`` is the sidecar's peer client session (set once it is open): probes and
-    pulls go over the authenticated peer API."""
+    pulls go over the authenticated peer API. ``split`` divides a snapshot over its sources:
+    the shard planner, or what the sidecar's embedder passes in (the lab's baselines)."""
 
-    def __init__(self, node_id: str, secret: Any, snapshot_dir: Path | None, metrics: SidecarMetrics) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        secret: Any,
+        snapshot_dir: Path | None,
+        metrics: SidecarMetrics,
+        split: PieceSplit = plan_pieces,
+    ) -> None:
         self.node_id = node_id
+        self.split = split
         self.secret = secret
         self.snapshot_dir = snapshot_dir
         self.metrics = metrics
@@ -85,7 +94,7 @@ class TransferService:
 
     # --- the transfer ---------------------------------------------------------------------------
 
-    async def pull(self, name: str, sources: dict[str, str], policy: str = "planned") -> PullResult:
+    async def pull(self, name: str, sources: dict[str, str]) -> PullResult:
         """Snapshot ``name`` from ``sources`` (member id -> URL) into the snapshot directory,
         planned on the estimates; raises TransferError or InputError."""
         assert self.snapshot_dir is not None and self.session is not None
@@ -96,8 +105,8 @@ class TransferService:
             for sid, url in sources.items()
         ]
         puller = Puller(self.session, self.secret, self.node_id, self.snapshot_dir, name,
-                        on_throughput=table.observe_bandwidth)  # fmt: skip
-        result = await puller.pull(specs, policy=policy)
+                        on_throughput=table.observe_bandwidth, split=self.split)  # fmt: skip
+        result = await puller.pull(specs)
         self._publish(result)
         return result
 
