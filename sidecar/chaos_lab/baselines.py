@@ -13,18 +13,17 @@ import asyncio
 import sys
 
 from chaos_sidecar.commands import sidecar
-from chaos_sidecar.transfer.puller import PieceSplit, SourceSpec
+from chaos_sidecar.planning.model import Source
+from chaos_sidecar.transfer.puller import PieceSplit
 from chaos_sidecar.transfer.snapshot import Manifest
 
 
-def equal_split(manifest: Manifest, sources: list[SourceSpec], download_Bps: float | None) -> dict[str, int]:
+def equal_split(manifest: Manifest, sources: list[Source], download_Bps: float | None) -> dict[str, int]:
     # one request per source, like the planner's plans
     return dict.fromkeys(sorted(s.id for s in sources)[: manifest.shard_count], 1)
 
 
-def single_source(
-    manifest: Manifest, sources: list[SourceSpec], download_Bps: float | None
-) -> dict[str, int]:
+def single_source(manifest: Manifest, sources: list[Source], download_Bps: float | None) -> dict[str, int]:
     return {sources[0].id: 1}
 
 

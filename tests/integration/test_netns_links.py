@@ -13,7 +13,8 @@ from chaos_lab.benchmarks.transfer import make_state
 from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.eventlog import Kind
 from chaos_sidecar.monitor.probe import probe_bandwidth
-from chaos_sidecar.transfer.puller import Puller, SourceSpec
+from chaos_sidecar.planning.model import Source
+from chaos_sidecar.transfer.puller import Puller
 from chaos_sidecar.transfer.snapshot import data_path, file_digest
 
 REASON = netns.unavailable()
@@ -25,21 +26,22 @@ async def test_tc_shaped_sources_are_measured_and_pulled(tmp_path: Path) -> None
     make_state(tmp_path / "origin", "state", state_mb=8)
     with netns.Star(2, rates) as star:
         async with LocalCluster(tmp_path / "cluster") as cluster:
-            specs = []
+            urls = {}
             for i in range(2):
                 node = await cluster.start(
                     f"s{i}", seed=True, host=star.ip(i), wrap=lambda cmd, i=i: star.wrap(i, cmd),
                     extra=["--snapshot-dir", str(tmp_path / "origin")],
                 )  # fmt: skip
-                specs.append(SourceSpec(f"s{i}", node.url, bandwidth_Bps=1.0))
+                urls[f"s{i}"] = node.url
             async with aiohttp.ClientSession() as session:
-                for spec, rate in zip(specs, rates, strict=True):
-                    measured, _ = await probe_bandwidth(session, spec.url, cluster.secret, "joiner")
+                estimated = []
+                for (sid, url), rate in zip(urls.items(), rates, strict=True):
+                    measured, _ = await probe_bandwidth(session, url, cluster.secret, "joiner")
                     # tc counts IP/TCP headers too: goodput sits a few percent under the rate
-                    assert abs(measured / rate - 1) < 0.15, (spec.id, measured, rate)
-                    spec.bandwidth_Bps = measured
+                    assert abs(measured / rate - 1) < 0.15, (sid, measured, rate)
+                    estimated.append(Source(sid, measured))
                 puller = Puller(session, cluster.secret, "joiner", tmp_path / "joiner", "state")
-                result = await puller.pull(specs)
+                result = await puller.pull(estimated, urls)
     assert file_digest(result.path) == file_digest(data_path(tmp_path / "origin", "state"))
     shares = {sid: s.bytes for sid, s in result.per_source.items()}
     assert shares["s0"] > shares["s1"]  # the faster link carried more

@@ -47,7 +47,8 @@ from chaos_sidecar import eventlog
 from chaos_sidecar.cliutil import positive_float, positive_int
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.eventlog import Kind, Record
-from chaos_sidecar.transfer.puller import Puller, SourceSpec
+from chaos_sidecar.planning.model import Source
+from chaos_sidecar.transfer.puller import Puller
 
 METHODS = ("chaos", "chaos-overlap", "equal-split", "single-source", "checkpoint-restart")
 LINK_PRESETS = {"equal": None, "skewed": [40.0, 20.0, 10.0, 10.0]}
@@ -223,13 +224,13 @@ async def run_checkpoint_restart(rates: list[float], hidden: int, workdir: Path)
                 # storage stands for a remote object store: it receives over n0's link ...
                 write = Puller(session, links.secret, "storage", workdir / "storage", "checkpoint",
                                split=single_source)  # fmt: skip
-                await write.pull([SourceSpec("n0", writer.url, 1.0)])
+                await write.pull([Source("n0", 1.0)], {"n0": writer.url})
                 written = time.time()
                 # ... and the joiner reads over storage's link; members read their local copy
                 joiner_dir = workdir / "checkpoints" / "joiner"
                 joiner_dir.mkdir(parents=True)
                 read = Puller(session, links.secret, "joiner", joiner_dir, "checkpoint", split=single_source)
-                result = await read.pull([SourceSpec("storage", storage.url, 1.0)])
+                result = await read.pull([Source("storage", 1.0)], {"storage": storage.url})
                 read_done = time.time()
             for node in names[1:]:
                 shutil.copytree(

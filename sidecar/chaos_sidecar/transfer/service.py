@@ -18,7 +18,8 @@ from typing import Any
 from chaos_sidecar.metrics import SidecarMetrics
 from chaos_sidecar.monitor.estimates import EstimateTable, LinkEstimate
 from chaos_sidecar.monitor.probe import probe_bandwidth
-from chaos_sidecar.transfer.puller import PieceSplit, Puller, PullResult, SourceSpec, plan_pieces
+from chaos_sidecar.planning.model import Source
+from chaos_sidecar.transfer.puller import PieceSplit, Puller, PullResult, plan_pieces
 
 WARM_WAIT_S = 5.0  # a request waits this long for the links being measured since admission
 WARM_DEADLINE_S = 30.0  # warming gives up when this node is not admitted within this long
@@ -100,13 +101,10 @@ class TransferService:
         assert self.snapshot_dir is not None and self.session is not None
         await self._measured(sources)
         table = self.estimates
-        specs = [
-            SourceSpec(sid, url, table.bandwidth(sid), overhead_s=table.request_overhead_s(sid))
-            for sid, url in sources.items()
-        ]
+        planned = [Source(sid, table.bandwidth(sid), table.request_overhead_s(sid)) for sid in sources]
         puller = Puller(self.session, self.secret, self.node_id, self.snapshot_dir, name,
                         on_throughput=table.observe_bandwidth, split=self.split)  # fmt: skip
-        result = await puller.pull(specs)
+        result = await puller.pull(planned, sources)
         self._publish(result)
         return result
 
