@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from chaos_lab.benchmarks.agreement import Injection, event_latency
 from chaos_lab.churn import REMOVALS
+from chaos_sidecar.eventlog import Kind, Record
 
 _KIND_FOR_LATENCY = {
     "join": "join",
@@ -21,21 +21,12 @@ _KIND_FOR_LATENCY = {
 }  # slow_link changes no view
 
 
-def read_jsonl(paths: list[Path]) -> list[dict[str, Any]]:
-    records = []
-    for path in paths:
-        if path.exists():
-            records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    records.sort(key=lambda r: r["t"])
-    return records
-
-
-def check_replicas(trainer: list[dict[str, Any]]) -> tuple[bool, int, list[str]]:
+def check_replicas(trainer: list[Record]) -> tuple[bool, int, list[str]]:
     """Digests logged at the same step by different members must match."""
     by_step: dict[int, dict[str, str]] = defaultdict(dict)
     for r in trainer:
-        if r.get("digest") and r["type"] in ("step", "digest", "done"):
-            by_step[r["step"]][r["node"]] = r["digest"]
+        if r.get("digest") and r.kind in (Kind.STEP, Kind.DIGEST, Kind.DONE):
+            by_step[r["step"]][r.node] = r["digest"]
     compared = 0
     problems = []
     for step, digests in sorted(by_step.items()):
@@ -46,7 +37,7 @@ def check_replicas(trainer: list[dict[str, Any]]) -> tuple[bool, int, list[str]]
     return not problems, compared, problems
 
 
-def check_samples(trainer: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+def check_samples(trainer: list[Record], steps: int) -> dict[str, Any]:
     """Per-sample accounting from the sample ids the members say they used.
 
     Before each step's all-reduce a member logs its share (``share``: step, group, ids). A step
@@ -58,21 +49,21 @@ def check_samples(trainer: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     no id may appear twice within a data epoch (the sampler's epoch, logged with the step); so
     each complete data epoch uses every id but the ``dataset_size % global_batch`` its order
     drops. ``samples_redone`` counts the shares of steps taken again by a later group."""
-    job = next((r for r in trainer if r["type"] == "job"), None)
+    job = next((r for r in trainer if r.kind is Kind.JOB), None)
     if job is None:
         return {"sample_accounting": "none: no job record in the trainers' logs", "samples_lost": 0,
                 "samples_duplicated": 0, "samples_expected": 0, "samples_seen": 0}  # fmt: skip
     size, batch = job["dataset_size"], job["global_batch"]
     committed: dict[int, tuple[str, int]] = {}  # step -> (group, data epoch), the latest record
     taken_by: dict[int, set[str]] = defaultdict(set)
-    for r in sorted((r for r in trainer if r["type"] == "step" and r["step"] <= steps), key=lambda r: r["t"]):
+    for r in sorted((r for r in trainer if r.kind is Kind.STEP and r["step"] <= steps), key=lambda r: r.t):
         group = r.get("group") or str(r.get("epoch"))
         committed[r["step"]] = (group, r["sampler"][0])
         taken_by[r["step"]].add(group)
     shares: dict[tuple[int, str], dict[str, list[int]]] = defaultdict(dict)
     for r in trainer:
-        if r["type"] == "share":
-            shares[(r["step"], r.get("group") or str(r.get("epoch")))][r["node"]] = r["ids"]
+        if r.kind is Kind.SHARE:
+            shares[(r["step"], r.get("group") or str(r.get("epoch")))][r.node] = r["ids"]
     used: dict[int, list[int]] = defaultdict(list)  # data epoch -> ids, in step order
     short = redone = 0
     for step in range(1, steps + 1):
@@ -97,7 +88,7 @@ def check_samples(trainer: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     }
 
 
-def event_rows(injected, sidecar: list[dict], trainer: list[dict]) -> list[dict[str, Any]]:
+def event_rows(injected, sidecar: list[Record], trainer: list[Record]) -> list[dict[str, Any]]:
     rows = []
     for k, inj in enumerate(injected):
         ev = inj.event
@@ -109,33 +100,29 @@ def event_rows(injected, sidecar: list[dict], trainer: list[dict]) -> list[dict[
         latency = kind and event_latency(sidecar, Injection(kind, subject, inj.t, inj.t + 60))
         if ev.event == "join":  # the regroup that brought the joiner in, whenever it came
             regroups = [
-                r for r in trainer if r["type"] == "regroup" and r["t"] >= inj.t and ev.node in r["members"]
+                r for r in trainer if r.kind is Kind.REGROUP and r.t >= inj.t and ev.node in r["members"]
             ]
             first_epoch = min((r["epoch"] for r in regroups), default=None)
             regroups = [r for r in regroups if r["epoch"] == first_epoch]
         elif ev.event in REMOVALS:  # the regroup without the node
             regroups = [
-                r
-                for r in trainer
-                if r["type"] == "regroup" and r["t"] >= inj.t and ev.node not in r["members"]
+                r for r in trainer if r.kind is Kind.REGROUP and r.t >= inj.t and ev.node not in r["members"]
             ]
             first_epoch = min((r["epoch"] for r in regroups), default=None)
             regroups = [r for r in regroups if r["epoch"] == first_epoch]
         else:  # link events change the topology, not the group: no regroup expected
-            regroups = [r for r in trainer if r["type"] == "regroup" and inj.t <= r["t"] < end]
+            regroups = [r for r in trainer if r.kind is Kind.REGROUP and inj.t <= r.t < end]
         transfers = [r for r in regroups if r.get("needers")]
         transfer_ms = max((r["transfer_ms"] for r in transfers), default=0.0)
         bytes_per_source = _bytes_per_source(ev, inj.t, transfers, regroups, trainer)
-        member_pause = {
-            r["node"]: r["pause_ms"] for r in regroups if r["node"] not in (r.get("needers") or [])
-        }
+        member_pause = {r.node: r["pause_ms"] for r in regroups if r.node not in (r.get("needers") or [])}
         if ev.event == "join":  # an overlap join: the bulk moved while the members trained
-            caught = [r for r in trainer if r["type"] == "overlap_caught_up" and r["node"] == ev.node]
+            caught = [r for r in trainer if r.kind is Kind.OVERLAP_CAUGHT_UP and r.node == ev.node]
             if caught:
                 transfer_ms += caught[0]["transfer_ms"]
                 for r in trainer:
-                    if r["type"] == "overlap_start" and ev.node in r["joiners"]:
-                        member_pause[r["node"]] = member_pause.get(r["node"], 0.0) + r["pause_ms"]
+                    if r.kind is Kind.OVERLAP_START and ev.node in r["joiners"]:
+                        member_pause[r.node] = member_pause.get(r.node, 0.0) + r["pause_ms"]
         rows.append(
             {
                 "kind": ev.event,
@@ -158,27 +145,27 @@ def _bytes_per_source(ev, t: float, transfers, regroups, trainer) -> dict[str, i
     trainer's ``pulled`` record) of the joiner, or of each node behind in its regroup, up to
     that regroup (a later retry's pull belongs to the failure that caused it)."""
     pullers = {ev.node} if ev.event == "join" else {n for r in transfers for n in r["needers"]}
-    until = max((r["t"] for r in regroups), default=t)
+    until = max((r.t for r in regroups), default=t)
     sent: dict[str, int] = defaultdict(int)
     for r in trainer:
-        if r["type"] == "pulled" and r["node"] in pullers and t <= r["t"] <= until:
-            pullers.discard(r["node"])
+        if r.kind is Kind.PULLED and r.node in pullers and t <= r.t <= until:
+            pullers.discard(r.node)
             for source, count in r["per_source"].items():
                 sent[source] += count
     return dict(sorted(sent.items()))
 
 
-def summarize(cfg, injected, sidecar: list[dict], trainer: list[dict], wall_s: float) -> dict[str, Any]:
-    steps_done = max((r["step"] for r in trainer if r["type"] == "step"), default=0)
-    last = [r for r in trainer if r["type"] == "step" and r["step"] == steps_done]
+def summarize(cfg, injected, sidecar: list[Record], trainer: list[Record], wall_s: float) -> dict[str, Any]:
+    steps_done = max((r["step"] for r in trainer if r.kind is Kind.STEP), default=0)
+    last = [r for r in trainer if r.kind is Kind.STEP and r["step"] == steps_done]
     identical, compared, problems = check_replicas(trainer)
     idle: dict[str, float] = defaultdict(float)
     for r in trainer:
-        if (r["type"] == "regroup" and r["node"] not in (r.get("needers") or [])) or r[
-            "type"
-        ] == "overlap_start":
-            idle[r["node"]] += r["pause_ms"] / 1000
-    first_losses = [r["loss"] for r in trainer if r["type"] == "step" and r["step"] <= 5]
+        if (
+            r.kind is Kind.REGROUP and r.node not in (r.get("needers") or [])
+        ) or r.kind is Kind.OVERLAP_START:
+            idle[r.node] += r["pause_ms"] / 1000
+    first_losses = [r["loss"] for r in trainer if r.kind is Kind.STEP and r["step"] <= 5]
     summary = {
         "steps": steps_done,
         "final_loss": last[0]["loss"] if last else None,
@@ -221,18 +208,20 @@ def timeline_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def plot(path: Path, summary: dict[str, Any], sidecar: list[dict], trainer: list[dict], t0: float) -> None:
+def plot(
+    path: Path, summary: dict[str, Any], sidecar: list[Record], trainer: list[Record], t0: float
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=False)
-    steps = [r for r in trainer if r["type"] == "step"]
+    steps = [r for r in trainer if r.kind is Kind.STEP]
     by_step = {}
     for r in steps:
         by_step.setdefault(r["step"], r)
-    xs = [by_step[s]["t"] - t0 for s in sorted(by_step)]
+    xs = [by_step[s].t - t0 for s in sorted(by_step)]
     axes[0].step(xs, [by_step[s]["world"] for s in sorted(by_step)], where="post")
     axes[0].set_ylabel("members")
     axes[1].plot(xs, [by_step[s]["loss"] for s in sorted(by_step)])

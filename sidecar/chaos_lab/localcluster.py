@@ -9,7 +9,6 @@ line), with a deadline.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import signal
@@ -23,7 +22,10 @@ from typing import Any
 
 import aiohttp
 
+from chaos_sidecar import eventlog
+from chaos_sidecar.commands.sidecar import wait_ready
 from chaos_sidecar.errors import ChaosError
+from chaos_sidecar.eventlog import Record
 from chaos_sidecar.membership.machine import Settings
 
 # Polling the nodes costs them CPU; latencies are measured from their logs, not from polls.
@@ -80,10 +82,12 @@ class LocalCluster:
         wrap=None,
         host: str = "127.0.0.1",
         directory: Path | None = None,
+        program: list[str] | None = None,
     ) -> Node:
         """Start ``node_id``'s sidecar. Its files (ready file, event log, stderr) go to the
         cluster's directory, or to ``directory`` (with a copy of the join secret): a node that
-        shares nothing on disk with the others."""
+        shares nothing on disk with the others. ``program`` runs the sidecar instead of
+        ``chaos-train sidecar`` (with the same arguments): a baseline's, say."""
         secret_file = self.secret_file
         if directory is not None:
             directory = directory.resolve()
@@ -100,7 +104,7 @@ class LocalCluster:
         peers = ",".join(f"{n}={self.nodes[n].url}" for n in contacts)
         s = self.settings
         cmd = [
-            sys.executable, "-m", "chaos_sidecar.cli", "sidecar",
+            *(program or [sys.executable, "-m", "chaos_sidecar.cli", "sidecar"]),
             "--node-id", node_id, "--port", "0", "--secret-file", str(secret_file),
             "--ready-file", str(ready), "--log", str(log), "--fault-injection",
             "--state-dir", str(where / "state" / node_id),
@@ -115,12 +119,11 @@ class LocalCluster:
         process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, cwd=where)
         node = Node(node_id, process, log_path=log)
         self.nodes[node_id] = node
-        await self._until(lambda: ready.exists() or process.poll() is not None, 30, f"{node_id} to listen")
-        if process.poll() is not None:
-            raise ClusterError(f"{node_id} exited with {process.returncode}; see {where}/{node_id}.stderr")
-        ready_info = json.loads(ready.read_text())
-        node.url = ready_info["url"]
-        node.local_url = ready_info.get("local_url", node.url)
+        try:
+            listening = await asyncio.to_thread(wait_ready, ready, process)
+        except ChaosError as exc:
+            raise ClusterError(f"{node_id}: {exc}; see {where}/{node_id}.stderr") from None
+        node.url, node.local_url = listening.url, listening.local_url
         return node
 
     def kill(self, node_id: str) -> None:
@@ -232,12 +235,5 @@ class LocalCluster:
                 raise ClusterError(f"no agreement on {sorted(members)} within {timeout}s: {summary}")
             await asyncio.sleep(POLL_S)
 
-    def read_logs(self) -> list[dict[str, Any]]:
-        records = []
-        for node in self.nodes.values():
-            if node.log_path and node.log_path.exists():
-                for line in node.log_path.read_text().splitlines():
-                    if line.strip():
-                        records.append(json.loads(line))
-        records.sort(key=lambda r: r["t"])
-        return records
+    def read_logs(self) -> list[Record]:
+        return eventlog.read(node.log_path for node in self.nodes.values() if node.log_path)

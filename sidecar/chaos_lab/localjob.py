@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -26,9 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from chaos_lab import netns
+from chaos_lab.baselines import sidecar_command
 from chaos_lab.builtin import BUILTIN_SCRIPT
 from chaos_lab.churn import HEALING, ChurnEvent
 from chaos_lab.localcluster import LocalCluster
+from chaos_sidecar import eventlog
+from chaos_sidecar.eventlog import Kind, Record
 from chaos_sidecar.membership.machine import Settings
 from chaos_sidecar.trainer_env import TrainerEnv
 
@@ -102,7 +104,7 @@ class JobConfig:
     # durable checkpoints: a directory all nodes reach (storage, not a node's), every N steps
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 100
-    transfer_policy: str = "planned"
+    transfer_split: str | None = None  # a baseline of chaos_lab.baselines; None: the planner
     grad_log: int | None = None  # overlap: the members' gradient log bound; None: the SDK's default
     upload_limits_mbps: dict[str, float] = field(default_factory=dict)  # node -> per-link limit
     # "loopback": every node on this host's loopback; "netns": each node in its own network
@@ -140,8 +142,8 @@ class LocalJob:
     star: netns.Star | None = None  # the nodes' namespaces and links (hosts "netns")
     cut: set[frozenset[str]] = field(default_factory=set)  # node pairs whose link is down now
     foreign_opens: list[str] = field(default_factory=list)  # files a node opened in another's directory
-    no_majority: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> its sidecar's record
-    _last_line: dict[str, str] = field(default_factory=dict)  # trainer logs: parsed only on a stall
+    no_majority: dict[str, Record] = field(default_factory=dict)  # node -> its sidecar's record
+    _last_kind: dict[str, Kind] = field(default_factory=dict)  # each trainer's latest record
     _sidecar_offsets: dict[str, int] = field(default_factory=dict)
     _background: set[asyncio.Task] = field(default_factory=set)  # renicing trainers once started
 
@@ -155,7 +157,7 @@ class LocalJob:
         # and five heartbeats per timeout are plenty (each costs the trainers' cores)
         self.cluster = LocalCluster(out / "sidecars", settings=Settings(0.2, 1.0, 0.05))
         self._offsets: dict[str, int] = {}
-        self.progress: dict[str, dict[str, Any]] = {}
+        self.progress: dict[str, Record] = {}  # node -> its trainer's latest step record
         self.done: set[str] = set()  # trainers that logged the last step
 
     # --- processes ------------------------------------------------------------------------------
@@ -180,14 +182,15 @@ class LocalJob:
             extra += ["--upload-limit-mbps", str(self.cfg.upload_limits_mbps[node])]
         wrap = self._wrap(node)
         host = self.star.ip(self.cfg.node_names().index(node)) if self.star else "127.0.0.1"
+        program = sidecar_command(self.cfg.transfer_split) if self.cfg.transfer_split else None
         sidecar = await self.cluster.start(
-            node, seed=seed, extra=extra, wrap=wrap, host=host, directory=private
+            node, seed=seed, extra=extra, wrap=wrap, host=host, directory=private, program=program
         )
         env = TrainerEnv(
             node_id=node, sidecar_url=sidecar.local_url, snapshot_dir=snapshots,
             event_log=self.trainer_log(node), founding=founding, steps=self.cfg.steps,
             join_mode=self.cfg.join_mode, digest_every=self.cfg.digest_every,
-            grad_log=self.cfg.grad_log or TrainerEnv.grad_log, transfer_policy=self.cfg.transfer_policy,
+            grad_log=self.cfg.grad_log or TrainerEnv.grad_log,
             checkpoint_dir=self.cfg.checkpoint_dir.resolve() if self.cfg.checkpoint_dir else None,
             checkpoint_every=self.cfg.checkpoint_every,
         )  # fmt: skip
@@ -284,23 +287,22 @@ class LocalJob:
 
     def poll_logs(self) -> None:
         for node in self.trainers:
-            last_step = None  # only the newest step record is shown: parse just that one
-            for line in new_lines(self.trainer_log(node), self._offsets, node):
-                self._last_line[node] = line
-                if '"type": "step"' in line:
-                    last_step = line
-                elif '"type": "done"' in line:
+            log = self.trainer_log(node)
+            for record in (eventlog.parse(line, str(log)) for line in new_lines(log, self._offsets, node)):
+                self._last_kind[node] = record.kind
+                if record.kind is Kind.STEP:
+                    self.progress[node] = record
+                elif record.kind is Kind.DONE:
                     self.done.add(node)
-            if last_step is not None:
-                self.progress[node] = json.loads(last_step)
 
     def poll_majority(self) -> None:
         """Which sidecars reach no majority of their view, from their event logs."""
         for node_id, node in self.cluster.nodes.items():
             for line in new_lines(node.log_path, self._sidecar_offsets, node_id):
-                if '"type":"no_majority"' in line:
-                    self.no_majority[node_id] = json.loads(line)
-                elif '"type":"no_majority_over"' in line:
+                record = eventlog.parse(line, str(node.log_path))
+                if record.kind is Kind.NO_MAJORITY:
+                    self.no_majority[node_id] = record
+                elif record.kind is Kind.NO_MAJORITY_OVER:
                     self.no_majority.pop(node_id, None)
 
     def current_step(self) -> int:
@@ -440,10 +442,9 @@ class LocalJob:
                     "majority": snapshot.get("majority"),
                 }
             if node in live_trainers:
-                last = self._last_line.get(node)
                 state["trainer"] = {
                     "step": self.progress.get(node, {}).get("step"),
-                    "last_record": json.loads(last)["type"] if last else None,
+                    "last_record": self._last_kind.get(node),
                 }
             out[node] = state
         return out

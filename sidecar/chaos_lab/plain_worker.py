@@ -8,11 +8,9 @@ product's trainers meet over the network (chaos_train.rendezvous).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ import torch.distributed as dist
 
 from chaos_lab.builtin import load_builtin
 from chaos_sidecar.cliutil import positive_int
+from chaos_sidecar.eventlog import EventLog, Kind
 from chaos_train import state as snapshot_state
 from chaos_train.groups import new_process_group
 from chaos_train.sampler import ElasticSampler
@@ -71,36 +70,33 @@ def plain_loop(args, work: Workload) -> None:
     stop = []
     signal.signal(signal.SIGUSR1, lambda signum, frame: stop.append(True))
     sampler = ElasticSampler(len(work.dataset), args.global_batch, args.seed)
-    log = open(args.log, "a", buffering=1)  # noqa: SIM115 - open for the whole loop
-
-    def record(kind: str, **fields) -> None:
-        log.write(json.dumps({"t": time.time(), "node": args.node_id, "type": kind, **fields}) + "\n")
-
+    events = EventLog(Path(args.log), args.node_id)
+    record = events.write
     step = 0
     if args.resume:
         extra = snapshot_state.load(Path(args.checkpoint_dir), args.resume, work.replica)
         step = extra[0]
         sampler.load(extra[1], extra[2])
-        record("loaded", step=step)
+        record(Kind.LOADED, step=step)
     store = dist.FileStore(str(Path(args.store_dir) / "plain-store"), args.world)
     group = new_process_group("gloo", store, args.rank, args.world, timeout_s=1800.0, address="127.0.0.1")
-    record("group_ready", step=step)
+    record(Kind.GROUP_READY, step=step)
     while step < args.steps:
         batch = sampler.batch()
         mine = ElasticSampler.split(batch, args.rank, args.world)
         _, flags = data_parallel_step(work, mine, len(batch), group, flags=[1.0 if stop else 0.0])
         sampler.advance()
         step += 1
-        record("step", step=step)
+        record(Kind.STEP, step=step)
         if flags[0] > 0 and args.checkpoint_dir:
             if args.rank == 0:
                 epoch, cursor = sampler.state()
                 snapshot_state.save(Path(args.checkpoint_dir), "checkpoint", work.replica,
                                     step=step, extra=[epoch, cursor], epoch=0)  # fmt: skip
             group.barrier().wait()
-            record("stopped", step=step)
+            record(Kind.STOPPED, step=step)
             break
-    log.close()
+    events.close()
 
 
 if __name__ == "__main__":

@@ -26,9 +26,6 @@ JOIN_MODE = "CHAOS_JOIN_MODE"  # "blocking" (default) or "overlap"
 BACKEND = "CHAOS_BACKEND"  # optional: "gloo" or "nccl" (default: nccl where CUDA is present)
 DIGEST_EVERY = "CHAOS_DIGEST_EVERY"  # steps between replica digests in the event log (0: off)
 GRAD_LOG = "CHAOS_GRAD_LOG"  # overlap joins: averaged gradients the members keep for replay
-# how a joiner splits its pull over the sources: "planned" (the product), or a baseline the
-# benchmarks compare against ("equal-split", "single-source")
-TRANSFER_POLICY = "CHAOS_TRANSFER_POLICY"
 # durable checkpoints (optional): a directory every member reaches, every N steps, keep K
 CHECKPOINT_DIR = "CHAOS_CHECKPOINT_DIR"
 CHECKPOINT_EVERY = "CHAOS_CHECKPOINT_EVERY"
@@ -36,7 +33,6 @@ CHECKPOINT_KEEP = "CHAOS_CHECKPOINT_KEEP"
 
 JOIN_MODES = ("blocking", "overlap")
 BACKENDS = ("gloo", "nccl")
-TRANSFER_POLICIES = ("planned", "equal-split", "single-source")
 
 
 @dataclass(frozen=True)
@@ -52,7 +48,6 @@ class TrainerEnv:
     backend: str | None = None
     digest_every: int = 10
     grad_log: int = 128
-    transfer_policy: str = "planned"
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 100
     checkpoint_keep: int = 3
@@ -83,9 +78,6 @@ class TrainerEnv:
         if founding not in ("0", "1", ""):
             raise InputError(FOUNDING, f"expected 0 or 1, got {founding!r}")
         log = env.get(EVENT_LOG, "").strip()
-        policy = env.get(TRANSFER_POLICY, "planned").strip() or "planned"
-        if policy not in TRANSFER_POLICIES:
-            raise InputError(TRANSFER_POLICY, f"expected one of {TRANSFER_POLICIES}, got {policy!r}")
         grad_log = _count(env, GRAD_LOG, minimum=1)
         checkpoints = env.get(CHECKPOINT_DIR, "").strip()
         every = _count(env, CHECKPOINT_EVERY, minimum=1)
@@ -103,7 +95,6 @@ class TrainerEnv:
             backend=backend,
             digest_every=10 if digest is None else digest,
             grad_log=128 if grad_log is None else grad_log,
-            transfer_policy=policy,
             checkpoint_dir=Path(checkpoints) if checkpoints else None,
             checkpoint_every=100 if every is None else every,
             checkpoint_keep=3 if keep is None else keep,
@@ -119,7 +110,6 @@ class TrainerEnv:
             JOIN_MODE: self.join_mode,
             DIGEST_EVERY: str(self.digest_every),
             GRAD_LOG: str(self.grad_log),
-            TRANSFER_POLICY: self.transfer_policy,
         }
         if self.event_log is not None:
             out[EVENT_LOG] = str(self.event_log)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chaos_sidecar.errors import InputError
+from chaos_sidecar.eventlog import Kind
 from chaos_sidecar.transfer.snapshot import data_path, read_manifest, verify_shard
 from chaos_train import state as snapshot_state
 
@@ -80,12 +81,12 @@ class Checkpoints:
                 return
             tmp.rename(final)
             _fsync_dir(self.policy.directory)
-            self.log("checkpoint", step=step, path=str(final))
+            self.log(Kind.CHECKPOINT, step=step, path=str(final))
             self._prune()
         except OSError as exc:  # a full disk, a lost mount: this checkpoint fails, training goes on
             self.failed += 1
             shutil.rmtree(tmp, ignore_errors=True)
-            self.log("checkpoint_failed", step=step, error=str(exc)[:200], failed=self.failed)
+            self.log(Kind.CHECKPOINT_FAILED, step=step, error=str(exc)[:200], failed=self.failed)
 
     def _prune(self) -> None:
         for step in self.complete()[self.policy.keep :]:
@@ -133,7 +134,7 @@ class Checkpoints:
                 return snapshot_state.load(directory, NAME, replica)
             except (InputError, ValueError, RuntimeError) as exc:
                 problem = str(exc)
-        self.log("checkpoint_refused", step=step, path=str(directory), reason=problem[:300])
+        self.log(Kind.CHECKPOINT_REFUSED, step=step, path=str(directory), reason=problem[:300])
         return None
 
 

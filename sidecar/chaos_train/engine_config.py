@@ -62,7 +62,6 @@ class TrainerConfig:
     founding: bool = False  # member of the first view: starts from the seeded initial state
     join_mode: str = "blocking"  # or "overlap": members keep training while a joiner catches up
     grad_log: int = 128  # overlap: how many averaged gradients members keep for replay
-    transfer_policy: str = "planned"  # or a benchmark baseline: "equal-split", "single-source"
     address: str | None = None  # this node's host for gloo and the stores it hosts; None: the
     # host its sidecar advertises to peers
     checkpoint: CheckpointPolicy | None = None  # durable checkpoints (see chaos_train.checkpoint)

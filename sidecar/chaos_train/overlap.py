@@ -9,6 +9,8 @@ import statistics
 import time
 from typing import Any
 
+from chaos_sidecar.eventlog import Kind
+from chaos_sidecar.protocol.messages import View
 from chaos_train import state as snapshot_state
 from chaos_train.engine_config import (
     DECLINED,
@@ -27,12 +29,12 @@ class OverlapJoin:
 
     # --- overlap joins ----------------------------------------------------------------------------
 
-    def _start_overlap(self, view: dict[str, Any]) -> None:
+    def _start_overlap(self, view: View) -> None:
         """Members: publish snapshot S at this step and keep training; log averaged gradients
         until every joiner has posted the joined group's all-gather. That group is built
         meanwhile, so changing groups costs the members no wait (see _predicted_gather)."""
         started = time.monotonic()
-        joiners = [m for m in view["members"] if m not in self.members]
+        joiners = [m for m in view.members if m not in self.members]
         self._build_ahead(view)  # first: starting a thread waits for the GIL, which the copy takes
         epoch, cursor = self.sampler.state()
         # copied on the writer thread while the next step computes; the step waits for it
@@ -40,14 +42,14 @@ class OverlapJoin:
         self._capture = self._writer.submit(
             snapshot_state.capture, self.replica, step=self.step, extra=[epoch, cursor]
         )
-        self.pending = {"epoch": view["epoch"], "joiners": joiners, "from_step": self.step}
+        self.pending = {"epoch": view.epoch, "joiners": joiners, "from_step": self.step}
         note = None
         if self.rank == 0:
             step_s = statistics.median(self._step_times) if self._step_times else None
             note = {"snapshot_step": self.step, "sources": self.members, "step_s": step_s,
                     "grad_bytes": self.grad_bytes}  # fmt: skip
-        self._write_later(self._publish_snapshot, view["epoch"], self.step, self._capture, note, self._next)
-        self.log("overlap_start", step=self.step, joiners=joiners, epoch=view["epoch"],
+        self._write_later(self._publish_snapshot, view.epoch, self.step, self._capture, note, self._next)
+        self.log(Kind.OVERLAP_START, step=self.step, joiners=joiners, epoch=view.epoch,
                  pause_ms=round((time.monotonic() - started) * 1000, 1))  # fmt: skip
 
     def _publish_snapshot(
@@ -70,7 +72,7 @@ class OverlapJoin:
             concurrent.futures.wait([self._capture])  # a failed copy is logged by its writer
             self._capture = None
             epoch = self.pending["epoch"] if self.pending else None
-            self.log("capture_wait", epoch=epoch, wait_ms=round((time.monotonic() - began) * 1000, 1))
+            self.log(Kind.CAPTURE_WAIT, epoch=epoch, wait_ms=round((time.monotonic() - began) * 1000, 1))
 
     @staticmethod
     def _joiner_progress(build: GroupBuild | None, joiner: str) -> int | str | None:
@@ -178,7 +180,7 @@ class OverlapJoin:
             group = built.result()[0]
             self._post_entering(group, built.members.index(self.cfg.node_id), len(built.members),
                                 [0.0, 0.0], final=False)  # fmt: skip
-            self.log("posted_ahead", step=self.step, epoch=built.epoch)
+            self.log(Kind.POSTED_AHEAD, step=self.step, epoch=built.epoch)
         gather = built.posted()
         return gather is not None and gather.is_completed()
 
@@ -193,7 +195,7 @@ class OverlapJoin:
         deadline = time.monotonic() + NOTE_WAIT_S
         store = self._next.store(wait_s=NOTE_WAIT_S)
         while store is not None and not store.check([NOTE_KEY]):
-            if time.monotonic() > deadline or self.sidecar.latest_epoch > view["epoch"]:
+            if time.monotonic() > deadline or self.sidecar.latest_epoch > view.epoch:
                 return  # no word from the members, or they regroup into a newer view: join blocking
             time.sleep(0.01)
         if store is None:
@@ -212,7 +214,7 @@ class OverlapJoin:
         if info.get("step_s") and replay_s > REPLAY_SHARE_OF_STEP * info["step_s"]:
             # replaying would fall further behind every step: let the members regroup now
             store.set(progress, DECLINED)
-            self.log("overlap_declined", replay_s=round(replay_s, 4), step_s=round(info["step_s"], 4),
+            self.log(Kind.OVERLAP_DECLINED, replay_s=round(replay_s, 4), step_s=round(info["step_s"], 4),
                      bandwidth_Bps=round(bandwidth))  # fmt: skip
             return
         started = time.monotonic()
@@ -225,14 +227,14 @@ class OverlapJoin:
         # cores, each of its milliseconds there is waited for by all of them
         level = False
         said = False
-        while time.monotonic() < deadline + 600 and not self._members_opened(view["epoch"], level):
+        while time.monotonic() < deadline + 600 and not self._members_opened(view.epoch, level):
             if self._next is not None and self._next.posted() is not None and not said:
                 store.set(progress, str(self.step))  # after posting: see _predicted_gather
                 said = True
             level = not self._apply_logged(self.step + 1, info["sources"])
             if level:
                 time.sleep(0.005)
-        self.log("overlap_caught_up", step=self.step, snapshot_step=info["snapshot_step"],
+        self.log(Kind.OVERLAP_CAUGHT_UP, step=self.step, snapshot_step=info["snapshot_step"],
                  sources=info["sources"],
                  transfer_ms=round((pulled - started) * 1000, 1),
                  replay_ms=round((time.monotonic() - pulled) * 1000, 1))  # fmt: skip

@@ -15,6 +15,8 @@ from typing import Any
 import torch.distributed as dist
 
 from chaos_sidecar.errors import InputError
+from chaos_sidecar.eventlog import Kind
+from chaos_sidecar.protocol.messages import View
 from chaos_train import state as snapshot_state
 from chaos_train.engine_config import (
     BLOCKING_NOTE,
@@ -40,14 +42,13 @@ class Regrouping:
         waiting_since = time.monotonic()
         reported = waiting_since
         while True:  # a member cut off from any majority pauses here until the group moves on
-            view = self.sidecar.wait_view(epoch, timeout=min(5.0, patience_s or 5.0)).get("view") or {}
-            if view.get("epoch", 0) > epoch:
+            if self.sidecar.wait_view(epoch, timeout=min(5.0, patience_s or 5.0)).epoch > epoch:
                 return True
             if patience_s is not None and time.monotonic() - waiting_since >= patience_s:
                 return False
             if time.monotonic() - reported > 60:
                 reported = time.monotonic()
-                self.log("waiting_for_view", epoch=epoch, waited_s=round(reported - waiting_since))
+                self.log(Kind.WAITING_FOR_VIEW, epoch=epoch, waited_s=round(reported - waiting_since))
 
     # --- regrouping -----------------------------------------------------------------------------
 
@@ -57,31 +58,26 @@ class Regrouping:
         self.rendezvous.next_round(self.group_epoch or 0)
         self._same_epoch_again = True
 
-    def _current_member_view(self) -> dict[str, Any]:
+    def _current_member_view(self) -> View:
         """The newest view this node is a member of, newer than the current group's (or the
         current one again, after ``_retry_epoch``)."""
         after = (self.group_epoch or 0) - (1 if self._same_epoch_again else 0)
         while True:
             snap = self.sidecar.view()
-            view = snap.get("view")
-            if (
-                snap.get("status") == "member"
-                and view
-                and self.cfg.node_id in view["members"]
-                and view["epoch"] > after
-            ):
+            view = snap.view
+            if snap.status == "member" and view and self.cfg.node_id in view.members and view.epoch > after:
                 return view
-            if snap.get("status") == "left":
+            if snap.status == "left":
                 raise LeftGroup()
-            self.sidecar.wait_view((view or {}).get("epoch", 0), timeout=2.0)
+            self.sidecar.wait_view(snap.epoch, timeout=2.0)
 
     def _regroup(self) -> None:
         if self.leaving:
-            self.log("leaving", step=self.step)
+            self.log(Kind.LEAVING, step=self.step)
             self._close_group()
             self.sidecar.leave()
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and self.sidecar.view().get("status") != "left":
+            while time.monotonic() < deadline and self.sidecar.view().status != "left":
                 self.sidecar.wait_view(self.group_epoch or 0, timeout=1.0)
             raise LeftGroup()
         self._await_capture()
@@ -93,8 +89,8 @@ class Regrouping:
                 raise JobFinished()
             started = time.monotonic()
             self._close_group()
-            members = view["members"]
-            epoch = view["epoch"]
+            members = list(view.members)
+            epoch = view.epoch
             rank = members.index(self.cfg.node_id)
             lost = self._lost_watch(epoch, members)
             built = self._take_built(epoch, members)
@@ -121,7 +117,7 @@ class Regrouping:
                     gathered = (built.gather(mine).result(lost) if built
                                 else all_gather_ints(self.group, mine, lost))  # fmt: skip
             except RuntimeError as exc:  # someone died during the rendezvous, or was too slow
-                self.log("rendezvous_failed", epoch=epoch, error=str(exc)[:200])
+                self.log(Kind.RENDEZVOUS_FAILED, epoch=epoch, error=str(exc)[:200])
                 self._close_group()
                 if (
                     built is None
@@ -139,13 +135,13 @@ class Regrouping:
                 idle = len(members) - self.work.global_batch
                 message = (f"global_batch {self.work.global_batch} is smaller than the group "
                            f"({len(members)} members): {idle} of them idle each step")  # fmt: skip
-                self.log("warning", epoch=epoch, message=message)
+                self.log(Kind.WARNING, epoch=epoch, message=message)
                 print(f"chaos_train: warning: {message}", file=sys.stderr, flush=True)
             self._lost = lost
             try:
                 transfer = self._reconcile(gathered, epoch)
             except RuntimeError as exc:  # a member died while the state moved
-                self.log("reconcile_failed", epoch=epoch, error=str(exc)[:200])
+                self.log(Kind.RECONCILE_FAILED, epoch=epoch, error=str(exc)[:200])
                 self.group_epoch = previous
                 self._close_group()
                 if not self._await_newer_view(epoch, patience_s=RETRY_PATIENCE_S):
@@ -157,7 +153,7 @@ class Regrouping:
             self._end_overlap()
             self.regroup_needed = False
             self.log(
-                "regroup", epoch=epoch, members=members, rank=rank, step=self.step,
+                Kind.REGROUP, epoch=epoch, members=members, rank=rank, step=self.step,
                 pause_ms=round((time.monotonic() - started) * 1000, 1),
                 group_ms=round((grouped - started) * 1000, 1), open_ms=round((opened_at - started) * 1000, 1),
                 built_ahead=built is not None, gather_predicted=self._unchecked is not None, **transfer,
@@ -189,7 +185,7 @@ class Regrouping:
 
         def lost() -> bool:
             view = self.sidecar.latest_view
-            return view.get("epoch", 0) > epoch and not set(members) <= set(view.get("members", ()))
+            return view is not None and view.epoch > epoch and not set(members) <= set(view.members)
 
         return lost
 
@@ -219,21 +215,21 @@ class Regrouping:
             store.set(NOTE_KEY, json.dumps(note))
         return self._group_in(store, epoch, members)
 
-    def _build_ahead(self, view: dict[str, Any]) -> None:
+    def _build_ahead(self, view: View) -> None:
         """Start building the group of ``view`` on a thread (overlap joins: members and joiner)."""
-        epoch, members = view["epoch"], list(view["members"])
+        epoch, members = view.epoch, list(view.members)
         self._next = GroupBuild(
             epoch, members, lambda: self._meet(epoch, members),
             lambda store: self._group_in(store, epoch, members), self._builders,
         )  # fmt: skip
 
-    def _built_view(self) -> dict[str, Any] | None:
+    def _built_view(self) -> View | None:
         """The view whose group was built ahead, while it is still the newest: no need to ask
         the sidecar at the step where the members change groups."""
-        built = self._next
-        if built is None or not built.usable() or self.sidecar.latest_epoch != built.epoch:
+        built, view = self._next, self.sidecar.latest_view
+        if built is None or not built.usable() or view is None or view.epoch != built.epoch:
             return None
-        return {"epoch": built.epoch, "members": built.members}
+        return view
 
     def _take_built(self, epoch: int, members: list[str]) -> GroupBuild | None:
         """The group built ahead for exactly this view, if any. One for another view is freed,
@@ -249,7 +245,7 @@ class Regrouping:
             # the members may have trained in that group with this joiner's posted all-reduces:
             # those steps are not in their log, so replaying cannot reach them; pull instead
             self._can_replay = False
-            self.log("posted_group_skipped", epoch=built.epoch, for_epoch=epoch)
+            self.log(Kind.POSTED_GROUP_SKIPPED, epoch=built.epoch, for_epoch=epoch)
         self._to_free.put([built])
         return None
 
@@ -257,7 +253,7 @@ class Regrouping:
         """The replica check after a view change (off with ``digest_every`` 0, as in benchmarks:
         hashing the state takes tens of ms; the final digest is always logged)."""
         if self.cfg.digest_every:
-            self.log("digest", step=self.step, digest=snapshot_state.digest(self.replica))
+            self.log(Kind.DIGEST, step=self.step, digest=snapshot_state.digest(self.replica))
 
     def _reconcile(self, gathered: list[list[int]], epoch: int) -> dict[str, Any]:
         """Members behind the newest state get it: an overlap joiner enters and replays the
@@ -337,7 +333,7 @@ class Regrouping:
             if extra is not None and all(r == [step, 1] for r in results):
                 self.step = extra[0]
                 self.sampler.load(extra[1], extra[2])
-                self.log("resumed", step=self.step, checkpoint=step)
+                self.log(Kind.RESUMED, step=self.step, checkpoint=step)
                 return {
                     "transfer_ms": 0.0,
                     "sources": [],
@@ -377,7 +373,7 @@ class Regrouping:
 
     def _pull_state(self, name: str, providers: list[str]) -> None:
         began = time.monotonic()
-        result = self.sidecar.pull(name, providers, self.cfg.transfer_policy)
+        result = self.sidecar.pull(name, providers)
         if "error" in result:
             raise RuntimeError(f"state transfer failed ({result['error']}): {result.get('message', '')}")
         pulled = time.monotonic()
@@ -385,6 +381,6 @@ class Regrouping:
         self.step, sampler_epoch, cursor = extra[0], extra[1], extra[2]
         self.sampler.load(sampler_epoch, cursor)
         sources = result.get("per_source", [])
-        self.log("pulled", name=name, seconds=result.get("seconds"), call_s=round(pulled - began, 4),
+        self.log(Kind.PULLED, name=name, seconds=result.get("seconds"), call_s=round(pulled - began, 4),
                  load_s=round(time.monotonic() - pulled, 4), bytes=sum(s["bytes"] for s in sources),
                  per_source={s["id"]: s["bytes"] for s in sources})  # fmt: skip

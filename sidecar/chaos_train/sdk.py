@@ -31,19 +31,18 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import json
 import math
 import os
 import queue
 import signal
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from chaos_sidecar.errors import InputError, UserCodeError
+from chaos_sidecar.eventlog import EventLog, Kind
 from chaos_train import state as snapshot_state
 from chaos_train.checkpoint import Checkpoints
 from chaos_train.engine_config import (
@@ -129,7 +128,7 @@ class ElasticTrainer(Regrouping, OverlapJoin, Stepping):
         self._to_free: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._free_closed, name="close-group", daemon=True).start()
         self.sidecar = SidecarClient(config.sidecar_url)
-        self._log = config.log_path.open("a", buffering=1) if config.log_path else None
+        self.log = EventLog(config.log_path, config.node_id).write
         self.params = work.params
         self.grad_bytes = work.grad_bytes
         self._step_times: collections.deque[float] = collections.deque(maxlen=20)
@@ -144,22 +143,15 @@ class ElasticTrainer(Regrouping, OverlapJoin, Stepping):
     def _on_sigterm(self, signum, frame) -> None:
         self.leaving = True
 
-    def log(self, kind: str, **fields: Any) -> None:
-        if self._log is None:
-            return
-        self._log.write(
-            json.dumps({"t": time.time(), "node": self.cfg.node_id, "type": kind, **fields}) + "\n"
-        )
-
     # --- the loop -------------------------------------------------------------------------------
 
     def run(self, steps: int) -> None:
-        self.log("start", pid=os.getpid())
+        self.log(Kind.START, pid=os.getpid())
         self._steps = steps
         address = self.cfg.address or self.sidecar.node_host()
         self.rendezvous = Rendezvous(self.sidecar, self.cfg.node_id, address, self.cfg.timeout_s)
         if not self.cfg.founding:
-            self.log("join_requested")
+            self.log(Kind.JOIN_REQUESTED)
         self.sidecar.join()  # a standby sidecar asks for admission only now that we are ready
         self.sidecar.start_watching()
         try:
@@ -171,7 +163,7 @@ class ElasticTrainer(Regrouping, OverlapJoin, Stepping):
                 try:
                     self._train_step()
                 except RuntimeError as exc:  # a collective failed: someone died, or timed out
-                    self.log("collective_failed", step=self.step, error=str(exc)[:200])
+                    self.log(Kind.COLLECTIVE_FAILED, step=self.step, error=str(exc)[:200])
                     self.regroup_needed = True
                     if not self._await_newer_view(patience_s=RETRY_PATIENCE_S):
                         self._retry_epoch()  # nobody left the view: form the same group afresh
@@ -179,21 +171,21 @@ class ElasticTrainer(Regrouping, OverlapJoin, Stepping):
                 # regroups after that step, and this member leaves instead of regrouping
             while self._replay_one():  # an entering joiner still behind at the last step
                 pass
-            self.log("done", step=self.step, digest=snapshot_state.digest(self.replica))
+            self.log(Kind.DONE, step=self.step, digest=snapshot_state.digest(self.replica))
             self.sidecar.report(finished_step=self.step)  # a member that comes back later stops
             self._finish()
         except LeftGroup:
-            self.log("left", step=self.step)
+            self.log(Kind.LEFT, step=self.step)
         except JobFinished:
-            self.log("job_finished", step=self.step)
+            self.log(Kind.JOB_FINISHED, step=self.step)
         except NoState as exc:
-            self.log("no_state", error=str(exc))
+            self.log(Kind.NO_STATE, error=str(exc))
             raise
         except SidecarLost as exc:  # the node is gone from the group; the pod restarts it
-            self.log("sidecar_lost", step=self.step, error=str(exc))
+            self.log(Kind.SIDECAR_LOST, step=self.step, error=str(exc))
             raise
         except (UserCodeError, InputError) as exc:  # the user's code or input: leave cleanly, end with it
-            self.log("user_error", step=self.step, error=str(exc)[:500])
+            self.log(Kind.USER_ERROR, step=self.step, error=str(exc)[:500])
             with contextlib.suppress(Exception):
                 self.sidecar.leave()
             raise
@@ -229,7 +221,7 @@ class ElasticTrainer(Regrouping, OverlapJoin, Stepping):
             try:
                 write(*args, **kwargs)
             except Exception as exc:  # a joiner then waits for the view to move on
-                self.log("write_failed", what=getattr(write, "__name__", str(write)), error=str(exc)[:200])
+                self.log(Kind.WRITE_FAILED, what=getattr(write, "__name__", str(write)), error=str(exc)[:200])
 
         self._writer.submit(logged)
 

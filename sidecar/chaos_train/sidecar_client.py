@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.protocol import local_api
-from chaos_sidecar.protocol.local_api import RendezvousEntry, TrainerStatus
+from chaos_sidecar.protocol.local_api import NodeView, RendezvousEntry, TrainerStatus
+from chaos_sidecar.protocol.messages import View
 
 
 class SidecarLost(ConnectionError):
@@ -25,7 +26,7 @@ class SidecarClient:
     def __init__(self, url: str, node_hint: str = "trainer") -> None:
         self.url = url.rstrip("/")
         self.node_hint = node_hint  # sent with every call: the sidecar's lease on this trainer
-        self._latest: dict[str, Any] | None = None
+        self._latest: NodeView | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -59,15 +60,21 @@ class SidecarClient:
                 raise SidecarLost(f"sidecar at {self.url} refused the connection") from None
             raise
 
-    def view(self) -> dict[str, Any]:
-        return self._call("GET", local_api.VIEW)
+    def view(self) -> NodeView:
+        return self._node_view(self._call("GET", local_api.VIEW))
 
-    def wait_view(self, after: int, timeout: float = 10.0) -> dict[str, Any]:
-        return self._call("GET", f"{local_api.WAIT_VIEW}?after={after}&timeout={timeout}")
+    def wait_view(self, after: int, timeout: float = 10.0) -> NodeView:
+        """Once the sidecar's epoch passes ``after`` (or it left), or after ``timeout`` s."""
+        return self._node_view(self._call("GET", f"{local_api.WAIT_VIEW}?after={after}&timeout={timeout}"))
+
+    def _node_view(self, answer: dict[str, Any]) -> NodeView:
+        if "error" in answer:  # only a broken sidecar refuses its own trainer's view call
+            raise SidecarLost(f"sidecar at {self.url} answered the view call with {answer}")
+        return NodeView.from_json(answer)
 
     def node_host(self) -> str:
         """The host part of the address peers reach this node at: the trainer binds there."""
-        host = urlsplit(self.view()["address"]).hostname
+        host = urlsplit(self.view().address).hostname
         if not host:
             raise SidecarLost(f"sidecar at {self.url} advertises no host")
         return host
@@ -98,8 +105,8 @@ class SidecarClient:
     def leave(self) -> None:
         self._call("POST", local_api.LEAVE)
 
-    def pull(self, name: str, sources: list[str], policy: str = "planned") -> dict[str, Any]:
-        body = {"name": name, "sources": sources, "policy": policy}
+    def pull(self, name: str, sources: list[str]) -> dict[str, Any]:
+        body = {"name": name, "sources": sources}
         return self._call("POST", local_api.PULL, body, timeout=600)
 
     def links(self, peers: list[str]) -> dict[str, dict[str, float | None]]:
@@ -115,9 +122,8 @@ class SidecarClient:
 
     def _watch(self) -> None:
         while not self._stop.is_set():
-            epoch = (self._latest or {}).get("view", {}) or {}
             try:
-                latest = self.wait_view(epoch.get("epoch", 0), timeout=5.0)
+                latest = self.wait_view(self.latest_epoch, timeout=5.0)
             except (OSError, ValueError):
                 time.sleep(0.05)  # the sidecar restarts or is going away; try again
                 continue
@@ -126,13 +132,15 @@ class SidecarClient:
 
     @property
     def latest_epoch(self) -> int:
-        return int(self.latest_view.get("epoch", 0))
+        """The newest view's epoch the watcher has seen (0 before the first)."""
+        view = self.latest_view
+        return view.epoch if view is not None else 0
 
     @property
-    def latest_view(self) -> dict[str, Any]:
-        """The newest view the watcher has seen ({} before the first)."""
+    def latest_view(self) -> View | None:
+        """The newest view the watcher has seen (None before the first)."""
         with self._lock:
-            return (self._latest or {}).get("view") or {}
+            return self._latest.view if self._latest is not None else None
 
     def stop(self) -> None:
         self._stop.set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from chaos_sidecar.eventlog import Kind
 from chaos_train import state as snapshot_state
 from chaos_train.engine_config import (
     POST_AHEAD,
@@ -89,9 +90,9 @@ class Stepping:
             self._drop_stale_grads()  # every entering joiner is through the members' log
         if sums[0] > 0:
             if self.pending is None and sums[1] == self.world:
-                view = self.sidecar.view()["view"]
-                if view["epoch"] <= (self.group_epoch or 0):  # the others saw it first
-                    view = self.sidecar.wait_view(self.group_epoch or 0, timeout=2.0)["view"]
+                view = self.sidecar.view().view
+                if view is None or view.epoch <= (self.group_epoch or 0):  # the others saw it first
+                    view = self.sidecar.wait_view(self.group_epoch or 0, timeout=2.0).view
                 self._start_overlap(view)
             else:
                 self.regroup_needed = True
@@ -137,7 +138,7 @@ class Stepping:
         epoch, cursor = self.sampler.state()
         loss_sum = float(self._apply_averaged(self._group_step, flat)[0])
         if final:
-            self.log("entered", step=self.step)
+            self.log(Kind.ENTERED, step=self.step)
         self._log_step(loss_sum, epoch, cursor)
         return [float(x) for x in flags]
 
@@ -148,7 +149,7 @@ class Stepping:
         mine = ElasticSampler.split(batch, *share) if share is not None else []
         # before the all-reduce: once any member completes it, this share is in the update,
         # even if this member dies before it could log the step (per-sample accounting)
-        self.log("share", step=self.step + 1, epoch=self.group_epoch, group=self.group_id, ids=mine)
+        self.log(Kind.SHARE, step=self.step + 1, epoch=self.group_epoch, group=self.group_id, ids=mine)
         loss_sum, sums = data_parallel_step(
             self.work, mine, len(batch), self.group, flags=flags, fence=self._await_capture,
             timings=timings, lost=self._lost,
@@ -185,7 +186,7 @@ class Stepping:
                   **extra}  # fmt: skip
         if self.cfg.digest_every and self.step % self.cfg.digest_every == 0:
             record["digest"] = snapshot_state.digest(self.replica)
-        self.log("step", **record)
+        self.log(Kind.STEP, **record)
         if self.after_step is not None:
             self.after_step(self.step, record["loss"], self.rank, self.world)
         now = time.monotonic()
@@ -194,8 +195,8 @@ class Stepping:
             self._just_regrouped, self._idle_s, self._reported_at = False, 0.0, now
 
     def _only_joins(self) -> bool:
-        view = (self.sidecar.view() or {}).get("view") or {}
-        return set(self.members) < set(view.get("members", ()))
+        view = self.sidecar.view().view
+        return view is not None and set(self.members) < set(view.members)
 
 
 def data_parallel_step(

@@ -10,10 +10,7 @@ sidecar's group; started as a plain ``python script.py`` it trains alone, the sa
 
 from __future__ import annotations
 
-import contextlib
-import json
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ import torch
 
 from chaos_sidecar import trainer_env
 from chaos_sidecar.errors import InputError, UserCodeError
+from chaos_sidecar.eventlog import EventLog, Kind
 from chaos_sidecar.trainer_env import TrainerEnv
 from chaos_train.checkpoint import CheckpointPolicy
 from chaos_train.sampler import ElasticSampler
@@ -151,22 +149,19 @@ class Trainer:
     def _fit_alone(self, steps: int, log_path: Path | None) -> int:
         """One plain process: the same steps, on the whole global batch each."""
         sampler = ElasticSampler(len(self.work.dataset), self.work.global_batch, self.seed)
-        with contextlib.ExitStack() as stack:
-            log = stack.enter_context(log_path.open("a", buffering=1)) if log_path else None
-
-            def record(kind: str, **fields: Any) -> None:
-                if log is not None:
-                    log.write(json.dumps({"t": time.time(), "node": "alone", "type": kind, **fields}) + "\n")
-
-            record("job", dataset_size=len(self.work.dataset), global_batch=self.work.global_batch,
+        events = EventLog(log_path, "alone")
+        try:
+            events.write(Kind.JOB, dataset_size=len(self.work.dataset), global_batch=self.work.global_batch,
                    seed=self.seed, steps=steps)  # fmt: skip
             while self.step < steps:
                 batch = sampler.batch()
                 tail = self.work.apply(self.work.gradients(batch, len(batch), []))
                 sampler.advance()
-                record("step", step=self.step + 1, loss=round(float(tail[0]) / len(batch), 6))
+                events.write(Kind.STEP, step=self.step + 1, loss=round(float(tail[0]) / len(batch), 6))
                 self._after_step(self.step + 1, float(tail[0]) / len(batch), 0, 1)
-            record("done", step=self.step, digest=digest(self.replica))
+            events.write(Kind.DONE, step=self.step, digest=digest(self.replica))
+        finally:
+            events.close()
         return self.step
 
     def _fit_elastic(self, env: TrainerEnv, steps: int) -> int:
@@ -181,7 +176,6 @@ class Trainer:
             digest_every=env.digest_every,
             join_mode=env.join_mode,
             grad_log=env.grad_log,
-            transfer_policy=env.transfer_policy,
             address=env.address,
             checkpoint=CheckpointPolicy(env.checkpoint_dir, env.checkpoint_every, env.checkpoint_keep)
             if env.checkpoint_dir
@@ -189,7 +183,7 @@ class Trainer:
         )
         engine = ElasticTrainer(config, self.work, after_step=self._after_step)
         engine.log(
-            "job", dataset_size=len(self.work.dataset), global_batch=self.work.global_batch,
+            Kind.JOB, dataset_size=len(self.work.dataset), global_batch=self.work.global_batch,
             seed=self.seed, steps=steps, state_bytes=self.work.grad_bytes,
         )  # fmt: skip
         engine.run(steps)

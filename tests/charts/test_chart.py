@@ -24,6 +24,7 @@ from chaos_operator.domain import builders
 from chaos_operator.domain.security import build_network_policy
 from chaos_operator.domain.spec import parse_job
 from chaos_sidecar.metrics import SidecarMetrics
+from chart_renderings import RENDERINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "chaos-training"
@@ -239,14 +240,6 @@ def test_monitors_take_labels_and_annotations_and_carry_the_job_label(render_cha
 
 # --- Kubernetes' own schemas ---------------------------------------------------------------------
 
-RENDERINGS = {
-    "defaults": {},
-    "monitors-and-dashboards": {
-        "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
-        "dashboards": {"enabled": True},
-    },
-    "namespaced": {"operator": {"clusterWide": False}, "metrics": {"podMonitor": {"enabled": True}}},
-}
 MONITOR_KINDS = {"ServiceMonitor", "PodMonitor"}  # prometheus-operator's: no Kubernetes schema for them
 
 

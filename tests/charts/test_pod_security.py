@@ -14,18 +14,11 @@ import yaml
 from chaos_operator.domain import builders
 from chaos_operator.domain.security import harden_pod, pod_security_warnings
 from chaos_operator.domain.spec import parse_job
+from chart_renderings import RENDERINGS
 from podsecurity import restricted_violations, workload_pods
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
-RENDERINGS = {
-    "defaults": {},
-    "monitors-and-dashboards": {
-        "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
-        "dashboards": {"enabled": True},
-    },
-    "namespaced": {"operator": {"clusterWide": False}, "metrics": {"podMonitor": {"enabled": True}}},
-}
 
 
 def _job(manifest: dict):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import threading
 import time
@@ -28,6 +27,11 @@ from typing import Any
 
 import pytest
 import yaml
+
+from chaos_sidecar import eventlog
+from chaos_sidecar.errors import InputError
+from chaos_sidecar.eventlog import Kind, Record
+from polling import until
 
 KUBECONFIG = os.environ.get("KUBECONFIG")
 pytestmark = [
@@ -42,15 +46,9 @@ TRAINER_IMAGE = os.environ.get("CHAOS_E2E_TRAINER_IMAGE", "ghcr.io/chaos-trainin
 GROUP, VERSION, PLURAL = "chaostraining.io", "v1alpha1", "chaostrainingjobs"
 
 
-async def _until(what: str, check, timeout: float = 180.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(check)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(1.0)
+def _until(what: str, check):
+    """A real cluster's pods take their time: three minutes, looked at every second."""
+    return until(what, check, timeout=180.0, every_s=1.0)
 
 
 class Logs:
@@ -74,14 +72,14 @@ class Logs:
                 text = self.core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE, container="trainer")
                 self.by_pod[pod.metadata.uid] = text
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[Record]:
         out = []
         for text in list(self.by_pod.values()):
             for line in text.splitlines():
                 if line.startswith("{"):
-                    with contextlib.suppress(ValueError):
-                        out.append(json.loads(line))
-        return sorted(out, key=lambda r: r["t"])
+                    with contextlib.suppress(InputError):  # the user's script may print JSON too
+                        out.append(eventlog.parse(line, "trainer log"))
+        return sorted(out, key=lambda r: r.t)
 
 
 async def test_operator_on_a_real_cluster() -> None:
@@ -163,8 +161,8 @@ async def test_operator_on_a_real_cluster() -> None:
 
         def pulled():
             logs.collect()
-            got = [r for r in logs.records() if r["type"] == "pulled" and r["node"] in five - founders]
-            return got if {r["node"] for r in got} == five - founders else None
+            got = [r for r in logs.records() if r.kind is Kind.PULLED and r.node in five - founders]
+            return got if {r.node for r in got} == five - founders else None
 
         pulls = await _until("the joiners' pulls", pulled)
         assert all(len([b for b in r["per_source"].values() if b > 0]) >= 2 for r in pulls), pulls
@@ -193,7 +191,7 @@ async def test_operator_on_a_real_cluster() -> None:
 
         def joined():
             logs.collect()
-            return any(r["type"] == "regroup" and set(r["members"]) == members for r in logs.records())
+            return any(r.kind is Kind.REGROUP and set(r["members"]) == members for r in logs.records())
 
         await _until("the hand-made pod to join with the operator down", joined)
         assert status() == frozen
@@ -212,6 +210,6 @@ async def test_operator_on_a_real_cluster() -> None:
     records = logs.records()
     identical, compared, problems = check_replicas(records)
     assert identical and compared >= 1, problems
-    last = max(r["step"] for r in records if r["type"] == "step")
+    last = max(r["step"] for r in records if r.kind is Kind.STEP)
     samples = check_samples(records, last)
     assert samples["samples_lost"] == 0 and samples["samples_duplicated"] == 0, samples

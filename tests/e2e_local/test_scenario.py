@@ -37,10 +37,12 @@ from kmock._internal.apps import Server
 from kubernetes import client
 
 from chaos_lab import podrunner
-from chaos_lab.jobreport import check_replicas, check_samples, read_jsonl
+from chaos_lab.jobreport import check_replicas, check_samples
 from chaos_operator import kube
 from chaos_operator.domain import builders
 from chaos_operator.domain.spec import parse_job
+from chaos_sidecar.eventlog import read as read_jsonl
+from polling import until
 
 REASON = podrunner.unavailable()
 pytestmark = [
@@ -56,23 +58,6 @@ JOB = "ctj-e2e"
 CLAIM = "ctj-e2e-checkpoints"
 CHECKPOINT_EVERY = 20
 REQUEST_LOG = 64  # requests the emulator remembers (RecentRequests)
-
-
-async def until(
-    what: str, check: Callable[[], Any], timeout: float, describe: Callable[[], str] = str
-) -> Any:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout``. Checks call
-    the emulator synchronously (the Kubernetes client), so they run in a thread: the emulator
-    serves on this event loop."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(check)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            detail = await asyncio.to_thread(describe)
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; {detail}")
-        await asyncio.sleep(0.2)
 
 
 def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -10,8 +10,9 @@ import sys
 import pytest
 
 from chaos_lab.churn import ChurnEvent
-from chaos_lab.jobreport import read_jsonl
 from chaos_lab.localjob import JobConfig, LocalJob
+from chaos_sidecar import eventlog
+from chaos_sidecar.eventlog import Kind
 
 pytest.importorskip("torch", reason="the trainer needs the 'train' extra (torch)")
 pytestmark = pytest.mark.timeout(300)
@@ -71,12 +72,14 @@ def test_overlap_join_replays_to_identical_replicas(tmp_path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["replicas_identical"] is True
     assert summary["samples_lost"] == 0 and summary["samples_duplicated"] == 0
-    logs = "".join(p.read_text() for p in (out / "logs").glob("*.trainer.jsonl"))
-    assert '"overlap_start"' in logs and '"overlap_caught_up"' in logs  # the overlap path ran
-    assert '"entered"' in logs  # the joiner became level by replay inside the new group
-    assert '"posted_ahead"' in logs  # ... with its first all-reduce posted before the switch
-    assert '"gather_predicted": true' in logs  # members did not wait for the switch's gather
-    assert '"collective_failed"' not in logs and '"rendezvous_failed"' not in logs
+    records = eventlog.read(sorted((out / "logs").glob("*.trainer.jsonl")))
+    kinds = {r.kind for r in records}
+    assert {Kind.OVERLAP_START, Kind.OVERLAP_CAUGHT_UP} <= kinds  # the overlap path ran
+    assert Kind.ENTERED in kinds  # the joiner became level by replay inside the new group
+    assert Kind.POSTED_AHEAD in kinds  # ... with its first all-reduce posted before the switch
+    # members did not wait for the switch's gather
+    assert any(r.kind is Kind.REGROUP and r["gather_predicted"] for r in records)
+    assert not kinds & {Kind.COLLECTIVE_FAILED, Kind.RENDEZVOUS_FAILED}
     join = summary["events"][0]
     assert join["transfer_ms"] > 0 and join["sources"]
 
@@ -115,12 +118,13 @@ def test_overlap_joiner_behind_a_full_log_still_enters_level(tmp_path) -> None:
     cfg = JobConfig(nodes=2, steps=150, churn=churn, out=tmp_path / "out", live=False,
                     join_mode="overlap", digest_every=0, grad_log=1)  # fmt: skip
     asyncio.run(LocalJob(cfg).run())
-    records = read_jsonl(sorted((cfg.out / "logs").glob("*.trainer.jsonl")))
-    kinds = {r["type"] for r in records}
-    assert {"overlap_start", "posted_ahead", "entered"} <= kinds
-    assert not kinds & {"collective_failed", "rendezvous_failed", "reconcile_failed", "overlap_declined"}
-    switch = [r for r in records if r["type"] == "regroup" and r["node"] != "n2" and "n2" in r["members"]]
-    starts = {r["node"]: r["step"] for r in records if r["type"] == "overlap_start"}
-    assert switch and all(r["step"] == starts[r["node"]] + cfg.grad_log for r in switch)  # the log was full
-    done = {r["node"]: r["digest"] for r in records if r["type"] == "done"}
+    records = eventlog.read(sorted((cfg.out / "logs").glob("*.trainer.jsonl")))
+    kinds = {r.kind for r in records}
+    assert {Kind.OVERLAP_START, Kind.POSTED_AHEAD, Kind.ENTERED} <= kinds
+    assert not kinds & {Kind.COLLECTIVE_FAILED, Kind.RENDEZVOUS_FAILED, Kind.RECONCILE_FAILED,
+                        Kind.OVERLAP_DECLINED}  # fmt: skip
+    switch = [r for r in records if r.kind is Kind.REGROUP and r.node != "n2" and "n2" in r["members"]]
+    starts = {r.node: r["step"] for r in records if r.kind is Kind.OVERLAP_START}
+    assert switch and all(r["step"] == starts[r.node] + cfg.grad_log for r in switch)  # the log was full
+    done = {r.node: r["digest"] for r in records if r.kind is Kind.DONE}
     assert set(done) == {"n0", "n1", "n2"} and len(set(done.values())) == 1

@@ -11,8 +11,10 @@ import pytest
 from chaos_lab import netns
 from chaos_lab.benchmarks.transfer import make_state
 from chaos_lab.localcluster import LocalCluster
+from chaos_sidecar.eventlog import Kind
 from chaos_sidecar.monitor.probe import probe_bandwidth
-from chaos_sidecar.transfer.puller import Puller, SourceSpec
+from chaos_sidecar.planning.model import Source
+from chaos_sidecar.transfer.puller import Puller
 from chaos_sidecar.transfer.snapshot import data_path, file_digest
 
 REASON = netns.unavailable()
@@ -24,21 +26,22 @@ async def test_tc_shaped_sources_are_measured_and_pulled(tmp_path: Path) -> None
     make_state(tmp_path / "origin", "state", state_mb=8)
     with netns.Star(2, rates) as star:
         async with LocalCluster(tmp_path / "cluster") as cluster:
-            specs = []
+            urls = {}
             for i in range(2):
                 node = await cluster.start(
                     f"s{i}", seed=True, host=star.ip(i), wrap=lambda cmd, i=i: star.wrap(i, cmd),
                     extra=["--snapshot-dir", str(tmp_path / "origin")],
                 )  # fmt: skip
-                specs.append(SourceSpec(f"s{i}", node.url, bandwidth_Bps=1.0))
+                urls[f"s{i}"] = node.url
             async with aiohttp.ClientSession() as session:
-                for spec, rate in zip(specs, rates, strict=True):
-                    measured, _ = await probe_bandwidth(session, spec.url, cluster.secret, "joiner")
+                estimated = []
+                for (sid, url), rate in zip(urls.items(), rates, strict=True):
+                    measured, _ = await probe_bandwidth(session, url, cluster.secret, "joiner")
                     # tc counts IP/TCP headers too: goodput sits a few percent under the rate
-                    assert abs(measured / rate - 1) < 0.15, (spec.id, measured, rate)
-                    spec.bandwidth_Bps = measured
+                    assert abs(measured / rate - 1) < 0.15, (sid, measured, rate)
+                    estimated.append(Source(sid, measured))
                 puller = Puller(session, cluster.secret, "joiner", tmp_path / "joiner", "state")
-                result = await puller.pull(specs)
+                result = await puller.pull(estimated, urls)
     assert file_digest(result.path) == file_digest(data_path(tmp_path / "origin", "state"))
     shares = {sid: s.bytes for sid, s in result.per_source.items()}
     assert shares["s0"] > shares["s1"]  # the faster link carried more
@@ -49,8 +52,8 @@ def _latest_views(cluster: LocalCluster) -> dict[str, tuple[int, frozenset[str],
     only, and these nodes live in other namespaces)."""
     latest: dict[str, tuple[int, frozenset[str], str]] = {}
     for record in cluster.read_logs():
-        if record["type"] == "installed":
-            latest[record["node"]] = (record["epoch"], frozenset(record["members"]), record["status"])
+        if record.kind is Kind.INSTALLED:
+            latest[record.node] = (record["epoch"], frozenset(record["members"]), record["status"])
     return latest
 
 
@@ -91,7 +94,7 @@ async def test_partition_between_namespaces(tmp_path: Path) -> None:
             await _until_agreed(cluster, everyone)
             installed: dict[int, set[frozenset[str]]] = {}
             for record in cluster.read_logs():
-                if record["type"] == "installed":
+                if record.kind is Kind.INSTALLED:
                     installed.setdefault(record["epoch"], set()).add(frozenset(record["members"]))
     assert all(len(views) == 1 for views in installed.values()), installed
 
@@ -113,10 +116,10 @@ async def test_a_member_relays_between_two_that_cannot_reach_each_other(tmp_path
             after = await _until_agreed(cluster, {"n0", "n2", "n3"}, timeout=30)
             assert after > before
             records = cluster.read_logs()
-    topology = [r["down"] for r in records if r["type"] == "topology" and r["node"] == "n0"]
+    topology = [r["down"] for r in records if r.kind is Kind.TOPOLOGY and r.node == "n0"]
     assert topology and ["n0", "n3"] in topology[-1], topology
     installed: dict[int, set[frozenset[str]]] = {}
     for record in records:
-        if record["type"] == "installed":
+        if record.kind is Kind.INSTALLED:
             installed.setdefault(record["epoch"], set()).add(frozenset(record["members"]))
     assert all(len(views) == 1 for views in installed.values()), installed

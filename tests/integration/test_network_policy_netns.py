@@ -23,12 +23,13 @@ import pytest
 
 from chaos_lab import netns
 from chaos_lab.churn import ChurnEvent
-from chaos_lab.jobreport import read_jsonl, summarize
+from chaos_lab.jobreport import summarize
 from chaos_lab.localjob import JobConfig, LocalJob
 from chaos_lab.netpolicy import NAMESPACE_NAME_LABEL, Endpoint, allows, nft_ruleset
 from chaos_operator.domain.builders import JOB_LABEL, PEER_PORT
 from chaos_operator.domain.security import build_network_policy
 from chaos_operator.domain.spec import parse_job
+from chaos_sidecar import eventlog
 
 pytest.importorskip("torch", reason="the trainer needs the 'train' extra (torch)")
 REASON = netns.unavailable() or (None if shutil.which("nft") else "nft (nftables) is not installed")
@@ -175,7 +176,7 @@ async def test_outsiders_are_refused_by_the_rendered_policy_while_members_train(
         await enforce({PEER_PORT: int(job.cluster.nodes["n2"].url.rsplit(":", 1)[1])}, 2)
         wall = await asyncio.wait_for(task, 240)
     summary = summarize(
-        cfg, job.injected, read_jsonl(job.sidecar_logs()), read_jsonl(job.trainer_logs()), wall
+        cfg, job.injected, eventlog.read(job.sidecar_logs()), eventlog.read(job.trainer_logs()), wall
     )
     assert summary["replicas_identical"] is True and summary["samples_lost"] == 0, summary
     assert [e["kind"] for e in summary["events"]] == ["join"]

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from chaos_lab.jobreport import check_samples, read_jsonl
+from chaos_lab.jobreport import check_samples
+from chaos_sidecar import eventlog
+from chaos_sidecar.eventlog import Kind
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +28,8 @@ DEADLINE_S = 240
 
 
 def _steps(out: Path) -> int:
-    records = read_jsonl(sorted(out.glob("logs/*.trainer.jsonl")))
-    return max((r["step"] for r in records if r["type"] == "step"), default=0)
+    records = eventlog.read(sorted(out.glob("logs/*.trainer.jsonl")))
+    return max((r["step"] for r in records if r.kind is Kind.STEP), default=0)
 
 
 def test_a_job_killed_entirely_resumes_from_its_newest_checkpoint(tmp_path) -> None:
@@ -55,14 +57,14 @@ def test_a_job_killed_entirely_resumes_from_its_newest_checkpoint(tmp_path) -> N
     done = subprocess.run([*common, "--out", str(second)], env=env, capture_output=True, text=True,
                           timeout=DEADLINE_S, check=False)  # fmt: skip
     assert done.returncode in (0, 1), done.stderr[-2000:]
-    trainer = read_jsonl(sorted(second.glob("logs/*.trainer.jsonl")))
-    resumed = {r["node"]: r["checkpoint"] for r in trainer if r["type"] == "resumed"}
+    trainer = eventlog.read(sorted(second.glob("logs/*.trainer.jsonl")))
+    resumed = {r.node: r["checkpoint"] for r in trainer if r.kind is Kind.RESUMED}
     assert resumed == {"n0": newest, "n1": newest, "n2": newest}
     summary = json.loads((second / "summary.json").read_text())
     assert summary["steps"] == STEPS and summary["replicas_identical"]
     # both runs together: every step's global batch exactly once, the steps after the
     # checkpoint taken twice (once by the killed run, again after the resume)
-    both = read_jsonl(
+    both = eventlog.read(
         sorted(first.glob("logs/*.trainer.jsonl")) + sorted(second.glob("logs/*.trainer.jsonl"))
     )
     accounting = check_samples(both, STEPS)
@@ -70,9 +72,9 @@ def test_a_job_killed_entirely_resumes_from_its_newest_checkpoint(tmp_path) -> N
     assert accounting["samples_seen"] == STEPS * 256
     assert accounting["samples_redone"] >= (killed_at - newest) * 256
     # the loss curve continues: the first step after the resume is close to the step before it
-    losses = {r["step"]: r["loss"] for r in read_jsonl(sorted(first.glob("logs/n0.trainer.jsonl")))
-              if r["type"] == "step"}  # fmt: skip
-    after = min((r for r in trainer if r["type"] == "step"), key=lambda r: r["step"])
+    losses = {r["step"]: r["loss"] for r in eventlog.read(sorted(first.glob("logs/n0.trainer.jsonl")))
+              if r.kind is Kind.STEP}  # fmt: skip
+    after = min((r for r in trainer if r.kind is Kind.STEP), key=lambda r: r["step"])
     assert after["step"] == newest + 1
     if newest + 1 in losses:  # the killed run took that step too: the same batch on the same state
         assert abs(after["loss"] - losses[newest + 1]) < 1e-4

@@ -6,7 +6,6 @@ period and is refused after it; a short key is refused and the new one stays in 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import time
@@ -15,8 +14,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from chaos_lab.jobreport import read_jsonl, summarize
+from chaos_lab.jobreport import summarize
 from chaos_lab.localjob import JobConfig, LocalJob
+from chaos_sidecar import eventlog
+from chaos_sidecar.eventlog import Kind, Record
 from chaos_sidecar.security import signed_headers
 
 pytest.importorskip("torch", reason="the trainer needs the 'train' extra (torch)")
@@ -50,15 +51,12 @@ def kubelet_update(directory: Path, key: bytes, version: int) -> None:
         os.replace(link, directory / "join-secret")
 
 
-def events(node_dir: Path, node: str, kind: str) -> list[dict]:
-    path = node_dir / f"{node}.events.jsonl"
-    if not path.exists():
-        return []
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r["type"] == kind]
+def events(node_dir: Path, node: str, kind: Kind) -> list[Record]:
+    return [r for r in eventlog.read([node_dir / f"{node}.events.jsonl"]) if r.kind is kind]
 
 
 def results(node_dir: Path, node: str) -> list[str]:
-    return [r["result"] for r in events(node_dir, node, "secret_rotation")]
+    return [r["result"] for r in events(node_dir, node, Kind.SECRET_ROTATION)]
 
 
 async def until(condition, timeout: float, what: str, task: asyncio.Task) -> None:
@@ -157,10 +155,10 @@ async def test_rotation_while_training_keeps_the_view_and_retires_the_old_key(tm
             new_rejections,
         )
     wall = await asyncio.wait_for(task, 240)  # the job runs to its end in the same view
-    installed = [r for r in cluster.read_logs() if r["type"] == "installed"]
+    installed = [r for r in cluster.read_logs() if r.kind is Kind.INSTALLED]
     assert installed and all(r["epoch"] <= epoch for r in installed), "a view change happened"
     summary = summarize(
-        cfg, job.injected, read_jsonl(job.sidecar_logs()), read_jsonl(job.trainer_logs()), wall
+        cfg, job.injected, eventlog.read(job.sidecar_logs()), eventlog.read(job.trainer_logs()), wall
     )
     assert summary["replicas_identical"] is True and summary["samples_seen"] == summary["samples_expected"]
     print(f"rotation: epoch {epoch} throughout, steps {step_before} -> {step_after} during it, "

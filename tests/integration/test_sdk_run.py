@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from chaos_sidecar import eventlog
+from chaos_sidecar.eventlog import Kind
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,11 +41,11 @@ def test_a_user_exception_ends_the_trainer_with_its_traceback_and_no_regroup(tmp
     assert done.returncode != 0
     assert "ValueError: the user's model broke at its third step" in done.stderr
     assert "failing_step.py" in done.stderr  # the user's own frame is in the traceback
-    kinds = [json.loads(line)["type"] for line in log.read_text().splitlines()]
-    assert "user_error" in kinds
-    assert "collective_failed" not in kinds and "rendezvous_failed" not in kinds
-    assert kinds.count("regroup") == 1  # the first group only
-    assert kinds.count("step") == 2
+    kinds = [r.kind for r in eventlog.read([log])]
+    assert Kind.USER_ERROR in kinds
+    assert Kind.COLLECTIVE_FAILED not in kinds and Kind.RENDEZVOUS_FAILED not in kinds
+    assert kinds.count(Kind.REGROUP) == 1  # the first group only
+    assert kinds.count(Kind.STEP) == 2
 
 
 def test_run_names_a_script_that_does_not_exist(tmp_path) -> None:
@@ -65,8 +68,7 @@ def test_founding_members_with_different_initial_parameters_are_refused(tmp_path
     assert done.returncode != 0
     stderr = "".join(p.read_text() for p in out.glob("logs/*.trainer.stderr"))
     assert "model: the initial state differs between members" in stderr
-    steps = [r for p in out.glob("logs/*.trainer.jsonl") for r in map(json.loads, p.read_text().splitlines())
-             if r["type"] == "step"]  # fmt: skip
+    steps = [r for r in eventlog.read(out.glob("logs/*.trainer.jsonl")) if r.kind is Kind.STEP]
     assert steps == []  # refused before the first step
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.adapters.peer_stream import STREAM_PATH
+from chaos_sidecar.eventlog import Kind
 from chaos_sidecar.security import frame_mac, signed_headers
 
 pytestmark = pytest.mark.timeout(120)
@@ -50,7 +51,7 @@ async def test_join_crash_leave_and_link_events(tmp_path) -> None:
         # the event logs tell the same story: every epoch was installed with one view
         views_by_epoch: dict[int, set[tuple]] = {}
         for record in cluster.read_logs():
-            if record["type"] == "installed":
+            if record.kind is Kind.INSTALLED:
                 views_by_epoch.setdefault(record["epoch"], set()).add(
                     (tuple(record["members"]), record["coordinator"])
                 )

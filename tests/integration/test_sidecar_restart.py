@@ -9,13 +9,14 @@ from urllib.parse import urlparse
 import pytest
 
 from chaos_lab.localcluster import LocalCluster
+from chaos_sidecar.eventlog import Kind, Record
 from chaos_sidecar.membership.durable import decode_state
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def records(cluster: LocalCluster, node: str, kind: str) -> list[dict]:
-    return [r for r in cluster.read_logs() if r["node"] == node and r["type"] == kind]
+def records(cluster: LocalCluster, node: str, kind: Kind) -> list[Record]:
+    return [r for r in cluster.read_logs() if r.node == node and r.kind is kind]
 
 
 async def test_a_killed_sidecar_recovers_its_state_or_rejoins_as_a_new_incarnation(tmp_path) -> None:
@@ -34,7 +35,7 @@ async def test_a_killed_sidecar_recovers_its_state_or_rejoins_as_a_new_incarnati
         cluster.kill("n1")
         await cluster.start("n1", extra=["--port", str(port)])
         view = await cluster.wait_agreed(members, 30)
-        assert [r["incarnation"] for r in records(cluster, "n1", "recovered")] == [saved.incarnation]
+        assert [r["incarnation"] for r in records(cluster, "n1", Kind.RECOVERED)] == [saved.incarnation]
         listed = dict(zip(view["view"]["members"], view["view"]["incarnations"], strict=True))
         assert listed["n1"] == saved.incarnation
 
@@ -42,7 +43,7 @@ async def test_a_killed_sidecar_recovers_its_state_or_rejoins_as_a_new_incarnati
         cluster.kill("n1")
         await cluster.start("n1")
         view = await cluster.wait_agreed(members, 30)
-        (lost,) = records(cluster, "n1", "state_lost")
+        (lost,) = records(cluster, "n1", Kind.STATE_LOST)
         listed = dict(zip(view["view"]["members"], view["view"]["incarnations"], strict=True))
         assert listed["n1"] == lost["incarnation"] > saved.incarnation
         assert json.loads(state_file.read_text())["state"]["incarnation"] == lost["incarnation"]

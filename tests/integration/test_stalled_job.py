@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from chaos_lab.churn import ChurnEvent, parse_churn
-from chaos_lab.jobreport import read_jsonl, summarize
+from chaos_lab.jobreport import summarize
 from chaos_lab.localjob import JobConfig, JobStalled, LocalJob
+from chaos_sidecar import eventlog
+from chaos_sidecar.eventlog import Kind
 
 pytest.importorskip("torch", reason="the trainer needs the 'train' extra (torch)")
 pytestmark = pytest.mark.timeout(240)
@@ -84,8 +86,8 @@ def test_a_scripted_link_up_fires_by_time_when_the_group_stops_stepping(tmp_path
     # when regrouping without n4 takes longer than HEAL_AFTER_S on a loaded machine
     assert applied[5][1] < HEAL_STEP, applied
     assert summary["steps"] == STEPS and summary["ok"], summary
-    sidecar = read_jsonl(sorted((out / "sidecars").glob("*.events.jsonl")))
-    lost = {r["node"] for r in sidecar if r["type"] == "no_majority"}
+    sidecar = eventlog.read(sorted((out / "sidecars").glob("*.events.jsonl")))
+    lost = {r.node for r in sidecar if r.kind is Kind.NO_MAJORITY}
     assert lost == {"n0", "n1", "n2", "n3"}, lost
 
 
@@ -99,9 +101,9 @@ def test_round_4715_as_first_written_now_finishes(tmp_path) -> None:
                     global_batch=128, digest_every=5, stall_limit_s=45.0, deadline_s=200.0)  # fmt: skip
     job = LocalJob(cfg)
     wall = asyncio.run(job.run())
-    sidecar = read_jsonl(sorted((cfg.out / "sidecars").glob("*.events.jsonl")))
-    trainer = read_jsonl(sorted((cfg.out / "logs").glob("*.trainer.jsonl")))
+    sidecar = eventlog.read(sorted((cfg.out / "sidecars").glob("*.events.jsonl")))
+    trainer = eventlog.read(sorted((cfg.out / "logs").glob("*.trainer.jsonl")))
     summary = summarize(cfg, job.injected, sidecar, trainer, wall)
     assert summary["ok"] and summary["steps"] == 150, summary
-    last = max((r for r in sidecar if r["type"] == "installed"), key=lambda r: r["epoch"])
+    last = max((r for r in sidecar if r.kind is Kind.INSTALLED), key=lambda r: r["epoch"])
     assert {"n0", "n3"} <= set(last["members"]) and "n1" not in last["members"], last

@@ -9,9 +9,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from chaos_lab.baselines import sidecar_command, single_source
 from chaos_lab.benchmarks.transfer import make_state, start_sources
 from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.errors import InputError
+from chaos_sidecar.planning.model import Source
 from chaos_sidecar.security import signed_headers
 from chaos_sidecar.transfer.puller import Puller, TransferError
 from chaos_sidecar.transfer.snapshot import data_path, file_digest, manifest_path
@@ -27,18 +29,16 @@ def origin(tmp_path: Path) -> Path:
     return path
 
 
-async def _pull(cluster, specs, tmp_path, **kwargs):
+async def _pull(cluster, urls: dict[str, str], tmp_path, assume_Bps: float = 4e6, **kwargs):
     async with aiohttp.ClientSession() as session:
-        for spec in specs:
-            spec.bandwidth_Bps = kwargs.pop("assume_Bps", 4e6)
         puller = Puller(session, cluster.secret, "joiner", tmp_path / "joiner", NAME, **kwargs)
-        return await puller.pull(specs)
+        return await puller.pull([Source(sid, assume_Bps, 0.002) for sid in urls], urls)
 
 
 async def test_pull_from_three_sources_is_identical(tmp_path: Path, origin: Path) -> None:
     async with LocalCluster(tmp_path / "cluster") as cluster:
-        specs = await start_sources(cluster, tmp_path, origin, NAME, 3, [8, 8, 8])
-        result = await _pull(cluster, specs, tmp_path)
+        urls = await start_sources(cluster, tmp_path, origin, NAME, 3, [8, 8, 8])
+        result = await _pull(cluster, urls, tmp_path)
     assert file_digest(result.path) == file_digest(data_path(origin, NAME))
     assert sum(1 for s in result.per_source.values() if s.bytes) == 3  # all sources worked
     assert result.replans == 0
@@ -46,7 +46,7 @@ async def test_pull_from_three_sources_is_identical(tmp_path: Path, origin: Path
 
 async def test_source_killed_mid_transfer(tmp_path: Path, origin: Path) -> None:
     async with LocalCluster(tmp_path / "cluster") as cluster:
-        specs = await start_sources(cluster, tmp_path, origin, NAME, 3, [4, 4, 4])
+        urls = await start_sources(cluster, tmp_path, origin, NAME, 3, [4, 4, 4])
         killed = []
 
         def progress(done: int, total: int) -> None:
@@ -54,7 +54,7 @@ async def test_source_killed_mid_transfer(tmp_path: Path, origin: Path) -> None:
                 cluster.kill("s0")
                 killed.append(done)
 
-        result = await _pull(cluster, specs, tmp_path, progress=progress, stall_s=1.0)
+        result = await _pull(cluster, urls, tmp_path, progress=progress, stall_s=1.0)
     assert killed, "the kill never happened"
     assert result.per_source["s0"].failed
     assert result.replans >= 1
@@ -63,8 +63,8 @@ async def test_source_killed_mid_transfer(tmp_path: Path, origin: Path) -> None:
 
 async def test_corrupted_shards_are_refetched(tmp_path: Path, origin: Path) -> None:
     async with LocalCluster(tmp_path / "cluster") as cluster:
-        specs = await start_sources(cluster, tmp_path, origin, NAME, 2, [8, 8], corrupt=frozenset({"s1"}))
-        result = await _pull(cluster, specs, tmp_path)
+        urls = await start_sources(cluster, tmp_path, origin, NAME, 2, [8, 8], corrupt=frozenset({"s1"}))
+        result = await _pull(cluster, urls, tmp_path)
     assert result.refetched >= 1
     assert result.per_source["s1"].failed == "sent corrupted shards"
     assert file_digest(result.path) == file_digest(data_path(origin, NAME))
@@ -101,40 +101,40 @@ async def _tampering_proxy(target: str, mangle):
 )
 async def test_manifest_changed_in_transit_is_refused(tmp_path: Path, origin: Path, mangle) -> None:
     async with LocalCluster(tmp_path / "cluster") as cluster:
-        specs = await start_sources(cluster, tmp_path, origin, NAME, 1)
-        runner, proxy = await _tampering_proxy(specs[0].url, mangle)
+        urls = await start_sources(cluster, tmp_path, origin, NAME, 1)
+        runner, proxy = await _tampering_proxy(urls["s0"], mangle)
         try:
-            specs[0].url = proxy
+            urls["s0"] = proxy
             with pytest.raises(TransferError, match="MAC mismatch"):
-                await _pull(cluster, specs, tmp_path)
+                await _pull(cluster, urls, tmp_path)
         finally:
             await runner.cleanup()
 
 
 async def test_truncated_manifest_at_the_source_is_refused(tmp_path: Path, origin: Path) -> None:
     async with LocalCluster(tmp_path / "cluster") as cluster:
-        specs = await start_sources(cluster, tmp_path, origin, NAME, 1)
+        urls = await start_sources(cluster, tmp_path, origin, NAME, 1)
         path = tmp_path / "s0" / manifest_path(origin, NAME).name
         raw = path.read_bytes()
         path.unlink()  # a hard link: replace, do not write through to the origin
         path.write_bytes(raw[: len(raw) - 7])
         with pytest.raises(InputError, match="manifest"):
-            await _pull(cluster, specs, tmp_path)
+            await _pull(cluster, urls, tmp_path)
 
 
 async def test_manifest_mac_is_checked(tmp_path: Path, origin: Path) -> None:
     async with LocalCluster(tmp_path / "cluster") as cluster:
-        specs = await start_sources(cluster, tmp_path, origin, NAME, 1)
+        urls = await start_sources(cluster, tmp_path, origin, NAME, 1)
         async with aiohttp.ClientSession() as session:
             wrong = Puller(session, b"an-entirely-different-secret", "joiner", tmp_path / "j", NAME)
             with pytest.raises(TransferError, match="manifest"):
-                await wrong.fetch_manifest(specs)
+                await wrong.fetch_manifest(urls)
 
 
 async def test_shard_server_requires_auth_and_plain_names(tmp_path: Path, origin: Path) -> None:
     async with LocalCluster(tmp_path / "cluster") as cluster:
-        specs = await start_sources(cluster, tmp_path, origin, NAME, 1)
-        url = specs[0].url
+        urls = await start_sources(cluster, tmp_path, origin, NAME, 1)
+        url = urls["s0"]
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{url}/v1/snapshots/{NAME}/manifest") as response:
                 assert response.status == 401
@@ -147,3 +147,16 @@ async def test_shard_server_requires_auth_and_plain_names(tmp_path: Path, origin
             headers = signed_headers(cluster.secret, "GET", path, b"", time.time_ns(), "joiner")
             async with session.get(url + path, headers=headers) as response:
                 assert response.status == 416
+
+
+async def test_a_baseline_split_replaces_the_planner_in_the_puller_and_in_a_sidecar(
+    tmp_path: Path, origin: Path
+) -> None:
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        urls = await start_sources(cluster, tmp_path, origin, NAME, 3, [8, 8, 8])
+        result = await _pull(cluster, urls, tmp_path, split=single_source)
+        # the lab's baseline sidecar: the product's sidecar, started with the split passed in
+        baseline = await cluster.start("b0", seed=True, program=sidecar_command("equal-split"))
+        assert (await cluster.view("b0"))["view"]["members"] == ["b0"] and baseline.url
+    assert file_digest(result.path) == file_digest(data_path(origin, NAME))
+    assert [sid for sid, stats in result.per_source.items() if stats.bytes] == ["s0"]

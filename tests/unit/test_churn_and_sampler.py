@@ -10,6 +10,7 @@ import pytest
 from chaos_lab.churn import ChurnEvent, default_churn, load_churn, parse_churn, random_churn
 from chaos_lab.jobreport import check_samples
 from chaos_sidecar.errors import InputError
+from chaos_sidecar.eventlog import VERSION, Record
 from chaos_train.sampler import ElasticSampler
 
 INITIAL = ["n0", "n1", "n2", "n3"]
@@ -113,6 +114,10 @@ def test_an_epoch_drops_only_the_tail_that_does_not_fill_a_batch() -> None:
         ElasticSampler(dataset_size=8, global_batch=9, seed=0)
 
 
+def _records(raw: list[dict]) -> list[Record]:
+    return [Record({"v": VERSION, "t": 0.0, **r}) for r in raw]
+
+
 def _job_log(steps: int, batch: int, size: int, worlds: list[int]) -> list[dict]:
     """What members log for ``steps`` steps, the group of ``worlds[s - 1]`` members at step s."""
     sampler = ElasticSampler(size, batch, seed=5)
@@ -132,18 +137,18 @@ def _job_log(steps: int, batch: int, size: int, worlds: list[int]) -> list[dict]
 
 def test_sample_accounting_counts_ids_and_catches_loss_and_duplication() -> None:
     good = _job_log(10, 16, 64, [3, 3, 4, 2, 5, 5, 1, 3, 3, 2])
-    result = check_samples(good, 10)
+    result = check_samples(_records(good), 10)
     assert result["sample_accounting"] == "ids"
     assert (result["samples_seen"], result["samples_lost"], result["samples_duplicated"]) == (160, 0, 0)
     # a member's share missing from a step: lost, even though every step record is there
     lost = [r for r in good if not (r["type"] == "share" and r["step"] == 3 and r["node"] == "n1")]
-    assert check_samples(lost, 10)["samples_lost"] == 4
+    assert check_samples(_records(lost), 10)["samples_lost"] == 4
     # a member that used an id another member also used in the same data epoch
     repeated = [dict(r) for r in good]
     share = next(r for r in repeated if r["type"] == "share" and r["step"] == 2 and r["node"] == "n0")
     other = next(r for r in repeated if r["type"] == "share" and r["step"] == 1 and r["node"] == "n0")
     share["ids"] = [other["ids"][0], *share["ids"][1:]]
-    result = check_samples(repeated, 10)
+    result = check_samples(_records(repeated), 10)
     assert result["samples_duplicated"] == 1 and result["samples_lost"] == 0
 
 
@@ -153,14 +158,14 @@ def test_a_step_redone_in_a_later_group_counts_once_as_redone() -> None:
     # before the job resumed from a checkpoint): superseded, counted as redone
     records.append({"type": "share", "node": "n9", "step": 3, "group": "old", "ids": [0, 1, 2], "t": 0.1})
     records.append({"type": "step", "node": "n9", "step": 3, "group": "old", "sampler": [0, 16], "t": 0.2})
-    result = check_samples(records, 4)
+    result = check_samples(_records(records), 4)
     assert (result["samples_duplicated"], result["samples_lost"], result["samples_redone"]) == (0, 0, 3)
     # the same group name in the other order: the later one counts
     records[-1]["t"] = 9.0
-    assert check_samples(records, 4)["samples_lost"] == 5  # only n9's 3 ids of the 8 for step 3
+    assert check_samples(_records(records), 4)["samples_lost"] == 5  # only n9's 3 ids of the 8 for step 3
     # a share logged before the all-reduce counts even if its member never logged the step
     records = [r for r in _job_log(4, 8, 32, [2, 2, 2, 2]) if not (r["type"] == "step" and r["node"] == "n1")]
-    assert check_samples(records, 4)["samples_lost"] == 0
+    assert check_samples(_records(records), 4)["samples_lost"] == 0
 
 
 # round 4715 of `bench --scenario chaos --seed 4711` as the old generator wrote it: after the

@@ -11,6 +11,11 @@ import pytest
 
 from chaos_lab.benchmarks.join_modes import empty_directory, member_costs
 from chaos_sidecar.errors import InputError
+from chaos_sidecar.eventlog import VERSION, Record
+
+
+def _records(raw: list[dict]) -> list[Record]:
+    return [Record({"v": VERSION, **r}) for r in raw]
 
 
 def _log(
@@ -36,7 +41,7 @@ def _log(
 def test_idle_is_the_pause_plus_the_first_wait_beyond_the_settled_group() -> None:
     before = [10.0, 20.0] * 20  # mean 15: the smaller group
     after = [20.0, 30.0] * 20  # mean 25: the joined group waits longer in every step
-    costs = member_costs(_log(before, first_wait=35.0, after=after, pause_ms=3.0), "n1")["n0"]
+    costs = member_costs(_records(_log(before, first_wait=35.0, after=after, pause_ms=3.0)), "n1")["n0"]
     assert costs["first_wait_extra_ms"] == 10.0
     assert costs["idle_ms"] == 13.0
     assert costs["idle_vs_before_ms"] == 23.0  # charged for the bigger group too
@@ -45,7 +50,7 @@ def test_idle_is_the_pause_plus_the_first_wait_beyond_the_settled_group() -> Non
 
 def test_steps_before_an_overlap_joiner_entered_are_not_usual() -> None:
     after = [90.0] * 3 + [25.0] * 40  # replaying beside the members: slower steps
-    costs = member_costs(_log([15.0] * 40, 35.0, after, pause_ms=0.0, entered_after=3), "n1")["n0"]
+    costs = member_costs(_records(_log([15.0] * 40, 35.0, after, pause_ms=0.0, entered_after=3)), "n1")["n0"]
     assert costs["first_wait_extra_ms"] == 10.0
 
 
@@ -54,7 +59,7 @@ def test_a_group_that_changes_again_at_once_has_no_usual_step() -> None:
     log.append({"node": "n0", "type": "regroup", "t": log[-1]["t"] + 0.01, "epoch": 3,
                 "members": ["n0"], "pause_ms": 1.0})  # fmt: skip
     log.append({"node": "n0", "type": "step", "t": log[-1]["t"] + 0.05, "allreduce_ms": 1.0})
-    costs = member_costs(log, "n1")["n0"]
+    costs = member_costs(_records(log), "n1")["n0"]
     assert costs["idle_ms"] is None and costs["usual_step_ms"] is None
     assert costs["idle_vs_before_ms"] == 21.0
 
@@ -64,7 +69,10 @@ def test_a_usual_step_as_the_first_costs_nothing_on_average() -> None:
     (clipping at zero, or the median as the baseline, would charge the noise to the join)."""
     rng = random.Random(7)
     waits = [rng.expovariate(1 / 15) for _ in range(40)]
-    costs = [member_costs(_log(waits, first_wait=w, after=waits, pause_ms=0.0), "n1")["n0"] for w in waits]
+    costs = [
+        member_costs(_records(_log(waits, first_wait=w, after=waits, pause_ms=0.0)), "n1")["n0"]
+        for w in waits
+    ]
     extras = [c["first_wait_extra_ms"] for c in costs]
     assert abs(statistics.fmean(extras)) < 1e-9
     assert min(extras) < 0 < max(extras)  # single steps scatter both ways

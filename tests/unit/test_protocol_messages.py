@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chaos_sidecar.errors import ProtocolError
+from chaos_sidecar.errors import InputError, ProtocolError
 from chaos_sidecar.protocol import (
     MAX_MESSAGE_BYTES,
     Accept,
@@ -31,6 +31,7 @@ from chaos_sidecar.protocol import (
     decode,
     encode,
 )
+from chaos_sidecar.protocol.local_api import NodeView
 
 VIEW = View(3, ("a", "b", "c"), "a", ("http://a", "http://b", "http://c"), ("z",))
 
@@ -190,3 +191,16 @@ def test_random_structured_bodies_never_crash(kind: str, body: dict) -> None:
     raw = json.dumps({"v": 1, "kind": kind, "from": "a", "epoch": 1, "body": body}).encode()
     with contextlib.suppress(ProtocolError):
         decode(raw)
+
+
+def test_the_trainer_reads_its_sidecars_view_answer_typed() -> None:
+    view = View(3, ("a", "b"), "a", ("http://10.0.0.1:7000", "http://10.0.0.2:7000"))
+    answer = {"node": "a", "address": "http://10.0.0.1:7000", "status": "member", "view": view.to_json(),
+              "topology": {"version": [0, 0], "down": []}}  # fmt: skip
+    parsed = NodeView.from_json(json.loads(json.dumps(answer)))
+    assert parsed == NodeView("a", "http://10.0.0.1:7000", "member", view) and parsed.epoch == 3
+    assert NodeView.from_json(answer | {"view": None, "status": "standby"}).epoch == 0
+    with pytest.raises(InputError, match=r"view\.status"):
+        NodeView.from_json(answer | {"status": None})
+    with pytest.raises(InputError, match="coordinator"):
+        NodeView.from_json(answer | {"view": view.to_json() | {"coordinator": "z"}})

@@ -3,9 +3,9 @@ a field of its local view (in process, no sockets; the clock is the test's)."""
 
 from __future__ import annotations
 
-import json
-
-from chaos_sidecar.adapters.runtime import EventLog, MembershipRuntime
+from chaos_sidecar import eventlog
+from chaos_sidecar.adapters.runtime import MembershipRuntime
+from chaos_sidecar.eventlog import EventLog, Kind
 from chaos_sidecar.membership import machine as sm
 from chaos_sidecar.metrics import SidecarMetrics
 from chaos_sidecar.protocol import Heartbeat, Message, View, encode
@@ -33,6 +33,6 @@ async def test_no_majority_is_a_gauge_a_log_record_and_part_of_the_view(tmp_path
     assert sample("chaostrain_no_majority") == 0
     assert runtime.snapshot()["majority"]["reachable"] is True
     runtime.log.close()
-    records = [json.loads(line) for line in log_path.read_text().splitlines()]
-    changes = [(r["type"], r["reaches"], r["needed"]) for r in records if r["type"].startswith("no_majority")]
-    assert changes == [("no_majority", ["a"], 2), ("no_majority_over", ["a", "b"], 2)]
+    majority = (Kind.NO_MAJORITY, Kind.NO_MAJORITY_OVER)
+    changes = [(r.kind, r["reaches"], r["needed"]) for r in eventlog.read([log_path]) if r.kind in majority]
+    assert changes == [(Kind.NO_MAJORITY, ["a"], 2), (Kind.NO_MAJORITY_OVER, ["a", "b"], 2)]

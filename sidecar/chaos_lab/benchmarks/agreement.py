@@ -21,6 +21,7 @@ from typing import Any
 from chaos_lab.localcluster import POLL_S, LocalCluster
 from chaos_lab.stats import summary
 from chaos_sidecar.cliutil import positive_int
+from chaos_sidecar.eventlog import Kind, Record
 
 KINDS = ("join", "leave", "failure", "coordinator_failure", "link_down", "link_up")
 
@@ -42,11 +43,11 @@ class Measured:
     missing: int = 0
 
 
-def _first(records, since: float, until: float, pred) -> dict | None:
-    return next((r for r in records if since <= r["t"] <= until and pred(r)), None)
+def _first(records: list[Record], since: float, until: float, pred) -> Record | None:
+    return next((r for r in records if since <= r.t <= until and pred(r)), None)
 
 
-def event_latency(records: list[dict[str, Any]], inj: Injection) -> dict[str, float] | None:
+def event_latency(records: list[Record], inj: Injection) -> dict[str, float] | None:
     """Decision / agreement (and for failures detection) milliseconds of one injected event,
     from the nodes' logs; None when the logs do not show it complete. ``inj.members_after``
     empty means "the members of the view that the decision produced" (or, for a topology
@@ -54,13 +55,13 @@ def event_latency(records: list[dict[str, Any]], inj: Injection) -> dict[str, fl
     lo, hi = inj.injected_at, inj.done_at + 0.001
     if inj.kind in ("join", "leave"):
         change = [inj.kind, inj.subject[0]]
-        seen = _first(records, lo, hi, lambda r: r["type"] == "observed" and r["change"] == change)
-        decided = _first(records, lo, hi, lambda r: r["type"] == "decided" and change in r["changes"])
+        seen = _first(records, lo, hi, lambda r: r.kind is Kind.OBSERVED and r["change"] == change)
+        decided = _first(records, lo, hi, lambda r: r.kind is Kind.DECIDED and change in r["changes"])
     elif inj.kind in ("failure", "coordinator_failure"):
         victim = inj.subject[0]
-        seen = _first(records, lo, hi, lambda r: r["type"] == "observed" and r["change"] == ["lost", victim])
+        seen = _first(records, lo, hi, lambda r: r.kind is Kind.OBSERVED and r["change"] == ["lost", victim])
         decided = _first(
-            records, lo, hi, lambda r: r["type"] == "decided" and ["remove", victim] in r["changes"]
+            records, lo, hi, lambda r: r.kind is Kind.DECIDED and ["remove", victim] in r["changes"]
         )
     else:
         a, b = inj.subject
@@ -71,44 +72,44 @@ def event_latency(records: list[dict[str, Any]], inj: Injection) -> dict[str, fl
             lo,
             hi,
             lambda r: (
-                r["type"] == "observed"
+                r.kind is Kind.OBSERVED
                 and r["change"][0] in words
-                and ((r["node"] == a and r["change"][1] == b) or (r["node"] == b and r["change"][1] == a))
+                and ((r.node == a and r["change"][1] == b) or (r.node == b and r["change"][1] == a))
             ),
         )
         link = sorted([a, b])
         want_down = inj.kind == "link_down"
         decided = _first(
-            records, lo, hi, lambda r: r["type"] == "topology" and (link in r["down"]) == want_down
+            records, lo, hi, lambda r: r.kind is Kind.TOPOLOGY and (link in r["down"]) == want_down
         )
     if seen is None or decided is None:
         return None
     members = set(inj.members_after)
-    if decided["type"] == "decided":
+    if decided.kind is Kind.DECIDED:
         members = members or set(decided["members"])
-        installs = [r for r in records if r["type"] == "installed" and r["epoch"] == decided["epoch"]]
-        installs = [r for r in installs if r["node"] in members]
-        done = {r["node"] for r in installs}
+        installs = [r for r in records if r.kind is Kind.INSTALLED and r["epoch"] == decided["epoch"]]
+        installs = [r for r in installs if r.node in members]
+        done = {r.node for r in installs}
     else:
         if not members:
-            views = [r for r in records if r["type"] == "installed" and r["t"] <= decided["t"]]
+            views = [r for r in records if r.kind is Kind.INSTALLED and r.t <= decided.t]
             members = set(views[-1]["members"]) if views else set()
-        installs = [r for r in records if r["type"] == "topology" and r["version"] == decided["version"]]
-        installs = [r for r in installs if r["node"] in members]
-        done = {r["node"] for r in installs} | {decided["node"]}
+        installs = [r for r in records if r.kind is Kind.TOPOLOGY and r["version"] == decided["version"]]
+        installs = [r for r in installs if r.node in members]
+        done = {r.node for r in installs} | {decided.node}
     if not members <= done:
         return None
-    last = max([r["t"] for r in installs] + [decided["t"]])
+    last = max([r.t for r in installs] + [decided.t])
     out = {
-        "decision_ms": (decided["t"] - seen["t"]) * 1000,
-        "agreement_ms": (last - seen["t"]) * 1000,
+        "decision_ms": (decided.t - seen.t) * 1000,
+        "agreement_ms": (last - seen.t) * 1000,
     }
     if inj.kind in ("failure", "coordinator_failure"):
-        out["detection_ms"] = (seen["t"] - inj.injected_at) * 1000
+        out["detection_ms"] = (seen.t - inj.injected_at) * 1000
     return out
 
 
-def analyse(records: list[dict[str, Any]], injections: list[Injection]) -> dict[str, Measured]:
+def analyse(records: list[Record], injections: list[Injection]) -> dict[str, Measured]:
     out = {kind: Measured() for kind in KINDS}
     for inj in injections:
         m = out[inj.kind]

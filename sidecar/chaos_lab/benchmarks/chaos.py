@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from chaos_lab.churn import CHAOS_KINDS, random_churn
-from chaos_lab.jobreport import read_jsonl, summarize
+from chaos_lab.jobreport import summarize
 from chaos_lab.localjob import JobConfig, JobStalled, LocalJob
+from chaos_sidecar import eventlog
 from chaos_sidecar.cliutil import non_negative_int, positive_int
+from chaos_sidecar.eventlog import Kind, Record
 
 NODES = 4
 STEPS = 150
@@ -46,31 +48,31 @@ STALL_LIMIT_S = 45.0
 DEADLINE_S = 300.0
 
 
-def split_brain(sidecar: list[dict[str, Any]]) -> int:
+def split_brain(sidecar: list[Record]) -> int:
     """Epochs installed with more than one member list anywhere."""
     views: dict[int, set[tuple[str, ...]]] = defaultdict(set)
     for r in sidecar:
-        if r["type"] == "installed":
+        if r.kind is Kind.INSTALLED:
             views[r["epoch"]].add(tuple(r["members"]))
     return sum(1 for v in views.values() if len(v) > 1)
 
 
-def restarts(trainer: list[dict[str, Any]]) -> int:
+def restarts(trainer: list[Record]) -> int:
     pids: dict[str, set[int]] = defaultdict(set)
     for r in trainer:
-        if r["type"] == "start":
-            pids[r["node"]].add(r["pid"])
+        if r.kind is Kind.START:
+            pids[r.node].add(r["pid"])
     return sum(1 for p in pids.values() if len(p) > 1)
 
 
 KILLS = ("crash", "crash_trainer", "crash_sidecar")
 
 
-def kill_moments(injected, trainer: list[dict[str, Any]]) -> dict[str, int]:
+def kill_moments(injected, trainer: list[Record]) -> dict[str, int]:
     """Where each kill landed: during a state transfer (some trainer was pulling), during a
     regroup, or while the group was stepping (compute and all-reduce)."""
-    pulls = [(r["t"] - (r.get("seconds") or 0.0), r["t"]) for r in trainer if r["type"] == "pulled"]
-    regroups = [(r["t"] - r["pause_ms"] / 1000, r["t"]) for r in trainer if r["type"] == "regroup"]
+    pulls = [(r.t - (r.get("seconds") or 0.0), r.t) for r in trainer if r.kind is Kind.PULLED]
+    regroups = [(r.t - r["pause_ms"] / 1000, r.t) for r in trainer if r.kind is Kind.REGROUP]
     moments = {"mid_transfer": 0, "mid_regroup": 0, "mid_step": 0}
     for inj in injected:
         if inj.event.event not in KILLS:
@@ -92,8 +94,8 @@ def run_round(seed: int, workdir: Path) -> dict[str, Any]:
                     deadline_s=DEADLINE_S, stall_limit_s=STALL_LIMIT_S)  # fmt: skip
     job = LocalJob(cfg)
     wall = asyncio.run(job.run())
-    sidecar = read_jsonl(sorted((cfg.out / "sidecars").glob("*.events.jsonl")))
-    trainer = read_jsonl(sorted((cfg.out / "logs").glob("*.trainer.jsonl")))
+    sidecar = eventlog.read(sorted((cfg.out / "sidecars").glob("*.events.jsonl")))
+    trainer = eventlog.read(sorted((cfg.out / "logs").glob("*.trainer.jsonl")))
     summary = summarize(cfg, job.injected, sidecar, trainer, wall)
     return {
         "seed": seed,

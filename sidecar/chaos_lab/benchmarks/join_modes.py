@@ -31,24 +31,25 @@ from pathlib import Path
 from typing import Any
 
 from chaos_lab.churn import ChurnEvent
-from chaos_lab.jobreport import read_jsonl, summarize
+from chaos_lab.jobreport import summarize
 from chaos_lab.localjob import JobConfig, LocalJob
+from chaos_sidecar import eventlog
 from chaos_sidecar.cliutil import positive_int
 from chaos_sidecar.errors import InputError
+from chaos_sidecar.eventlog import Kind, Record
 
 FOUNDING = 3
 MODES = ("blocking", "overlap")
 FALLBACKS = {
-    "overlap_declined",
-    "posted_group_skipped",
-    "collective_failed",
-    "rendezvous_failed",
-    "reconcile_failed",
-    "write_failed",
+    Kind.OVERLAP_DECLINED,
+    Kind.POSTED_GROUP_SKIPPED,
+    Kind.COLLECTIVE_FAILED,
+    Kind.RENDEZVOUS_FAILED,
+    Kind.RECONCILE_FAILED,
+    Kind.WRITE_FAILED,
 }
 USUAL_STEPS = 40  # a group's usual step: the mean of this many once it settled
 FEWEST_USUAL = 10  # fewer settled steps before the group changes again: no usual step
-Record = dict[str, Any]
 
 
 def member_costs(trainer: list[Record], joiner: str) -> dict[str, dict[str, float | None]]:
@@ -56,24 +57,20 @@ def member_costs(trainer: list[Record], joiner: str) -> dict[str, dict[str, floa
     first step's extra all-reduce wait), the switch's wall-clock excess over a usual step,
     and the overlap step time. A member whose new group changed again before it took
     FEWEST_USUAL settled steps has no usual step: its costs that need one are None."""
-    regroups = [
-        r for r in trainer if r["type"] == "regroup" and joiner in r["members"] and r["node"] != joiner
-    ]
+    regroups = [r for r in trainer if r.kind is Kind.REGROUP and joiner in r["members"] and r.node != joiner]
     first_epoch = min((r["epoch"] for r in regroups), default=None)
     costs: dict[str, dict[str, float | None]] = {}
     for regroup in (r for r in regroups if r["epoch"] == first_epoch):
-        node = regroup["node"]
-        mine = [r for r in trainer if r["node"] == node]
-        steps = [r for r in mine if r["type"] == "step"]
-        starts = [r for r in mine if r["type"] == "overlap_start" and r["epoch"] == first_epoch]
-        waits = [r["wait_ms"] for r in mine if r["type"] == "capture_wait" and r["epoch"] == first_epoch]
-        began = starts[0]["t"] if starts else regroup["t"]
-        first = next((r for r in steps if r["t"] > regroup["t"]), None)
+        node = regroup.node
+        mine = [r for r in trainer if r.node == node]
+        steps = [r for r in mine if r.kind is Kind.STEP]
+        starts = [r for r in mine if r.kind is Kind.OVERLAP_START and r["epoch"] == first_epoch]
+        waits = [r["wait_ms"] for r in mine if r.kind is Kind.CAPTURE_WAIT and r["epoch"] == first_epoch]
+        began = starts[0].t if starts else regroup.t
+        first = next((r for r in steps if r.t > regroup.t), None)
         settled = _settled_steps(trainer, mine, steps, joiner, regroup, first)
-        before = [r for r in steps if r["t"] < began][-USUAL_STEPS:]
-        overlap_gaps = [
-            b["t"] - a["t"] for a, b in itertools.pairwise(r for r in steps if began < r["t"] < regroup["t"])
-        ]
+        before = [r for r in steps if r.t < began][-USUAL_STEPS:]
+        overlap_gaps = [b.t - a.t for a, b in itertools.pairwise(r for r in steps if began < r.t < regroup.t)]
         pauses = regroup["pause_ms"] + sum(s["pause_ms"] for s in starts) + sum(waits)
         extra_wait = _first_wait_extra(first, settled)
         extra_before = _first_wait_extra(first, before)
@@ -83,7 +80,7 @@ def member_costs(trainer: list[Record], joiner: str) -> dict[str, dict[str, floa
         if first is None or usual is None:
             switch = 0.0 if first is None else None
         else:
-            switch = (first["t"] - regroup["t"]) * 1000 - usual
+            switch = (first.t - regroup.t) * 1000 - usual
         costs[node] = {
             "pause_ms": pauses,
             "first_wait_extra_ms": extra_wait,
@@ -103,11 +100,11 @@ def _settled_steps(
     """A member's steps in the joined group once the joiner is in, up to the next change."""
     if first is None:
         return []
-    entered = next((r["t"] for r in trainer if r["node"] == joiner and r["type"] == "entered"
-                    and r["t"] > regroup["t"]), first["t"])  # fmt: skip
-    changes = [r["t"] for r in mine if r["type"] in ("overlap_start", "regroup") and r["t"] > regroup["t"]]
+    entered = next((r.t for r in trainer if r.node == joiner and r.kind is Kind.ENTERED
+                    and r.t > regroup.t), first.t)  # fmt: skip
+    changes = [r.t for r in mine if r.kind in (Kind.OVERLAP_START, Kind.REGROUP) and r.t > regroup.t]
     end = min(changes, default=math.inf)
-    after = [r for r in steps if max(entered, first["t"]) < r["t"] < end]
+    after = [r for r in steps if max(entered, first.t) < r.t < end]
     return after[:USUAL_STEPS] if len(after) >= FEWEST_USUAL else []
 
 
@@ -122,7 +119,7 @@ def _first_wait_extra(first: Record | None, usual: list[Record]) -> float | None
 def _mean_gap_ms(steps: list[Record]) -> float | None:
     if len(steps) < 2:
         return None
-    return statistics.fmean(b["t"] - a["t"] for a, b in itertools.pairwise(steps)) * 1000
+    return statistics.fmean(b.t - a.t for a, b in itertools.pairwise(steps)) * 1000
 
 
 def run_mode(mode: str, steps: int, workdir: Path, hidden: int | None = None) -> dict[str, Any]:
@@ -134,8 +131,8 @@ def run_mode(mode: str, steps: int, workdir: Path, hidden: int | None = None) ->
                     join_mode=mode, digest_every=0, hidden=hidden)  # fmt: skip
     job = LocalJob(cfg)
     wall = asyncio.run(job.run())
-    sidecar = read_jsonl(sorted((cfg.out / "sidecars").glob("*.events.jsonl")))
-    trainer = read_jsonl(sorted((cfg.out / "logs").glob("*.trainer.jsonl")))
+    sidecar = eventlog.read(sorted((cfg.out / "sidecars").glob("*.events.jsonl")))
+    trainer = eventlog.read(sorted((cfg.out / "logs").glob("*.trainer.jsonl")))
     summary = summarize(cfg, job.injected, sidecar, trainer, wall)
     joins = [join_row(event, member_costs(trainer, event.node), trainer) for event in churn]
 
@@ -156,7 +153,7 @@ def run_mode(mode: str, steps: int, workdir: Path, hidden: int | None = None) ->
     }
 
 
-def join_row(event: ChurnEvent, costs: dict[str, dict[str, float]], trainer: list[dict]) -> dict[str, Any]:
+def join_row(event: ChurnEvent, costs: dict[str, dict[str, float]], trainer: list[Record]) -> dict[str, Any]:
     def column(key: str) -> list[float]:
         return [c[key] for c in costs.values() if c[key] is not None]
 
@@ -175,9 +172,9 @@ def join_row(event: ChurnEvent, costs: dict[str, dict[str, float]], trainer: lis
         "switch_extra_ms_mean": rounded(column("switch_extra_ms"), statistics.fmean),
         "usual_step_ms": rounded(column("usual_step_ms"), statistics.median),
         "overlap_step_ms": rounded(column("overlap_step_ms"), statistics.median),
-        "entered_by_replay": any(r["type"] == "entered" and r["node"] == event.node for r in trainer),
+        "entered_by_replay": any(r.kind is Kind.ENTERED and r.node == event.node for r in trainer),
         # why an overlap joiner pulled the state instead, if it did
-        "joiner_events": sorted({r["type"] for r in trainer if r["node"] == event.node} & FALLBACKS),
+        "joiner_events": sorted({r.kind for r in trainer if r.node == event.node} & FALLBACKS),
     }
 
 

@@ -28,20 +28,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import statistics
 import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 from chaos_lab.churn import CHAOS_KINDS, random_churn
-from chaos_lab.jobreport import read_jsonl, summarize
+from chaos_lab.jobreport import summarize
 from chaos_lab.localjob import JobConfig, JobStalled, LocalJob
+from chaos_lab.sampling import Sampler, resources
+from chaos_sidecar import eventlog
 from chaos_sidecar.cliutil import positive_int
+from chaos_sidecar.eventlog import Kind
 
 HIDDEN = 256
 SAMPLE_S = 1.0
@@ -50,52 +51,32 @@ STALL_LIMIT_S = 120.0
 # below this many events a slope is the noise of connections opened and closed as the group's
 # size changes (a sidecar holds one per peer): the slopes are reported, not judged
 LEAK_MIN_EVENTS = 100
-PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def _proc(pid: int) -> dict[str, float] | None:
-    try:
-        rss_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-        threads = len(os.listdir(f"/proc/{pid}/task"))
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except (OSError, ValueError, IndexError):
-        return None
-    return {"rss_mib": rss_pages * PAGE / 2**20, "fds": fds, "threads": threads}
-
-
-class ResourceSampler:
+class ResourceSampler(Sampler):
     """Samples every sidecar and trainer of ``job`` each second, with the events injected so far."""
 
     def __init__(self, job: LocalJob) -> None:
+        super().__init__(SAMPLE_S, "resources")
         self.job = job
         self.series: dict[str, list[dict[str, float]]] = defaultdict(list)  # "n0 trainer" -> samples
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="resources", daemon=True)
+        self._started = time.monotonic()
 
-    def __enter__(self) -> ResourceSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        started = time.monotonic()
-        while not self._stop.wait(SAMPLE_S):
-            events = len(self.job.injected)
-            processes = {f"{n} trainer": p for n, p in list(self.job.trainers.items())}
-            cluster = getattr(self.job, "cluster", None)
-            if cluster is not None:
-                processes |= {f"{n} sidecar": node.process for n, node in list(cluster.nodes.items())}
-            for name, process in processes.items():
-                if process.poll() is not None:
-                    continue
-                sample = _proc(process.pid)
-                if sample is not None:
-                    self.series[name].append(
-                        {"t": round(time.monotonic() - started, 1), "events": events, **sample}
-                    )
+    def sample(self) -> bool:
+        events = len(self.job.injected)
+        processes = {f"{n} trainer": p for n, p in list(self.job.trainers.items())}
+        cluster = getattr(self.job, "cluster", None)
+        if cluster is not None:
+            processes |= {f"{n} sidecar": node.process for n, node in list(cluster.nodes.items())}
+        for name, process in processes.items():
+            if process.poll() is not None:
+                continue
+            sample = resources(process.pid)
+            if sample is not None:
+                self.series[name].append(
+                    {"t": round(time.monotonic() - self._started, 1), "events": events, **sample}
+                )
+        return True
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -130,8 +111,8 @@ def run_job(cfg: JobConfig) -> tuple[LocalJob, ResourceSampler, dict[str, Any]]:
     job = LocalJob(cfg)
     with ResourceSampler(job) as sampler:
         wall = asyncio.run(job.run())
-    sidecar = read_jsonl(sorted((cfg.out / "sidecars").glob("*.events.jsonl")))
-    trainer = read_jsonl(job.trainer_logs())
+    sidecar = eventlog.read(sorted((cfg.out / "sidecars").glob("*.events.jsonl")))
+    trainer = eventlog.read(job.trainer_logs())
     return job, sampler, summarize(cfg, job.injected, sidecar, trainer, wall) | {"_trainer": trainer}
 
 
@@ -173,7 +154,7 @@ def measure(args: argparse.Namespace, workdir: Path, say) -> dict[str, Any]:
     if not resources:
         failed.append("no process lived through the whole run: no resource curve")
     failed += leaks
-    regroups = sum(1 for r in trainer if r["type"] == "regroup")
+    regroups = sum(1 for r in trainer if r.kind is Kind.REGROUP)
     result |= {
         "ok": not failed,
         "failed": failed,
@@ -197,7 +178,9 @@ def measure(args: argparse.Namespace, workdir: Path, say) -> dict[str, Any]:
         "resources": resources,
         "_series": dict(sampler.series),
         "_losses": {
-            "failure_free": _losses(read_jsonl(sorted((workdir / "calm" / "logs").glob("*.trainer.jsonl")))),
+            "failure_free": _losses(
+                eventlog.read(sorted((workdir / "calm" / "logs").glob("*.trainer.jsonl")))
+            ),
             "with_failures": _losses(trainer),
         },
         "_event_steps": [(i.step, i.event.event) for i in job.injected],
@@ -206,7 +189,7 @@ def measure(args: argparse.Namespace, workdir: Path, say) -> dict[str, Any]:
 
 
 def _losses(trainer: list[dict[str, Any]]) -> list[tuple[int, float]]:
-    by_step = {r["step"]: r["loss"] for r in trainer if r["type"] == "step"}
+    by_step = {r["step"]: r["loss"] for r in trainer if r.kind is Kind.STEP}
     return sorted(by_step.items())
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.cliutil import positive_float, positive_int
+from chaos_sidecar.eventlog import Kind
 from chaos_sidecar.membership.machine import Settings
 
 
@@ -42,9 +43,9 @@ async def measure(nodes: int, duration_s: float, workdir: Path) -> dict[str, Any
                 b.kill()
                 b.wait()
         after = await cluster.views()
-        records = [r for r in cluster.read_logs() if r["t"] >= started]
-    lost = [r for r in records if r["type"] == "observed" and r["change"][0] == "lost"]
-    changes = [r for r in records if r["type"] == "installed"]
+        records = [r for r in cluster.read_logs() if r.t >= started]
+    lost = [r for r in records if r.kind is Kind.OBSERVED and r["change"][0] == "lost"]
+    changes = [r for r in records if r.kind is Kind.INSTALLED]
     traffic = {
         n: round((after[n]["traffic"]["sent_bytes"] - before[n]["traffic"]["sent_bytes"]) / duration_s)
         for n in sorted(members)

@@ -40,16 +40,19 @@ from typing import Any
 
 import aiohttp
 
+from chaos_lab.baselines import single_source
 from chaos_lab.localcluster import LocalCluster
 from chaos_lab.localjob import JobConfig, LocalJob
+from chaos_sidecar import eventlog
 from chaos_sidecar.cliutil import positive_float, positive_int
 from chaos_sidecar.errors import InputError
-from chaos_sidecar.transfer.puller import Puller, SourceSpec
+from chaos_sidecar.eventlog import Kind, Record
+from chaos_sidecar.planning.model import Source
+from chaos_sidecar.transfer.puller import Puller
 
 METHODS = ("chaos", "chaos-overlap", "equal-split", "single-source", "checkpoint-restart")
 LINK_PRESETS = {"equal": None, "skewed": [40.0, 20.0, 10.0, 10.0]}
-POLICY = {"chaos": "planned", "chaos-overlap": "planned", "equal-split": "equal-split",
-          "single-source": "single-source"}  # fmt: skip
+SPLIT = {"equal-split": "equal-split", "single-source": "single-source"}  # else: the planner
 WARMUP_STEPS = 3
 FEATURES, CLASSES = 64, 10  # the built-in model's input and output widths (examples/train/mlp.py)
 BIG_STEPS = 10**6  # trainers run until the harness stops them
@@ -69,14 +72,8 @@ def state_bytes(hidden: int) -> int:
     return 8 * params
 
 
-def read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-
-
-def first(records: list[dict[str, Any]], kind: str, after: float = 0.0) -> dict[str, Any] | None:
-    return next((r for r in records if r["type"] == kind and r["t"] >= after), None)
+def first(records: list[Record], kind: Kind, after: float = 0.0) -> Record | None:
+    return next((r for r in records if r.kind is kind and r.t >= after), None)
 
 
 def stop(processes) -> None:
@@ -103,7 +100,7 @@ async def run_elastic(method: str, rates: list[float], hidden: int, workdir: Pat
     config = JobConfig(
         nodes=len(rates), steps=BIG_STEPS, churn=[], out=workdir / method, live=False, digest_every=0,
         join_mode="overlap" if method == "chaos-overlap" else "blocking", hidden=hidden,
-        transfer_policy=POLICY[method], upload_limits_mbps=dict(zip(names, rates, strict=True)),
+        transfer_split=SPLIT.get(method), upload_limits_mbps=dict(zip(names, rates, strict=True)),
     )  # fmt: skip
     job = LocalJob(config)
     try:
@@ -127,37 +124,35 @@ async def run_elastic(method: str, rates: list[float], hidden: int, workdir: Pat
             def joined() -> bool:
                 if job.trainers["joiner"].poll() is not None:
                     raise RuntimeError(f"the joiner exited; see {config.out}/logs")
-                return first(read_log(joiner_log), "step") is not None
+                return first(eventlog.read([joiner_log]), Kind.STEP) is not None
 
             await until(joined, DEADLINE_S, "the joiner's first step")
     finally:
         stop(job.trainers.values())
-    joiner = read_log(joiner_log)
-    requested = first(joiner, "join_requested")
-    step = first(joiner, "step")
-    regroup = first(joiner, "regroup")
-    pulled = first(joiner, "pulled")
+    joiner = eventlog.read([joiner_log])
+    requested = first(joiner, Kind.JOIN_REQUESTED)
+    step = first(joiner, Kind.STEP)
+    regroup = first(joiner, Kind.REGROUP)
+    pulled = first(joiner, Kind.PULLED)
     assert requested and step and regroup and pulled, "joiner log incomplete"
     idle = []
     saves = []
     arrivals = []  # when each member reached the step boundary after the join was agreed
     for node in names:
-        records = read_log(job.trainer_log(node))
-        joined = [r for r in records if r["type"] == "regroup" and r["epoch"] == regroup["epoch"]]
+        records = eventlog.read([job.trainer_log(node)])
+        joined = [r for r in records if r.kind is Kind.REGROUP and r["epoch"] == regroup["epoch"]]
         saves += [r.get("save_ms", 0.0) / 1000 for r in joined]
-        arrivals += [r["t"] - r["pause_ms"] / 1000 for r in joined]
-        pauses = [
-            r for r in records if r["type"] in ("regroup", "overlap_start") and r["t"] >= requested["t"]
-        ]
+        arrivals += [r.t - r["pause_ms"] / 1000 for r in joined]
+        pauses = [r for r in records if r.kind in (Kind.REGROUP, Kind.OVERLAP_START) and r.t >= requested.t]
         idle.append(sum(r["pause_ms"] for r in pauses) / 1000)
-    boundary = max(arrivals, default=regroup["t"] - regroup["pause_ms"] / 1000)
-    grouped = regroup["t"] - regroup["pause_ms"] / 1000 + regroup["group_ms"] / 1000
+    boundary = max(arrivals, default=regroup.t - regroup["pause_ms"] / 1000)
+    grouped = regroup.t - regroup["pause_ms"] / 1000 + regroup["group_ms"] / 1000
     return {
-        "delay_s": step["t"] - requested["t"],
+        "delay_s": step.t - requested.t,
         "idle_s": sum(idle) / len(idle),
         "bytes": pulled["bytes"],
         "breakdown_s": {
-            "agree_and_reach_step_boundary": boundary - requested["t"],
+            "agree_and_reach_step_boundary": boundary - requested.t,
             "transfer": pulled["seconds"],
             "process_group": grouped - boundary,
             "snapshot_save": max(saves, default=0.0),
@@ -167,7 +162,7 @@ async def run_elastic(method: str, rates: list[float], hidden: int, workdir: Pat
             - max(saves, default=0.0)
             - pulled["call_s"]
             - pulled["load_s"],
-            "first_step": step["t"] - regroup["t"],
+            "first_step": step.t - regroup.t,
         },
         "bytes_per_source": pulled["per_source"],
     }
@@ -207,7 +202,9 @@ async def run_checkpoint_restart(rates: list[float], hidden: int, workdir: Path)
     async with LocalCluster(workdir / "links") as links:
         try:
             await until(
-                lambda: sum(r["type"] == "step" for r in read_log(workdir / "n0.jsonl")) >= WARMUP_STEPS,
+                lambda: (
+                    sum(r.kind is Kind.STEP for r in eventlog.read([workdir / "n0.jsonl"])) >= WARMUP_STEPS
+                ),
                 300,
                 "the members to warm up",
             )
@@ -225,14 +222,15 @@ async def run_checkpoint_restart(rates: list[float], hidden: int, workdir: Path)
             stopped = time.time()
             async with aiohttp.ClientSession() as session:
                 # storage stands for a remote object store: it receives over n0's link ...
-                write = Puller(session, links.secret, "storage", workdir / "storage", "checkpoint")
-                await write.pull([SourceSpec("n0", writer.url, 1.0)], policy="single-source")
+                write = Puller(session, links.secret, "storage", workdir / "storage", "checkpoint",
+                               split=single_source)  # fmt: skip
+                await write.pull([Source("n0", 1.0)], {"n0": writer.url})
                 written = time.time()
                 # ... and the joiner reads over storage's link; members read their local copy
                 joiner_dir = workdir / "checkpoints" / "joiner"
                 joiner_dir.mkdir(parents=True)
-                read = Puller(session, links.secret, "joiner", joiner_dir, "checkpoint")
-                result = await read.pull([SourceSpec("storage", storage.url, 1.0)], policy="single-source")
+                read = Puller(session, links.secret, "joiner", joiner_dir, "checkpoint", split=single_source)
+                result = await read.pull([Source("storage", 1.0)], {"storage": storage.url})
                 read_done = time.time()
             for node in names[1:]:
                 shutil.copytree(
@@ -247,17 +245,17 @@ async def run_checkpoint_restart(rates: list[float], hidden: int, workdir: Path)
             def joined() -> bool:
                 if any(p.poll() not in (None, 0) for p in processes):
                     raise RuntimeError(f"a restarted worker failed; see {workdir}")
-                return first(read_log(joiner_log), "step") is not None
+                return first(eventlog.read([joiner_log]), Kind.STEP) is not None
 
             await until(joined, DEADLINE_S, "the joiner's first step")
         finally:
             stop(processes)
-    joiner = read_log(joiner_log)
-    step = first(joiner, "step")
-    loaded = first(joiner, "loaded")
-    ready = first(joiner, "group_ready")
+    joiner = eventlog.read([joiner_log])
+    step = first(joiner, Kind.STEP)
+    loaded = first(joiner, Kind.LOADED)
+    ready = first(joiner, Kind.GROUP_READY)
     assert step and loaded and ready
-    delay = step["t"] - requested
+    delay = step.t - requested
     total = result.manifest.total_bytes
     return {
         "delay_s": delay,
@@ -267,9 +265,9 @@ async def run_checkpoint_restart(rates: list[float], hidden: int, workdir: Path)
             "stop_and_save": stopped - requested,
             "write_to_storage": written - stopped,
             "read_from_storage": read_done - written,
-            "restart_and_load": loaded["t"] - read_done,
-            "rendezvous": ready["t"] - loaded["t"],
-            "first_step": step["t"] - ready["t"],
+            "restart_and_load": loaded.t - read_done,
+            "rendezvous": ready.t - loaded.t,
+            "first_step": step.t - ready.t,
         },
     }
 

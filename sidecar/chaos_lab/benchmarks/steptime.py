@@ -19,29 +19,28 @@ import argparse
 import asyncio
 import bisect
 import itertools
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chaos_lab.jobreport import read_jsonl
 from chaos_lab.localjob import JobConfig, LocalJob
+from chaos_lab.sampling import Sampler, children_cpu_s
+from chaos_sidecar import eventlog
 from chaos_sidecar.cliutil import positive_int
+from chaos_sidecar.eventlog import Kind
 
 WARMUP = 20
 SAMPLE_S = 0.5  # how often the CPU sampler reads /proc
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 KINDS = {"examples/train/": "trainer", "chaos_lab.plain_worker": "trainer", "chaos_sidecar.cli": "sidecar"}
 
 
 def _step_stamps(path: Path) -> list[float]:
-    return [r["t"] for r in read_jsonl([path]) if r["type"] == "step"]
+    return [r.t for r in eventlog.read([path]) if r.kind is Kind.STEP]
 
 
 def _step_ms(path: Path, stamps: list[float]) -> float:
@@ -52,51 +51,24 @@ def _step_ms(path: Path, stamps: list[float]) -> float:
 
 
 def _children_cpu_s() -> dict[str, float] | None:
-    """CPU seconds (user + system) of this process's live children by kind, and of this
-    process itself ("harness": it runs the local job); None without /proc."""
-    me = os.getpid()
-    try:
-        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return None
-    totals: dict[str, float] = {}
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            if pid != me and int(fields[1]) != me:  # fields[1]: the parent's pid
-                continue
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except (OSError, IndexError, ValueError):
-            continue  # exited meanwhile
-        kind = "harness" if pid == me else next((k for m, k in KINDS.items() if m in cmdline), "other")
-        totals[kind] = totals.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return totals
+    return children_cpu_s(KINDS)
 
 
-class CpuSampler:
+class CpuSampler(Sampler):
     """Samples children's CPU in a thread while one run trains (wall time, CPU by kind); the
     result is CPU ms per training step by kind, between step WARMUP and the last sample, with
     the steps counted afterwards from rank 0's step stamps."""
 
     def __init__(self) -> None:
+        super().__init__(SAMPLE_S, "cpu-sampler")
         self._samples: list[tuple[float, dict[str, float]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
 
-    def __enter__(self) -> CpuSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(SAMPLE_S):
-            cpu = _children_cpu_s()
-            if cpu is None:
-                return
-            self._samples.append((time.time(), cpu))  # the trainers' logs stamp with time.time()
+    def sample(self) -> bool:
+        cpu = _children_cpu_s()
+        if cpu is None:
+            return False
+        self._samples.append((time.time(), cpu))  # the trainers' logs stamp with time.time()
+        return True
 
     def per_step_ms(self, stamps: list[float]) -> dict[str, float] | None:
         """``stamps``: rank 0's step times, in order."""

@@ -25,7 +25,8 @@ from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.cliutil import positive_int
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.monitor.probe import probe_bandwidth
-from chaos_sidecar.transfer.puller import Puller, SourceSpec
+from chaos_sidecar.planning.model import Source
+from chaos_sidecar.transfer.puller import Puller
 from chaos_sidecar.transfer.snapshot import data_path, file_digest, manifest_path, write_snapshot
 
 BASE_SHARD_BYTES = 1024 * 1024
@@ -57,10 +58,11 @@ async def start_sources(
     count: int,
     rates_mbps: list[float] | None = None,
     corrupt: frozenset[str] = frozenset(),
-) -> list[SourceSpec]:
+) -> dict[str, str]:
     """Start ``count`` sidecars serving snapshot ``name`` from ``origin`` (hard links; a
-    source in ``corrupt`` gets a copy with every byte flipped but the true manifest)."""
-    specs = []
+    source in ``corrupt`` gets a copy with every byte flipped but the true manifest): their
+    URLs by id."""
+    urls = {}
     for i in range(count):
         sid = f"s{i}"
         directory = workdir / sid
@@ -75,8 +77,8 @@ async def start_sources(
         if rates_mbps:
             extra += ["--upload-limit-mbps", str(rates_mbps[i])]
         node = await cluster.start(sid, seed=True, extra=extra)
-        specs.append(SourceSpec(sid, node.url, bandwidth_Bps=1.0))
-    return specs
+        urls[sid] = node.url
+    return urls
 
 
 async def measure(
@@ -86,17 +88,17 @@ async def measure(
     origin = workdir / "origin"
     make_state(origin, name, state_mb)
     async with LocalCluster(workdir / "cluster") as cluster:
-        specs = await start_sources(cluster, workdir, origin, name, sources, rates_mbps)
+        urls = await start_sources(cluster, workdir, origin, name, sources, rates_mbps)
         async with aiohttp.ClientSession() as session:
             probes = await asyncio.gather(
-                *(probe_bandwidth(session, s.url, cluster.secret, "joiner") for s in specs)
+                *(probe_bandwidth(session, url, cluster.secret, "joiner") for url in urls.values())
             )
-            for spec, (bps, rtt) in zip(specs, probes, strict=True):
-                spec.bandwidth_Bps = bps
-                spec.overhead_s = max(rtt, 0.0005)
+            estimated = [
+                Source(sid, bps, max(rtt, 0.0005)) for sid, (bps, rtt) in zip(urls, probes, strict=True)
+            ]
             joiner_dir = workdir / "joiner"
             killed: list[str] = []
-            victim = max(specs, key=lambda s: s.bandwidth_Bps).id
+            victim = max(estimated, key=lambda s: s.bandwidth_Bps).id
 
             def progress(done: int, total: int) -> None:
                 if kill_one and not killed and done >= total / 3:
@@ -105,7 +107,7 @@ async def measure(
 
             puller = Puller(session, cluster.secret, "joiner", joiner_dir, name, progress=progress)
             started = time.monotonic()
-            result = await puller.pull(specs)
+            result = await puller.pull(estimated, urls)
             delay = time.monotonic() - started
     total = result.manifest.total_bytes
     source_rate = sum(r * 1e6 for r in rates_mbps) if rates_mbps else None
@@ -122,13 +124,13 @@ async def measure(
         "throughput_MBps": round(total / delay / 1e6, 1),
         "verified": verified,
         "killed": killed,
-        "probed_MBps": {s.id: round(s.bandwidth_Bps / 1e6, 2) for s in specs},
+        "probed_MBps": {s.id: round(s.bandwidth_Bps / 1e6, 2) for s in estimated},
         "probe_error": (
             None
             if not rates_mbps
             else {
                 s.id: round(abs(s.bandwidth_Bps / (r * 1e6) - 1), 3)
-                for s, r in zip(specs, rates_mbps, strict=True)
+                for s, r in zip(estimated, rates_mbps, strict=True)
             }
         ),
         "per_source": [

@@ -12,8 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from chaos_sidecar import eventlog
 from chaos_sidecar.cliutil import Subparsers, positive_int
 from chaos_sidecar.errors import InputError
+from chaos_sidecar.eventlog import Kind
 
 RANDOM_CUT_STEPS = 10  # --hosts netns: a random script's unrestored cut heals after this many steps
 STALL_LIMIT_S = 120.0  # no step for this long: the run ends, saying where each node was stuck
@@ -70,7 +72,6 @@ def register(subparsers: Subparsers) -> None:
 
 def _train_alone(job, out: Path) -> dict:
     """The same script and steps as one plain process with no sidecar (the SDK trains alone)."""
-    from chaos_lab.jobreport import read_jsonl
     from chaos_sidecar import trainer_env
 
     log = out / "alone.trainer.jsonl"
@@ -84,7 +85,7 @@ def _train_alone(job, out: Path) -> dict:
                               timeout=ALONE_DEADLINE_S, check=False)  # fmt: skip
     except subprocess.TimeoutExpired:
         return {"error": f"did not finish within {ALONE_DEADLINE_S:.0f} s"}
-    steps = [r for r in read_jsonl([log]) if r["type"] == "step"]
+    steps = [r for r in eventlog.read([log]) if r.kind is Kind.STEP]
     return {"exit": done.returncode, "steps": len(steps), "final_loss": steps[-1]["loss"] if steps else None}
 
 
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     # the harness (aiohttp, yaml) is loaded when the job runs, not whenever the CLI parses
     from chaos_lab import netns
     from chaos_lab.churn import default_churn, heal_cuts, load_churn
-    from chaos_lab.jobreport import plot, read_jsonl, summarize, timeline_lines
+    from chaos_lab.jobreport import plot, summarize, timeline_lines
     from chaos_lab.links import parse_links
     from chaos_lab.localjob import JobConfig, JobStalled, LocalJob
 
@@ -140,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
         for node, state in exc.nodes.items():
             print(f"  {node}: {json.dumps(state)}", file=sys.stderr)
         return 1
-    sidecar = read_jsonl(job.sidecar_logs())
-    trainer = read_jsonl(job.trainer_logs())
+    sidecar = eventlog.read(job.sidecar_logs())
+    trainer = eventlog.read(job.trainer_logs())
     summary = summarize(cfg, job.injected, sidecar, trainer, wall)
     summary["stragglers"] = job.stragglers
     summary["hosts"] = args.hosts
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     with (out / "events.jsonl").open("w") as f:
         for row in summary["events"]:
             f.write(json.dumps(row) + "\n")
-    t0 = min((r["t"] for r in trainer), default=0.0)
+    t0 = min((r.t for r in trainer), default=0.0)
     summary["_event_times"] = [i.t for i in job.injected]
     plot(out / "timeline.png", summary, sidecar, trainer, t0)
     del summary["_event_times"]

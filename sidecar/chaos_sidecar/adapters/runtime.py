@@ -16,40 +16,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import math
 import time
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from chaos_sidecar.adapters.peer_stream import PeerLinks
 from chaos_sidecar.adapters.state_store import StateStore
 from chaos_sidecar.errors import ProtocolError
+from chaos_sidecar.eventlog import EventLog, Kind
 from chaos_sidecar.membership import machine as sm
 from chaos_sidecar.metrics import SidecarMetrics
 from chaos_sidecar.protocol.messages import Message, Relay, decode, encode
 from chaos_sidecar.security import Verifier, check_relay_seal, relay_seal
 
 MAX_SLEEP_S = 5.0  # a standby node, due never, still looks at its state now and then
-
-
-class EventLog:
-    """Append-only JSONL of what this node observed, decided and installed (wall clock)."""
-
-    def __init__(self, path: Path | None, node: str) -> None:
-        self._file = path.open("a", buffering=1) if path else None
-        self.node = node
-
-    def write(self, kind: str, **fields: Any) -> None:
-        if self._file is not None:
-            record = {"t": time.time(), "node": self.node, "type": kind, **fields}
-            self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
 
 
 class MembershipRuntime:
@@ -128,7 +110,7 @@ class MembershipRuntime:
             self.store.save(saved)
         except OSError as exc:
             self.on_reject("persist_failed")
-            self.log.write("error", where="persist", path=str(self.store.path), error=str(exc))
+            self.log.write(Kind.ERROR, where="persist", path=str(self.store.path), error=str(exc))
             return False
         return True
 
@@ -156,7 +138,7 @@ class MembershipRuntime:
                 await self.apply(sm.Tick())
             except Exception:  # a bug must not silence the heartbeats: report it, keep ticking
                 traceback.print_exc()
-                self.log.write("error", where="tick")
+                self.log.write(Kind.ERROR, where="tick")
                 await asyncio.sleep(self.state.settings.retry_interval)
 
     # --- outputs ----------------------------------------------------------------------------
@@ -176,7 +158,7 @@ class MembershipRuntime:
                             time.monotonic() - self._proposed.pop(view.epoch)
                         )
                     self.log.write(
-                        "installed",
+                        Kind.INSTALLED,
                         epoch=view.epoch,
                         members=list(view.members),
                         coordinator=view.coordinator,
@@ -188,13 +170,13 @@ class MembershipRuntime:
                     for change in changes:
                         self.metrics.events.labels(change[0]).inc()
                     self.log.write(
-                        "decided",
+                        Kind.DECIDED,
                         epoch=view.epoch,
                         members=list(view.members),
                         changes=[list(c) for c in changes],
                     )
                 case sm.Observed(change):
-                    self.log.write("observed", change=list(change))
+                    self.log.write(Kind.OBSERVED, change=list(change))
                 case sm.TopologyChanged(version, links):
                     if (
                         version[1]
@@ -202,7 +184,7 @@ class MembershipRuntime:
                         and self.state.node_id == self.state.view.coordinator
                     ):
                         self.metrics.events.labels("topology").inc()
-                    self.log.write("topology", version=list(version), down=[list(x) for x in links])
+                    self.log.write(Kind.TOPOLOGY, version=list(version), down=[list(x) for x in links])
                     notify = True
                 case sm.Rejected(reason):
                     self.on_reject(reason)
@@ -212,8 +194,9 @@ class MembershipRuntime:
                     if not reachable:
                         self.metrics.majority_lost.inc()
                     view = self.state.view
-                    self.log.write("no_majority_over" if reachable else "no_majority", reaches=list(reaches),
-                                   needed=needed, members=len(view.members) if view else 0)  # fmt: skip
+                    kind = Kind.NO_MAJORITY_OVER if reachable else Kind.NO_MAJORITY
+                    self.log.write(kind, reaches=list(reaches), needed=needed,
+                                   members=len(view.members) if view else 0)  # fmt: skip
                     notify = True
         if notify:
             async with self.changed:

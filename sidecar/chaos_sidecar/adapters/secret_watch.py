@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from chaos_sidecar.adapters.runtime import EventLog
 from chaos_sidecar.config import loose_permissions, read_secret_file
+from chaos_sidecar.eventlog import EventLog, Kind
 from chaos_sidecar.metrics import SidecarMetrics
 from chaos_sidecar.security import MIN_SECRET_BYTES, RotatingSecret
 
@@ -28,7 +28,7 @@ def warn_if_loose(path: Path, log: EventLog) -> str | None:
         return None
     if why is not None:
         print(f"chaos-train sidecar: warning: join secret file {why}", file=sys.stderr, flush=True)
-        log.write("secret_file_loose", detail=why)
+        log.write(Kind.SECRET_FILE_LOOSE, detail=why)
     return why
 
 
@@ -43,7 +43,7 @@ async def watch_secret(
             if version != "unreadable":  # once per episode, not every poll
                 version = "unreadable"
                 metrics.secret_rotations.labels("unreadable").inc()
-                log.write("secret_rotation", result="unreadable", error=exc.strerror)
+                log.write(Kind.SECRET_ROTATION, result="unreadable", error=exc.strerror)
         else:
             if current != version:
                 version = current
@@ -53,12 +53,12 @@ async def watch_secret(
                     fields = (
                         {"bytes": len(key), "min_bytes": MIN_SECRET_BYTES} if result != "accepted" else {}
                     )
-                    log.write("secret_rotation", result=result, **fields)
+                    log.write(Kind.SECRET_ROTATION, result=result, **fields)
                     if result == "refused_short":
                         print(f"chaos-train sidecar: warning: rotated join secret in {path} refused: "
                               f"{len(key)} bytes < {MIN_SECRET_BYTES}; the old one stays", file=sys.stderr,
                               flush=True)  # fmt: skip
         for happened in secret.tick(time.time_ns()):
             metrics.secret_rotations.labels(happened).inc()
-            log.write("secret_rotation", result=happened)
+            log.write(Kind.SECRET_ROTATION, result=happened)
         await asyncio.sleep(poll_s)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from chaos_sidecar.config import SidecarConfig
 from chaos_sidecar.errors import InputError
+from chaos_sidecar.eventlog import Kind
 from chaos_sidecar.membership import machine as sm
 from chaos_sidecar.membership.durable import MAX_STATE_BYTES, decode_state, encode_state
 from chaos_sidecar.membership.machine import Durable
@@ -89,11 +90,11 @@ def initial_state(
             )
     if saved is not None:
         state = sm.recover(saved, advertise, settings, time.monotonic())
-        log("recovered", epoch=state.epoch, status=state.status, incarnation=state.incarnation)
+        log(Kind.RECOVERED, epoch=state.epoch, status=state.status, incarnation=state.incarnation)
     else:
         incarnation = min(time.time_ns() // 1000, MAX_INCARNATION)  # later lives are larger
         if problem is not None:
-            log("state_lost", reason=problem, incarnation=incarnation)
+            log(Kind.STATE_LOST, reason=problem, incarnation=incarnation)
             print(
                 f"sidecar: durable state refused, rejoining as a new incarnation: {problem}", file=sys.stderr
             )
@@ -101,9 +102,8 @@ def initial_state(
             view = View(1, (config.node_id,), config.node_id, (advertise,), incarnations=(incarnation,))
             state = sm.initial_member(config.node_id, view, settings, time.monotonic())
         else:
-            state = sm.initial_joiner(config.node_id, advertise, config.contacts, settings, incarnation)
-            if config.defer_join:
-                state.status = sm.STANDBY
+            state = sm.initial_joiner(config.node_id, advertise, config.contacts, settings, incarnation,
+                                      standby=config.defer_join)  # fmt: skip
     if store is not None:
         try:
             store.save(sm.durable(state))

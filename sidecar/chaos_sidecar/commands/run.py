@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -17,15 +16,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from chaos_sidecar import trainer_env
 from chaos_sidecar.cliutil import Subparsers, non_negative_int, positive_int
+from chaos_sidecar.commands.sidecar import wait_ready
 from chaos_sidecar.config import parse_contacts
-from chaos_sidecar.errors import ChaosError, InputError
+from chaos_sidecar.errors import InputError
 
-SIDECAR_START_S = 30.0  # the sidecar must listen within this long
 SIDECAR_STOP_S = 10.0  # after the script ends: leave the group gracefully, then it is killed
 
 
@@ -113,14 +111,7 @@ def _run_with_sidecar(args: argparse.Namespace, command: list[str], scratch: Pat
     sidecar_cmd += ["--seed"] if args.new_group else ["--peers", args.peers, "--defer-join"]
     sidecar = subprocess.Popen(sidecar_cmd)
     try:
-        deadline = time.monotonic() + SIDECAR_START_S
-        while not ready.exists():
-            if sidecar.poll() is not None:
-                raise ChaosError(f"the sidecar exited with status {sidecar.returncode} before listening")
-            if time.monotonic() > deadline:
-                raise ChaosError(f"the sidecar did not listen within {SIDECAR_START_S:.0f} s")
-            time.sleep(0.05)
-        local_url = json.loads(ready.read_text())["local_url"]
+        local_url = wait_ready(ready, sidecar).local_url
         env = trainer_env.TrainerEnv(
             node_id=node,
             sidecar_url=local_url,

@@ -10,15 +10,51 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from chaos_sidecar.cliutil import Subparsers, non_negative_float, non_negative_int, positive_float
 from chaos_sidecar.config import SidecarConfig, check_tls_files, parse_contacts, rotating_secret, server_tls
-from chaos_sidecar.errors import InputError
+from chaos_sidecar.errors import ChaosError, InputError
 from chaos_sidecar.membership.machine import LEFT, RequestLeave, Settings
 
 LEAVE_TIMEOUT_S = 5.0
+START_S = 30.0  # a sidecar listens within this long of its start (it writes its ready file then)
+READY_POLL_S = 0.05
 LOCAL_OR_ANY = ("127.0.0.1", "localhost", "0.0.0.0")  # hosts whose port also serves loopback
+
+
+@dataclass(frozen=True)
+class Ready:
+    """What a sidecar writes to its ``--ready-file`` once it listens: its peer port and URL,
+    the URL of its trainer's local API and its process id."""
+
+    port: int
+    url: str
+    local_url: str
+    pid: int
+
+    def write(self, path: Path) -> None:
+        """Whole or not at all: a reader never sees half a file."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self)))
+        tmp.replace(path)
+
+
+def wait_ready(path: Path, process: subprocess.Popen, timeout_s: float = START_S) -> Ready:
+    """What the sidecar ``process`` wrote to its ready file ``path`` once it listens; raises
+    :class:`ChaosError` when it exits first or does not listen within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if process.poll() is not None:
+            raise ChaosError(f"the sidecar exited with status {process.returncode} before listening")
+        if time.monotonic() > deadline:
+            raise ChaosError(f"the sidecar did not listen within {timeout_s:.0f} s")
+        time.sleep(READY_POLL_S)
+    return Ready(**json.loads(path.read_text()))
 
 
 def register(subparsers: Subparsers) -> None:
@@ -57,7 +93,7 @@ def register(subparsers: Subparsers) -> None:
         default=600.0,
         help="the replaced key stays accepted this long after the new one signs",
     )
-    parser.add_argument("--ready-file", help="write {'port', 'url', 'pid'} here once listening")
+    parser.add_argument("--ready-file", help="write {'port', 'url', 'local_url', 'pid'} here once listening")
     parser.add_argument("--log", help="append the JSONL event log here")
     parser.add_argument("--heartbeat-s", type=positive_float, default=0.1)
     parser.add_argument("--suspect-timeout-s", type=positive_float, default=0.5)
@@ -127,12 +163,20 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
     )
 
 
-async def serve(config: SidecarConfig, ready_file: str | None, kube_job: str | None = None) -> None:
+async def serve(
+    config: SidecarConfig,
+    ready_file: str | None,
+    kube_job: str | None = None,
+    split: Callable[..., dict[str, int]] | None = None,
+) -> None:
+    """Run one sidecar until it is told to stop or it left. ``split``: how the snapshots it
+    pulls are divided over their sources, if not by the shard planner (see build_app)."""
     # the web stack is loaded only when a sidecar runs, not whenever the CLI parses
     from aiohttp import web
 
     from chaos_sidecar.adapters import kube_pod
-    from chaos_sidecar.adapters.http_app import METRICS, RUNTIME, build_app
+    from chaos_sidecar.adapters.app_state import METRICS, RUNTIME
+    from chaos_sidecar.adapters.http_app import build_app
 
     pod_api = kube_pod.PodApi.from_environ() if kube_job else None
     if pod_api is not None and not config.seed:  # not listening (so not ready) until a peer shows
@@ -147,7 +191,7 @@ async def serve(config: SidecarConfig, ready_file: str | None, kube_job: str | N
     port = sock.getsockname()[1]
     tls = server_tls(config)
     advertise = config.advertise or f"{'https' if tls else 'http'}://{config.host}:{port}"
-    app = build_app(config, advertise)
+    app = build_app(config, advertise) if split is None else build_app(config, advertise, split)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     await web.SockSite(runner, sock, ssl_context=tls).start()
@@ -160,10 +204,7 @@ async def serve(config: SidecarConfig, ready_file: str | None, kube_job: str | N
         await web.SockSite(runner, local).start()
         local_url = f"http://127.0.0.1:{local.getsockname()[1]}"
     if ready_file:
-        tmp = Path(ready_file + ".tmp")
-        ready = {"port": port, "url": advertise, "local_url": local_url, "pid": os.getpid()}
-        tmp.write_text(json.dumps(ready))
-        tmp.replace(ready_file)
+        Ready(port, advertise, local_url, os.getpid()).write(Path(ready_file))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -307,10 +307,13 @@ def initial_joiner(
     contacts: tuple[tuple[str, str], ...],
     settings: Settings,
     incarnation: int = 0,
+    standby: bool = False,
 ) -> NodeState:
     """A node asking to be admitted; ``contacts`` are (id, address) of current members. A node
-    that lost its durable state joins with an ``incarnation`` it never had before."""
-    return NodeState(node_id, address, settings, JOINING, None, contacts=contacts, incarnation=incarnation)
+    that lost its durable state joins with an ``incarnation`` it never had before. A
+    ``standby`` one asks only on a RequestJoin (its trainer is ready)."""
+    status = STANDBY if standby else JOINING
+    return NodeState(node_id, address, settings, status, None, contacts=contacts, incarnation=incarnation)
 
 
 def durable(s: NodeState) -> Durable:

@@ -13,10 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from chaos_sidecar.errors import InputError
+from chaos_sidecar.errors import InputError, ProtocolError
+from chaos_sidecar.protocol.messages import View, view_from_json
 
 TRAINER_HEADER = "X-Chaos-Trainer"  # set by the trainer SDK: only its calls hold its lease
 
+LOCAL_PREFIX = "/local/"  # every local route: loopback only, and the trainer's calls hold its lease
 VIEW = "/local/view"
 WAIT_VIEW = "/local/wait-view"
 REPORT = "/local/report"
@@ -30,6 +32,36 @@ PEER_RENDEZVOUS = "/v1/rendezvous"  # peer API: this sidecar's trainer's entry
 
 MAX_HOST_CHARS = 253  # a DNS name at most
 KEEP_RENDEZVOUS_EPOCHS = 8  # a sidecar remembers its trainer's stores for this many epochs
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """What the view calls (``VIEW``, ``WAIT_VIEW``) answer, as a trainer reads it: its node,
+    the address peers reach it at (its trainer binds to that host), its membership status
+    and the view it holds (None before it has one)."""
+
+    node: str
+    address: str
+    status: str
+    view: View | None
+
+    @property
+    def epoch(self) -> int:
+        """The view's epoch; 0 before the first view."""
+        return self.view.epoch if self.view is not None else 0
+
+    @classmethod
+    def from_json(cls, payload: Any) -> NodeView:
+        if not isinstance(payload, dict):
+            raise InputError("view", "expected an object")
+        for key in ("node", "address", "status"):
+            if not isinstance(payload.get(key), str):
+                raise InputError(f"view.{key}", f"expected a string, got {payload.get(key)!r}")
+        try:
+            view = None if payload.get("view") is None else view_from_json(payload["view"], "view.view")
+        except ProtocolError as exc:
+            raise InputError("view", exc.detail) from None
+        return cls(payload["node"], payload["address"], payload["status"], view)
 
 
 def _int(payload: dict[str, Any], key: str, minimum: int, maximum: int | None = None) -> int:

@@ -46,15 +46,6 @@ class TransferError(ChaosError):
 
 
 @dataclass
-class SourceSpec:
-    id: str
-    url: str
-    bandwidth_Bps: float
-    overhead_s: float = 0.002
-    ready_s: float = 0.0
-
-
-@dataclass
 class SourceStats:
     bytes: int = 0
     seconds: float = 0.0
@@ -100,38 +91,26 @@ class _Piece:
 
 @dataclass
 class _Worker:
-    spec: SourceSpec
+    source: Source
+    url: str
     queue: deque[_Piece] = field(default_factory=deque)
     stats: SourceStats = field(default_factory=SourceStats)
     alive: bool = True
 
 
-POLICIES = ("planned", "equal-split", "single-source")
+# How a snapshot is divided over its sources: pieces per source id, given the manifest, the
+# sources and the joiner's download limit; the snapshot travels in as many pieces as they add
+# up to (see piece_bounds).
+PieceSplit = Callable[[Manifest, list[Source], float | None], dict[str, int]]
 
 
-def plan_pieces(
-    manifest: Manifest, sources: list[SourceSpec], download_Bps: float | None, policy: str = "planned"
-) -> dict[str, int]:
-    """Pieces per source; the snapshot travels in as many pieces as they add up to (see
-    piece_bounds). ``planned`` asks the shard planner; the two baselines of the benchmark split
-    without it: ``equal-split`` gives every source the same share whatever its bandwidth
-    (Elan), ``single-source`` takes everything from the first source (EDL, Horovod)."""
+def plan_pieces(manifest: Manifest, sources: list[Source], download_Bps: float | None) -> dict[str, int]:
+    """The shard planner's split: how many pieces, and how many each source sends."""
     base = manifest.shard_count
-    if policy == "single-source":
-        return {sources[0].id: 1}
-    if policy == "equal-split":  # one request per source, like the planner's plans
-        return dict.fromkeys(sorted(s.id for s in sources)[:base], 1)
-    if policy != "planned":
-        raise ValueError(f"unknown transfer policy {policy!r}; expected one of {POLICIES}")
     counts = [2**i for i in range(base.bit_length())]  # every power of two up to the shard count
     instance = Instance(
         state_bytes=manifest.total_bytes,
-        sources=tuple(
-            sorted(
-                (Source(s.id, s.bandwidth_Bps, s.overhead_s, s.ready_s) for s in sources),
-                key=lambda u: u.id,
-            )
-        ),
+        sources=tuple(sorted(sources, key=lambda u: u.id)),
         download_Bps=download_Bps,
         shard_counts=tuple(counts),
     )
@@ -156,7 +135,9 @@ class Puller:
         download_Bps: float | None = None,
         progress: Callable[[int, int], None] | None = None,
         on_throughput: Callable[[str, float], None] | None = None,
+        split: PieceSplit = plan_pieces,
     ) -> None:
+        self.split = split
         self.session = session
         self.secret = secret
         self.node_id = node_id
@@ -170,39 +151,41 @@ class Puller:
     def _headers(self, path_qs: str) -> dict[str, str]:
         return signed_headers(self.secret, "GET", path_qs, b"", time.time_ns(), self.node_id)
 
-    async def fetch_manifest(self, sources: list[SourceSpec]) -> Manifest:
+    async def fetch_manifest(self, urls: dict[str, str]) -> Manifest:
+        """From the first of ``urls`` (source id -> URL, in order) that serves a valid one."""
         problems = []
-        for spec in sources:
+        for sid, url in urls.items():
             path = f"/v1/snapshots/{self.name}/manifest"
             try:
-                async with self.session.get(spec.url + path, headers=self._headers(path)) as response:
+                async with self.session.get(url + path, headers=self._headers(path)) as response:
                     if response.status != 200:
-                        problems.append(f"{spec.id}: HTTP {response.status}")
+                        problems.append(f"{sid}: HTTP {response.status}")
                         continue
                     raw = await response.read()
                     mac = response.headers.get(BODY_MAC_HEADER, "")
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                problems.append(f"{spec.id}: {exc!r}")
+                problems.append(f"{sid}: {exc!r}")
                 continue
             expected = [
                 hmac.new(k, raw, hashlib.sha256).hexdigest()
                 for k in accepted_keys(self.secret, time.time_ns())
             ]
             if not any(hmac.compare_digest(mac, e) for e in expected):  # any key valid now (rotation)
-                problems.append(f"{spec.id}: manifest MAC mismatch (tampered)")
+                problems.append(f"{sid}: manifest MAC mismatch (tampered)")
                 continue
             return parse_manifest(raw)
         raise TransferError(f"no source served a valid manifest: {'; '.join(problems)}")
 
     async def pull(
-        self, sources: list[SourceSpec], manifest: Manifest | None = None, policy: str = "planned"
+        self, sources: list[Source], urls: dict[str, str], manifest: Manifest | None = None
     ) -> PullResult:
+        """The snapshot from ``sources`` (their estimates) at ``urls`` (source id -> URL)."""
         if not sources:
             raise TransferError("no sources")
         started = time.monotonic()
-        manifest = manifest or await self.fetch_manifest(sources)
-        assignment = plan_pieces(manifest, sources, self.download_Bps, policy)
-        workers = {s.id: _Worker(s) for s in sources}
+        manifest = manifest or await self.fetch_manifest({s.id: urls[s.id] for s in sources})
+        assignment = self.split(manifest, sources, self.download_Bps)
+        workers = {s.id: _Worker(s, urls[s.id]) for s in sources}
         bounds = piece_bounds(manifest.shard_count, sum(assignment.values()))
         piece = 0
         for sid in sorted(assignment):
@@ -234,7 +217,7 @@ class Puller:
             await asyncio.gather(*tasks, return_exceptions=True)
             waiter.cancel()
             if not self._finished.is_set():
-                failed = {w.spec.id: w.stats.failed for w in workers.values()}
+                failed = {w.source.id: w.stats.failed for w in workers.values()}
                 raise TransferError(f"{self._remaining} shards missing, every source failed: {failed}")
             path = target.commit()
         finally:
@@ -242,7 +225,7 @@ class Puller:
             target.close()
         for w in workers.values():
             if w.stats.seconds > 0:
-                self.on_throughput(w.spec.id, w.stats.bytes / w.stats.seconds)
+                self.on_throughput(w.source.id, w.stats.bytes / w.stats.seconds)
         return PullResult(
             manifest=manifest,
             path=path,
@@ -287,7 +270,7 @@ class Puller:
         index = piece.start
         try:
             async with self.session.get(
-                worker.spec.url + path, headers=self._headers(path), timeout=timeout, read_bufsize=READ_BUFFER
+                worker.url + path, headers=self._headers(path), timeout=timeout, read_bufsize=READ_BUFFER
             ) as response:
                 if response.status != 200:
                     self._partial[index] = head
@@ -340,7 +323,7 @@ class Puller:
             worker.stats.bad_shards += 1
             self._refetched += 1
             others = [w for w in self._workers.values() if w.alive and w is not worker] or [worker]
-            fastest = max(others, key=lambda w: w.spec.bandwidth_Bps)
+            fastest = max(others, key=lambda w: w.source.bandwidth_Bps)
             fastest.queue.appendleft(_Piece(index, 1))
             self._changed.set()
             return
@@ -367,11 +350,11 @@ class Puller:
         self._replans += 1
         _, base = self._manifest.shard_range(0)
         busy = {
-            w.spec.id: sum(p.count for p in w.queue) * (base / w.spec.bandwidth_Bps + w.spec.overhead_s)
+            w.source.id: sum(p.count for p in w.queue) * (base / w.source.bandwidth_Bps + w.source.overhead_s)
             for w in survivors
         }
         assignment = replan(
-            [Source(w.spec.id, w.spec.bandwidth_Bps, w.spec.overhead_s) for w in survivors],
+            [Source(w.source.id, w.source.bandwidth_Bps, w.source.overhead_s) for w in survivors],
             len(missing),
             base,
             busy_until=busy,
