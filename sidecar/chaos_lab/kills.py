@@ -83,7 +83,8 @@ class Moments:
                 self._close(node, moment, t)
 
     def died(self, node: str, t: float) -> None:
-        """The node's trainer was killed at ``t``: whatever it was doing ends there."""
+        """The node was killed at ``t`` (its trainer, its sidecar or both): whatever it was
+        doing ends there (a trainer whose sidecar died may crash without another record)."""
         for moment in _ENDS:
             self._close(node, moment, t)
 
@@ -135,7 +136,7 @@ def classify(kills: list[dict[str, Any]], trainer: list[dict[str, Any]]) -> list
     of MOMENTS) and ``process`` (sidecar_only, trainer_only or both), decided from the
     trainers' complete logs: the intervals in progress at ``t``."""
     moments = Moments()
-    deaths = sorted((k["t"], k["node"]) for k in kills if k["event"] in ("crash", "crash_trainer"))
+    deaths = sorted((k["t"], k["node"]) for k in kills)
     records = sorted(trainer, key=lambda r: r["t"])
     di = 0
     for record in records:

@@ -288,6 +288,7 @@ class LocalJob:
     def crash_sidecar(self, node: str) -> None:
         """Only the sidecar dies; the group removes the node and its trainer stops."""
         self.cluster.kill(node)
+        self.moments.died(node, time.time())
         self.gone.add(node)
 
     def leave(self, node: str) -> None:

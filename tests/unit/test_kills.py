@@ -69,8 +69,14 @@ def test_an_open_moment_of_a_killed_trainer_ends_at_its_kill() -> None:
     assert (second["landed"], second["process"]) == ("mid_step", "sidecar_only")
 
 
-def test_a_trainer_whose_sidecar_was_killed_ends_its_moment_at_its_last_record() -> None:
-    log = [rec(10.0, "n1", "checkpoint_started", step=5), rec(10.4, "n1", "sidecar_lost", step=6)]
+def test_a_node_whose_sidecar_was_killed_ends_its_moments_at_the_kill() -> None:
+    """Its trainer may crash without another record: the joiner's pull was in progress at the
+    kill and ended there, so a source killed after it did not land in a transfer."""
+    log = [rec(1.0, "n2", "step", step=1), rec(10.0, "n3", "pull_started", name="s", sources=["n1", "n2"])]
+    first, second = classify([kill("n3", 11.0, "crash_sidecar"), kill("n2", 11.5, "crash_sidecar")], log)
+    assert (first["landed"], first["process"]) == ("mid_transfer_joiner", "sidecar_only")
+    assert second["landed"] == "mid_step"
+    log = [rec(10.0, "n1", "checkpoint_started", step=5), rec(10.4, "n1", "checkpoint", step=5)]
     assert [k["landed"] for k in classify([kill("n1", 10.2, "crash_sidecar")], log)] == ["mid_checkpoint"]
     assert [k["landed"] for k in classify([kill("n2", 10.5, "crash_sidecar")], log)] == ["mid_start"]
 
