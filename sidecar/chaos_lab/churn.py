@@ -14,17 +14,24 @@ from chaos_sidecar.errors import InputError
 
 KINDS = ("join", "leave", "crash", "link_down", "link_up", "crash_trainer", "crash_sidecar", "slow_link")
 REMOVALS = ("leave", "crash", "crash_trainer", "crash_sidecar")  # the node is gone afterwards
+KILLS = ("crash", "crash_trainer", "crash_sidecar")  # kill -9 of the node, its trainer, its sidecar
 DEMO_KINDS = ("join", "leave", "crash", "link_down", "link_up")
 CHAOS_KINDS = KINDS
 
 
 HEALING = ("link_up",)  # events that can only help a stalled group make progress again
+# a kill may wait for a moment the harness observes in the trainers' logs (chaos_lab.kills):
+# "pull": the node's own state transfer, "serve": a transfer the node is a source of,
+# "regroup": a regroup of a group the node trained in, "checkpoint": the node's checkpoint write
+TRIGGERS = ("pull", "serve", "regroup", "checkpoint")
 
 
 @dataclass(frozen=True)
 class ChurnEvent:
     """One scripted fault, due at a training step (``at_step``), at a time (``at_s``: seconds
-    since the group first agreed), or at whichever comes first when both are given."""
+    since the group first agreed), or at whichever comes first when both are given. A kill
+    with ``on`` (one of TRIGGERS) fires earlier, once its turn has come and the harness observes
+    that moment for its node: its step or time is then the deadline."""
 
     at_step: int | None
     event: str
@@ -32,6 +39,7 @@ class ChurnEvent:
     peer: str | None = None
     rate_mbps: float | None = None  # slow_link: the node's new upload limit (None: unlimited)
     at_s: float | None = None
+    on: str | None = None
 
     def due(self, step: int, elapsed_s: float) -> bool:
         return (self.at_step is not None and step >= self.at_step) or (
@@ -48,13 +56,17 @@ class ChurnEvent:
             out["peer"] = self.peer
         if self.event == "slow_link":
             out["rate_mbps"] = self.rate_mbps
+        if self.on is not None:
+            out["on"] = self.on
         return out
 
     def label(self) -> str:
         """``at step 40: crash n1``, ``at 12.5 s: link_up n0-n3``."""
         when = [f"step {self.at_step}"] if self.at_step is not None else []
         when += [f"{self.at_s:g} s"] if self.at_s is not None else []
-        return f"at {' or '.join(when)}: {self.event} {self.node}" + (f"-{self.peer}" if self.peer else "")
+        on = f"on {self.on}, " if self.on else ""
+        peer = f"-{self.peer}" if self.peer else ""
+        return f"{on}at {' or '.join(when)}: {self.event} {self.node}{peer}"
 
 
 def parse_churn(data: Any, initial: list[str], steps: int, min_size: int = 3) -> list[ChurnEvent]:
@@ -68,7 +80,7 @@ def parse_churn(data: Any, initial: list[str], steps: int, min_size: int = 3) ->
         where = f"churn[{i}]"
         if not isinstance(raw, dict):
             raise InputError(where, "expected an object")
-        unknown = set(raw) - {"at_step", "at_s", "event", "node", "peer", "rate_mbps"}
+        unknown = set(raw) - {"at_step", "at_s", "event", "node", "peer", "rate_mbps", "on"}
         if unknown:
             raise InputError(f"{where}.{sorted(unknown)[0]}", "unknown field")
         at, at_s = raw.get("at_step"), raw.get("at_s")
@@ -108,6 +120,11 @@ def parse_churn(data: Any, initial: list[str], steps: int, min_size: int = 3) ->
                 raise InputError(f"{where}.rate_mbps", f"expected a positive number or null, got {rate!r}")
         elif "rate_mbps" in raw:
             raise InputError(f"{where}.rate_mbps", f"{kind} takes no rate_mbps")
+        on = raw.get("on")
+        if on is not None and on not in TRIGGERS:
+            raise InputError(f"{where}.on", f"expected one of {', '.join(TRIGGERS)}, got {on!r}")
+        if on is not None and kind not in KILLS:
+            raise InputError(f"{where}.on", f"only kills ({', '.join(KILLS)}) wait for a moment, not {kind}")
         if kind == "join":
             if node in members:
                 raise InputError(f"{where}.node", f"{node} is already a member")
@@ -119,7 +136,7 @@ def parse_churn(data: Any, initial: list[str], steps: int, min_size: int = 3) ->
                 raise InputError(where, f"would leave fewer than {min_size} members")
             members.remove(node)
         rate = None if rate is None else float(rate)
-        events.append(ChurnEvent(at, kind, node, peer, rate, None if at_s is None else float(at_s)))
+        events.append(ChurnEvent(at, kind, node, peer, rate, None if at_s is None else float(at_s), on))
     return events
 
 

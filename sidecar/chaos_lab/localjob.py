@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from chaos_lab import netns
 from chaos_lab.baselines import sidecar_command
 from chaos_lab.builtin import BUILTIN_SCRIPT
 from chaos_lab.churn import HEALING, ChurnEvent
+from chaos_lab.kills import WATCHED, Moments
 from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar import eventlog
 from chaos_sidecar.eventlog import Kind, Record
@@ -37,6 +38,8 @@ from chaos_sidecar.trainer_env import TrainerEnv
 EXIT_NO_STATE = 4  # chaos_train.trainer: a joiner found no member holding state (the job was done)
 STRAGGLER_S = 20.0  # after the group's last step, how long a late trainer may take to finish
 POLL_S = 0.1  # how often the trainers' logs are read: churn lands within about 3 steps
+# while a kill waits for a moment (a checkpoint write lasts 50-300 ms on 2 busy cores)
+TRIGGER_POLL_S = 0.01
 # A group that has not stepped for this long may be waiting for a link to heal: the next
 # scripted healing event fires now instead of at a step that may never come. Longer than a
 # regroup after a crash (a failure timeout) plus a state transfer on a slowed link.
@@ -69,13 +72,19 @@ def new_lines(path: Path | None, offsets: dict[str, int], key: str) -> Iterator[
 
 
 def take_due(
-    pending: list[ChurnEvent], step: int, elapsed_s: float, idle_s: float, cut: set[frozenset[str]]
+    pending: list[ChurnEvent],
+    step: int,
+    elapsed_s: float,
+    idle_s: float,
+    cut: set[frozenset[str]],
+    observed: Callable[[ChurnEvent], bool] = lambda event: False,
 ) -> ChurnEvent | None:
-    """Pop the next event to apply: the first pending one once it is due; or, when the group
-    has not stepped for HEAL_AFTER_S, the first healing one ahead of its turn (its step may
+    """Pop the next event to apply: the first pending one once it is due, or, for a kill with
+    ``on``, once ``observed`` says its moment is in progress; or, when the group has not
+    stepped for HEAL_AFTER_S, the first healing one ahead of its turn (its step may
     never come: the group may be waiting for exactly that link) for a link that is ``cut``
     now (healing one that is up would leave a later cut of it with no healing)."""
-    if pending and pending[0].due(step, elapsed_s):
+    if pending and (pending[0].due(step, elapsed_s) or (pending[0].on is not None and observed(pending[0]))):
         return pending.pop(0)
     if idle_s >= HEAL_AFTER_S:
         for i, event in enumerate(pending):
@@ -127,8 +136,10 @@ class JobConfig:
 @dataclass
 class Injected:
     event: ChurnEvent
-    t: float
+    t: float  # wall clock, just before the event was applied (a kill: before the signal went out)
     step: int
+    fired: str = "due"  # "due" (its step or time), "observed" (its moment, for a kill with on), "early"
+    t_done: float | None = None  # once applied (a kill: the killed processes are reaped)
 
 
 @dataclass
@@ -159,6 +170,7 @@ class LocalJob:
         self._offsets: dict[str, int] = {}
         self.progress: dict[str, Record] = {}  # node -> its trainer's latest step record
         self.done: set[str] = set()  # trainers that logged the last step
+        self.moments = Moments()  # what each trainer is doing (transfer, regroup, checkpoint)
 
     # --- processes ------------------------------------------------------------------------------
 
@@ -264,19 +276,22 @@ class LocalJob:
 
     def crash(self, node: str) -> None:
         self.trainers[node].send_signal(signal.SIGKILL)
-        self.trainers[node].wait()
         self.cluster.kill(node)
+        self.trainers[node].wait()
+        self.moments.died(node, time.time())
         self.gone.add(node)
 
     def crash_trainer(self, node: str) -> None:
         """Only the trainer dies; its sidecar notices the silence and leaves for it."""
         self.trainers[node].send_signal(signal.SIGKILL)
         self.trainers[node].wait()
+        self.moments.died(node, time.time())
         self.gone.add(node)
 
     def crash_sidecar(self, node: str) -> None:
         """Only the sidecar dies; the group removes the node and its trainer stops."""
         self.cluster.kill(node)
+        self.moments.died(node, time.time())
         self.gone.add(node)
 
     def leave(self, node: str) -> None:
@@ -294,6 +309,8 @@ class LocalJob:
                     self.progress[node] = record
                 elif record.kind is Kind.DONE:
                     self.done.add(node)
+                if record.kind in WATCHED:
+                    self.moments.feed(record)
 
     def poll_majority(self) -> None:
         """Which sidecars reach no majority of their view, from their event logs."""
@@ -372,11 +389,16 @@ class LocalJob:
                 if step > progress_step or progress_step == 0:
                     progress_step, progress_at = step, now
                 idle_s = now - max(progress_at, healed_at)
-                while (event := take_due(pending, step, now - agreed_at, idle_s, self.cut)) is not None:
-                    early = not event.due(step, now - agreed_at)
-                    await self.apply(event, step)
-                    note = ("stalled, healing early: " if early else "event: ") + event.label()
-                    if early:
+                elapsed, observed = now - agreed_at, self._observed
+                while (event := take_due(pending, step, elapsed, idle_s, self.cut, observed)) is not None:
+                    early = not event.due(step, elapsed)
+                    fired = "due" if not early else "observed" if event.on is not None else "early"
+                    if event.on is not None and not await self.safe_to_kill(event.node):
+                        pending.insert(0, event)  # the group is not ready for it yet: later
+                        break
+                    await self.apply(event, step, fired)
+                    note = ("stalled, healing early: " if fired == "early" else "event: ") + event.label()
+                    if fired == "early":
                         healed_at, idle_s = now, 0.0
                 running = [n for n, p in self.trainers.items() if p.poll() is None and n not in self.gone]
                 if not running and not pending:
@@ -404,7 +426,8 @@ class LocalJob:
                     last_print = now
                     self.poll_majority()
                     print("\r" + self.status_line(note).ljust(100), end="", flush=True)
-                await asyncio.sleep(POLL_S)
+                waiting = bool(pending) and pending[0].on is not None  # a kill waiting for its moment
+                await asyncio.sleep(TRIGGER_POLL_S if waiting else POLL_S)
             self.poll_logs()
             if self.cfg.live:
                 print("\r" + self.status_line("done").ljust(100), flush=True)
@@ -449,11 +472,37 @@ class LocalJob:
             out[node] = state
         return out
 
-    async def apply(self, event: ChurnEvent, step: int) -> None:
+    def _observed(self, event: ChurnEvent) -> bool:
+        """Whether the moment a kill waits for is in progress now (chaos_lab.kills)."""
+        if event.on is None or event.node in self.gone:
+            return False
+        return self.moments.observed(event.on, event.node)
+
+    async def safe_to_kill(self, node: str) -> bool:
+        """A kill that waited for its moment fires only while the rest keep a majority of the
+        view (the founder's sidecar's): a step-keyed script is checked before the run
+        (chaos_lab.churn.GroupModel), a moment comes when it comes. Hosts "netns": no check
+        (the harness cannot reach a node's local API)."""
+        if self.star is not None:
+            return True
+        snapshot = await self.cluster.view(self.cfg.node_names()[0])
+        view = (snapshot or {}).get("view") or {}
+        members = view.get("members") or []
+        live = [m for m in members if m not in self.gone and m != node]
+        return bool(members) and len(live) >= len(members) // 2 + 1
+
+    async def apply(self, event: ChurnEvent, step: int, fired: str = "due") -> None:
         if event.event in ("link_down", "link_up"):
             pair = frozenset((event.node, event.peer))
             (self.cut.add if event.event == "link_down" else self.cut.discard)(pair)
-        self.injected.append(Injected(event, time.time(), step))
+        injected = Injected(event, time.time(), step, fired)
+        self.injected.append(injected)
+        try:
+            await self._apply(event)
+        finally:
+            injected.t_done = time.time()
+
+    async def _apply(self, event: ChurnEvent) -> None:
         match event.event:
             case "join":
                 await self.start_node(event.node)

@@ -70,6 +70,11 @@ class Kind(enum.StrEnum):
     OVERLAP_DECLINED = "overlap_declined"
     OVERLAP_CAUGHT_UP = "overlap_caught_up"
     ENTERED = "entered"
+    # the start of a transfer, a regroup or a checkpoint write (the chaos harness aims kills at them)
+    PULL_STARTED = "pull_started"
+    REGROUP_STARTED = "regroup_started"
+    CHECKPOINT_STARTED = "checkpoint_started"
+    CHECKPOINT_SKIPPED = "checkpoint_skipped"
     # checkpoints
     CHECKPOINT = "checkpoint"
     CHECKPOINT_FAILED = "checkpoint_failed"

@@ -70,6 +70,7 @@ class Checkpoints:
         Runs on the writer thread; never raises."""
         final = checkpoint_dir(self.policy.directory, step)
         tmp = self.policy.directory / f".tmp-{final.name}-{self.node_id}"
+        self.log("checkpoint_started", step=step)  # the write's start: the chaos harness kills here
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             snapshot_state.write(tmp, NAME, captured, step=step, epoch=0)
@@ -78,6 +79,7 @@ class Checkpoints:
                     os.fsync(f.fileno())
             if final.exists():  # another member wrote this step already (a regroup moved turns)
                 shutil.rmtree(tmp, ignore_errors=True)
+                self.log("checkpoint_skipped", step=step, reason="written by another member")
                 return
             tmp.rename(final)
             _fsync_dir(self.policy.directory)

@@ -80,6 +80,8 @@ class Regrouping:
             while time.monotonic() < deadline and self.sidecar.view().status != "left":
                 self.sidecar.wait_view(self.group_epoch or 0, timeout=1.0)
             raise LeftGroup()
+        # from here until the "regroup" record (or the trainer's end) this node is regrouping
+        self.log("regroup_started", step=self.step, epoch=self.group_epoch)
         self._await_capture()
         while True:
             view = self._built_view() or self._current_member_view()
@@ -372,6 +374,8 @@ class Regrouping:
             time.sleep(0.005)
 
     def _pull_state(self, name: str, providers: list[str]) -> None:
+        # until "pulled" (or "reconcile_failed") this node's state transfer is in progress
+        self.log("pull_started", name=name, sources=providers)
         began = time.monotonic()
         result = self.sidecar.pull(name, providers)
         if "error" in result:

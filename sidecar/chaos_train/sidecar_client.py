@@ -59,6 +59,8 @@ class SidecarClient:
             if isinstance(exc.reason, ConnectionRefusedError):
                 raise SidecarLost(f"sidecar at {self.url} refused the connection") from None
             raise
+        except ConnectionError as exc:  # it died while answering (RemoteDisconnected, a reset)
+            raise SidecarLost(f"sidecar at {self.url} closed the connection: {exc!r}") from None
 
     def view(self) -> NodeView:
         return self._node_view(self._call("GET", local_api.VIEW))

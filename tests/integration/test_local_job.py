@@ -97,17 +97,23 @@ def test_bad_churn_file_exits_2(tmp_path) -> None:
 
 
 def test_chaos_round_with_trainer_only_and_sidecar_only_kills(tmp_path) -> None:
-    """One round of ``bench --scenario chaos`` (seed 24: a sidecar-only kill, a trainer-only kill,
-    a join, a slow link, a link cut and restored) ends with every counter at zero."""
-    from chaos_lab.benchmarks.chaos import run_round
-    from chaos_lab.churn import CHAOS_KINDS, random_churn
+    """One round of ``bench --scenario chaos`` (seed 26: a trainer-only kill aimed at a
+    checkpoint write, a sidecar-only kill aimed at the regroup after it, a join, link cuts,
+    checkpoints every 5 steps) ends with every counter at zero, each kill classified."""
+    from chaos_lab.benchmarks.chaos import chaos_schedule, run_round
+    from chaos_lab.kills import MOMENTS
 
-    kinds = {e.event for e in random_churn(24, ["n0", "n1", "n2", "n3"], 150, events=6, kinds=CHAOS_KINDS)}
-    assert {"crash_sidecar", "crash_trainer", "join", "slow_link", "link_down"} <= kinds, kinds
-    result = run_round(24, tmp_path)
+    events = chaos_schedule(26)
+    aimed = [(e.on, e.event) for e in events if e.on is not None]
+    assert aimed == [("checkpoint", "crash_trainer"), ("regroup", "crash_sidecar")], aimed
+    assert {"join", "link_down"} <= {e.event for e in events}
+    result = run_round(26, tmp_path)
     assert result["ok"], result
     for counter in ("divergent", "lost", "duplicated", "split_brain", "survivor_restarts"):
         assert result[counter] == 0, (counter, result)
+    kills = result["kills"]
+    assert [k["process"] for k in kills[:2]] == ["trainer_only", "sidecar_only"], kills
+    assert all(k["landed"] in MOMENTS for k in kills), kills
 
 
 def test_overlap_joiner_behind_a_full_log_still_enters_level(tmp_path) -> None:
