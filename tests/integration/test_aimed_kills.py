@@ -8,9 +8,10 @@ import asyncio
 import pytest
 
 from chaos_lab.churn import parse_churn
-from chaos_lab.jobreport import read_jsonl, summarize
+from chaos_lab.jobreport import summarize
 from chaos_lab.kills import classify
 from chaos_lab.localjob import JobConfig, LocalJob
+from chaos_sidecar.eventlog import read as read_jsonl
 
 pytest.importorskip("torch", reason="the trainer needs the 'train' extra (torch)")
 pytestmark = pytest.mark.timeout(240)
