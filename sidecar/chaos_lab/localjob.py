@@ -450,6 +450,8 @@ class LocalJob:
         last log record): where a stalled group was stuck."""
         live_sidecars = self.cluster.live()
         live_trainers = [n for n, p in self.trainers.items() if p.poll() is None]
+        for node in live_trainers:  # each writes its threads' stacks to its stderr (the SDK)
+            self.trainers[node].send_signal(signal.SIGUSR1)
         views = await self.cluster.views(live_sidecars)
         out: dict[str, dict[str, Any]] = {}
         for node in sorted({*live_sidecars, *live_trainers}):
@@ -468,6 +470,7 @@ class LocalJob:
                 state["trainer"] = {
                     "step": self.progress.get(node, {}).get("step"),
                     "last_record": self._last_kind.get(node),
+                    "stacks": str(self.trainer_log(node).with_suffix(".stderr")),
                 }
             out[node] = state
         return out

@@ -10,6 +10,8 @@ sidecar's group; started as a plain ``python script.py`` it trains alone, the sa
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,6 +129,7 @@ class Trainer:
             raise InputError("steps", f"expected a positive integer, got {steps!r}")
         if self.env is None:
             return self._fit_alone(steps, alone_log)
+        dump_stacks_on_sigusr1()
         try:
             return self._fit_elastic(self.env, steps)
         except SidecarLost as exc:
@@ -189,3 +192,11 @@ class Trainer:
         engine.run(steps)
         self.step = max(engine.step, 0)
         return self.step
+
+
+def dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1`` makes an elastic trainer write every thread's stack to its stderr (a
+    group that stops stepping can then say where each member waits: the lab's harness does it
+    before it ends a stalled run). Not when the user's script handles SIGUSR1 itself."""
+    if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)

@@ -59,6 +59,8 @@ def test_a_group_without_a_majority_is_reported_stuck_not_waited_for(tmp_path) -
             len(state["sidecar"]["majority"]["reaches"]) == 2 and state["sidecar"]["majority"]["needed"] == 3
         )
         assert state["trainer"]["step"] is not None and state["trainer"]["step"] < STEPS
+        # each stuck trainer wrote its threads' stacks (SIGUSR1, the SDK's faulthandler)
+        assert "most recent call first" in Path(state["trainer"]["stacks"]).read_text(), (node, state)
     assert all(p.poll() is not None for p in stalled.trainers.values())  # no trainer outlives it
 
 
