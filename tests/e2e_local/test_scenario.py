@@ -451,20 +451,28 @@ async def test_the_kubernetes_path_end_to_end(scenario: Scenario) -> None:
         killed_all_at = time.time()
         for pod in sorted(now_members):
             scene.runner.kill(pod)
-
-        def resumed() -> dict[str, int] | None:
-            records = [r for r in scene.trainer_records() if r["t"] > killed_all_at]
-            out = {r["node"]: r["checkpoint"] for r in records if r["type"] == "resumed"}
-            return out if len(out) == 3 else None
-
-        resumes = await until("three new pods to resume from a checkpoint", resumed, 120, scene.describe)
-        # the newest complete checkpoint when every process died (none was written since)
+        # the newest complete checkpoint when every process died (none is written until the
+        # new group has trained CHECKPOINT_EVERY steps)
         newest = max(int(p.name.split("-")[1]) for p in checkpoints.glob("step-*"))
-        assert set(resumes.values()) == {newest}, (resumes, newest)
-        killed_at_step = max(r["step"] for r in scene.trainer_records() if r["type"] == "step"
+
+        def restarted() -> set[str] | None:
+            records = [r for r in scene.trainer_records() if r["t"] > killed_all_at]
+            training = {r["node"] for r in records if r["type"] == "step"}
+            return training if len(training) == 3 else None
+
+        after_all = await until("three new pods to train", restarted, 120, scene.describe)
+        # the first new pod founds the group from the newest checkpoint; pods that start later
+        # may join that group and pull its state instead (each is one or the other)
+        records = await call(scene.trainer_records)
+        resumes = {
+            r["node"]: r["checkpoint"] for r in records if r["type"] == "resumed" and r["t"] > killed_all_at
+        }
+        assert resumes and set(resumes.values()) == {newest}, (resumes, newest)
+        pulled = {r["node"] for r in records if r["type"] == "pulled" and r["t"] > killed_all_at}
+        assert after_all <= set(resumes) | pulled, (after_all, resumes, pulled)
+        killed_at_step = max(r["step"] for r in records if r["type"] == "step"
                              and r["t"] < killed_all_at)  # fmt: skip
         assert newest <= killed_at_step < newest + 2 * CHECKPOINT_EVERY + 50, (newest, killed_at_step)
-        after_all = set(resumes)
         status = await scene.view_is(after_all, 90)
         await scene.training_advances(after_all, 10, 60)  # two replica digests (every 5 steps) at least
         # the loss curve continues: the first step after the resume is the one after the
