@@ -4,6 +4,12 @@ User-facing failures derive from :class:`ChaosError`; the CLI prints them withou
 traceback and exits with :attr:`ChaosError.exit_code`.
 """
 
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
 
 class ChaosError(Exception):
     """Base of every error this project raises on purpose."""
@@ -46,3 +52,15 @@ class UserCodeError(TrainingError):
     def __init__(self, where: str, message: str) -> None:
         super().__init__(f"{where}: {message}")
         self.where = where
+
+
+def load_json(raw: bytes, limit: int, error: Callable[[str, str], Exception]) -> Any:
+    """``raw`` parsed as JSON, refused before parsing when it is over ``limit`` bytes. A
+    defect raises ``error(reason, text)``, reason ``oversize`` or ``malformed``: each input
+    (peer message, state file, manifest) keeps its own error type and field."""
+    if len(raw) > limit:
+        raise error("oversize", f"{len(raw)} bytes, more than {limit}")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error("malformed", f"not JSON ({exc})") from None

@@ -7,15 +7,12 @@ the churn that landed, and the final loss with churn and alone.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from chaos_lab.benchmarks.localrun import run_local
 from chaos_lab.builtin import BUILTIN_SCRIPT
 from chaos_sidecar.cliutil import positive_int
 
@@ -35,29 +32,17 @@ RUN_DEADLINE_S = 900.0
 def run_example(name: str, steps: int, script_args: list[str], seed: int, out: Path) -> dict[str, Any]:
     script = EXAMPLES / name
     args = " ".join([*script_args, "--steps", str(steps)])
-    cmd = [sys.executable, "-m", "chaos_sidecar.cli", "local", "--script", str(script),
-           "--script-args", args, "--steps", str(steps), "--churn", f"random:{seed}", "--out", str(out),
-           "--compare-alone"]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAOS_")}
-    began = time.monotonic()
-    try:
-        done = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=RUN_DEADLINE_S, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return {"example": name, "ok": False, "error": f"did not finish within {RUN_DEADLINE_S:.0f} s"}
-    summary_path = out / "summary.json"
-    if not summary_path.exists():
-        return {"example": name, "ok": False, "exit": done.returncode, "error": done.stderr[-1500:]}
-    summary = json.loads(summary_path.read_text())
+    local_args = ["--script", str(script), "--script-args", args, "--steps", str(steps),
+                  "--churn", f"random:{seed}", "--compare-alone"]  # fmt: skip
+    summary, ended = run_local(local_args, out, RUN_DEADLINE_S)
+    if summary is None:
+        return {"example": name, **ended}
     alone = summary.get("alone", {})
     return {
         "example": name,
         "command": f"chaos-train local --script examples/train/{name} --script-args '{args}' --steps {steps} "
         f"--churn random:{seed} --compare-alone",
-        "exit": done.returncode,
-        "ok": done.returncode == 0 and summary["ok"],
-        "wall_s": round(time.monotonic() - began, 1),
+        **ended,
         "replicas_identical": summary["replicas_identical"],
         "replica_comparisons": summary["replica_comparisons"],
         "sample_accounting": summary["sample_accounting"],

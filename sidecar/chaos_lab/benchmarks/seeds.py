@@ -8,15 +8,12 @@ bytes per join and whether the fastest link sent the most.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from chaos_lab.benchmarks.localrun import run_local
 from chaos_sidecar.cliutil import positive_int
 from chaos_sidecar.errors import InputError
 
@@ -36,24 +33,14 @@ def seed_range(text: str) -> list[int]:
 
 
 def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "chaos_sidecar.cli", "local", "--nodes", str(args.nodes),
-           "--hosts", args.hosts, "--links", args.links, "--churn", f"random:{seed}",
-           "--steps", str(args.steps), "--out", str(out)]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAOS_")}
-    began = time.monotonic()
-    try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=RUN_DEADLINE_S)
-    except subprocess.TimeoutExpired:
-        return {"seed": seed, "ok": False, "error": f"did not finish within {RUN_DEADLINE_S:.0f} s"}
-    summary_path = out / "summary.json"
-    if not summary_path.exists():
-        return {"seed": seed, "ok": False, "exit": done.returncode, "error": done.stderr[-1500:]}
-    summary = json.loads(summary_path.read_text())
+    local_args = ["--nodes", str(args.nodes), "--hosts", args.hosts, "--links", args.links,
+                  "--churn", f"random:{seed}", "--steps", str(args.steps)]  # fmt: skip
+    summary, ended = run_local(local_args, out, RUN_DEADLINE_S)
+    if summary is None:
+        return {"seed": seed, **ended}
     return {
         "seed": seed,
-        "exit": done.returncode,
-        "ok": done.returncode == 0 and summary["ok"],
-        "wall_s": round(time.monotonic() - began, 1),
+        **ended,
         "replicas_identical": summary["replicas_identical"],
         "samples_lost": summary["samples_lost"],
         "samples_duplicated": summary["samples_duplicated"],

@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from chaos_sidecar.errors import InputError, ProtocolError
+from chaos_sidecar.errors import InputError, ProtocolError, load_json
 from chaos_sidecar.membership.machine import JOINING, LEFT, MAX_CONTACTS, MEMBER, REMOVED, STANDBY, Durable
 from chaos_sidecar.protocol.messages import (
     MAX_INCARNATION,
@@ -61,12 +61,7 @@ def _int(body: dict[str, Any], key: str, maximum: int = 2**53) -> int:
 
 def decode_state(raw: bytes, expected_node: str) -> Durable:
     """Parse and check a state file written by :func:`encode_state` for ``expected_node``."""
-    if len(raw) > MAX_STATE_BYTES:
-        raise InputError("state", f"{len(raw)} bytes, more than {MAX_STATE_BYTES}")
-    try:
-        outer = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError("state", f"not JSON ({exc})") from None
+    outer = load_json(raw, MAX_STATE_BYTES, lambda _, text: InputError("state", text))
     if not isinstance(outer, dict) or outer.get("format") != FORMAT:
         raise InputError("format", f"expected {FORMAT!r}")
     if outer.get("v") != VERSION:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from chaos_sidecar.errors import ProtocolError
+from chaos_sidecar.errors import ProtocolError, load_json
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -454,13 +454,7 @@ def _parse_body(kind: str, body: dict[str, Any]) -> Body:
 
 def decode(raw: bytes) -> Message:
     """Parse and validate one message; raises :class:`ProtocolError` on any defect."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("oversize", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
-    try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("malformed", f"not JSON: {exc}") from None
-    return _message(payload, "envelope")
+    return _message(load_json(raw, MAX_MESSAGE_BYTES, ProtocolError), "envelope")
 
 
 def _message(payload: Any, where: str) -> Message:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chaos_sidecar.errors import InputError
+from chaos_sidecar.errors import InputError, load_json
 
 FORMAT_VERSION = 1
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024
@@ -118,12 +118,7 @@ def _int(obj: dict, key: str, where: str, minimum: int = 0) -> int:
 
 def parse_manifest(raw: bytes) -> Manifest:
     """Validate manifest bytes; raises :class:`InputError` naming the field."""
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise InputError("manifest", f"{len(raw)} bytes is over the {MAX_MANIFEST_BYTES} limit")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError("manifest", f"not JSON (truncated?): {exc}") from None
+    data = load_json(raw, MAX_MANIFEST_BYTES, lambda _, text: InputError("manifest", text))
     if not isinstance(data, dict):
         raise InputError("manifest", "expected an object")
     if data.get("format") != FORMAT_VERSION:
