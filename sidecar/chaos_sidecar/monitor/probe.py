@@ -44,3 +44,12 @@ async def probe_bandwidth(
     if ended > middle[0] and total > middle[1]:
         return (total - middle[1]) / (ended - middle[0]), rtt
     return total / max(ended - started, 1e-9), rtt
+
+
+async def round_trip(session: aiohttp.ClientSession, url: str) -> float:
+    """Seconds for one small request to ``url``'s ``/readyz`` and its answer (a round trip,
+    plus a connection set-up when the session holds none to it)."""
+    started = time.monotonic()
+    async with session.get(url + "/readyz") as r:
+        await r.read()
+    return time.monotonic() - started

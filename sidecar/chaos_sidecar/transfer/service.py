@@ -17,13 +17,14 @@ from typing import Any
 
 from chaos_sidecar.metrics import SidecarMetrics
 from chaos_sidecar.monitor.estimates import EstimateTable, LinkEstimate
-from chaos_sidecar.monitor.probe import probe_bandwidth
+from chaos_sidecar.monitor.probe import probe_bandwidth, round_trip
 from chaos_sidecar.planning.model import Source
 from chaos_sidecar.transfer.puller import PieceSplit, Puller, PullResult, plan_pieces
 
 WARM_WAIT_S = 5.0  # a request waits this long for the links being measured since admission
 WARM_DEADLINE_S = 30.0  # warming gives up when this node is not admitted within this long
 WARM_POLL_S = 0.02  # how often warming looks whether the view admitted this node
+PING_TIMEOUT_S = 1.0  # a source that does not answer a round trip this fast keeps its estimate
 
 
 class TransferService:
@@ -100,6 +101,7 @@ class TransferService:
         planned on the estimates; raises TransferError or InputError."""
         assert self.snapshot_dir is not None and self.session is not None
         await self._measured(sources)
+        await self._round_trips(sources)
         table = self.estimates
         planned = [Source(sid, table.bandwidth(sid), table.request_overhead_s(sid)) for sid in sources]
         puller = Puller(self.session, self.secret, self.node_id, self.snapshot_dir, name,
@@ -107,6 +109,21 @@ class TransferService:
         result = await puller.pull(planned, sources)
         self._publish(result)
         return result
+
+    async def _round_trips(self, sources: dict[str, str]) -> None:
+        """One round trip to each source, just before planning. The probes ran while the group
+        still trained, so their first bytes waited behind the gradients queued on each link; a
+        blocking join pulls while the members wait at a step boundary, with those queues gone.
+        A piece costs the planner one round trip (the lowest seen), so a queued one alone would
+        make it cut the state into fewer pieces, from fewer sources, than the links allow."""
+
+        async def timed(url: str) -> float:
+            return await asyncio.wait_for(round_trip(self.session, url), PING_TIMEOUT_S)
+
+        rtts = await asyncio.gather(*(timed(url) for url in sources.values()), return_exceptions=True)
+        for sid, rtt in zip(sources, rtts, strict=True):
+            if not isinstance(rtt, BaseException):
+                self.estimates.observe_rtt(sid, rtt)
 
     def _publish(self, result: PullResult) -> None:
         metrics = self.metrics
