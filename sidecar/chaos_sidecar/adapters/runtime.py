@@ -145,11 +145,15 @@ class MembershipRuntime:
 
     async def _execute(self, actions: list[sm.Action]) -> None:
         notify = False
+        encoded: dict[int, bytes] = {}  # a broadcast is one message object: encode it once
         for action in actions:
             match action:
                 case sm.Send(to, address, message):
                     if to not in self.blocked and self.links is not None:
-                        self.links.send(address, encode(self._sealed(message)))
+                        raw = encoded.get(id(message))
+                        if raw is None:
+                            raw = encoded[id(message)] = encode(self._sealed(message))
+                        self.links.send(address, raw)
                 case sm.Installed(view, status):
                     self.metrics.epoch.set(view.epoch)
                     self.metrics.members.set(len(view.members))

@@ -37,7 +37,9 @@ lists it with that incarnation, a view decided after it came back.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from chaos_sidecar.membership.support import SupportIndex
 from chaos_sidecar.protocol.messages import (
@@ -262,6 +264,9 @@ class NodeState:
     now: float = 0.0  # time of the event being processed
     # derived from reports and last_heard, kept up to date incrementally (see membership.support)
     support: SupportIndex = field(default_factory=SupportIndex, compare=False, repr=False)
+    # answers derived from the fields above, remembered within one step until one of those
+    # fields changes (_forget_derived): ("relays", now, to) and ("support", now, members)
+    memo: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
 
     def copy(self) -> NodeState:
         return replace(
@@ -275,6 +280,7 @@ class NodeState:
             direct_reports=dict(self.direct_reports),
             last_push=dict(self.last_push),
             support=self.support.copy(),
+            memo={},
         )
 
     @property
@@ -478,12 +484,27 @@ def _address(s: NodeState, node: str) -> str:
 def _send(s: NodeState, to: str, body: Body, out: list[Action]) -> None:
     """Send directly, and through relays as well when ``to`` has not been heard directly for
     a while (the direct copy still goes: the link may come back)."""
-    if to == s.node_id:
-        return
+    _broadcast(s, (to,), body, out)
+
+
+def _broadcast(s: NodeState, targets: Iterable[str], body: Body, out: list[Action]) -> None:
+    """``_send`` to each of ``targets``, one message object for all: a coordinator of 1,000
+    members sends about 2,000 messages when it decides."""
     message = Message(s.node_id, s.epoch, body)
-    out.append(Send(to, _address(s, to), message))
-    for relay in _relays_for(s, to):
-        out.append(Send(relay, _address(s, relay), Message(s.node_id, s.epoch, Relay(to, message))))
+    fresh = s.now - s.settings.suspect_timeout / 2
+    view = s.view
+    if view is not None and targets is view.members:  # the usual broadcast: addresses aligned
+        addressed: Iterable[tuple[str, str]] = zip(view.members, view.addresses, strict=True)
+    else:
+        addressed = ((to, _address(s, to)) for to in targets)
+    me, last_direct, append = s.node_id, s.last_direct, out.append  # a hot loop at 1,000 members
+    for to, address in addressed:
+        if to == me:
+            continue
+        append(Send(to, address, message))
+        if last_direct.get(to, -1e18) < fresh:  # not heard directly of late (rare): relays too
+            for relay in _relays_for(s, to):
+                out.append(Send(relay, _address(s, relay), Message(s.node_id, s.epoch, Relay(to, message))))
 
 
 def _relays_for(s: NodeState, to: str) -> list[str]:
@@ -494,22 +515,35 @@ def _relays_for(s: NodeState, to: str) -> list[str]:
     not reach ``to``: the choice rotates with time)."""
     view, now = s.view, s.now
     fresh = now - s.settings.suspect_timeout / 2
-    if s.last_direct.get(to, -1e18) >= fresh:  # the usual case first: every broadcast asks this
+    if s.last_direct.get(to, -1e18) >= fresh:
         return []
     if view is None or not s.is_member or not view.has(to):
         return []
-    relays = [
-        relay
-        for relay in view.members
-        if relay not in (s.node_id, to)
-        and s.last_direct.get(relay, -1e18) >= fresh
-        and s.reports.get(relay, (-1e18,))[0] >= fresh  # its report says who it hears directly now
-        and to in _direct_heard_by(s, relay, now)
-    ]
+    relays = s.memo.get(("relays", now, to))
+    if relays is None:
+        relays = s.memo["relays", now, to] = _member_relays(s, view, to, fresh)
     if relays:
-        return relays[:RELAYS]
+        return relays
     joiners = sorted(j for j, (_, seen) in s.joins.items() if _join_is_fresh(s, seen, now) and j != to)
     return [joiners[int(now / s.settings.retry_interval) % len(joiners)]] if joiners else []
+
+
+def _member_relays(s: NodeState, view: View, to: str, fresh: float) -> list[str]:
+    """Up to RELAYS members heard directly since ``fresh`` whose fresh reports say they hear
+    ``to`` directly. A scan of the view: an unreachable ``to`` is asked about by several
+    broadcasts of one step, so ``_relays_for`` remembers the answer for the step."""
+    relays: list[str] = []
+    for relay in view.members:  # the first RELAYS that qualify: a coordinator of 1,000 asks per send
+        if (
+            relay not in (s.node_id, to)
+            and s.last_direct.get(relay, -1e18) >= fresh
+            and s.reports.get(relay, (-1e18,))[0] >= fresh  # its report says who it hears directly now
+            and to in _direct_heard_by(s, relay, s.now)
+        ):
+            relays.append(relay)
+            if len(relays) == RELAYS:
+                break
+    return relays
 
 
 def _direct_heard_by(s: NodeState, a: str, now: float) -> frozenset[str] | set[str]:
@@ -579,9 +613,20 @@ def _heard_by(s: NodeState, a: str, now: float) -> frozenset[str] | set[str] | N
 
 def _support_counts(s: NodeState, members: list[str] | tuple[str, ...], now: float) -> dict[str, int]:
     """``_support`` for every member at once, judged among ``members`` only. A coordinator of
-    1,000 runs this on every tick: the support index recounts only the reports that changed."""
-    s.support.sync(fresh_hears(s, now))
-    return s.support.support(members)
+    1,000 runs this on every tick (twice): the support index recounts only the reports that
+    changed, and the answer is remembered for the step."""
+    key = ("support", now, tuple(members))
+    counts = s.memo.get(key)
+    if counts is None:
+        s.support.sync(fresh_hears(s, now))
+        counts = s.memo[key] = s.support.support(members)
+    return counts
+
+
+def _forget_derived(s: NodeState) -> None:
+    """Whom this node hears, or whom the others report hearing, changed: answers remembered
+    within this step (``NodeState.memo``) no longer hold."""
+    s.memo.clear()
 
 
 def fresh_hears(s: NodeState, now: float) -> dict[str, frozenset[str]]:
@@ -634,6 +679,7 @@ def _grace(s: NodeState, view: View, now: float, newcomers: frozenset[str] | Non
             s.reports[m] = (seen, (hears | fresh) & everyone)
             if m in s.direct_reports:
                 s.direct_reports[m] = (s.direct_reports[m] | fresh) & everyone
+    _forget_derived(s)
     s.my_hears = frozenset(m for m in view.members if _hears(s, s.node_id, m, now))
     direct = _direct_heard_by(s, s.node_id, now)
     s.my_direct = frozenset(m for m in view.members if m in direct)
@@ -665,9 +711,7 @@ def _on_tick(s: NodeState, now: float, out: list[Action]) -> None:
     _refresh_hears(s, now, out)
     if now >= s.next_heartbeat:
         s.next_heartbeat = now + s.settings.heartbeat_interval
-        beat = _heartbeat(s)
-        for m in view.members:
-            _send(s, m, beat, out)
+        _broadcast(s, view.members, _heartbeat(s), out)
     if s.node_id == view.coordinator:
         _update_topology(s, now, out)
     if now >= s.next_retry:
@@ -730,15 +774,11 @@ def _retry(s: NodeState, now: float, out: list[Action]) -> None:
         body: Body = (
             Prepare(p.target, p.ballot) if p.phase == "prepare" else Accept(p.target, p.ballot, p.value)  # type: ignore[arg-type]
         )
-        for m in s.view.members:
-            if m not in p.replies:
-                _send(s, m, body, out)
+        _broadcast(s, [m for m in s.view.members if m not in p.replies], body, out)
     # probe members we lost more often than heartbeats go: a healed link shows up sooner
     silent = [m for m in s.view.members if m not in s.my_hears and m != s.node_id]
     if silent:
-        probe = _heartbeat(s)
-        for m in silent:
-            _send(s, m, probe, out)
+        _broadcast(s, silent, _heartbeat(s), out)
     if s.node_id != s.view.coordinator:
         for joiner, (address, seen) in sorted(s.joins.items()):
             if _join_is_fresh(s, seen, now):
@@ -752,6 +792,7 @@ def _on_receive(s: NodeState, msg: Message, now: float, out: list[Action], *, re
     heartbeat repeating a fresh report), so there is nothing to re-decide until the next tick.
     ``relayed``: ``msg`` came through a relay (its sender is heard, not directly)."""
     s.now = now
+    _forget_derived(s)  # what this message says changes whom this node hears, and when
     sender = msg.sender
     if sender == s.node_id:
         out.append(Rejected("self"))
@@ -863,6 +904,7 @@ def _on_heartbeat(s: NodeState, msg: Message, body: Heartbeat, now: float, out: 
         if s.direct_reports.get(msg.sender) != direct:
             s.direct_reports[msg.sender] = direct
     s.support.missing(s.view.members, ("direct", msg.sender), s.direct_reports.get(msg.sender, hears))
+    _forget_derived(s)
     if body.topology_version > s.topology[0]:
         s.topology = (body.topology_version, body.down_links)
         out.append(TopologyChanged(body.topology_version, body.down_links))
@@ -876,6 +918,7 @@ def _adjust_report(s: NodeState, sender: str, node: str, *, present: bool, now: 
     if now - seen > timeout:
         hears = frozenset(s.view.members)
     s.reports[sender] = (now, hears | {node} if present else hears - {node})
+    _forget_derived(s)
 
 
 def _on_join(
@@ -999,7 +1042,7 @@ def _desired(s: NodeState, now: float) -> tuple[View | None, tuple[Change, ...]]
     """
     view = s.view
     assert view is not None
-    if _support(s, s.node_id, view, now) < view.majority:
+    if _support_counts(s, view.members, now)[s.node_id] < view.majority:
         return None, ()  # our picture of the group is too stale to judge anyone
     new, changes = _compose(s, view, now, removals=True)
     if new is None:
@@ -1049,6 +1092,8 @@ def _compose(
     changes: list[Change] = []
     staying = [m for m in view.members if m not in s.leaves]
     removed = _unreachable(s, staying, now) if removals else set()
+    if not removed and not s.joins and len(staying) == len(view.members):
+        return None, ()  # no leave, removal, join or rejoin: the usual tick
     members: list[str] = []
     addresses: list[str] = []
     incarnations: list[int] = []
@@ -1144,8 +1189,7 @@ def _maybe_propose(s: NodeState, now: float, out: list[Action]) -> None:
         s.promised = ballot
         replies = frozenset({me})
     s.proposal = Proposal(target, ballot, "prepare", None, replies, s.accepted, False)
-    for m in view.members:
-        _send(s, m, Prepare(target, ballot), out)
+    _broadcast(s, view.members, Prepare(target, ballot), out)
     if len(replies) >= quorum(view):
         _enter_accept_phase(s, now, out)
 
@@ -1176,8 +1220,7 @@ def _self_accept_and_send(s: NodeState, now: float, out: list[Action]) -> None:
             s.accepted = (p.ballot, p.value)
             out.append(Accepting(p.value, p.ballot))
         s.proposal = p = replace(p, replies=p.replies | {me})
-    for m in s.view.members:
-        _send(s, m, Accept(p.target, p.ballot, p.value), out)
+    _broadcast(s, s.view.members, Accept(p.target, p.ballot, p.value), out)
     if len(p.replies) >= quorum(s.view):
         _commit(s, now, out)
 
@@ -1199,6 +1242,7 @@ def _commit(s: NodeState, now: float, out: list[Action]) -> None:
 def _install(s: NodeState, view: View, now: float, out: list[Action]) -> None:
     previous = s.view
     s.view = view
+    _forget_derived(s)
     s.promised = None
     s.accepted = None
     s.proposal = None
@@ -1238,25 +1282,28 @@ def _update_topology(s: NodeState, now: float, out: list[Action]) -> None:
     view = s.view
     assert view is not None
     support = _support_counts(s, view.members, now)
-    kept = [m for m in view.members if support[m] >= view.majority]
+    majority = view.majority
+    kept = [m for m in view.members if support[m] >= majority]
     kept_set = set(kept)
     down: set[tuple[str, str]] = set()
+    timeout = s.settings.suspect_timeout
     for a in kept:  # a fresh report that lacks b: a says it does not hear b directly
         if a == s.node_id:
-            missing = set(view.members) - _direct_heard_by(s, a, now)
-        elif _heard_by(s, a, now) is not None:
-            missing = s.support.missing(view.members, ("direct", a), _direct_heard_by(s, a, now))
+            missing: frozenset[str] | set[str] = set(view.members) - _direct_heard_by(s, a, now)
         else:
-            continue
-        down.update(
-            (a, b) if a < b else (b, a) for b in missing if b in kept_set and b != a
-        )  # canonical order
+            # _direct_heard_by inlined (a coordinator of 1,000 asks this of everyone each tick)
+            report = s.reports.get(a)
+            if report is None or now - report[0] > timeout:
+                continue
+            missing = s.support.missing(view.members, ("direct", a), s.direct_reports.get(a, report[1]))
+        if missing:
+            down.update(
+                (a, b) if a < b else (b, a) for b in missing if b in kept_set and b != a
+            )  # canonical order
     links = tuple(sorted(down))
     if links != s.topology[1]:
         version = (view.epoch, s.topology[0][1] + 1 if s.topology[0][0] == view.epoch else 1)
         s.topology = (version, links)
         out.append(TopologyChanged(version, links))
         # push it now rather than with the next heartbeat
-        beat = _heartbeat(s)
-        for m in view.members:
-            _send(s, m, beat, out)
+        _broadcast(s, view.members, _heartbeat(s), out)
