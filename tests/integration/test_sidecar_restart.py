@@ -3,14 +3,13 @@ state (same address) it recovers it; without a usable one it rejoins as a new in
 
 from __future__ import annotations
 
-import json
 from urllib.parse import urlparse
 
 import pytest
 
 from chaos_lab.localcluster import LocalCluster
+from chaos_sidecar.adapters.state_store import StateStore
 from chaos_sidecar.eventlog import Kind, Record
-from chaos_sidecar.membership.durable import decode_state
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,8 +25,8 @@ async def test_a_killed_sidecar_recovers_its_state_or_rejoins_as_a_new_incarnati
         await cluster.start("n2")
         members = {"n0", "n1", "n2"}
         agreed = await cluster.wait_agreed(members, 30)
-        state_file = tmp_path / "state" / "n1" / "n1.state.json"
-        saved = decode_state(state_file.read_bytes(), "n1")
+        store = StateStore(tmp_path / "state" / "n1", "n1")
+        saved, _ = store.load()
         assert saved.view is not None and saved.view.epoch == agreed["view"]["epoch"]
 
         # back at the same address (the port the OS gave it before): it recovers its state
@@ -46,4 +45,4 @@ async def test_a_killed_sidecar_recovers_its_state_or_rejoins_as_a_new_incarnati
         (lost,) = records(cluster, "n1", Kind.STATE_LOST)
         listed = dict(zip(view["view"]["members"], view["view"]["incarnations"], strict=True))
         assert listed["n1"] == lost["incarnation"] > saved.incarnation
-        assert json.loads(state_file.read_text())["state"]["incarnation"] == lost["incarnation"]
+        assert store.load()[0].incarnation == lost["incarnation"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from chaos_sidecar.adapters.runtime import EventLog, MembershipRuntime
-from chaos_sidecar.adapters.state_store import StateStore, initial_state
+from chaos_sidecar.adapters.state_store import SLOT_BYTES, SLOT_HEADER, StateStore, initial_state
 from chaos_sidecar.config import SidecarConfig
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.membership import machine as sm
@@ -66,18 +66,44 @@ def encode_state_body(body: dict) -> bytes:
     return json.dumps(outer).encode()
 
 
-def test_the_store_replaces_atomically_and_sets_a_corrupt_file_aside(tmp_path: Path) -> None:
+def test_the_store_keeps_the_newest_sound_slot_and_sets_a_damaged_file_aside(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state", "b")
     assert store.load() == (None, None)
     saved = saved_member()
     store.save(saved)
     store.save(replace(saved, max_round=5))
-    assert store.load() == (replace(saved, max_round=5), None)
-    assert [p.name for p in (tmp_path / "state").iterdir()] == ["b.state.json"]  # no temporary left
-    store.path.write_bytes(store.path.read_bytes()[:-20])  # a torn write from another tool
+    assert StateStore(tmp_path / "state", "b").load() == (replace(saved, max_round=5), None)
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["b.state"]  # one file, written in place
+
+    # a crash while writing the third state tears its slot: the second state is what holds
+    store.save(replace(saved, max_round=6))
+    raw = bytearray(store.path.read_bytes())
+    newest = (store.sequence % 2) * SLOT_BYTES
+    raw[newest + SLOT_HEADER.size + 40 : newest + SLOT_HEADER.size + 60] = b"\0" * 20
+    store.path.write_bytes(bytes(raw))
+    reader = StateStore(tmp_path / "state", "b")
+    assert reader.load() == (replace(saved, max_round=5), None)
+    reader.save(replace(saved, max_round=7))  # overwrites the torn slot, not the sound one
+    assert StateStore(tmp_path / "state", "b").load() == (replace(saved, max_round=7), None)
+
+    # a store that never read the file does not overwrite its newest slot either
+    StateStore(tmp_path / "state", "b").save(replace(saved, max_round=8))
+    assert StateStore(tmp_path / "state", "b").load() == (replace(saved, max_round=8), None)
+
+    store.path.write_bytes(store.path.read_bytes()[:100])  # both slots gone: a damaged file
     state, problem = store.load()
-    assert state is None and "b.state.json" in problem and "corrupt" in problem
-    assert (tmp_path / "state" / "b.state.json.corrupt").exists() and not store.path.exists()
+    assert state is None and "b.state" in problem and "corrupt" in problem
+    assert (tmp_path / "state" / "b.state.corrupt").exists() and not store.path.exists()
+
+
+def test_the_store_reads_a_file_of_the_earlier_format_and_replaces_it(tmp_path: Path) -> None:
+    saved = saved_member()
+    store = StateStore(tmp_path, "b")
+    store.legacy_path.write_bytes(encode_state(saved))
+    assert store.load() == (saved, None)
+    store.save(replace(saved, max_round=5))
+    assert [p.name for p in tmp_path.iterdir()] == ["b.state"]
+    assert StateStore(tmp_path, "b").load() == (replace(saved, max_round=5), None)
 
 
 def config(tmp_path: Path, **kw) -> SidecarConfig:
