@@ -16,7 +16,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def summary(values: Sequence[float], digits: int = 3) -> dict[str, float | int | None]:
-    """``{"n", "p50", "p99", "max"}`` rounded to ``digits``."""
+    """``{"n", "p50", "p95", "p99", "max"}`` rounded to ``digits``."""
 
     def r(x: float | None) -> float | None:
         return None if x is None else round(x, digits)
@@ -24,6 +24,7 @@ def summary(values: Sequence[float], digits: int = 3) -> dict[str, float | int |
     return {
         "n": len(values),
         "p50": r(percentile(values, 50)),
+        "p95": r(percentile(values, 95)),
         "p99": r(percentile(values, 99)),
         "max": r(max(values) if values else None),
     }

@@ -31,6 +31,7 @@ class Kind(enum.StrEnum):
     STATE_LOST = "state_lost"
     OBSERVED = "observed"
     DECIDED = "decided"
+    VOTED = "voted"
     INSTALLED = "installed"
     TOPOLOGY = "topology"
     NO_MAJORITY = "no_majority"

@@ -5,6 +5,11 @@ computed by the deciding node) and agreement latency (first seen -> committed or
 by every member), from the nodes' own JSONL event logs (wall clock, one machine). For
 failures, detection (kill -> first suspicion) is reported separately: it is the failure
 detector's timeout, not the protocol.
+
+Where the milliseconds of a membership change go, per hop (``hops_ms``): ``quorum`` from the
+decision to the vote that completes a majority of the old view (the accept round trip,
+each vote written to its voter's disk first), ``commit`` from the decision to the deciding
+node's own install, and ``spread`` from that install to the last member's.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Measured:
     decision_ms: list[float] = field(default_factory=list)
     agreement_ms: list[float] = field(default_factory=list)
     detection_ms: list[float] = field(default_factory=list)
+    hops_ms: dict[str, list[float]] = field(default_factory=dict)
     missing: int = 0
 
 
@@ -104,8 +110,27 @@ def event_latency(records: list[Record], inj: Injection) -> dict[str, float] | N
         "decision_ms": (decided.t - seen.t) * 1000,
         "agreement_ms": (last - seen.t) * 1000,
     }
+    if decided.kind is Kind.DECIDED:
+        out |= _hops(records, decided, installs, last)
     if inj.kind in ("failure", "coordinator_failure"):
         out["detection_ms"] = (seen.t - inj.injected_at) * 1000
+    return out
+
+
+def _hops(records: list[Record], decided: Record, installs: list[Record], last: float) -> dict[str, float]:
+    """The decision's way to every member, hop by hop (see the module's docstring)."""
+    changes = [tuple(c) for c in decided["changes"]]
+    before = set(decided["members"]) - {n for k, n in changes if k == "join"}
+    before |= {n for k, n in changes if k in ("leave", "remove")}
+    votes = sorted(r.t for r in records if r.kind is Kind.VOTED and r["epoch"] == decided["epoch"])
+    own = next((r.t for r in installs if r.node == decided.node), None)
+    out = {}
+    quorum = len(before) // 2 + 1
+    if len(votes) >= quorum:
+        out["quorum_ms"] = (votes[quorum - 1] - decided.t) * 1000
+    if own is not None:
+        out["commit_ms"] = (own - decided.t) * 1000
+        out["spread_ms"] = (last - own) * 1000
     return out
 
 
@@ -121,6 +146,9 @@ def analyse(records: list[Record], injections: list[Injection]) -> dict[str, Mea
         m.agreement_ms.append(latency["agreement_ms"])
         if "detection_ms" in latency:
             m.detection_ms.append(latency["detection_ms"])
+        for hop in ("quorum", "commit", "spread"):
+            if f"{hop}_ms" in latency:
+                m.hops_ms.setdefault(hop, []).append(latency[f"{hop}_ms"])
     return out
 
 
@@ -223,12 +251,15 @@ async def measure(nodes: int, repeats: int, workdir: Path, seed: int = 0) -> dic
         }
         if m.detection_ms:
             entry["detection_ms"] = summary(m.detection_ms)
+        if m.hops_ms:
+            entry["hops_ms"] = {hop: summary(values) for hop, values in m.hops_ms.items()}
         kinds[kind] = entry
     return {
         "scenario": "agreement",
         "nodes": nodes,
         "repeats": repeats,
-        "transport": "HTTP/1.1 over loopback, HMAC-signed",
+        "transport": "one WebSocket per pair of sidecars over loopback, every frame HMAC-signed",
+        "durable_state": "every sidecar writes its durable state (--state-dir) before it sends",
         "settings": {
             "heartbeat_s": settings.heartbeat_interval,
             "suspect_timeout_s": settings.suspect_timeout,

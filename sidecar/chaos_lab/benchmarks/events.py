@@ -21,6 +21,7 @@ def table(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "decision_p50_ms": stats["decision_ms"]["p50"],
                 "decision_p99_ms": stats["decision_ms"]["p99"],
                 "agreement_p50_ms": stats["agreement_ms"]["p50"],
+                "agreement_p95_ms": stats["agreement_ms"]["p95"],
                 "agreement_p99_ms": stats["agreement_ms"]["p99"],
                 "samples": stats["decision_ms"]["n"],
             }

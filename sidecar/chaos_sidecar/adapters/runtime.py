@@ -179,6 +179,8 @@ class MembershipRuntime:
                         members=list(view.members),
                         changes=[list(c) for c in changes],
                     )
+                case sm.Accepting(view, ballot):  # a hop of the agreement, for its latency breakdown
+                    self.log.write(Kind.VOTED, epoch=view.epoch, ballot=list(ballot))
                 case sm.Observed(change):
                     self.log.write(Kind.OBSERVED, change=list(change))
                 case sm.TopologyChanged(version, links):

@@ -7,12 +7,14 @@ each member's vote, each install). It therefore writes *in place*: ``<node>.stat
 fixed-size slots, each a header (magic, sequence number, length) and one encoded state (JSON
 with its own SHA-256, :mod:`~chaos_sidecar.membership.durable`). A save overwrites the slot
 that does not hold the newest state and ``fdatasync``s the file: one flush of blocks already
-allocated, instead of a new file, a rename and two ``fsync`` calls (file and directory). A crash mid-write tears only that slot; its checksum fails
-and :meth:`StateStore.load` takes the other, the state before the interrupted step, whose
-messages never left. Only when neither slot holds a sound state is the file moved aside
-(``.corrupt``) and reported, and the sidecar starts as a new incarnation (see
-docs/membership.md). A ``<node>.state.json`` left by an earlier version (one state, replaced by
-rename) is read when there is no slot file, and removed once the slots hold a newer state.
+allocated, instead of a new file, a rename and two ``fsync`` calls (file and directory).
+
+A crash mid-write tears only that slot; its checksum fails and :meth:`StateStore.load` takes
+the other, the state before the interrupted step, whose messages never left. Only when
+neither slot holds a sound state is the file moved aside (``.corrupt``) and reported, and the
+sidecar starts as a new incarnation (see docs/membership.md). A ``<node>.state.json`` left by
+an earlier version (one state, replaced by rename) is read when there is no slot file, and
+removed once the slots hold a newer state.
 """
 
 from __future__ import annotations
