@@ -1,0 +1,104 @@
+"""A multi-party group of real sidecars: party a (nodes a-*) and party b (node b0, at most
+one) agree on a view, each signing with its own party key; a node of b claiming an id of a,
+a party not in the admission policy, and a second node of b past b's limit are all refused
+by the members, counted by reason, and never enter the view."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+
+from chaos_lab.localcluster import LocalCluster
+from chaos_sidecar import parties
+from chaos_sidecar.parties import new_key_file
+
+pytestmark = pytest.mark.timeout(120)
+DEADLINE_S = 30.0
+
+
+def write_key(directory: Path, party: str, seed: int) -> tuple[Path, str]:
+    signer, raw = new_key_file(party, bytes([seed]) * 32)
+    path = directory / f"{party}-{seed}.key"
+    path.write_bytes(raw)
+    path.chmod(0o600)
+    return path, signer.public_key
+
+
+def write_policy(path: Path, entries: list[tuple[str, dict, int, str]]) -> Path:
+    listed = [
+        {"name": name, "nodes": nodes, "max_nodes": most, "keys": [{"public_key": key}]}
+        for name, nodes, most, key in entries
+    ]
+    path.write_text(yaml.safe_dump({"version": 1, "parties": listed}))
+    return path
+
+
+async def rejected(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    async with session.get(url + "/metrics") as response:
+        text = await response.text()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("chaostrain_rejected_messages_total{"):
+            out[line.split('reason="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+async def wait_refused(cluster: LocalCluster, reason: str) -> None:
+    """Until some member counted a refusal for ``reason`` (a deadline, not a sleep)."""
+    assert cluster.session is not None
+    deadline = time.monotonic() + DEADLINE_S
+    members = ["a-0", "a-1", "b0"]
+    while not any([(await rejected(cluster.session, cluster.nodes[n].url)).get(reason, 0) for n in members]):
+        assert time.monotonic() < deadline, f"no member refused anything as {reason} within {DEADLINE_S}s"
+        await asyncio.sleep(0.1)
+
+
+async def test_parties_are_admitted_by_policy_and_impostors_outsiders_and_extras_refused(
+    tmp_path: Path,
+) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    a_key, a_public = write_key(keys, "a", 1)
+    b_key, b_public = write_key(keys, "b", 2)
+    c_key, c_public = write_key(keys, "c", 3)
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        [("a", {"prefix": "a-"}, 3, a_public), ("b", {"ids": ["b0", "b1"]}, 1, b_public)],
+    )
+    # what an impostor of party b and an outsider c write into their own copies of the policy
+    b_says_it_owns_a9 = write_policy(
+        tmp_path / "b-forged.yaml",
+        [("a", {"ids": ["a-0"]}, 3, a_public), ("b", {"ids": ["a-9"]}, 3, b_public)],
+    )
+    c_lists_itself = write_policy(tmp_path / "c-own.yaml", [("c", {"prefix": "c"}, 3, c_public)])
+
+    def party(key: Path, policy_file: Path = policy) -> list[str]:
+        return ["--party-key", str(key), "--admission-policy", str(policy_file)]
+
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        await cluster.start("a-0", seed=True, extra=party(a_key))
+        await cluster.start("a-1", extra=party(a_key))
+        await cluster.start("b0", extra=party(b_key))
+        await cluster.wait_agreed({"a-0", "a-1", "b0"}, DEADLINE_S)
+
+        members = ["a-0", "a-1", "b0"]
+        for node in members:  # the parties' own requests, streams and probes all pass
+            counted = await rejected(cluster.session, cluster.nodes[node].url)  # type: ignore[arg-type]
+            assert not {r for r in counted if r.startswith("party_")}, (node, counted)
+        await cluster.start("a-9", contacts=members, extra=party(b_key, b_says_it_owns_a9))
+        await wait_refused(cluster, parties.FOREIGN_NODE)
+        await cluster.start("c0", contacts=members, extra=party(c_key, c_lists_itself))
+        await wait_refused(cluster, parties.UNKNOWN)
+        await cluster.start("b1", contacts=members, extra=party(b_key))  # b already holds its one
+        await wait_refused(cluster, parties.FULL)
+
+        view = await cluster.wait_agreed(set(members), DEADLINE_S)
+        assert set(view["view"]["members"]) == set(members)
+        for refused in ("a-9", "c0", "b1"):
+            assert cluster.nodes[refused].process.poll() is None  # still asking, never admitted
+            assert (await cluster.view(refused))["status"] != "member"  # type: ignore[index]
