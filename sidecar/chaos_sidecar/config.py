@@ -155,14 +155,21 @@ def read_secret(path: str | None) -> bytes:
 
 
 def read_party_files(
-    key_path: str | None, policy_path: str | None, node_id: str
+    key_path: str | None, policy_path: str | None, node_id: str, *, allow_cleartext: bool = False
 ) -> tuple[PartySigner, Policy] | None:
     """This node's party key and the job's admission policy (both or neither), checked
     against each other: the key's party is in the policy, lists the key's public half, and
-    owns ``node_id``."""
+    owns ``node_id``; a policy of several parties needs ``allow_cleartext`` (gradients would
+    cross parties in clear text)."""
     if key_path is None and policy_path is None:
         return None
-    from chaos_sidecar.parties import encode_key, parse_key_file, parse_policy  # yaml: not at CLI parse
+    from chaos_sidecar.parties import (  # yaml and cryptography: not when the CLI parses
+        CLEARTEXT_FLAG,
+        cleartext_collectives_refusal,
+        encode_key,
+        parse_key_file,
+        parse_policy,
+    )
 
     if key_path is None or policy_path is None:
         missing = "--party-key" if key_path is None else "--admission-policy"
@@ -178,6 +185,9 @@ def read_party_files(
         )
     if not party.owns(node_id):
         raise InputError("--node-id", f"{node_id!r} is not a node id that party {signer.party!r} owns")
+    refusal = cleartext_collectives_refusal(policy, allow_cleartext)
+    if refusal is not None:
+        raise InputError(CLEARTEXT_FLAG, refusal)
     return signer, policy
 
 

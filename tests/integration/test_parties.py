@@ -78,7 +78,13 @@ async def test_parties_are_admitted_by_policy_and_impostors_outsiders_and_extras
     c_lists_itself = write_policy(tmp_path / "c-own.yaml", [("c", {"prefix": "c"}, 3, c_public)])
 
     def party(key: Path, policy_file: Path = policy) -> list[str]:
-        return ["--party-key", str(key), "--admission-policy", str(policy_file)]
+        return [
+            "--party-key",
+            str(key),
+            "--admission-policy",
+            str(policy_file),
+            "--allow-cleartext-collectives",
+        ]
 
     async with LocalCluster(tmp_path / "cluster") as cluster:
         await cluster.start("a-0", seed=True, extra=party(a_key))

@@ -168,7 +168,7 @@ def test_the_sidecar_refuses_a_key_that_does_not_fit_the_policy(tmp_path: Path) 
     for name, seed in [("b", bytes([3]) * 32), ("b-unlisted", bytes([9]) * 32), ("c", bytes([4]) * 32)]:
         keys[name] = tmp_path / name
         keys[name].write_bytes(new_key_file(name.split("-")[0], seed)[1])
-    signer, loaded = read_party_files(str(keys["b"]), str(policy), "b1")  # type: ignore[misc]
+    signer, loaded = read_party_files(str(keys["b"]), str(policy), "b1", allow_cleartext=True)  # type: ignore[misc]
     assert signer.party == "b" and loaded == POLICY
     cases = [
         ((str(keys["b"]), None, "b1"), "--admission-policy"),
@@ -180,9 +180,26 @@ def test_the_sidecar_refuses_a_key_that_does_not_fit_the_policy(tmp_path: Path) 
     ]
     for args, field in cases:
         with pytest.raises(InputError) as caught:
-            read_party_files(*args)
+            read_party_files(*args, allow_cleartext=True)
         assert caught.value.field == field, args
     assert read_party_files(None, None, "b1") is None
+
+
+def test_a_policy_of_several_parties_needs_the_owner_to_allow_cleartext_collectives(tmp_path: Path) -> None:
+    """gloo has no TLS transport in the pinned torch build (docs/federation.md): gradients
+    between parties would travel in clear text, so the owner must say so explicitly."""
+    key = tmp_path / "b.key"
+    key.write_bytes(new_key_file("b", bytes([3]) * 32)[1])
+    both = tmp_path / "both.yaml"
+    both.write_text(yaml.safe_dump(policy_doc()))
+    with pytest.raises(InputError) as caught:
+        read_party_files(str(key), str(both), "b1")
+    assert caught.value.field == "--allow-cleartext-collectives"
+    assert "clear text" in caught.value.message and "a, b" in caught.value.message
+    assert read_party_files(str(key), str(both), "b1", allow_cleartext=True) is not None
+    only_b = tmp_path / "only-b.yaml"
+    only_b.write_text(yaml.safe_dump({**policy_doc(), "parties": policy_doc()["parties"][1:]}))
+    assert read_party_files(str(key), str(only_b), "b1") is not None  # one party: nothing crosses
 
 
 # --- party signatures -----------------------------------------------------------------------
@@ -316,3 +333,55 @@ def test_admitting_joins_one_by_one_never_exceeds_a_partys_limit(
     for party in POLICY.parties:
         new = {n for n in admitted if party.owns(n) and n not in group}
         assert not new or len({n for n in group | admitted if party.owns(n)}) <= party.max_nodes
+
+
+# --- the commands -----------------------------------------------------------------------------
+
+
+def test_keygen_writes_a_private_key_file_once_and_prints_the_public_key(tmp_path: Path, capsys) -> None:
+    from chaos_sidecar import cli
+
+    out = tmp_path / "b.key"
+    args = cli.parse(["party", "keygen", "--party", "b", "--out", str(out)])
+    assert args.run(args) == 0
+    assert out.stat().st_mode & 0o777 == 0o600
+    signer = parse_key_file(out.read_bytes(), "--party-key")
+    assert signer.party == "b"
+    printed = capsys.readouterr().out
+    assert f"- public_key: {signer.public_key}" in printed
+    assert parse_policy(  # what it printed goes into a policy as it is
+        yaml.safe_dump(
+            {"version": 1, "parties": [{"name": "b", "nodes": {"prefix": "b"}, "max_nodes": 1, "keys": []}]}
+        )
+        .replace("keys: []", "keys:\n  " + printed.splitlines()[1])
+        .encode()
+    ).parties[0].keys[0].public == parties.decode_key(signer.public_key, "k", 32)
+    with pytest.raises(InputError) as caught:  # never overwritten
+        args.run(args)
+    assert (
+        caught.value.field == "--out"
+        and parse_key_file(out.read_bytes(), "k").public_key == signer.public_key
+    )
+    bad = cli.parse(["party", "keygen", "--party", "Bad Name", "--out", str(tmp_path / "x")])
+    with pytest.raises(InputError) as caught:
+        bad.run(bad)
+    assert caught.value.field == "--party" and not (tmp_path / "x").exists()
+
+
+def test_the_sidecar_command_takes_the_party_options(tmp_path: Path) -> None:
+    from chaos_sidecar import cli
+    from chaos_sidecar.commands.sidecar import config_from_args
+
+    secret, key, policy = tmp_path / "secret", tmp_path / "b.key", tmp_path / "policy.yaml"
+    secret.write_bytes(SECRET)
+    key.write_bytes(new_key_file("b", bytes([3]) * 32)[1])
+    policy.write_text(yaml.safe_dump(policy_doc()))
+    argv = ["sidecar", "--node-id", "b1", "--peers", "a-0=http://127.0.0.1:1", "--secret-file", str(secret),
+            "--party-key", str(key), "--admission-policy", str(policy)]  # fmt: skip
+    with pytest.raises(InputError) as caught:
+        config_from_args(cli.parse(argv))
+    assert caught.value.field == "--allow-cleartext-collectives"
+    config = config_from_args(cli.parse([*argv, "--allow-cleartext-collectives"]))
+    assert config.secret.party.party == "b" and config.secret.policy == POLICY  # type: ignore[attr-defined]
+    plain = config_from_args(cli.parse(argv[:-4]))
+    assert plain.secret.party is None and plain.secret.policy is None  # type: ignore[attr-defined]

@@ -109,6 +109,12 @@ def register(subparsers: Subparsers) -> None:
         "--admission-policy",
         help="a multi-party job: the parties, their public keys, node ids and node limits (YAML or JSON)",
     )
+    parser.add_argument(
+        "--allow-cleartext-collectives",
+        action="store_true",
+        help="a policy of several parties: accept that the trainers' gradients cross parties in clear "
+        "text (gloo over TCP; this torch build has no TLS transport for it)",
+    )
     parser.add_argument("--ready-file", help="write {'port', 'url', 'local_url', 'pid'} here once listening")
     parser.add_argument("--log", help="append the JSONL event log here")
     parser.add_argument("--heartbeat-s", type=positive_float, default=0.1)
@@ -161,7 +167,12 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         node_id=args.node_id,
         secret=with_parties(
             rotating_secret(args.secret_file, args.secret_grace_s, args.secret_sign_delay_s),
-            read_party_files(args.party_key, args.admission_policy, args.node_id),
+            read_party_files(
+                args.party_key,
+                args.admission_policy,
+                args.node_id,
+                allow_cleartext=args.allow_cleartext_collectives,
+            ),
         ),
         secret_file=Path(args.secret_file),
         secret_poll_s=args.secret_poll_s,
