@@ -100,17 +100,17 @@ def check_tls_files(cert: str | None, key: str | None, ca: str | None) -> tuple[
     return Path(cert), Path(key), Path(ca)  # type: ignore[arg-type]
 
 
-def parse_contacts(text: str) -> tuple[tuple[str, str], ...]:
-    """``id=http://host:port,id2=...`` -> ((id, url), ...)."""
+def parse_contacts(text: str, flag: str = "--peers") -> tuple[tuple[str, str], ...]:
+    """``id=http://host:port,id2=...`` -> ((id, url), ...); errors name ``flag``."""
     contacts = []
     for i, item in enumerate(filter(None, (p.strip() for p in text.split(",")))):
         node, sep, url = item.partition("=")
         if not sep or not url.startswith(("http://", "https://")):
-            raise InputError(f"--peers[{i}]", f"expected id=http://host:port, got {item!r}")
+            raise InputError(f"{flag}[{i}]", f"expected id=http://host:port, got {item!r}")
         try:
-            check_node_id(node, f"--peers[{i}]")
+            check_node_id(node, f"{flag}[{i}]")
         except ProtocolError as exc:
-            raise InputError(f"--peers[{i}]", exc.detail) from None
+            raise InputError(f"{flag}[{i}]", exc.detail) from None
         contacts.append((node, url.rstrip("/")))
     return tuple(contacts)
 

@@ -6,6 +6,9 @@ by the members, counted by reason, and never enter the view."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +17,8 @@ import pytest
 import yaml
 
 from chaos_lab.localcluster import LocalCluster
-from chaos_sidecar import parties
+from chaos_sidecar import eventlog, parties
+from chaos_sidecar.eventlog import Kind
 from chaos_sidecar.parties import new_key_file
 
 pytestmark = pytest.mark.timeout(120)
@@ -108,3 +112,88 @@ async def test_parties_are_admitted_by_policy_and_impostors_outsiders_and_extras
         for refused in ("a-9", "c0", "b1"):
             assert cluster.nodes[refused].process.poll() is None  # still asking, never admitted
             assert (await cluster.view(refused))["status"] != "member"  # type: ignore[index]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "chaos_sidecar.cli"]
+MLP = [
+    str(ROOT / "examples" / "train" / "mlp.py"),
+    "--steps",
+    "100000",
+    "--hidden",
+    "32",
+    "--global-batch",
+    "32",
+]
+
+
+def steps_at_world(log: Path, world: int) -> int:
+    if not log.exists():
+        return 0
+    return sum(1 for r in eventlog.read([log]) if r.kind is Kind.STEP and r.get("world") == world)
+
+
+def wait_for(condition, what: str, process: subprocess.Popen, stderr: Path) -> None:
+    deadline = time.monotonic() + 90
+    while not condition():
+        assert process.poll() is None, f"{what}: exited {process.returncode}: {stderr.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"{what}: not within 90 s: {stderr.read_text()[-2000:]}"
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(240)
+def test_an_outside_party_joins_with_run_join_and_trains_and_an_impostor_cannot_start(tmp_path: Path) -> None:
+    """Party a founds the job with ``chaos-train run --new-group``; party b's node, with no
+    Kubernetes and only a's contact point, joins with ``chaos-train run --join`` and both train
+    in the same group (world 2); b's key cannot start a node under one of a's ids."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    a_key, a_public = write_key(keys, "a", 1)
+    b_key, b_public = write_key(keys, "b", 2)
+    policy = write_policy(
+        tmp_path / "policy.yaml", [("a", {"prefix": "a-"}, 2, a_public), ("b", {"ids": ["b0"]}, 1, b_public)]
+    )
+    secret = tmp_path / "join-secret"
+    secret.write_text("a-shared-join-secret-of-the-job")
+    secret.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAOS_")} | {"OMP_NUM_THREADS": "1"}
+    common = [
+        "--secret-file",
+        str(secret),
+        "--admission-policy",
+        str(policy),
+        "--allow-cleartext-collectives",
+    ]
+    logs = {n: tmp_path / f"{n}.jsonl" for n in ("a-0", "b0")}
+    errs = {n: tmp_path / f"{n}.stderr" for n in ("a-0", "b0")}
+    processes: dict[str, subprocess.Popen] = {}
+    try:
+        with errs["a-0"].open("wb") as err:
+            processes["a-0"] = subprocess.Popen(
+                [*CLI, "run", "--new-group", "--node-id", "a-0", "--party-key", str(a_key), *common,
+                 "--event-log", str(logs["a-0"]), *MLP], stderr=err, env=env)  # fmt: skip
+        marker = "chaos-train run: sidecar of a-0 at "
+        wait_for(lambda: marker in errs["a-0"].read_text(), "a-0's sidecar", processes["a-0"], errs["a-0"])
+        url = errs["a-0"].read_text().split(marker, 1)[1].split()[0]
+        with errs["b0"].open("wb") as err:  # b's node joins through a's contact point
+            processes["b0"] = subprocess.Popen(
+                [*CLI, "run", "--join", f"a-0={url}", "--node-id", "b0", "--party-key", str(b_key), *common,
+                 "--event-log", str(logs["b0"]), *MLP], stderr=err, env=env)  # fmt: skip
+        impostor = subprocess.run(  # meanwhile b's key under one of a's ids
+            [*CLI, "run", "--join", f"a-0={url}", "--node-id", "a-1", "--party-key", str(b_key), *common,
+             *MLP],
+            capture_output=True, text=True, timeout=60, env=env, check=False,
+        )  # fmt: skip
+        assert impostor.returncode == 2
+        assert "--node-id: 'a-1' is not a node id that party 'b' owns" in impostor.stderr
+        wait_for(
+            lambda: steps_at_world(logs["b0"], 2) >= 5, "b0 training with a-0", processes["b0"], errs["b0"]
+        )
+        wait_for(
+            lambda: steps_at_world(logs["a-0"], 2) >= 5, "a-0 training with b0", processes["a-0"], errs["a-0"]
+        )
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()

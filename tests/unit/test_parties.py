@@ -385,3 +385,40 @@ def test_the_sidecar_command_takes_the_party_options(tmp_path: Path) -> None:
     assert config.secret.party.party == "b" and config.secret.policy == POLICY  # type: ignore[attr-defined]
     plain = config_from_args(cli.parse(argv[:-4]))
     assert plain.secret.party is None and plain.secret.policy is None  # type: ignore[attr-defined]
+
+
+def test_run_join_needs_the_party_key_and_policy_and_checks_them_before_starting(tmp_path: Path) -> None:
+    from chaos_sidecar import cli
+
+    script, secret, key = tmp_path / "train.py", tmp_path / "secret", tmp_path / "b.key"
+    script.write_text("raise SystemExit('never started')\n")
+    secret.write_bytes(SECRET)
+    key.write_bytes(new_key_file("b", bytes([3]) * 32)[1])
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy_doc()))
+    join = [
+        "run",
+        "--join",
+        "a-0=https://site-a.example:7070",
+        "--node-id",
+        "b0",
+        "--secret-file",
+        str(secret),
+    ]
+    cases = [
+        ([], "--party-key"),
+        (["--party-key", str(key)], "--admission-policy"),
+        (
+            ["--party-key", str(key), "--admission-policy", str(tmp_path / "policy.yaml")],
+            "--allow-cleartext-collectives",
+        ),
+        (["--party-key", str(key), "--admission-policy", str(tmp_path / "nope.yaml")], "--admission-policy"),
+    ]
+    for extra, field in cases:
+        args = cli.parse([*join, *extra, str(script)])
+        with pytest.raises(InputError) as caught:
+            args.run(args)
+        assert caught.value.field == field, extra
+    with pytest.raises(InputError) as caught:
+        bad = cli.parse(["run", "--join", "https://site-a.example:7070", str(script)])  # no id=
+        bad.run(bad)
+    assert caught.value.field == "--join[0]"
