@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -192,6 +193,122 @@ def test_an_outside_party_joins_with_run_join_and_trains_and_an_impostor_cannot_
         wait_for(
             lambda: steps_at_world(logs["a-0"], 2) >= 5, "a-0 training with b0", processes["a-0"], errs["a-0"]
         )
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def digests_at_world(log: Path, world: int) -> dict[int, str]:
+    if not log.exists():
+        return {}
+    return {
+        r["step"]: r["digest"]
+        for r in eventlog.read([log])
+        if r.kind is Kind.STEP and r.get("world") == world and "digest" in r
+    }
+
+
+def rejected_now(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        line.split('reason="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("chaostrain_rejected_messages_total{")
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_two_parties_train_together_while_an_impostor_and_an_outsider_are_refused(tmp_path: Path) -> None:
+    """3 nodes of party a and 2 of party b (joined with ``chaos-train run --join``) train as one
+    group with identical replicas, while a node with b's key claiming a's id a-9 and a node of
+    party c (not in the policy), each with its own doctored copy of the policy, are refused by
+    the members and never enter the group."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (a_key, a_public), (b_key, b_public), (c_key, c_public) = (
+        write_key(keys, p, i) for i, p in enumerate("abc", 1)
+    )
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        [("a", {"prefix": "a-"}, 3, a_public), ("b", {"ids": ["b0", "b1"]}, 2, b_public)],
+    )
+    forged = write_policy(tmp_path / "b-forged.yaml", [("b", {"ids": ["a-9"]}, 3, b_public)])
+    outsider = write_policy(tmp_path / "c-own.yaml", [("c", {"prefix": "c"}, 3, c_public)])
+    secret = tmp_path / "join-secret"
+    secret.write_text("a-shared-join-secret-of-the-job")
+    secret.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAOS_")} | {"OMP_NUM_THREADS": "1"}
+    common = ["--secret-file", str(secret), "--allow-cleartext-collectives"]
+    nodes = {"a-0": a_key, "a-1": a_key, "a-2": a_key, "b0": b_key, "b1": b_key}
+    logs = {n: tmp_path / f"{n}.jsonl" for n in nodes}
+    errs = {n: tmp_path / f"{n}.stderr" for n in [*nodes, "a-9", "c0"]}
+    processes: dict[str, subprocess.Popen] = {}
+    urls: dict[str, str] = {}
+
+    def start(node: str, how: list[str], key: Path, policy_file: Path, program: list[str]) -> None:
+        with errs[node].open("wb") as err:
+            processes[node] = subprocess.Popen(
+                [*CLI, *program[:1], *how, "--node-id", node, "--party-key", str(key),
+                 "--admission-policy", str(policy_file), *common, *program[1:]],
+                stderr=err, env=env,
+            )  # fmt: skip
+
+    def url_of(node: str) -> str:
+        marker = f"chaos-train run: sidecar of {node} at "
+        wait_for(lambda: marker in errs[node].read_text(), f"{node}'s sidecar", processes[node], errs[node])
+        return errs[node].read_text().split(marker, 1)[1].split()[0]
+
+    try:
+        start("a-0", ["--new-group"], a_key, policy, ["run", "--event-log", str(logs["a-0"]), *MLP])
+        urls["a-0"] = url_of("a-0")
+        for node in ("a-1", "a-2"):
+            start(
+                node,
+                ["--peers", f"a-0={urls['a-0']}"],
+                a_key,
+                policy,
+                ["run", "--event-log", str(logs[node]), *MLP],
+            )
+        for node in ("b0", "b1"):
+            start(
+                node,
+                ["--join", f"a-0={urls['a-0']}"],
+                b_key,
+                policy,
+                ["run", "--event-log", str(logs[node]), *MLP],
+            )
+        for node in ("a-1", "a-2", "b0", "b1"):
+            urls[node] = url_of(node)
+        contacts = ",".join(f"{n}={u}" for n, u in urls.items())
+        start("a-9", ["--peers", contacts], b_key, forged, ["sidecar"])
+        start("c0", ["--peers", contacts], c_key, outsider, ["sidecar"])
+
+        for node in nodes:
+            wait_for(
+                lambda n=node: len(digests_at_world(logs[n], 5)) >= 2,
+                f"{node} at world 5",
+                processes[node],
+                errs[node],
+            )
+
+        def refused(reason: str) -> float:
+            return sum(rejected_now(u).get(reason, 0) for u in urls.values())
+
+        for reason in (parties.FOREIGN_NODE, parties.UNKNOWN):
+            wait_for(lambda r=reason: refused(r) > 0, f"a refusal as {reason}", processes["a-0"], errs["a-0"])
+        for rogue in ("a-9", "c0"):
+            assert processes[rogue].poll() is None, errs[rogue].read_text()[-2000:]  # still asking, refused
+        digests = [digests_at_world(logs[n], 5) for n in nodes]
+        common_steps = set.intersection(*(set(d) for d in digests))
+        assert common_steps, "no step with a digest on all five nodes"
+        for step in sorted(common_steps):
+            assert len({d[step] for d in digests}) == 1, f"replicas differ at step {step}"
+        worlds = {r.get("world") for n in nodes for r in eventlog.read([logs[n]]) if r.kind is Kind.STEP}
+        assert max(worlds) == 5  # a-9 and c0 never entered a group
     finally:
         for process in processes.values():
             if process.poll() is None:
