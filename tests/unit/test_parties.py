@@ -258,10 +258,12 @@ def test_without_a_policy_requests_are_signed_and_checked_as_before() -> None:
 VIEW = View(1, ("a-0", "a-1", "b0"), "a-0", ("a-0", "a-1", "b0"))
 
 
-def runtime(node: str, signer: PartySigner, rejected: list[str]) -> MembershipRuntime:
-    state = sm.initial_member(node, VIEW, sm.Settings(), time.monotonic())
+def runtime(node: str, signer: PartySigner, rejected: list[str], clock=time.monotonic) -> MembershipRuntime:
+    state = sm.initial_member(node, VIEW, sm.Settings(), clock())
     secret = with_parties(RotatingSecret(SECRET), (signer, POLICY))
-    return MembershipRuntime(state, secret, EventLog(None, node), SidecarMetrics(), on_reject=rejected.append)
+    return MembershipRuntime(
+        state, secret, EventLog(None, node), SidecarMetrics(), clock=clock, on_reject=rejected.append
+    )
 
 
 async def test_a_relay_seal_carries_the_origins_party() -> None:
@@ -300,6 +302,18 @@ async def test_joins_past_a_partys_limit_and_foreign_leaves_are_refused_and_coun
     assert "b0" in a0.state.leaves
     assert rejected == [parties.FULL, parties.UNKNOWN, parties.FOREIGN_LEAVE]
     assert "b2" not in a0.state.joins and "c0" not in a0.state.joins
+
+
+async def test_a_joiner_that_stopped_asking_no_longer_holds_its_partys_place() -> None:
+    now = [1000.0]
+    rejected: list[str] = []
+    a0 = runtime("a-0", A_NEW, rejected, clock=lambda: now[0])
+    assert await a0.receive(encode(Message("b1", 0, Join("b1", "http://b1"))), authenticated_as="b1") is None
+    b2 = encode(Message("b2", 0, Join("b2", "http://b2")))
+    assert await a0.receive(b2, authenticated_as="b2") == parties.FULL  # b0 and b1 asking: b's 2
+    now[0] += 2 * a0.state.settings.retry_interval + 0.01  # b1 went silent (it retries every interval)
+    assert await a0.receive(b2, authenticated_as="b2") is None
+    assert "b2" in a0.state.joins
 
 
 # --- the admission decision, as a property -----------------------------------------------------

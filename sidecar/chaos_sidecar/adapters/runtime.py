@@ -103,7 +103,7 @@ class MembershipRuntime:
                 return f"relay_{reason}"
         policy = party_policy(self.secret)  # a multi-party job: its admission policy decides first
         if policy is not None and self.state.view is not None:
-            members, pending = frozenset(self.state.view.members), frozenset(self.state.joins)
+            members, pending = frozenset(self.state.view.members), sm.fresh_joins(self.state, self.clock())
             refused = screen(policy, message, members, pending)  # type: ignore[arg-type]
             if refused is not None:
                 self.on_reject(refused)
