@@ -21,11 +21,11 @@ from importlib.metadata import EntryPoint, entry_points
 
 from chaos_sidecar import __version__
 from chaos_sidecar.cliutil import Subparsers
-from chaos_sidecar.commands import operator, plan, run, sidecar
+from chaos_sidecar.commands import operator, party, plan, run, sidecar
 from chaos_sidecar.errors import ChaosError
 
 PLUGIN_GROUP = "chaos_train.commands"
-PRODUCT_COMMANDS = (sidecar, run, operator, plan)
+PRODUCT_COMMANDS = (sidecar, run, operator, plan, party)
 
 
 def _missing(entry_point: EntryPoint, exc: ModuleNotFoundError) -> bool:

@@ -6,11 +6,15 @@ import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chaos_sidecar.errors import InputError, ProtocolError
 from chaos_sidecar.membership.machine import Settings
 from chaos_sidecar.protocol.messages import node_id as check_node_id
 from chaos_sidecar.security import MIN_SECRET_BYTES, RotatingSecret
+
+if TYPE_CHECKING:
+    from chaos_sidecar.parties import PartySigner, Policy
 
 
 @dataclass(frozen=True)
@@ -96,17 +100,17 @@ def check_tls_files(cert: str | None, key: str | None, ca: str | None) -> tuple[
     return Path(cert), Path(key), Path(ca)  # type: ignore[arg-type]
 
 
-def parse_contacts(text: str) -> tuple[tuple[str, str], ...]:
-    """``id=http://host:port,id2=...`` -> ((id, url), ...)."""
+def parse_contacts(text: str, flag: str = "--peers") -> tuple[tuple[str, str], ...]:
+    """``id=http://host:port,id2=...`` -> ((id, url), ...); errors name ``flag``."""
     contacts = []
     for i, item in enumerate(filter(None, (p.strip() for p in text.split(",")))):
         node, sep, url = item.partition("=")
         if not sep or not url.startswith(("http://", "https://")):
-            raise InputError(f"--peers[{i}]", f"expected id=http://host:port, got {item!r}")
+            raise InputError(f"{flag}[{i}]", f"expected id=http://host:port, got {item!r}")
         try:
-            check_node_id(node, f"--peers[{i}]")
+            check_node_id(node, f"{flag}[{i}]")
         except ProtocolError as exc:
-            raise InputError(f"--peers[{i}]", exc.detail) from None
+            raise InputError(f"{flag}[{i}]", exc.detail) from None
         contacts.append((node, url.rstrip("/")))
     return tuple(contacts)
 
@@ -148,3 +152,54 @@ def read_secret(path: str | None) -> bytes:
     if len(secret) < MIN_SECRET_BYTES:
         raise InputError("--secret-file", f"the secret must be at least {MIN_SECRET_BYTES} bytes")
     return secret
+
+
+def read_party_files(
+    key_path: str | None, policy_path: str | None, node_id: str, *, allow_cleartext: bool = False
+) -> tuple[PartySigner, Policy] | None:
+    """This node's party key and the job's admission policy (both or neither), checked
+    against each other: the key's party is in the policy, lists the key's public half, and
+    owns ``node_id``; a policy of several parties needs ``allow_cleartext`` (gradients would
+    cross parties in clear text)."""
+    if key_path is None and policy_path is None:
+        return None
+    from chaos_sidecar.parties import (  # yaml and cryptography: not when the CLI parses
+        CLEARTEXT_FLAG,
+        cleartext_collectives_refusal,
+        encode_key,
+        parse_key_file,
+        parse_policy,
+    )
+
+    if key_path is None or policy_path is None:
+        missing = "--party-key" if key_path is None else "--admission-policy"
+        raise InputError(missing, "a multi-party job needs --party-key and --admission-policy together")
+    signer = parse_key_file(_read(key_path, "--party-key"), "--party-key")
+    policy = parse_policy(_read(policy_path, "--admission-policy"), "--admission-policy")
+    party = policy.party(signer.party)
+    if party is None:
+        raise InputError("--party-key", f"party {signer.party!r} is not in the admission policy")
+    if signer.public_key not in {encode_key(k.public) for k in party.keys}:
+        raise InputError(
+            "--party-key", f"its public key {signer.public_key} is not listed for {signer.party!r}"
+        )
+    if not party.owns(node_id):
+        raise InputError("--node-id", f"{node_id!r} is not a node id that party {signer.party!r} owns")
+    refusal = cleartext_collectives_refusal(policy, allow_cleartext)
+    if refusal is not None:
+        raise InputError(CLEARTEXT_FLAG, refusal)
+    return signer, policy
+
+
+def with_parties(secret: RotatingSecret, parties: tuple[PartySigner, Policy] | None) -> RotatingSecret:
+    """``secret`` carrying this node's party key and the admission policy, if any."""
+    if parties is not None:
+        secret.party, secret.policy = parties
+    return secret
+
+
+def _read(path: str, field: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(field, f"cannot read {path}: {exc.strerror}") from None

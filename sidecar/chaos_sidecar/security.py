@@ -12,11 +12,30 @@ import hashlib
 import hmac
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
 
 TIMESTAMP_HEADER = "X-Chaos-Timestamp"
 SIGNATURE_HEADER = "X-Chaos-Signature"
 NODE_HEADER = "X-Chaos-Node"
+PARTY_HEADER = "X-Chaos-Party"
+PARTY_SIGNATURE_HEADER = "X-Chaos-Party-Signature"
 MIN_SECRET_BYTES = 16
+
+
+class PartySigning(Protocol):
+    """A party's private key (:class:`chaos_sidecar.parties.PartySigner`)."""
+
+    party: str
+
+    def sign(self, data: bytes) -> str: ...
+
+
+class PartyChecking(Protocol):
+    """An admission policy (:class:`chaos_sidecar.parties.Policy`)."""
+
+    def check_signature(
+        self, party_name: str | None, node: str, data: bytes, signature: str | None, now_s: float
+    ) -> str | None: ...
 
 
 def _canonical(method: str, path: str, body: bytes, timestamp_ns: int, node: str) -> bytes:
@@ -28,14 +47,36 @@ def sign(secret: bytes, method: str, path: str, body: bytes, timestamp_ns: int, 
     return hmac.new(secret, _canonical(method, path, body, timestamp_ns, node), hashlib.sha256).hexdigest()
 
 
+def party_signed_data(method: str, path: str, body: bytes, timestamp_ns: int, node: str, party: str) -> bytes:
+    """What a party's key signs: the request's canonical fields and the party's name."""
+    return _canonical(method, path, body, timestamp_ns, node) + f"\n{party}".encode()
+
+
 def signed_headers(
     secret: bytes, method: str, path: str, body: bytes, now_ns: int, node: str
 ) -> dict[str, str]:
-    return {
+    headers = {
         TIMESTAMP_HEADER: str(now_ns),
         SIGNATURE_HEADER: sign(secret, method, path, body, now_ns, node),
         NODE_HEADER: node,
     }
+    signer = party_signer(secret)
+    if signer is not None:
+        headers[PARTY_HEADER] = signer.party
+        headers[PARTY_SIGNATURE_HEADER] = signer.sign(
+            party_signed_data(method, path, body, now_ns, node, signer.party)
+        )
+    return headers
+
+
+def party_signer(secret: bytes) -> PartySigning | None:
+    """The party key this node signs with besides the join secret (a multi-party job)."""
+    return getattr(secret, "party", None)
+
+
+def party_policy(secret: bytes) -> PartyChecking | None:
+    """The admission policy this node checks peers against (a multi-party job)."""
+    return getattr(secret, "policy", None)
 
 
 class RotatingSecret(bytearray):
@@ -48,6 +89,9 @@ class RotatingSecret(bytearray):
     anyone signs with it (Kubernetes updates each pod's mounted Secret at its own moment); the
     key it replaces stays accepted for ``grace_s`` after that. A key shorter than
     ``MIN_SECRET_BYTES`` is refused and the old one stays in force. Pure: times are passed in.
+
+    In a multi-party job the object also carries this node's party key (``party``) and the
+    admission policy (``policy``), so every holder signs and checks party identities too.
     """
 
     def __init__(self, secret: bytes, *, grace_s: float = 600.0, sign_delay_s: float = 0.0) -> None:
@@ -60,6 +104,8 @@ class RotatingSecret(bytearray):
         self.sign_delay_ns = int(sign_delay_s * 1e9)
         self.pending: tuple[bytes, int] | None = None  # (key, seen at): accepted, not yet signing
         self.retired: list[tuple[bytes, int]] = []  # (key, accepted until)
+        self.party: PartySigning | None = None
+        self.policy: PartyChecking | None = None
 
     def known(self, key: bytes) -> bool:
         return key == bytes(self) or (self.pending is not None and key == self.pending[0])
@@ -105,15 +151,19 @@ def accepted_keys(secret: bytes, now_ns: int) -> list[bytes]:
 
 @dataclass
 class Verifier:
-    """Checks signed requests; ``check`` returns None when valid, else a reason label."""
+    """Checks signed requests; ``check`` returns None when valid, else a reason label. With a
+    ``policy`` (by default the one ``secret`` carries) the sender's party signature too."""
 
     secret: bytes
     window_s: float = 30.0
     max_remembered: int = 100_000
+    policy: PartyChecking | None = None
 
     def __post_init__(self) -> None:
         if len(self.secret) < MIN_SECRET_BYTES:
             raise ValueError(f"join secret must be at least {MIN_SECRET_BYTES} bytes")
+        if self.policy is None:
+            self.policy = party_policy(self.secret)
         self._seen: OrderedDict[str, int] = OrderedDict()
 
     def check(
@@ -134,6 +184,12 @@ class Verifier:
             for key in accepted_keys(self.secret, now_ns)
         ):
             return "bad_signature"
+        if self.policy is not None:
+            party = get(PARTY_HEADER)
+            data = party_signed_data(method, path, body, timestamp_ns, node, party or "")
+            reason = self.policy.check_signature(party, node, data, get(PARTY_SIGNATURE_HEADER), now_ns / 1e9)
+            if reason is not None:
+                return reason
         if signature in self._seen:
             return "replayed"
         self._seen[signature] = timestamp_ns
@@ -174,8 +230,13 @@ RELAY_METHOD = "RELAY"  # signs relayed membership messages with the request sig
 
 def relay_seal(secret: bytes, origin: str, to: str, inner: bytes, now_ns: int) -> str:
     """End-to-end authentication of a message ``origin`` sends to ``to`` through a relay
-    (``<timestamp>.<signature>``): the relay can neither forge, alter nor redirect it."""
-    return f"{now_ns}.{sign(secret, RELAY_METHOD, f'/relay/{to}', inner, now_ns, origin)}"
+    (``<timestamp>.<signature>``, and ``.<party>.<party signature>`` in a multi-party job):
+    the relay can neither forge, alter nor redirect it."""
+    headers = signed_headers(secret, RELAY_METHOD, f"/relay/{to}", inner, now_ns, origin)
+    seal = f"{now_ns}.{headers[SIGNATURE_HEADER]}"
+    if PARTY_HEADER in headers:
+        seal += f".{headers[PARTY_HEADER]}.{headers[PARTY_SIGNATURE_HEADER]}"
+    return seal
 
 
 def check_relay_seal(
@@ -183,6 +244,9 @@ def check_relay_seal(
 ) -> str | None:
     """None when ``seal`` is ``origin``'s for ``inner`` to ``to``, fresh and not seen before;
     else the reason (as :meth:`Verifier.check`)."""
-    stamp, _, signature = seal.partition(".")
-    headers = {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: signature, NODE_HEADER: origin}
+    stamp, _, rest = seal.partition(".")
+    signature, _, rest = rest.partition(".")
+    party, _, party_signature = rest.partition(".")
+    headers = {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: signature, NODE_HEADER: origin,
+               PARTY_HEADER: party, PARTY_SIGNATURE_HEADER: party_signature}  # fmt: skip
     return verifier.check(RELAY_METHOD, f"/relay/{to}", inner, headers, now_ns)

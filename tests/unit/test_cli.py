@@ -121,6 +121,7 @@ def test_product_and_lab_commands_are_registered() -> None:
         "run",
         "operator",
         "plan",
+        "party",
         "bench",
         "local",
         "sim",
@@ -133,7 +134,7 @@ def test_a_plugin_whose_module_is_not_installed_is_absent(monkeypatch) -> None:
         EntryPoint("ghost", "chaos_ghost.commands.ghost:register", cli.PLUGIN_GROUP),
         EntryPoint("sim", "chaos_lab.commands.sim:register", cli.PLUGIN_GROUP),
     )
-    assert command_names(cli.build_parser()) == ["sidecar", "run", "operator", "plan", "sim"]
+    assert command_names(cli.build_parser()) == ["sidecar", "run", "operator", "plan", "party", "sim"]
 
 
 def test_a_plugin_missing_a_dependency_is_an_error(monkeypatch, tmp_path) -> None:

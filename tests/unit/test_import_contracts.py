@@ -1,6 +1,6 @@
 """Architecture contracts: which packages may import which frameworks, and the layer order.
 
-Pure decision code (protocol, membership, planning, operator domain) must not import I/O
+Pure decision code (protocol, membership, planning, parties, operator domain) must not import I/O
 frameworks; torch stays in the trainer SDK; pulp stays in the MILP module; the Kubernetes
 client stays in kube.py; the product never imports the lab, nor names its modules in strings.
 The layers are read from the table in docs/design.md: no module imports upward across them.
@@ -24,6 +24,7 @@ PURE = (
     "chaos_sidecar.protocol",
     "chaos_sidecar.membership",
     "chaos_sidecar.planning",
+    "chaos_sidecar.parties",
     "chaos_operator.domain",
 )
 PURE_EXCEPTIONS = ("chaos_sidecar.planning.milp",)

@@ -28,8 +28,9 @@ from chaos_sidecar.errors import ProtocolError
 from chaos_sidecar.eventlog import EventLog, Kind
 from chaos_sidecar.membership import machine as sm
 from chaos_sidecar.metrics import SidecarMetrics
+from chaos_sidecar.parties import screen
 from chaos_sidecar.protocol.messages import Message, Relay, decode, encode
-from chaos_sidecar.security import Verifier, check_relay_seal, relay_seal
+from chaos_sidecar.security import Verifier, check_relay_seal, party_policy, relay_seal
 
 MAX_SLEEP_S = 5.0  # a standby node, due never, still looks at its state now and then
 
@@ -100,6 +101,13 @@ class MembershipRuntime:
             if reason is not None:
                 self.on_reject(f"relay_{reason}")
                 return f"relay_{reason}"
+        policy = party_policy(self.secret)  # a multi-party job: its admission policy decides first
+        if policy is not None and self.state.view is not None:
+            members, pending = frozenset(self.state.view.members), sm.fresh_joins(self.state, self.clock())
+            refused = screen(policy, message, members, pending)  # type: ignore[arg-type]
+            if refused is not None:
+                self.on_reject(refused)
+                return refused
         await self.apply(sm.Receive(message))
         return None
 

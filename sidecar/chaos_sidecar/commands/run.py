@@ -3,6 +3,10 @@ user's script with the environment the SDK reads (``chaos_sidecar.trainer_env``)
 
 In a pod the sidecar is a container of its own and the environment is already set
 (``CHAOS_SIDECAR_URL``): ``run`` then only starts the script, in its own place (exec).
+
+``--join ADDRESS --party-key FILE --admission-policy FILE`` runs a node of an outside party
+of a multi-party job (docs/federation.md): no Kubernetes, only this process, its sidecar and
+the contact points the job's owner gave.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 from chaos_sidecar import trainer_env
 from chaos_sidecar.cliutil import Subparsers, non_negative_int, positive_int
 from chaos_sidecar.commands.sidecar import wait_ready
-from chaos_sidecar.config import parse_contacts
+from chaos_sidecar.config import check_tls_files, parse_contacts, read_party_files
 from chaos_sidecar.errors import InputError
 
 SIDECAR_STOP_S = 10.0  # after the script ends: leave the group gracefully, then it is killed
@@ -39,12 +43,35 @@ def register(subparsers: Subparsers) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--new-group", action="store_true", help="found a new group with this node")
     group.add_argument("--peers", default="", help="comma-separated id=http://host:port of members to join")
+    group.add_argument(
+        "--join",
+        metavar="ADDRESS",
+        default="",
+        help="join a multi-party job as a node of your party (needs --party-key, --admission-policy, "
+        "--secret-file): ADDRESS is id=https://host:port[,...], the contact points the job's owner gives",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="the sidecar's listening host")
     parser.add_argument("--port", type=non_negative_int, default=0, help="the sidecar's port (0: a free one)")
     parser.add_argument("--advertise", help="base URL peers reach this sidecar at (default http://HOST:PORT)")
     parser.add_argument(
         "--secret-file", help="the group's join secret (required with --peers; --new-group makes one)"
     )
+    parser.add_argument(
+        "--party-key", help="a multi-party job: your party's key file (chaos-train party keygen)"
+    )
+    parser.add_argument(
+        "--admission-policy", help="a multi-party job: the job's admission policy (YAML or JSON)"
+    )
+    parser.add_argument(
+        "--allow-cleartext-collectives",
+        action="store_true",
+        help="accept that gradients cross parties in clear text (gloo has no TLS in this torch build)",
+    )
+    parser.add_argument(
+        "--tls-cert", help="PEM certificate for the sidecar's peer port (with --tls-key, --tls-ca)"
+    )
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-ca", help="PEM CA that signed every member's certificate (mutual TLS)")
     parser.add_argument("--snapshot-dir", help="where snapshots live (default: a temporary directory)")
     parser.add_argument("--event-log", help="append the trainer's event log (JSON lines) here")
     parser.add_argument("--steps", type=positive_int, help="override the step count the script asks for")
@@ -82,11 +109,22 @@ def run(args: argparse.Namespace) -> int:
             env[trainer_env.CHECKPOINT_KEEP] = str(args.checkpoint_keep)
         trainer_env.TrainerEnv.from_environ(env)  # a bad variable fails here, naming it
         os.execve(sys.executable, command, env)
-    contacts = parse_contacts(args.peers)
+    if args.join:
+        contacts = parse_contacts(args.join, "--join")
+        for flag, value in [("--party-key", args.party_key), ("--admission-policy", args.admission_policy)]:
+            if not value:
+                raise InputError(flag, "is required with --join (a node of a party joins by its party's key)")
+    else:
+        contacts = parse_contacts(args.peers)
     if not args.new_group and not contacts:
         raise InputError("--peers", "name members to join (id=http://host:port,...) or pass --new-group")
     if contacts and not args.secret_file:
         raise InputError("--secret-file", "is required to join a group (its join secret)")
+    node = args.node_id or socket.gethostname()
+    check_tls_files(args.tls_cert, args.tls_key, args.tls_ca)  # a bad file fails here, not in the sidecar
+    read_party_files(
+        args.party_key, args.admission_policy, node, allow_cleartext=args.allow_cleartext_collectives
+    )
     with tempfile.TemporaryDirectory(prefix="chaos-run-") as scratch:
         return _run_with_sidecar(args, command, Path(scratch))
 
@@ -108,10 +146,19 @@ def _run_with_sidecar(args: argparse.Namespace, command: list[str], scratch: Pat
     ]  # fmt: skip
     if args.advertise:
         sidecar_cmd += ["--advertise", args.advertise]
-    sidecar_cmd += ["--seed"] if args.new_group else ["--peers", args.peers, "--defer-join"]
+    if args.party_key:
+        sidecar_cmd += ["--party-key", args.party_key, "--admission-policy", args.admission_policy]
+    if args.allow_cleartext_collectives:
+        sidecar_cmd += ["--allow-cleartext-collectives"]
+    if args.tls_cert:
+        sidecar_cmd += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key, "--tls-ca", args.tls_ca]
+    sidecar_cmd += ["--seed"] if args.new_group else ["--peers", args.join or args.peers, "--defer-join"]
     sidecar = subprocess.Popen(sidecar_cmd)
     try:
-        local_url = wait_ready(ready, sidecar).local_url
+        listening = wait_ready(ready, sidecar)
+        local_url = listening.local_url
+        # the address other nodes join through (the contact point a job's owner gives out)
+        print(f"chaos-train run: sidecar of {node} at {listening.url}", file=sys.stderr, flush=True)
         env = trainer_env.TrainerEnv(
             node_id=node,
             sidecar_url=local_url,

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chaos_sidecar.cliutil import Subparsers, non_negative_float, non_negative_int, positive_float
-from chaos_sidecar.config import SidecarConfig, check_tls_files, parse_contacts, rotating_secret, server_tls
+from chaos_sidecar.config import (
+    SidecarConfig,
+    check_tls_files,
+    parse_contacts,
+    read_party_files,
+    rotating_secret,
+    server_tls,
+    with_parties,
+)
 from chaos_sidecar.errors import ChaosError, InputError
 from chaos_sidecar.membership.machine import LEFT, RequestLeave, Settings
 
@@ -93,6 +101,20 @@ def register(subparsers: Subparsers) -> None:
         default=600.0,
         help="the replaced key stays accepted this long after the new one signs",
     )
+    parser.add_argument(
+        "--party-key",
+        help="a multi-party job: this node's party key file (chaos-train party keygen)",
+    )
+    parser.add_argument(
+        "--admission-policy",
+        help="a multi-party job: the parties, their public keys, node ids and node limits (YAML or JSON)",
+    )
+    parser.add_argument(
+        "--allow-cleartext-collectives",
+        action="store_true",
+        help="a policy of several parties: accept that the trainers' gradients cross parties in clear "
+        "text (gloo over TCP; this torch build has no TLS transport for it)",
+    )
     parser.add_argument("--ready-file", help="write {'port', 'url', 'local_url', 'pid'} here once listening")
     parser.add_argument("--log", help="append the JSONL event log here")
     parser.add_argument("--heartbeat-s", type=positive_float, default=0.1)
@@ -143,7 +165,15 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         raise InputError("--suspect-timeout-s", "must be larger than --heartbeat-s (both > 0)")
     return SidecarConfig(
         node_id=args.node_id,
-        secret=rotating_secret(args.secret_file, args.secret_grace_s, args.secret_sign_delay_s),
+        secret=with_parties(
+            rotating_secret(args.secret_file, args.secret_grace_s, args.secret_sign_delay_s),
+            read_party_files(
+                args.party_key,
+                args.admission_policy,
+                args.node_id,
+                allow_cleartext=args.allow_cleartext_collectives,
+            ),
+        ),
         secret_file=Path(args.secret_file),
         secret_poll_s=args.secret_poll_s,
         host=args.host,

@@ -1086,6 +1086,11 @@ def _join_is_fresh(s: NodeState, seen: float, now: float) -> bool:
     return now - seen <= 2 * s.settings.retry_interval
 
 
+def fresh_joins(s: NodeState, now: float) -> frozenset[str]:
+    """The joiners still asking (a party's admission counts them, not ones likely gone)."""
+    return frozenset(j for j, (_, seen) in s.joins.items() if _join_is_fresh(s, seen, now))
+
+
 def _compose(
     s: NodeState, view: View, now: float, *, removals: bool
 ) -> tuple[View | None, tuple[Change, ...]]:
