@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import json
 import math
 import re
@@ -83,10 +84,14 @@ class PartyKey:
 
     def verifies(self, data: bytes, signature: bytes) -> bool:
         try:
-            Ed25519PublicKey.from_public_bytes(self.public).verify(signature, data)
+            self._key.verify(signature, data)
         except InvalidSignature:
             return False
         return True
+
+    @functools.cached_property
+    def _key(self) -> Ed25519PublicKey:  # loaded once: every signed request is checked with it
+        return Ed25519PublicKey.from_public_bytes(self.public)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import pytest
 
 from chaos_sidecar import eventlog
 from chaos_sidecar.eventlog import Kind
+from polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +90,37 @@ def test_an_example_trains_under_random_churn_exactly_once_per_sample_and_as_alo
     assert summary["alone"]["steps"] == 60
     # the same global batches in the same order: only the order of floating-point sums differs
     assert summary["alone"]["final_loss_relative_difference"] < 1e-3
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (the container's init may never reap what it inherits)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+async def test_a_killed_run_takes_its_sidecar_and_script_with_it(tmp_path) -> None:
+    """``run`` killed with SIGKILL (the OOM killer, a harness's teardown): its sidecar and
+    script get a TERM from the kernel and end, instead of training on as orphans."""
+    log = tmp_path / "events.jsonl"
+    script = [str(ROOT / "examples" / "train" / "mlp.py"), "--steps", "100000", "--hidden", "8"]
+    command = [*CLI, "run", "--new-group", "--node-id", "solo", "--event-log", str(log), *script]
+    run = subprocess.Popen(command, env=_clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        steps = lambda: log.exists() and any(r.kind is Kind.STEP for r in eventlog.read([log]))  # noqa: E731
+        await until("the script to train", steps, 120)
+        children = _children(run.pid)
+        assert len(children) == 2 and all(_running(c) for c in children)  # its sidecar and its script
+        run.kill()
+        run.wait()
+        await until("the sidecar and the script to end", lambda: not any(map(_running, children)), 60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import functools
 import os
 import secrets
 import signal
@@ -29,6 +31,16 @@ from chaos_sidecar.config import check_tls_files, parse_contacts, read_party_fil
 from chaos_sidecar.errors import InputError
 
 SIDECAR_STOP_S = 10.0  # after the script ends: leave the group gracefully, then it is killed
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _terminate_with_parent(parent: int) -> None:
+    """In the child, before exec: a TERM when ``run`` dies, even by SIGKILL or the OOM killer,
+    so its sidecar and script leave the group instead of living on without it (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def register(subparsers: Subparsers) -> None:
@@ -153,7 +165,8 @@ def _run_with_sidecar(args: argparse.Namespace, command: list[str], scratch: Pat
     if args.tls_cert:
         sidecar_cmd += ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key, "--tls-ca", args.tls_ca]
     sidecar_cmd += ["--seed"] if args.new_group else ["--peers", args.join or args.peers, "--defer-join"]
-    sidecar = subprocess.Popen(sidecar_cmd)
+    with_parent = functools.partial(_terminate_with_parent, os.getpid())
+    sidecar = subprocess.Popen(sidecar_cmd, preexec_fn=with_parent)
     try:
         listening = wait_ready(ready, sidecar)
         local_url = listening.local_url
@@ -172,7 +185,7 @@ def _run_with_sidecar(args: argparse.Namespace, command: list[str], scratch: Pat
             checkpoint_every=args.checkpoint_every,
             checkpoint_keep=args.checkpoint_keep,
         )
-        trainer = subprocess.Popen(command, env={**os.environ, **env.to_environ()})
+        trainer = subprocess.Popen(command, env={**os.environ, **env.to_environ()}, preexec_fn=with_parent)
         # Ctrl-C or a TERM reach the script (the SDK leaves the group after its current step)
         forward = lambda signum, frame: trainer.send_signal(signal.SIGTERM)  # noqa: E731
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
