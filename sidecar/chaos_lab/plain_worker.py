@@ -44,7 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hidden", type=positive_int, default=BUILTIN.HIDDEN, help="hidden width (sets state size)"
     )
-    parser.add_argument("--checkpoint-dir", help="on SIGUSR1 rank 0 writes a checkpoint here and all stop")
+    parser.add_argument(
+        "--checkpoint-dir", help="on SIGUSR1 every rank writes a checkpoint here and all stop"
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        help="also write a checkpoint every this many steps and go on",
+    )
     parser.add_argument("--resume", metavar="NAME", help="start from checkpoint NAME")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # several trainers share the machine's cores
@@ -65,8 +72,10 @@ def plain_loop(args, work: Workload) -> None:
     """The baselines: the same model, data and step in one fixed torch.distributed group with
     no sidecar and no elasticity. With ``--checkpoint-dir`` it is the checkpoint-restart
     baseline: SIGUSR1 asks for a stop, the request travels in the step's all-reduce so every
-    rank stops after the same step, rank 0 writes a checkpoint and all exit; ``--resume``
-    starts a new group (of any size) from that checkpoint."""
+    rank stops after the same step, every rank writes a checkpoint to its own directory (the
+    replicas are identical: the storage takes all of it from one rank or a share from each)
+    and all exit; ``--checkpoint-every K`` also writes one after every K-th step and trains on
+    (periodic checkpoints); ``--resume`` starts a new group (of any size) from a checkpoint."""
     stop = []
     signal.signal(signal.SIGUSR1, lambda signum, frame: stop.append(True))
     sampler = ElasticSampler(len(work.dataset), args.global_batch, args.seed)
@@ -88,11 +97,15 @@ def plain_loop(args, work: Workload) -> None:
         sampler.advance()
         step += 1
         record(Kind.STEP, step=step)
-        if flags[0] > 0 and args.checkpoint_dir:
-            if args.rank == 0:
-                epoch, cursor = sampler.state()
-                snapshot_state.save(Path(args.checkpoint_dir), "checkpoint", work.replica,
-                                    step=step, extra=[epoch, cursor], epoch=0)  # fmt: skip
+        stopping = flags[0] > 0
+        if args.checkpoint_dir and (
+            stopping or (args.checkpoint_every and step % args.checkpoint_every == 0)
+        ):
+            epoch, cursor = sampler.state()
+            snapshot_state.save(Path(args.checkpoint_dir), "checkpoint", work.replica,
+                                step=step, extra=[epoch, cursor], epoch=0)  # fmt: skip
+            record(Kind.CHECKPOINT, step=step)
+        if stopping and args.checkpoint_dir:
             group.barrier().wait()
             record(Kind.STOPPED, step=step)
             break

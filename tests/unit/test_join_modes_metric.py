@@ -78,6 +78,32 @@ def test_a_usual_step_as_the_first_costs_nothing_on_average() -> None:
     assert min(extras) < 0 < max(extras)  # single steps scatter both ways
 
 
+def test_an_overlap_charges_its_slower_steps_against_the_pace_before_the_join() -> None:
+    """Lost throughput: 5 steps of 80 ms during the overlap where the group took 50 ms."""
+    records = [{"node": "n0", "type": "step", "t": i * 0.05, "allreduce_ms": 15.0} for i in range(40)]
+    records.append({"node": "n0", "type": "overlap_start", "t": 1.96, "epoch": 2, "pause_ms": 10.0})
+    records += [
+        {"node": "n0", "type": "step", "t": 1.95 + k * 0.08, "allreduce_ms": 15.0} for k in range(1, 6)
+    ]
+    records.append({"node": "n0", "type": "regroup", "t": 2.36, "epoch": 2, "members": ["n0", "n1"],
+                    "pause_ms": 5.0})  # fmt: skip
+    records.append({"node": "n1", "type": "entered", "t": 2.37})
+    records += [
+        {"node": "n0", "type": "step", "t": 2.36 + i * 0.05, "allreduce_ms": 15.0} for i in range(1, 42)
+    ]
+    costs = member_costs(_records(records), "n1")["n0"]
+    assert costs["overlap_steps"] == 5
+    assert costs["overlap_extra_wall_ms"] == pytest.approx(400.0 - 5 * 50.0)  # start pause inside
+    assert costs["switch_extra_ms"] == pytest.approx(5.0)  # the first step took a usual 50 ms
+    assert costs["lost_wall_ms"] == pytest.approx(155.0)
+
+
+def test_a_blocking_join_loses_no_overlap_steps() -> None:
+    costs = member_costs(_records(_log([15.0] * 40, 35.0, [25.0] * 40, pause_ms=3.0)), "n1")["n0"]
+    assert costs["overlap_steps"] == 0 and costs["overlap_extra_wall_ms"] == 0.0
+    assert costs["lost_wall_ms"] == pytest.approx(costs["switch_extra_ms"])
+
+
 def test_keep_logs_takes_a_new_or_empty_directory_only(tmp_path) -> None:
     assert empty_directory(str(tmp_path / "new" / "runs")).is_dir()
     assert empty_directory(str(tmp_path / "new" / "runs")) == tmp_path / "new" / "runs"  # still empty

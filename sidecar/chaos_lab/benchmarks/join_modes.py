@@ -9,6 +9,11 @@ the means. Also reported, not in the ratio: the regroup pause plus how much long
 step took than a usual one (wall clock), which also counts computing slower while an overlap
 joiner replays on the same cores (on one machine all processes share them).
 
+The members' lost throughput while an overlap lasts is reported too: the wall time from their
+last step before it to their last step in it, less as many steps at the pace of the 40 steps
+before the join (the same group with no join); ``lost_wall_ms`` adds it to the switch's wall
+clock, so that a blocking join (no overlap) and an overlap join compare whole.
+
 "Than usual" is against the new group's own steps once it settled: the 40 steps after the
 joiner is in (the regroup for blocking, its "entered" for overlap). Against the steps before the
 join, the first step would also be charged for the bigger group, whose every all-reduce waits
@@ -70,11 +75,13 @@ def member_costs(trainer: list[Record], joiner: str) -> dict[str, dict[str, floa
         first = next((r for r in steps if r.t > regroup.t), None)
         settled = _settled_steps(trainer, mine, steps, joiner, regroup, first)
         before = [r for r in steps if r.t < began][-USUAL_STEPS:]
-        overlap_gaps = [b.t - a.t for a, b in itertools.pairwise(r for r in steps if began < r.t < regroup.t)]
+        window = [r for r in steps if began < r.t < regroup.t]  # the steps taken during an overlap
+        overlap_gaps = [b.t - a.t for a, b in itertools.pairwise(window)]
         pauses = regroup["pause_ms"] + sum(s["pause_ms"] for s in starts) + sum(waits)
         extra_wait = _first_wait_extra(first, settled)
         extra_before = _first_wait_extra(first, before)
         usual = _mean_gap_ms(settled)
+        slower = _overlap_extra_ms(window, before, _mean_gap_ms(before))
         # wall clock: the regroup pause plus the first step beyond a usual one (includes
         # computing slower while the joiner's replay shares this machine's cores)
         if first is None or usual is None:
@@ -88,9 +95,26 @@ def member_costs(trainer: list[Record], joiner: str) -> dict[str, dict[str, floa
             "idle_vs_before_ms": None if extra_before is None else pauses + extra_before,
             "switch_extra_ms": None if switch is None else switch + regroup["pause_ms"],
             "usual_step_ms": usual,
+            "lost_wall_ms": None
+            if switch is None or slower is None
+            else switch + regroup["pause_ms"] + slower,
             "overlap_step_ms": statistics.median(overlap_gaps) * 1000 if overlap_gaps else None,
+            "overlap_steps": len(window),
+            "overlap_extra_wall_ms": slower,
         }
     return costs
+
+
+def _overlap_extra_ms(window: list[Record], before: list[Record], usual_before: float | None) -> float | None:
+    """The members' lost throughput while an overlap lasts: the wall time from their last
+    step before it to their last step in it, less the same number of steps at the group's
+    usual pace before the join (its starting pause and copy waits included; the regroup at
+    its end is in the switch). 0 without an overlap; None without a usual pace."""
+    if not window:
+        return 0.0
+    if usual_before is None or not before:
+        return None
+    return (window[-1].t - before[-1].t) * 1000 - len(window) * usual_before
 
 
 def _settled_steps(
@@ -149,6 +173,8 @@ def run_mode(mode: str, steps: int, workdir: Path, hidden: int | None = None) ->
         "idle_ms_mean": mean("idle_ms_mean"),
         "idle_vs_before_ms_mean": mean("idle_vs_before_ms_mean"),
         "switch_extra_ms_mean": mean("switch_extra_ms_mean"),
+        "overlap_extra_wall_ms_mean": mean("overlap_extra_wall_ms_mean"),
+        "lost_wall_ms_mean": mean("lost_wall_ms_mean"),
         "wall_s": summary["wall_s"],
     }
 
@@ -172,6 +198,10 @@ def join_row(event: ChurnEvent, costs: dict[str, dict[str, float]], trainer: lis
         "switch_extra_ms_mean": rounded(column("switch_extra_ms"), statistics.fmean),
         "usual_step_ms": rounded(column("usual_step_ms"), statistics.median),
         "overlap_step_ms": rounded(column("overlap_step_ms"), statistics.median),
+        "overlap_steps": rounded(column("overlap_steps"), statistics.median),
+        "overlap_extra_wall_ms_mean": rounded(column("overlap_extra_wall_ms"), statistics.fmean),
+        # the members' whole wall-clock loss: the switch plus the slower steps during an overlap
+        "lost_wall_ms_mean": rounded(column("lost_wall_ms"), statistics.fmean),
         "entered_by_replay": any(r.kind is Kind.ENTERED and r.node == event.node for r in trainer),
         # why an overlap joiner pulled the state instead, if it did
         "joiner_events": sorted({r.kind for r in trainer if r.node == event.node} & FALLBACKS),
@@ -196,6 +226,8 @@ def measure(steps: int, workdir: Path, hidden: int | None = None, runs: int = 1)
             "idle_ms_mean": mean(mode, "idle_ms_mean"),
             "idle_vs_before_ms_mean": mean(mode, "idle_vs_before_ms_mean"),
             "switch_extra_ms_mean": mean(mode, "switch_extra_ms_mean"),
+            "overlap_extra_wall_ms_mean": mean(mode, "overlap_extra_wall_ms_mean"),
+            "lost_wall_ms_mean": mean(mode, "lost_wall_ms_mean"),
             "entered_by_replay": sum(j["entered_by_replay"] for r in results[mode] for j in r["joins"]),
             "joins": sum(len(r["joins"]) for r in results[mode]),
             "runs": results[mode],
@@ -217,6 +249,7 @@ def measure(steps: int, workdir: Path, hidden: int | None = None, runs: int = 1)
         "overlap_to_blocking_idle": ratio("idle_ms_mean"),
         "overlap_to_blocking_idle_vs_before": ratio("idle_vs_before_ms_mean"),
         "overlap_to_blocking_switch_wall": ratio("switch_extra_ms_mean"),
+        "overlap_to_blocking_lost_wall": ratio("lost_wall_ms_mean"),
         "failed": not all(m["ok"] for m in modes.values()),
     }
 

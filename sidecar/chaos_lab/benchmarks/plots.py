@@ -20,15 +20,16 @@ def scale_out(result: dict[str, Any], path: Path) -> None:
     """Stacked bars: where each method's scale-out delay went; the physical limit as a line."""
     plt = _pyplot()
     methods = list(result["methods"])
+    labels = [m.replace("checkpoint-restart-", "checkpoint-\nrestart-") for m in methods]  # long names
     parts: list[str] = []
     for m in methods:
         parts += [p for p in result["methods"][m]["breakdown_s"] if p not in parts]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     bottoms = [0.0] * len(methods)
     palette = plt.get_cmap("tab20").colors
     for i, part in enumerate(parts):
         values = [max(0.0, result["methods"][m]["breakdown_s"].get(part, 0.0)) for m in methods]
-        ax.bar(methods, values, bottom=bottoms, label=part.replace("_", " "), color=palette[i % len(palette)])
+        ax.bar(labels, values, bottom=bottoms, label=part.replace("_", " "), color=palette[i % len(palette)])
         bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
     ax.axhline(
         result["limit_s"], color="black", linestyle="--", label=f"physical limit {result['limit_s']:.2f} s"
@@ -46,7 +47,8 @@ def scale_out(result: dict[str, Any], path: Path) -> None:
     rates = "/".join(f"{r:g}" for r in result["rates_MBps"])
     ax.set_title(f"scale-out delay, {result['state_bytes'] / 2**20:.0f} MiB state, sources at {rates} MB/s")
     ax.set_ylabel("seconds (join requested -> first step)")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.set_ylim(top=max(bottoms) * 1.15)  # room for the labels above the bars
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
