@@ -40,6 +40,11 @@ def new_process_group(
 
 
 WAIT_SLICE = datetime.timedelta(seconds=0.2)
+# gloo's constructor waits for a connection from every member that published its address; one
+# killed right after publishing holds the others there for five times the group's timeout
+# (75 s at 15 s; round 14 of the chaos run stalled so), and the constructor cannot be told that
+# the view dropped it: a trainer waiting for a build checks the view this often
+MOVED_ON_POLL_S = 0.05
 
 
 class GroupLost(RuntimeError):
@@ -164,9 +169,16 @@ class GroupBuild:
         """Built, and for this view (not abandoned because the view moved on)."""
         return self.done() and self._error is None and self._opened is not None
 
-    def result(self) -> Opened | None:
-        """The group and its store; None when the view moved on before everyone arrived."""
-        self._finished.wait()
+    def result(self, moved_on: Callable[[], bool] | None = None) -> Opened | None:
+        """The group and its store; None when the view moved on before everyone arrived, or
+        (given ``moved_on``) once ``moved_on()`` says so while the group is still being built:
+        the build is then abandoned, its thread ends when gloo gives up (see MOVED_ON_POLL_S)."""
+        if moved_on is None:
+            self._finished.wait()
+        else:
+            while not self._finished.wait(MOVED_ON_POLL_S):
+                if moved_on():
+                    return None
         if self._error is not None:
             raise RuntimeError(f"building the group of epoch {self.epoch} failed: {self._error}")
         return self._opened
