@@ -99,14 +99,28 @@ def all_gather_ints(group, values: list[int], lost: Callable[[], bool] | None = 
 class BuildThreads:
     """Threads started ahead that build groups (see GroupBuild). Daemons: a build still waiting
     for members that will not come must not hold up the trainer's exit. Several: a build for a
-    view that moved on runs until it notices, while the next view's build starts."""
+    view that moved on runs until it notices (or until gloo gives up: minutes, see
+    MOVED_ON_POLL_S), while the next view's build starts; when every thread is busy so, a job
+    gets a thread of its own rather than waiting behind them."""
 
     def __init__(self, count: int = 3) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        for i in range(count):
-            threading.Thread(target=self._work, name=f"group-build-{i}", daemon=True).start()
+        self._lock = threading.Lock()
+        self._threads = 0
+        for _ in range(count):
+            self._start()
+        self._idle = count  # threads free for a job, less the jobs queued
+
+    def _start(self) -> None:
+        threading.Thread(target=self._work, name=f"group-build-{self._threads}", daemon=True).start()
+        self._threads += 1
 
     def submit(self, fn: Callable[..., None], *args: object) -> None:
+        with self._lock:
+            if self._idle == 0:
+                self._start()
+                self._idle += 1
+            self._idle -= 1
         self._jobs.put((fn, args))
 
     def _work(self) -> None:
@@ -114,6 +128,8 @@ class BuildThreads:
             fn, args = self._jobs.get()
             fn(*args)  # GroupBuild._run keeps its own errors
             del fn, args  # a build set aside is freed as soon as the trainer drops it too
+            with self._lock:
+                self._idle += 1
 
 
 class GroupBuild:

@@ -6,6 +6,7 @@ import datetime
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -184,3 +185,20 @@ def test_a_build_held_by_a_member_gone_mid_connect_is_given_up_once_the_view_mov
             peers.kill()
             peers.wait()
     pytest.fail("no build was given up while gloo waited for a stopped member")
+
+
+def test_a_job_gets_a_thread_of_its_own_when_every_build_thread_is_held() -> None:
+    """Builds abandoned in gloo's constructor hold their threads for minutes: a new build must
+    not queue behind them."""
+    pool = BuildThreads(1)
+    release = threading.Event()
+    started = [threading.Event() for _ in range(3)]
+    for event in started:  # three jobs that each hold their thread until released
+        pool.submit(lambda e=event: (e.set(), release.wait(30)))
+    try:
+        assert all(e.wait(10) for e in started), "a job waited for a busy thread"
+    finally:
+        release.set()
+    ran = threading.Event()
+    pool.submit(ran.set)  # threads freed again take jobs
+    assert ran.wait(10)
