@@ -40,6 +40,11 @@ def new_process_group(
 
 
 WAIT_SLICE = datetime.timedelta(seconds=0.2)
+# gloo's constructor waits for a connection from every member that published its address; one
+# killed right after publishing holds the others there for five times the group's timeout
+# (75 s at 15 s; round 14 of the chaos run stalled so), and the constructor cannot be told that
+# the view dropped it: a trainer waiting for a build checks the view this often
+MOVED_ON_POLL_S = 0.05
 
 
 class GroupLost(RuntimeError):
@@ -94,14 +99,28 @@ def all_gather_ints(group, values: list[int], lost: Callable[[], bool] | None = 
 class BuildThreads:
     """Threads started ahead that build groups (see GroupBuild). Daemons: a build still waiting
     for members that will not come must not hold up the trainer's exit. Several: a build for a
-    view that moved on runs until it notices, while the next view's build starts."""
+    view that moved on runs until it notices (or until gloo gives up: minutes, see
+    MOVED_ON_POLL_S), while the next view's build starts; when every thread is busy so, a job
+    gets a thread of its own rather than waiting behind them."""
 
     def __init__(self, count: int = 3) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        for i in range(count):
-            threading.Thread(target=self._work, name=f"group-build-{i}", daemon=True).start()
+        self._lock = threading.Lock()
+        self._threads = 0
+        for _ in range(count):
+            self._start()
+        self._idle = count  # threads free for a job, less the jobs queued
+
+    def _start(self) -> None:
+        threading.Thread(target=self._work, name=f"group-build-{self._threads}", daemon=True).start()
+        self._threads += 1
 
     def submit(self, fn: Callable[..., None], *args: object) -> None:
+        with self._lock:
+            if self._idle == 0:
+                self._start()
+                self._idle += 1
+            self._idle -= 1
         self._jobs.put((fn, args))
 
     def _work(self) -> None:
@@ -109,6 +128,8 @@ class BuildThreads:
             fn, args = self._jobs.get()
             fn(*args)  # GroupBuild._run keeps its own errors
             del fn, args  # a build set aside is freed as soon as the trainer drops it too
+            with self._lock:
+                self._idle += 1
 
 
 class GroupBuild:
@@ -164,9 +185,16 @@ class GroupBuild:
         """Built, and for this view (not abandoned because the view moved on)."""
         return self.done() and self._error is None and self._opened is not None
 
-    def result(self) -> Opened | None:
-        """The group and its store; None when the view moved on before everyone arrived."""
-        self._finished.wait()
+    def result(self, moved_on: Callable[[], bool] | None = None) -> Opened | None:
+        """The group and its store; None when the view moved on before everyone arrived, or
+        (given ``moved_on``) once ``moved_on()`` says so while the group is still being built:
+        the build is then abandoned, its thread ends when gloo gives up (see MOVED_ON_POLL_S)."""
+        if moved_on is None:
+            self._finished.wait()
+        else:
+            while not self._finished.wait(MOVED_ON_POLL_S):
+                if moved_on():
+                    return None
         if self._error is not None:
             raise RuntimeError(f"building the group of epoch {self.epoch} failed: {self._error}")
         return self._opened

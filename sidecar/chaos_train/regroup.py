@@ -99,7 +99,10 @@ class Regrouping:
             # a joiner waiting for snapshot S: join now
             note = BLOCKING_NOTE if self.cfg.join_mode == "overlap" and self.step >= 0 else None
             try:
-                opened = built.result() if built is not None else self._open_group(epoch, members, note)
+                moved_on = lambda: self.sidecar.latest_epoch > epoch  # noqa: E731
+                opened = (
+                    built.result(moved_on) if built is not None else self._open_group(epoch, members, note)
+                )
                 if opened is None:
                     continue  # the view moved on while we waited: go for the newer one
                 self.group, self._store = opened
@@ -215,7 +218,11 @@ class Regrouping:
             return None
         if note is not None:
             store.set(NOTE_KEY, json.dumps(note))
-        return self._group_in(store, epoch, members)
+        # built on a thread: a member killed during the build would hold this one in gloo's
+        # constructor long after the view dropped it (see chaos_train.groups.MOVED_ON_POLL_S)
+        build = GroupBuild(epoch, members, lambda: store, lambda met: self._group_in(met, epoch, members),
+                           self._builders)  # fmt: skip
+        return build.result(moved_on=lambda: self.sidecar.latest_epoch > epoch)
 
     def _build_ahead(self, view: View) -> None:
         """Start building the group of ``view`` on a thread (overlap joins: members and joiner)."""

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -26,10 +31,10 @@ def _store(world: int = 2) -> dist.TCPStore:
     return dist.TCPStore("127.0.0.1", 0, world, True, datetime.timedelta(seconds=30), wait_for_workers=False)
 
 
-def _build(epoch, store, rank, timeout_s=10.0):
+def _build(epoch, store, rank, timeout_s=10.0, pool=POOL):
     """A two-member group build in ``store`` (the members met there)."""
     open_group = lambda met: (new_process_group("gloo", met.clone(), rank, 2, timeout_s, "127.0.0.1"), met)  # noqa: E731
-    return GroupBuild(epoch, ["a", "b"], lambda: store, open_group, POOL)
+    return GroupBuild(epoch, ["a", "b"], lambda: store, open_group, pool)
 
 
 def test_a_posted_gather_completes_when_the_other_rank_opens_the_group(tmp_path) -> None:
@@ -128,3 +133,72 @@ def test_freeing_a_build_set_aside_fails_the_peers_posted_gather_at_once(tmp_pat
     with pytest.raises(RuntimeError) as raised:
         posted.result()
     assert "Timed out" not in str(raised.value)  # the connection closed: not gloo's timeout
+
+
+# ranks 1..K of a group of K + 1 in one process (a thread each): each publishes its address in
+# the store and connects to the others once rank 0 published its own
+PEERS = """
+import datetime, sys, threading
+import torch.distributed as dist
+from chaos_train.groups import new_process_group
+port, size = int(sys.argv[1]), int(sys.argv[2])
+def member(rank):
+    store = dist.TCPStore("127.0.0.1", port, None, False, datetime.timedelta(seconds=60))
+    new_process_group("gloo", store, rank, size, 60.0, "127.0.0.1")
+threads = [threading.Thread(target=member, args=(r,)) for r in range(1, size)]
+for t in threads: t.start()
+for t in threads: t.join()
+"""
+STOPPED = 8  # gloo decides who connects to whom per pair by their addresses: rank 0 waits for
+# a connection from at least one of 8 stopped members unless it connects to all 8 (1 in 256)
+
+
+@pytest.mark.timeout(120)
+def test_a_build_held_by_a_member_gone_mid_connect_is_given_up_once_the_view_moves_on() -> None:
+    """Members that published their addresses in the store and then never connect (killed, or
+    stopped as here) hold the others in gloo's constructor for five times the group's
+    timeout, whatever the view says (round 14 of the chaos run: 75 s). A trainer waiting for
+    the build with ``moved_on`` leaves as soon as it says the view moved on."""
+    size = STOPPED + 1
+    for _attempt in range(2):  # both attempts fail to hold rank 0 once in 65,536
+        store = _store(size)
+        peers = subprocess.Popen([sys.executable, "-c", PEERS, str(store.port), str(size)])
+        try:
+            deadline = time.monotonic() + 60  # the peers import torch: seconds on a loaded machine
+            while not store.check([f"0/{r}" for r in range(1, size)]):  # gloo's keys: their addresses
+                assert peers.poll() is None, "the peers died before publishing their addresses"
+                assert time.monotonic() < deadline, "the peers did not publish their addresses in 60 s"
+                time.sleep(0.01)
+            peers.send_signal(signal.SIGSTOP)
+            open_group = lambda met: (new_process_group("gloo", met.clone(), 0, size, 10.0, "127.0.0.1"), met)  # noqa: E731
+            build = GroupBuild(2, [f"m{r}" for r in range(size)], lambda: store, open_group, BuildThreads(1))
+            began = time.monotonic()
+            moved = began + 1.0
+            opened = build.result(moved_on=lambda: time.monotonic() > moved)
+            if build.done():  # rank 0 connected to every stopped member itself: nothing held it
+                continue
+            assert opened is None
+            assert time.monotonic() - began < 5.0  # not gloo's 50 s (5 x the 10 s timeout)
+            assert not build.usable()
+            return
+        finally:
+            peers.kill()
+            peers.wait()
+    pytest.fail("no build was given up while gloo waited for a stopped member")
+
+
+def test_a_job_gets_a_thread_of_its_own_when_every_build_thread_is_held() -> None:
+    """Builds abandoned in gloo's constructor hold their threads for minutes: a new build must
+    not queue behind them."""
+    pool = BuildThreads(1)
+    release = threading.Event()
+    started = [threading.Event() for _ in range(3)]
+    for event in started:  # three jobs that each hold their thread until released
+        pool.submit(lambda e=event: (e.set(), release.wait(30)))
+    try:
+        assert all(e.wait(10) for e in started), "a job waited for a busy thread"
+    finally:
+        release.set()
+    ran = threading.Event()
+    pool.submit(ran.set)  # threads freed again take jobs
+    assert ran.wait(10)

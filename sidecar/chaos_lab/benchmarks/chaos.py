@@ -7,8 +7,8 @@ regroup), each fired once the harness observes its moment in the trainers' logs
 (chaos_lab.kills), then random faults of every kind: whole-node kill -9, trainer-only and
 sidecar-only kill -9, graceful leaves, joins, links cut and restored, links slowed to a few
 MB/s. Where each kill landed is decided after the round from the trainers' logs, not from
-what it aimed at (``kills``, summed in ``kills_landed``: one count per moment and per process
-kind); a run in which a category of chaos_lab.kills.REQUIRED landed fewer than
+what it aimed at (each round's under ``round_kills``, summed in ``kills_landed``: one count per
+moment and per process kind); a run in which a category of chaos_lab.kills.REQUIRED landed fewer than
 ``--min-landed`` times says so (``kills_missing``) and fails. After the round:
 
 - ``divergent``: live replicas whose parameter + optimizer digests differ at some step;
@@ -175,6 +175,7 @@ def measure(rounds: int, first_seed: int, workdir: Path, log, min_landed: int = 
     failed_rounds: list[dict[str, Any]] = []
     kinds: dict[str, int] = defaultdict(int)
     kills: list[dict[str, Any]] = []
+    rounds_kills: list[dict[str, Any]] = []  # per round: its kills, where each landed
     started = time.monotonic()
 
     def fail(seed: int, reason: str, **details: Any) -> None:
@@ -197,6 +198,7 @@ def measure(rounds: int, first_seed: int, workdir: Path, log, min_landed: int = 
         for kind in result["events"]:
             kinds[kind] += 1
         kills += result["kills"]
+        rounds_kills.append({"seed": seed, "wall_s": result["wall_s"], "kills": result["kills"]})
         bad = [f"{key}={result[key]}" for key in totals if result[key]]
         if not result["ok"] or bad:
             fail(
@@ -223,6 +225,7 @@ def measure(rounds: int, first_seed: int, workdir: Path, log, min_landed: int = 
         "kills_aimed": aimed(kills),
         "min_landed": min_landed,
         "kills_missing": short,
+        "round_kills": rounds_kills,
         "wall_s": round(time.monotonic() - started, 1),
         "failed": bool(failures) or bool(short),
     }
