@@ -109,7 +109,7 @@ class _Worker:
     stats: SourceStats = field(default_factory=SourceStats)
     alive: bool = True
     current: _Piece | None = None  # the piece being received
-    current_bytes: int = 0  # its bytes still to come (a piece's end never moves once requested)
+    current_bytes: int = 0  # its bytes, less a resumed shard's head (its end never moves)
     current_since: float = 0.0
     received_now: int = 0  # bytes of it received so far
 
