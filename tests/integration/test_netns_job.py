@@ -61,12 +61,11 @@ def test_job_in_namespaces_through_join_cut_crash_and_leave_keeps_replicas_and_n
     join = summary["events"][0]
     sent = join["bytes_per_source"]
     assert join["kind"] == "join" and sum(sent.values()) > 0
-    # every member is listed with its bytes; the planner weighs each link's bandwidth (probed
-    # while the group trained, so a slow link busy with gradients looks slower than it is) and
-    # its round trip (measured again as the pull starts, with no gradients queued). Three or
-    # more members usually send; two is what holds every time on a loaded machine
+    # every member is listed with its bytes. The probes ran while the group trained, so a slow
+    # link busy with gradients looked slower than it is; a member the plan left out takes one
+    # shard, which measures it, and more from the member finishing last while it helps
     assert set(sent) >= {"n0", "n1", "n2", "n3"}, sent
-    assert sum(1 for b in sent.values() if b > 0) >= 2, sent
+    assert sum(1 for b in sent.values() if b > 0) >= 3, sent
     assert join["sources"] == sorted(n for n, b in sent.items() if b > 0)
     assert max(sent, key=sent.get) == "n0", sent  # n0's link is the fastest (40 MB/s)
     # each node's files stayed in its own directory; every namespace is gone again

@@ -15,7 +15,7 @@ from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.planning.model import Source
 from chaos_sidecar.security import signed_headers
-from chaos_sidecar.transfer.puller import Puller, TransferError
+from chaos_sidecar.transfer.puller import Puller, TransferError, plan_pieces
 from chaos_sidecar.transfer.snapshot import data_path, file_digest, manifest_path
 
 pytestmark = pytest.mark.timeout(120)
@@ -42,6 +42,36 @@ async def test_pull_from_three_sources_is_identical(tmp_path: Path, origin: Path
     assert file_digest(result.path) == file_digest(data_path(origin, NAME))
     assert sum(1 for s in result.per_source.values() if s.bytes) == 3  # all sources worked
     assert result.replans == 0
+
+
+async def test_sources_underestimated_at_planning_are_measured_and_used(tmp_path: Path, origin: Path) -> None:
+    """As a joiner's probes see links busy with gradients: s1 and s2 are estimated 100 times
+    slower than they are, so the plan leaves them out. Each takes one shard, which measures
+    it, then takes work off s0 (the fastest, which still sends the most). The same pull
+    without rebalancing (the same split, passed in as a baseline would be) is the yardstick."""
+
+    def planner_as_is(manifest, sources, download_Bps):  # not plan_pieces itself: no rebalancing
+        return plan_pieces(manifest, sources, download_Bps)
+
+    estimates = {"s0": 8e6, "s1": 4e4, "s2": 4e4}
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        urls = await start_sources(cluster, tmp_path, origin, NAME, 3, [8, 4, 4])
+        async with aiohttp.ClientSession() as session:
+            pulls = {}
+            for label, split in (("as planned", planner_as_is), ("rebalanced", plan_pieces)):
+                puller = Puller(session, cluster.secret, "joiner", tmp_path / label, NAME, split=split)
+                pulls[label] = await puller.pull(
+                    [Source(s, bps, 0.002) for s, bps in estimates.items()], urls
+                )
+    planned, rebalanced = pulls["as planned"], pulls["rebalanced"]
+    assert [s for s, st in planned.per_source.items() if st.bytes] == ["s0"]  # the estimates' plan
+    sent = {s: st.shards for s, st in rebalanced.per_source.items()}
+    assert file_digest(rebalanced.path) == file_digest(data_path(origin, NAME))
+    # 1 MiB shards: 4, 2 and 2 balance the links; each measured by one, and used beyond it
+    assert sent["s1"] > 0 and sent["s2"] > 0 and sent["s1"] + sent["s2"] > 2, sent
+    assert max(sent, key=sent.get) == "s0", sent
+    assert rebalanced.steals >= 2
+    assert rebalanced.seconds < planned.seconds, (rebalanced.seconds, planned.seconds)
 
 
 async def test_source_killed_mid_transfer(tmp_path: Path, origin: Path) -> None:

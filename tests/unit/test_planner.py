@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.planning import greedy, milp
-from chaos_sidecar.planning.extended import plan_joiners, replan
+from chaos_sidecar.planning.extended import Owing, plan_joiners, replan, steal
 from chaos_sidecar.planning.model import Source, makespan, parse_instance
 from chaos_sidecar.planning.validate import check_plan
 
@@ -226,6 +226,29 @@ def test_replan_over_survivors_is_optimal() -> None:
     assert finish == pytest.approx(best)
     with pytest.raises(InputError):
         replan([], missing=3, shard_bytes=10)
+
+
+def test_steal_balances_the_thief_with_the_source_finishing_last() -> None:
+    # 1 MB shards; "slow" finishes its 8 queued shards at 8 s, "fast" its 20 at 2 s
+    slow = Owing(Source("slow", 1e6), queued=8)
+    fast = Owing(Source("fast", 1e7), queued=20)
+    victim, count = steal(Source("idle", 1e6, 0.0), [fast, slow], 10**6, explore=False)  # type: ignore[misc]
+    assert victim == "slow" and count == 4  # both then finish at 4 s
+    # a thief with a round trip per request and what the victim still sends count too
+    busy = Owing(Source("v", 1e6, 0.0), queued=4, busy_s=2.0)  # done at 6 s
+    assert steal(Source("t", 2e6, 1.0), [busy], 10**6, explore=False) == ("v", 3)  # 2.5 s vs 3 s
+
+
+def test_steal_takes_nothing_that_would_not_help_unless_exploring() -> None:
+    victim = Owing(Source("v", 1e7), queued=10)  # done at 1 s
+    crawl = Source("t", 1e5)  # one shard alone takes 10 s
+    assert steal(crawl, [victim], 10**6, explore=False) is None
+    assert steal(crawl, [victim], 10**6, explore=True) == ("v", 1)  # measured by one shard
+    assert steal(crawl, [Owing(Source("v", 1e7), queued=0)], 10**6, explore=True) is None
+    assert steal(crawl, [], 10**6, explore=True) is None
+    # never more than the victim has queued, never from itself
+    assert steal(Source("t", 1e9), [Owing(Source("v", 1e3), queued=3)], 10**6, explore=False) == ("v", 3)
+    assert steal(Source("v", 1e9), [Owing(Source("v", 1e3), queued=3)], 10**6, explore=True) is None
 
 
 # --- CLI contract ------------------------------------------------------------------------

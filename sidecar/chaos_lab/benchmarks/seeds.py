@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +61,12 @@ def join_sources(runs: list[dict[str, Any]]) -> dict[str, Any]:
     joins = [
         e for r in runs for e in r.get("events", []) if e["kind"] == "join" and e.get("bytes_per_source")
     ]
-    senders = [sum(1 for b in e["bytes_per_source"].values() if b > 0) for e in joins]
+    senders = Counter(sum(1 for b in e["bytes_per_source"].values() if b > 0) for e in joins)
+    top = Counter(max(e["bytes_per_source"], key=e["bytes_per_source"].get) for e in joins)
     return {
         "joins": len(joins),
-        "senders_per_join": {str(k): senders.count(k) for k in sorted(set(senders))},
-        "top_sender_per_join": {
-            node: sum(1 for e in joins if max(e["bytes_per_source"], key=e["bytes_per_source"].get) == node)
-            for node in sorted({max(e["bytes_per_source"], key=e["bytes_per_source"].get) for e in joins})
-        },
+        "senders_per_join": {str(k): senders[k] for k in sorted(senders)},
+        "top_sender_per_join": {node: top[node] for node in sorted(top)},
     }
 
 

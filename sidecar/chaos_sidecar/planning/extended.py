@@ -17,11 +17,20 @@ manifest), so only the assignment changes: the missing shards go to the survivin
 with ``K`` fixed, each survivor's ready time being when it finishes the work it already
 has (``busy_until``). This is the fixed-``K`` inner problem of the basic model, solved
 exactly by the same slot argument.
+
+**Rebalancing while pulling** (:func:`steal`). The estimates a plan starts from can be far off:
+a joiner probes its links while the group trains, so a link busy with gradients looks much
+slower than it is once the members wait for the joiner. A source that has nothing left to
+send takes shards from the tail of the queue of the source expected to finish last, as many
+as make the two finish together at their current rates (measured in this pull where there is
+a measurement). A source not yet measured in this pull takes at least one shard: that one
+shard measures its link, so a source the estimates left out costs at most one shard's time
+on its real link, and a good one is found and used.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.planning import greedy
@@ -98,3 +107,42 @@ def replan(
     assignment = canonical_assignment(instance, missing, plan.makespan_s)
     assert makespan(instance, missing, assignment) <= plan.makespan_s * (1 + 1e-9)
     return {k: v for k, v in assignment.items() if v}
+
+
+@dataclass(frozen=True, slots=True)
+class Owing:
+    """A source during a pull: its rate now, how many shards it still has queued (not yet
+    requested, so a thief may take them) and the seconds it needs before it reaches them."""
+
+    source: Source
+    queued: int
+    busy_s: float = 0.0
+
+    def finish_s(self, shard_bytes: int, queued: int | None = None) -> float:
+        left = self.queued if queued is None else queued
+        return self.busy_s + left * shard_bytes / self.source.bandwidth_Bps
+
+
+def steal(thief: Source, owing: list[Owing], shard_bytes: int, *, explore: bool) -> tuple[str, int] | None:
+    """(victim id, shards) that idle ``thief`` should take from the tail of the victim's queue,
+    or None when no take makes the pull finish sooner. The victim is the source expected to
+    finish last; the take balances the two finishing times. ``explore``: the thief has not
+    been measured in this pull, so it takes at least one shard when any source has one queued.
+    """
+    candidates = [o for o in owing if o.queued > 0 and o.source.id != thief.id]
+    if not candidates:
+        return None
+    victim = max(candidates, key=lambda o: (o.finish_s(shard_bytes), o.queued, o.source.id))
+    per_victim = shard_bytes / victim.source.bandwidth_Bps
+    per_thief = shard_bytes / thief.bandwidth_Bps
+
+    def makespan_after(k: int) -> float:
+        thief_done = thief.overhead_s + k * per_thief if k else 0.0
+        return max(victim.finish_s(shard_bytes, victim.queued - k), thief_done)
+
+    balanced = (victim.finish_s(shard_bytes) - thief.overhead_s) / (per_victim + per_thief)
+    options = {min(max(k, 0), victim.queued) for k in (int(balanced), int(balanced) + 1)}
+    best = min(sorted(options), key=makespan_after)
+    if best == 0 or makespan_after(best) >= victim.finish_s(shard_bytes):
+        best = 1 if explore else 0
+    return (victim.source.id, best) if best else None

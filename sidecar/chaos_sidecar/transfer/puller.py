@@ -7,7 +7,11 @@
    runs of whole shards, their sizes differ by at most one shard) and how many pieces each
    source sends, from the sources' bandwidth estimates.
 3. One worker per source pulls its pieces one after another (the planner's model). Each
-   base shard is verified as it completes and written in place.
+   base shard is verified as it completes and written in place. With the shard planner's
+   split, a source's share goes out in up to REQUESTS_PER_SOURCE requests, and a worker with
+   nothing left takes queued shards from the source expected to finish last
+   (:func:`~chaos_sidecar.planning.extended.steal` decides how many, on the rates measured in
+   this pull); a source the plan left out first takes one shard, which measures its link.
 4. A source that errors or stalls (no byte for ``stall_s``) is dropped: the shards it had
    not delivered, including the rest of a half-received piece, are re-planned over the
    survivors (:func:`~chaos_sidecar.planning.extended.replan`) and appended to their queues.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,13 +37,18 @@ import aiohttp
 
 from chaos_sidecar.errors import ChaosError
 from chaos_sidecar.planning import greedy
-from chaos_sidecar.planning.extended import replan
+from chaos_sidecar.planning.extended import Owing, replan, steal
 from chaos_sidecar.planning.model import Instance, Source
 from chaos_sidecar.security import accepted_keys, signed_headers
 from chaos_sidecar.transfer.snapshot import Manifest, ShardFile, parse_manifest, verify_shard
 
 BODY_MAC_HEADER = "X-Chaos-Body-Mac"
 READ_BUFFER = 4 << 20  # aiohttp pauses reading at this many buffered bytes (default 64 KiB)
+# A source's planned share is requested in up to this many pieces, so that part of it is still
+# queued, not in flight, when another source runs out of work and could take some: shards a
+# source is already sending cannot be taken without discarding what its link has queued. Each
+# extra request costs one round trip.
+REQUESTS_PER_SOURCE = 4
 
 
 class TransferError(ChaosError):
@@ -63,6 +73,7 @@ class PullResult:
     per_source: dict[str, SourceStats]
     replans: int
     refetched: int
+    steals: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +81,7 @@ class PullResult:
             "plan": self.plan,
             "replans": self.replans,
             "refetched": self.refetched,
+            "steals": self.steals,
             "per_source": [
                 {
                     "id": sid,
@@ -96,6 +108,10 @@ class _Worker:
     queue: deque[_Piece] = field(default_factory=deque)
     stats: SourceStats = field(default_factory=SourceStats)
     alive: bool = True
+    current: _Piece | None = None  # the piece being received
+    current_bytes: int = 0  # its bytes, less a resumed shard's head (its end never moves)
+    current_since: float = 0.0
+    received_now: int = 0  # bytes of it received so far
 
 
 # How a snapshot is divided over its sources: pieces per source id, given the manifest, the
@@ -138,6 +154,9 @@ class Puller:
         split: PieceSplit = plan_pieces,
     ) -> None:
         self.split = split
+        # Rebalancing belongs to the shard planner's policy; a split passed in (the lab's
+        # baselines) divides the snapshot its own way and keeps to it.
+        self.rebalance = split is plan_pieces
         self.session = session
         self.secret = secret
         self.node_id = node_id
@@ -192,6 +211,9 @@ class Puller:
             for _ in range(assignment[sid]):
                 workers[sid].queue.append(_Piece(bounds[piece], bounds[piece + 1] - bounds[piece]))
                 piece += 1
+        if self.rebalance:
+            for w in workers.values():
+                w.queue = deque(_requests(list(w.queue), REQUESTS_PER_SOURCE))
         self._manifest = manifest
         self._workers = workers
         self._done = [False] * manifest.shard_count
@@ -199,6 +221,7 @@ class Puller:
         self._bytes_done = 0
         self._replans = 0
         self._refetched = 0
+        self._steals = 0
         self._changed = asyncio.Event()
         self._finished = asyncio.Event()
         self._partial: dict[int, bytes] = {}
@@ -234,13 +257,14 @@ class Puller:
             per_source={sid: w.stats for sid, w in workers.items()},
             replans=self._replans,
             refetched=self._refetched,
+            steals=self._steals,
         )
 
     # --- workers -------------------------------------------------------------------------------
 
     async def _run(self, worker: _Worker) -> None:
         while worker.alive and not self._finished.is_set():
-            if not worker.queue:
+            if not worker.queue and not (self.rebalance and self._steal(worker)):
                 self._changed.clear()
                 await self._changed.wait()
                 continue
@@ -265,6 +289,9 @@ class Puller:
         loop = asyncio.get_running_loop()
         began = time.monotonic()
         received = 0
+        worker.current, worker.current_since, worker.received_now = piece, began, 0
+        shards = range(piece.start, piece.start + piece.count)
+        worker.current_bytes = sum(manifest.shard_range(i)[1] for i in shards) - len(head)
         pending: deque[tuple[int, asyncio.Future[bool]]] = deque()
         error = None
         index = piece.start
@@ -284,6 +311,7 @@ class Puller:
                         received += len(exc.partial)
                         raise ConnectionError("connection closed mid-shard") from None
                     received += len(data)
+                    worker.received_now = received
                     if head:
                         data, head = head + data, b""
                     pending.append(
@@ -299,6 +327,7 @@ class Puller:
                 self._complete(worker, done_index, await future, manifest.shard_range(done_index)[1])
             worker.stats.seconds += time.monotonic() - began
             worker.stats.bytes += received
+            worker.current, worker.received_now = None, 0
         # narrow the piece to what is left
         while piece.count and self._done[piece.start]:
             piece.start += 1
@@ -334,6 +363,7 @@ class Puller:
         self.progress(self._bytes_done, self._manifest.total_bytes)
         if self._remaining == 0:
             self._finished.set()
+        if self._remaining == 0 or self.rebalance:  # idle workers look again whether to take some
             self._changed.set()
 
     def _fail(self, worker: _Worker, error: str, piece: _Piece) -> None:
@@ -349,12 +379,10 @@ class Puller:
             return
         self._replans += 1
         _, base = self._manifest.shard_range(0)
-        busy = {
-            w.source.id: sum(p.count for p in w.queue) * (base / w.source.bandwidth_Bps + w.source.overhead_s)
-            for w in survivors
-        }
+        now = [self._now(w) for w in survivors]
+        busy = {o.source.id: o.busy_s + o.queued * base / o.source.bandwidth_Bps for o in now}
         assignment = replan(
-            [Source(w.source.id, w.source.bandwidth_Bps, w.source.overhead_s) for w in survivors],
+            [o.source for o in now],
             len(missing),
             base,
             busy_until=busy,
@@ -367,6 +395,68 @@ class Puller:
             for run in _runs(take):
                 queue.append(run)
         self._changed.set()
+
+    # --- rebalancing --------------------------------------------------------------------------
+
+    def _rate(self, worker: _Worker) -> float:
+        """Bytes/s ``worker``'s source delivers: measured in this pull once it has delivered a
+        shard's worth, else the estimate the plan started from."""
+        received = worker.stats.bytes + worker.received_now
+        seconds = worker.stats.seconds
+        if worker.current is not None:
+            seconds += time.monotonic() - worker.current_since
+        if received < self._manifest.shard_bytes or seconds <= 0:
+            return worker.source.bandwidth_Bps
+        return received / seconds
+
+    def _now(self, worker: _Worker) -> Owing:
+        """``worker`` as the rebalancing decision sees it: its rate now, its queued shards, and
+        the seconds it needs for the rest of its current piece and one round trip per queued
+        request."""
+        rate = self._rate(worker)
+        in_flight = worker.current_bytes - worker.received_now if worker.current is not None else 0
+        return Owing(
+            source=Source(worker.source.id, rate, worker.source.overhead_s),
+            queued=sum(p.count for p in worker.queue),
+            busy_s=max(in_flight, 0) / rate + len(worker.queue) * worker.source.overhead_s,
+        )
+
+    def _steal(self, thief: _Worker) -> bool:
+        """Move queued shards from the source expected to finish last to idle ``thief``, if
+        that ends the pull sooner (or ``thief`` has not been measured yet); True if it did."""
+        others = [self._now(w) for w in self._workers.values() if w.alive and w is not thief]
+        explore = thief.stats.bytes < self._manifest.shard_bytes
+        decision = steal(self._now(thief).source, others, self._manifest.shard_bytes, explore=explore)
+        if decision is None:
+            return False
+        victim, count = self._workers[decision[0]], decision[1]
+        taken: list[_Piece] = []
+        while count and victim.queue:  # from the tail: the victim keeps its next requests
+            last = victim.queue[-1]
+            n = min(count, last.count)
+            taken.append(_Piece(last.start + last.count - n, n))
+            last.count -= n
+            count -= n
+            if last.count == 0:
+                victim.queue.pop()
+        thief.queue.extend(sorted(taken, key=lambda p: p.start))
+        self._steals += 1
+        return bool(taken)
+
+
+def _requests(pieces: list[_Piece], at_most: int) -> list[_Piece]:
+    """A source's planned ``pieces`` (consecutive runs) as up to ``at_most`` nearly equal
+    requests when they are fewer, else unchanged."""
+    count = sum(p.count for p in pieces)
+    if (
+        not pieces
+        or len(pieces) >= at_most
+        or any(a.start + a.count != b.start for a, b in itertools.pairwise(pieces))
+    ):
+        return pieces
+    first = pieces[0].start
+    bounds = piece_bounds(count, min(at_most, count))
+    return [_Piece(first + a, b - a) for a, b in itertools.pairwise(bounds)]
 
 
 def _runs(indices: list[int]) -> list[_Piece]:
