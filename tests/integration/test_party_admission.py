@@ -10,10 +10,8 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-import aiohttp
 import pytest
 import yaml
 
@@ -21,6 +19,7 @@ from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar import eventlog, parties
 from chaos_sidecar.eventlog import Kind
 from chaos_sidecar.parties import new_key_file
+from rejections import rejected, rejected_now
 
 pytestmark = pytest.mark.timeout(120)
 DEADLINE_S = 30.0
@@ -41,16 +40,6 @@ def write_policy(path: Path, entries: list[tuple[str, dict, int, str]]) -> Path:
     ]
     path.write_text(yaml.safe_dump({"version": 1, "parties": listed}))
     return path
-
-
-async def rejected(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    async with session.get(url + "/metrics") as response:
-        text = await response.text()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("chaostrain_rejected_messages_total{"):
-            out[line.split('reason="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
-    return out
 
 
 async def wait_refused(cluster: LocalCluster, reason: str) -> None:
@@ -207,16 +196,6 @@ def digests_at_world(log: Path, world: int) -> dict[int, str]:
         r["step"]: r["digest"]
         for r in eventlog.read([log])
         if r.kind is Kind.STEP and r.get("world") == world and "digest" in r
-    }
-
-
-def rejected_now(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        line.split('reason="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("chaostrain_rejected_messages_total{")
     }
 
 

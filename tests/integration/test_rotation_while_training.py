@@ -19,6 +19,7 @@ from chaos_lab.localjob import JobConfig, LocalJob
 from chaos_sidecar import eventlog
 from chaos_sidecar.eventlog import Kind, Record
 from chaos_sidecar.security import signed_headers
+from rejections import rejected
 
 pytest.importorskip("torch", reason="the trainer needs the 'train' extra (torch)")
 pytestmark = pytest.mark.timeout(240)
@@ -74,16 +75,6 @@ async def status_of(session: aiohttp.ClientSession, url: str, key: bytes) -> int
     headers = signed_headers(key, "GET", path, b"", time.time_ns(), "outsider")
     async with session.get(url + path, headers=headers) as response:
         return response.status
-
-
-async def rejected(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    async with session.get(url + "/metrics") as response:
-        text = await response.text()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("chaostrain_rejected_messages_total{"):
-            out[line.split('reason="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
-    return out
 
 
 async def test_rotation_while_training_keeps_the_view_and_retires_the_old_key(tmp_path: Path) -> None:
