@@ -524,7 +524,7 @@ def _relays_for(s: NodeState, to: str) -> list[str]:
         relays = s.memo["relays", now, to] = _member_relays(s, view, to, fresh)
     if relays:
         return relays
-    joiners = sorted(j for j, (_, seen) in s.joins.items() if _join_is_fresh(s, seen, now) and j != to)
+    joiners = sorted(fresh_joins(s, now) - {to})
     return [joiners[int(now / s.settings.retry_interval) % len(joiners)]] if joiners else []
 
 
