@@ -207,6 +207,53 @@ def test_a_member_relays_to_a_peer_it_no_longer_hears_directly() -> None:
     assert direct_to_c  # the direct copy still goes: the link may come back
 
 
+def test_a_cut_link_is_reported_at_once_not_with_the_next_heartbeat() -> None:
+    """b stops hearing c directly (c's heartbeats come only through a): in the very step that
+    notices it, b tells everyone, the coordinator included, whom it hears directly now."""
+    from chaos_sidecar.protocol import Heartbeat, Relay
+
+    state = sm.initial_member("b", VIEW, SETTINGS, 0.0)
+    t = 0.0
+    while True:
+        t = round(t + 0.013, 3)  # ticks between heartbeats: the regular one is not due
+        from_a = Message("a", 1, Heartbeat(("a", "b", "c"), direct=("a", "b", "c")))
+        from_c = Message("c", 1, Heartbeat(("a", "b", "c"), direct=("a", "c")))
+        state, _ = sm.step(state, sm.Receive(from_a), t)
+        state, _ = sm.step(state, sm.Receive(Message("a", 1, Relay("b", from_c))), t)
+        due = state.next_heartbeat
+        state, actions = sm.step(state, sm.Tick(), t)
+        if sm.Observed(("link_down", "c")) in actions:
+            break
+        assert t < SETTINGS.suspect_timeout, "the link never went down"
+    assert t < due  # not the regular heartbeat
+    reports = [a for a in actions if isinstance(a, sm.Send) and isinstance(a.message.body, Heartbeat)]
+    assert {a.to for a in reports} >= {"a", "c"}
+    assert all(a.message.body.direct == ("a", "b") for a in reports)
+
+
+def test_the_coordinator_updates_the_link_table_when_a_report_moves_a_link() -> None:
+    """A heartbeat whose direct set drops a peer changes the coordinator's table in that very
+    step, not at its next tick; one that only repeats the last report changes nothing."""
+    from chaos_sidecar.protocol import Heartbeat
+
+    state = sm.initial_member("a", VIEW, SETTINGS, 0.0)
+    everyone = ("a", "b", "c")
+    for t in (0.1, 0.2):
+        for peer in ("b", "c"):
+            state, _ = sm.step(state, sm.Receive(Message(peer, 1, Heartbeat(everyone, direct=everyone))), t)
+        state, _ = sm.step(state, sm.Tick(), t)
+    assert state.topology[1] == ()
+    cut = Message("b", 1, Heartbeat(everyone, direct=("a", "b")))
+    state, actions = sm.step(state, sm.Receive(cut), 0.25)
+    changed = [a for a in actions if isinstance(a, sm.TopologyChanged)]
+    assert changed and changed[0].down_links == (("b", "c"),)
+    state, again = sm.step(state, sm.Receive(cut), 0.26)
+    assert not [a for a in again if isinstance(a, sm.TopologyChanged)]
+    healed = Message("b", 1, Heartbeat(everyone, direct=everyone))
+    state, actions = sm.step(state, sm.Receive(healed), 0.27)
+    assert [a.down_links for a in actions if isinstance(a, sm.TopologyChanged)] == [()]
+
+
 def test_a_relay_passes_a_message_on_once_and_only_from_its_origin() -> None:
     from chaos_sidecar.protocol import Relay, ViewRequest
 

@@ -69,6 +69,13 @@ MUTATIONS = {
 }
 
 
+# mutations that only a busier schedule exposes (two ballots of one epoch in flight at once):
+# more faults, over longer, and nodes that crash mid-agreement more often
+HARDER = {
+    "count replies of another ballot": SimConfig(fault_rate=12.0, fault_s=4.0, paxos_crash_p=0.5),
+}
+
+
 def mutant(name: str) -> types.ModuleType:
     original, replacement = MUTATIONS[name]
     source = Path(machine.__file__).read_text()
@@ -83,9 +90,9 @@ def mutant(name: str) -> types.ModuleType:
     return module
 
 
-def first_violation(budget: int = BUDGET) -> tuple[int, str] | None:
+def first_violation(budget: int = BUDGET, config: SimConfig | None = None) -> tuple[int, str] | None:
     for seed in range(budget):
-        result = run_schedule(seed, SimConfig())
+        result = run_schedule(seed, config or SimConfig())
         if result.violations:
             return seed, result.violations[0]
     return None
@@ -101,11 +108,13 @@ def test_the_unmodified_machine_compiles_the_same_way(monkeypatch: pytest.Monkey
         del sys.modules[module.__name__]
     monkeypatch.setattr(sim, "sm", module)
     assert first_violation(20) is None
+    for config in HARDER.values():
+        assert first_violation(20, config) is None
 
 
 @pytest.mark.parametrize("name", sorted(MUTATIONS))
 def test_the_simulator_catches(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sim, "sm", mutant(name))
-    found = first_violation()
+    found = first_violation(config=HARDER.get(name))
     assert found is not None, f"{BUDGET} schedules missed the mutation {name!r}"
     print(f"\n{name}: seed {found[0]}: {found[1][:160]}")

@@ -723,16 +723,23 @@ def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> None:
     """Failure detector: whom do I hear now? Changes go to the coordinator at once, and a
     regained peer gets a heartbeat back at once, so it regains us without waiting. A loss
     also brings the next heartbeat forward: when the lost one is the coordinator, the
-    Suspect goes nowhere useful, and the slow-path candidate learns it from heartbeats."""
+    Suspect goes nowhere useful, and the slow-path candidate learns it from heartbeats.
+
+    A link that went down or came back (the peer still heard, or heard again) goes out in a
+    heartbeat at once: the coordinator's topology rests on those reports, and the peer at
+    the other end of a healed link learns it without waiting for its own next probe."""
     assert s.view is not None
     direct_now = _direct_heard_by(s, s.node_id, now)
     direct = frozenset(m for m in s.view.members if m in direct_now)
-    if direct != s.my_direct:  # a link, not a peer: relays may still carry it
+    link_changed = direct != s.my_direct
+    if link_changed:  # a link, not a peer: relays may still carry it
         previous_direct, s.my_direct = s.my_direct, direct
         out.extend(Observed(("link_down", m)) for m in sorted(previous_direct - direct))
         out.extend(Observed(("link_up", m)) for m in sorted(direct - previous_direct))
     hears = frozenset(m for m in s.view.members if _hears(s, s.node_id, m, now))
     if hears == s.my_hears:
+        if link_changed:
+            _report_links(s, now, out)
         return
     previous, s.my_hears = s.my_hears, hears
     _check_majority(s, out)
@@ -744,6 +751,20 @@ def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> None:
         out.append(Observed(("regained", peer)))
         _forward(s, LinkUp(peer), out)
         _send(s, peer, _heartbeat(s, hears), out)
+    if link_changed and s.node_id == s.view.coordinator:
+        _update_topology(s, now, out)
+
+
+def _report_links(s: NodeState, now: float, out: list[Action]) -> None:
+    """Everyone gets this node's heartbeat now (its direct set changed); the coordinator
+    recomputes the topology from its own change at once."""
+    assert s.view is not None
+    version = s.topology[0]
+    if s.node_id == s.view.coordinator:
+        _update_topology(s, now, out)  # broadcasts the new table when there is one
+    if s.topology[0] == version:
+        s.next_heartbeat = now + s.settings.heartbeat_interval
+        _broadcast(s, s.view.members, _heartbeat(s), out)
 
 
 def _ask_admission(s: NodeState, out: list[Action]) -> None:
@@ -775,8 +796,9 @@ def _retry(s: NodeState, now: float, out: list[Action]) -> None:
             Prepare(p.target, p.ballot) if p.phase == "prepare" else Accept(p.target, p.ballot, p.value)  # type: ignore[arg-type]
         )
         _broadcast(s, [m for m in s.view.members if m not in p.replies], body, out)
-    # probe members we lost more often than heartbeats go: a healed link shows up sooner
-    silent = [m for m in s.view.members if m not in s.my_hears and m != s.node_id]
+    # probe members we lost, or hear only through relays, more often than heartbeats go: a
+    # healed link shows up sooner
+    silent = [m for m in s.view.members if m not in s.my_direct and m != s.node_id]
     if silent:
         _broadcast(s, silent, _heartbeat(s), out)
     if s.node_id != s.view.coordinator:
@@ -897,6 +919,7 @@ def _on_heartbeat(s: NodeState, msg: Message, body: Heartbeat, now: float, out: 
         hears = previous[1]
     s.reports[msg.sender] = (now, hears)
     s.support.count(msg.sender, hears)
+    links_before = s.direct_reports.get(msg.sender, previous[1] if previous is not None else None)
     if body.direct is None:
         s.direct_reports.pop(msg.sender, None)
     else:
@@ -908,6 +931,24 @@ def _on_heartbeat(s: NodeState, msg: Message, body: Heartbeat, now: float, out: 
     if body.topology_version > s.topology[0]:
         s.topology = (body.topology_version, body.down_links)
         out.append(TopologyChanged(body.topology_version, body.down_links))
+    if s.node_id == s.view.coordinator and _links_moved(
+        s, msg.sender, links_before, s.direct_reports.get(msg.sender, hears)
+    ):
+        _update_topology(s, now, out)  # a link went down or came back: say so now, not next tick
+
+
+def _links_moved(s: NodeState, a: str, before: frozenset[str] | None, after: frozenset[str]) -> bool:
+    """Whether member ``a``'s new direct set contradicts the coordinator's link table: a
+    peer it lost whose link the table has up, or one it regained whose link is down. Cheap
+    on purpose: after a join every member reports the newcomer, and none of that moves a link."""
+    if before is None or before == after:
+        return False
+    down = s.topology[1]
+    for b in before ^ after:
+        link = (a, b) if a < b else (b, a)
+        if (b in after) == (link in down):
+            return True
+    return False
 
 
 def _adjust_report(s: NodeState, sender: str, node: str, *, present: bool, now: float) -> None:
