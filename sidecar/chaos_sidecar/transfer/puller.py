@@ -8,7 +8,8 @@
    source sends, from the sources' bandwidth estimates.
 3. One worker per source pulls its pieces one after another (the planner's model). Each
    base shard is verified as it completes and written in place. With the shard planner's
-   split, a source's share goes out in up to REQUESTS_PER_SOURCE requests, and a worker with
+   split, a source's share goes out in up to REQUESTS_PER_SOURCE requests (one, when it is
+   the only source: each extra request costs a round trip), and a worker with
    nothing left takes queued shards from the source expected to finish last
    (:func:`~chaos_sidecar.planning.extended.steal` decides how many, on the rates measured in
    this pull); a source the plan left out first takes one shard, which measures its link.
@@ -211,7 +212,7 @@ class Puller:
             for _ in range(assignment[sid]):
                 workers[sid].queue.append(_Piece(bounds[piece], bounds[piece + 1] - bounds[piece]))
                 piece += 1
-        if self.rebalance:
+        if self.rebalance and len(workers) > 1:  # one source: no one to take its queued shards
             for w in workers.values():
                 w.queue = deque(_requests(list(w.queue), REQUESTS_PER_SOURCE))
         self._manifest = manifest
