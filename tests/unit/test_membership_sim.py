@@ -127,6 +127,17 @@ def test_standby_joiner_waits_then_joins() -> None:
     assert any(isinstance(a, sm.Send) and a.message.kind == "heartbeat" for a in actions)
 
 
+def test_a_first_join_asks_every_contact_then_one_at_a_time() -> None:
+    """The coordinator admits only joiners it hears itself, wherever it is in the contacts."""
+    contacts = (("b", "b"), ("c", "c"), ("a", "a"))
+    state = sm.initial_joiner("j", "j", contacts, SETTINGS)
+    asked = []
+    for t in (0.0, SETTINGS.retry_interval, 2 * SETTINGS.retry_interval):
+        state, actions = sm.step(state, sm.Tick(), t)
+        asked.append(sorted(a.to for a in actions if isinstance(a, sm.Send) and a.message.kind == "join"))
+    assert asked == [["a", "b", "c"], ["c"], ["a"]]
+
+
 def test_dead_member_plus_link_down_still_leaves_a_viable_view() -> None:
     """Four members; link n1-n4 goes down, then n3 dies. n1 and n4 each reach only two of
     four, yet {n0, n1, n4} is a fine view of three (found by a random churn run on real

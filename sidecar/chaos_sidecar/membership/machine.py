@@ -778,9 +778,16 @@ def _ask_admission(s: NodeState, out: list[Action]) -> None:
         for m, address in zip(s.view.members, s.view.addresses, strict=True):
             if m != s.node_id:
                 out.append(Send(m, address, ask))
+    if s.contact_cursor == 0:
+        # the first ask goes to every contact: the coordinator admits only joiners it hears
+        # itself, and a joiner that knows no view cannot tell which contact it is (asking one
+        # at a time, it waited a retry interval per contact listed before the coordinator)
+        for cid, caddr in contacts:
+            out.append(Send(cid, caddr, ask))
     cid, caddr = contacts[s.contact_cursor % len(contacts)]
     s.contact_cursor += 1
-    out.append(Send(cid, caddr, ask))
+    if s.contact_cursor > 1:
+        out.append(Send(cid, caddr, ask))
     coordinator = s.view.coordinator if s.view is not None else cid  # a first join knows none
     if coordinator not in (cid, s.node_id):
         # a removed node may be cut off from the coordinator, which admits only joiners it
