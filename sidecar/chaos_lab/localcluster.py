@@ -27,10 +27,8 @@ from chaos_sidecar.commands.sidecar import wait_ready
 from chaos_sidecar.errors import ChaosError
 from chaos_sidecar.eventlog import Record
 from chaos_sidecar.membership.machine import Settings
-from chaos_sidecar.protocol import local_api
 
-# Polling the nodes costs them CPU; latencies are measured from their logs, not from polls
-# (and a wait for a new view is a long poll: see LocalCluster._next_epoch).
+# Polling the nodes costs them CPU; latencies are measured from their logs, not from polls.
 POLL_S = 0.025
 
 
@@ -235,38 +233,7 @@ class LocalCluster:
                     for n, v in views.items()
                 }
                 raise ClusterError(f"no agreement on {sorted(members)} within {timeout}s: {summary}")
-            if agreed:  # only the check is pending (a link table, say): no epoch to wait for
-                await asyncio.sleep(POLL_S)
-            else:
-                await self._next_epoch(views, deadline)
-
-    async def _next_epoch(self, views: dict[str, dict[str, Any] | None], deadline: float) -> None:
-        """Until the nodes behind the newest epoch in ``views`` (all of them, when none is
-        behind) have each installed a newer view, or a second has passed: long polls, one per
-        node, instead of polling every node every few milliseconds, which would take the CPU
-        that the agreement being measured needs (and waiting for all, not the first: a look at
-        every node after the first install would land on the others while they install)."""
-        assert self.session is not None
-        epochs = {n: v["view"]["epoch"] if v and v["view"] else -1 for n, v in views.items()}
-        newest = max(epochs.values(), default=-1)
-        behind = [n for n, e in epochs.items() if e < newest] or list(epochs)
-        wait_s = max(0.0, min(1.0, deadline - time.monotonic()))
-
-        async def poll(node: str) -> None:
-            url = f"{self.nodes[node].local_url}{local_api.WAIT_VIEW}?after={epochs[node]}&timeout={wait_s}"
-            try:
-                async with self.session.get(url) as response:  # type: ignore[union-attr]
-                    await response.read()
-            except (TimeoutError, aiohttp.ClientError, OSError):
-                await asyncio.sleep(POLL_S)  # not up yet, or gone: look again soon
-
-        polls = [asyncio.create_task(poll(n)) for n in behind]
-        try:
-            await asyncio.wait(polls, timeout=wait_s + 1.0)
-        finally:
-            for task in polls:
-                task.cancel()
-            await asyncio.gather(*polls, return_exceptions=True)
+            await asyncio.sleep(POLL_S)
 
     def read_logs(self) -> list[Record]:
         return eventlog.read(node.log_path for node in self.nodes.values() if node.log_path)
