@@ -87,14 +87,15 @@ class SealedChannel:
         if self._sent >= MAX_COUNTER:
             raise self._fail("frame counter exhausted")
         head = LENGTH.pack(len(payload) + TAG_BYTES)
-        sealed = self._seal.encrypt(self._sent.to_bytes(12, "big"), bytes(payload), head)
+        sealed = self._seal.encrypt(self._sent.to_bytes(12, "big"), payload, head)
         self._sent += 1
-        try:
-            self.sock.sendall(head + sealed)
+        try:  # no copy of a frame of megabytes to join them
+            self.sock.sendall(head)
+            self.sock.sendall(sealed)
         except OSError as exc:
             raise self._fail(f"sending: {exc!r}") from None
 
-    def recv(self) -> bytes:
+    def recv(self) -> bytes | bytearray:
         if self.broken is not None:
             raise ChannelError(f"channel unusable: {self.broken}")
         head = self._read(LENGTH.size)
@@ -114,7 +115,7 @@ class SealedChannel:
         self._received += 1
         return payload
 
-    def _read(self, n: int) -> bytes:
+    def _read(self, n: int) -> bytearray:
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
@@ -126,7 +127,7 @@ class SealedChannel:
             if k == 0:
                 raise self._fail("the peer closed the connection")
             got += k
-        return bytes(buf)
+        return buf
 
     def close(self) -> None:
         self.broken = self.broken or "closed"
