@@ -289,6 +289,10 @@ def test_two_parties_train_together_while_an_impostor_and_an_outsider_are_refuse
             assert len({d[step] for d in digests}) == 1, f"replicas differ at step {step}"
         worlds = {r.get("world") for n in nodes for r in eventlog.read([logs[n]]) if r.kind is Kind.STEP}
         assert max(worlds) == 5  # a-9 and c0 never entered a group
+        for node in nodes:  # the groups of both parties were the protected, hierarchical ones
+            regroups = [r for r in eventlog.read([logs[node]]) if r.kind is Kind.REGROUP]
+            mixed = [r for r in regroups if {m[0] for m in r["members"]} == {"a", "b"}]
+            assert mixed and all(r.get("cross_party") for r in mixed), node
     finally:
         for process in processes.values():
             if process.poll() is None:
