@@ -59,6 +59,10 @@ class SidecarConfig:
     state_dir: Path | None = None
     """Where the durable membership state is written (the pod's volume: it survives container
     restarts). None keeps it in memory: every start is then a new incarnation."""
+    cleartext_collectives: bool = False
+    """A multi-party job: the trainers all-reduce across parties in plain gloo (clear text)
+    instead of through their parties' leaders' encrypted channels (chaos_train.crossparty);
+    the local API's collective plan says so (docs/federation.md)."""
     trainer_lease_s: float | None = 3.0
     """Once a trainer has used the local API, a silence this long with no request open means
     it died: the sidecar leaves the group for it, so the survivors regroup. None: never."""
@@ -155,17 +159,14 @@ def read_secret(path: str | None) -> bytes:
 
 
 def read_party_files(
-    key_path: str | None, policy_path: str | None, node_id: str, *, allow_cleartext: bool = False
+    key_path: str | None, policy_path: str | None, node_id: str
 ) -> tuple[PartySigner, Policy] | None:
     """This node's party key and the job's admission policy (both or neither), checked
     against each other: the key's party is in the policy, lists the key's public half, and
-    owns ``node_id``; a policy of several parties needs ``allow_cleartext`` (gradients would
-    cross parties in clear text)."""
+    owns ``node_id``."""
     if key_path is None and policy_path is None:
         return None
     from chaos_sidecar.parties import (  # yaml and cryptography: not when the CLI parses
-        CLEARTEXT_FLAG,
-        cleartext_collectives_refusal,
         encode_key,
         parse_key_file,
         parse_policy,
@@ -185,9 +186,6 @@ def read_party_files(
         )
     if not party.owns(node_id):
         raise InputError("--node-id", f"{node_id!r} is not a node id that party {signer.party!r} owns")
-    refusal = cleartext_collectives_refusal(policy, allow_cleartext)
-    if refusal is not None:
-        raise InputError(CLEARTEXT_FLAG, refusal)
     return signer, policy
 
 

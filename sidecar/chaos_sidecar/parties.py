@@ -303,26 +303,6 @@ def _overlap(a: Party, b: Party) -> str | None:
     return None
 
 
-# --- gradient traffic -------------------------------------------------------------------------
-
-CLEARTEXT_FLAG = "--allow-cleartext-collectives"
-
-
-def cleartext_collectives_refusal(policy: Policy, allowed: bool) -> str | None:
-    """Why a node of this job must not start, or None. The trainers' collectives are gloo over
-    plain TCP (the pinned torch build registers no TLS transport for gloo: docs/federation.md),
-    so a policy that admits more than one party would send gradients between parties in clear
-    text: only when the owner says so with :data:`CLEARTEXT_FLAG`."""
-    if len(policy.parties) < 2 or allowed:
-        return None
-    names = ", ".join(p.name for p in policy.parties)
-    return (
-        f"the policy admits {len(policy.parties)} parties ({names}): their trainers' collectives "
-        "(gloo over TCP, no TLS in this torch build) would carry gradients between parties in "
-        f"clear text; pass {CLEARTEXT_FLAG} to accept that (say, over a tunnel or VPN you run)"
-    )
-
-
 # --- admission ------------------------------------------------------------------------------
 
 

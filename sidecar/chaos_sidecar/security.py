@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 TIMESTAMP_HEADER = "X-Chaos-Timestamp"
 SIGNATURE_HEADER = "X-Chaos-Signature"
@@ -36,6 +36,8 @@ class PartyChecking(Protocol):
     def check_signature(
         self, party_name: str | None, node: str, data: bytes, signature: str | None, now_s: float
     ) -> str | None: ...
+
+    def owner(self, node: str) -> Any: ...  # the Party owning ``node``, or None
 
 
 def _canonical(method: str, path: str, body: bytes, timestamp_ns: int, node: str) -> bytes:
@@ -147,6 +149,19 @@ def accepted_keys(secret: bytes, now_ns: int) -> list[bytes]:
     if isinstance(secret, RotatingSecret):
         return secret.accepted(now_ns)
     return [bytes(secret)]
+
+
+def collective_keys(secret: bytes, now_ns: int) -> list[bytes]:
+    """The job's collective keys, the one this node signs with first: what a trainer's
+    cross-party channels derive their keys from (chaos_train.sealed). One-way: the join
+    secret cannot be computed from them, and they only travel on loopback to the trainer."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return [
+        HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"chaos-train collectives v1").derive(k)
+        for k in accepted_keys(secret, now_ns)
+    ]
 
 
 @dataclass

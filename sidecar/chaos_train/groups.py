@@ -1,7 +1,9 @@
 """Process groups as plain objects, one per view epoch, built at the step boundary or ahead of it.
 
 The trainer never touches torch's default group: a view's group is a ``ProcessGroupGloo``
-(``ProcessGroupNCCL`` on CUDA) made from that epoch's store and used through its own methods.
+(``ProcessGroupNCCL`` on CUDA) made from that epoch's store and used through its own methods;
+a view whose members belong to several parties gets a chaos_train.crossparty.CrossPartyGroup
+instead (gloo within each party, encrypted between the parties' leaders), with the same methods.
 So a group can be built on a thread while the previous one still trains (the constructor
 waits for every member with the GIL released), and no torch global has to be reset between
 views.

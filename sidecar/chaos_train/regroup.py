@@ -18,6 +18,7 @@ from chaos_sidecar.errors import InputError
 from chaos_sidecar.eventlog import Kind
 from chaos_sidecar.protocol.messages import View
 from chaos_train import state as snapshot_state
+from chaos_train.crossparty import CrossPartyGroup, open_cross_party
 from chaos_train.engine_config import (
     BLOCKING_NOTE,
     NOTE_KEY,
@@ -162,6 +163,7 @@ class Regrouping:
                 pause_ms=round((time.monotonic() - started) * 1000, 1),
                 group_ms=round((grouped - started) * 1000, 1), open_ms=round((opened_at - started) * 1000, 1),
                 built_ahead=built is not None, gather_predicted=self._unchecked is not None, **transfer,
+                **({"cross_party": True} if isinstance(self.group, CrossPartyGroup) else {}),
             )  # fmt: skip
             if self._catch_up is None or self.step == self._catch_up[0]:  # else: once it is
                 self._log_digest()
@@ -205,10 +207,32 @@ class Regrouping:
         rank = members.index(self.cfg.node_id)
         # a connection of its own: the group's set-up waits on the store, and must not hold up
         # the notes and progress other threads exchange there meanwhile
-        own = dist.PrefixStore("group", store.clone())
-        group = new_process_group(self.cfg.backend, own, rank, len(members), self.cfg.timeout_s,
-                                  self.rendezvous.address)  # fmt: skip
+        connection = store.clone()
+        own = dist.PrefixStore("group", connection)
+        address, timeout_s = self.rendezvous.address, self.cfg.timeout_s
+        plan = self.sidecar.collective(members)
+        if plan.parties is not None:
+            self._agree_on_collectives(own, members, "cleartext" if plan.cleartext else "sealed")
+        if plan.parties is not None and not plan.cleartext:  # clear gloo within each party only
+            context = f"chaos-train epoch {epoch} meeting {connection.get(GROUP_KEY).decode()}".encode()
+            group = open_cross_party(
+                own, rank, list(plan.parties), list(plan.keys), address, context, timeout_s,
+                lambda st, r, n: new_process_group(self.cfg.backend, st, r, n, timeout_s, address),
+            )  # fmt: skip
+            return group, store
+        group = new_process_group(self.cfg.backend, own, rank, len(members), timeout_s, address)
         return group, store
+
+    def _agree_on_collectives(self, store: dist.Store, members: list[str], mine: str) -> None:
+        """Members of several parties check that they all build the same kind of group: a node
+        started with ``--allow-cleartext-collectives`` among nodes without it (or the reverse)
+        would wait in a group the others never build."""
+        store.set(f"collectives/{self.cfg.node_id}", mine)
+        theirs = {m: store.get(f"collectives/{m}").decode() for m in members}
+        differ = sorted(m for m, kind in theirs.items() if kind != mine)
+        if differ:
+            raise RuntimeError(f"--allow-cleartext-collectives differs between members: {mine} here, "
+                               f"not on {differ}: start every node of the job the same way")  # fmt: skip
 
     def _open_group(self, epoch: int, members: list[str], note: dict[str, Any] | None = None):
         """This epoch's process group and store, once every member arrived; None when the view

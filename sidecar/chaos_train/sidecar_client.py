@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.protocol import local_api
-from chaos_sidecar.protocol.local_api import NodeView, RendezvousEntry, TrainerStatus
+from chaos_sidecar.protocol.local_api import CollectivePlan, NodeView, RendezvousEntry, TrainerStatus
 from chaos_sidecar.protocol.messages import View
 
 
@@ -95,6 +95,13 @@ class SidecarClient:
             return TrainerStatus.from_json(answer)
         except InputError:
             return None
+
+    def collective(self, members: list[str]) -> CollectivePlan:
+        """How the collectives of a view of ``members`` cross parties (see CollectivePlan)."""
+        answer = self._call("GET", f"{local_api.COLLECTIVE}?members=" + ",".join(members), timeout=10)
+        if "error" in answer:
+            raise RuntimeError(f"the sidecar's collective plan: {answer.get('message') or answer['error']}")
+        return CollectivePlan.from_json(answer)
 
     def report(self, **fields: float | int) -> None:
         """Progress for the sidecar's metrics; best effort (a missing sidecar is not fatal)."""

@@ -77,7 +77,6 @@ async def test_parties_are_admitted_by_policy_and_impostors_outsiders_and_extras
             str(key),
             "--admission-policy",
             str(policy_file),
-            "--allow-cleartext-collectives",
         ]
 
     async with LocalCluster(tmp_path / "cluster") as cluster:
@@ -152,7 +151,6 @@ def test_an_outside_party_joins_with_run_join_and_trains_and_an_impostor_cannot_
         str(secret),
         "--admission-policy",
         str(policy),
-        "--allow-cleartext-collectives",
     ]
     logs = {n: tmp_path / f"{n}.jsonl" for n in ("a-0", "b0")}
     errs = {n: tmp_path / f"{n}.stderr" for n in ("a-0", "b0")}
@@ -182,6 +180,9 @@ def test_an_outside_party_joins_with_run_join_and_trains_and_an_impostor_cannot_
         wait_for(
             lambda: steps_at_world(logs["a-0"], 2) >= 5, "a-0 training with b0", processes["a-0"], errs["a-0"]
         )
+        for node, log in logs.items():  # by default the parties' all-reduce is the protected one
+            regroups = [r for r in eventlog.read([log]) if r.kind is Kind.REGROUP and len(r["members"]) == 2]
+            assert regroups and all(r.get("cross_party") for r in regroups), node
     finally:
         for process in processes.values():
             if process.poll() is None:
@@ -221,7 +222,7 @@ def test_two_parties_train_together_while_an_impostor_and_an_outsider_are_refuse
     secret.write_text("a-shared-join-secret-of-the-job")
     secret.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAOS_")} | {"OMP_NUM_THREADS": "1"}
-    common = ["--secret-file", str(secret), "--allow-cleartext-collectives"]
+    common = ["--secret-file", str(secret)]
     nodes = {"a-0": a_key, "a-1": a_key, "a-2": a_key, "b0": b_key, "b1": b_key}
     logs = {n: tmp_path / f"{n}.jsonl" for n in nodes}
     errs = {n: tmp_path / f"{n}.stderr" for n in [*nodes, "a-9", "c0"]}
@@ -288,6 +289,10 @@ def test_two_parties_train_together_while_an_impostor_and_an_outsider_are_refuse
             assert len({d[step] for d in digests}) == 1, f"replicas differ at step {step}"
         worlds = {r.get("world") for n in nodes for r in eventlog.read([logs[n]]) if r.kind is Kind.STEP}
         assert max(worlds) == 5  # a-9 and c0 never entered a group
+        for node in nodes:  # the groups of both parties were the protected, hierarchical ones
+            regroups = [r for r in eventlog.read([logs[node]]) if r.kind is Kind.REGROUP]
+            mixed = [r for r in regroups if {m[0] for m in r["members"]} == {"a", "b"}]
+            assert mixed and all(r.get("cross_party") for r in mixed), node
     finally:
         for process in processes.values():
             if process.poll() is None:

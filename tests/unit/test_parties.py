@@ -168,7 +168,7 @@ def test_the_sidecar_refuses_a_key_that_does_not_fit_the_policy(tmp_path: Path) 
     for name, seed in [("b", bytes([3]) * 32), ("b-unlisted", bytes([9]) * 32), ("c", bytes([4]) * 32)]:
         keys[name] = tmp_path / name
         keys[name].write_bytes(new_key_file(name.split("-")[0], seed)[1])
-    signer, loaded = read_party_files(str(keys["b"]), str(policy), "b1", allow_cleartext=True)  # type: ignore[misc]
+    signer, loaded = read_party_files(str(keys["b"]), str(policy), "b1")  # type: ignore[misc]
     assert signer.party == "b" and loaded == POLICY
     cases = [
         ((str(keys["b"]), None, "b1"), "--admission-policy"),
@@ -180,26 +180,9 @@ def test_the_sidecar_refuses_a_key_that_does_not_fit_the_policy(tmp_path: Path) 
     ]
     for args, field in cases:
         with pytest.raises(InputError) as caught:
-            read_party_files(*args, allow_cleartext=True)
+            read_party_files(*args)
         assert caught.value.field == field, args
     assert read_party_files(None, None, "b1") is None
-
-
-def test_a_policy_of_several_parties_needs_the_owner_to_allow_cleartext_collectives(tmp_path: Path) -> None:
-    """gloo has no TLS transport in the pinned torch build (docs/federation.md): gradients
-    between parties would travel in clear text, so the owner must say so explicitly."""
-    key = tmp_path / "b.key"
-    key.write_bytes(new_key_file("b", bytes([3]) * 32)[1])
-    both = tmp_path / "both.yaml"
-    both.write_text(yaml.safe_dump(policy_doc()))
-    with pytest.raises(InputError) as caught:
-        read_party_files(str(key), str(both), "b1")
-    assert caught.value.field == "--allow-cleartext-collectives"
-    assert "clear text" in caught.value.message and "a, b" in caught.value.message
-    assert read_party_files(str(key), str(both), "b1", allow_cleartext=True) is not None
-    only_b = tmp_path / "only-b.yaml"
-    only_b.write_text(yaml.safe_dump({**policy_doc(), "parties": policy_doc()["parties"][1:]}))
-    assert read_party_files(str(key), str(only_b), "b1") is not None  # one party: nothing crosses
 
 
 # --- party signatures -----------------------------------------------------------------------
@@ -392,11 +375,10 @@ def test_the_sidecar_command_takes_the_party_options(tmp_path: Path) -> None:
     policy.write_text(yaml.safe_dump(policy_doc()))
     argv = ["sidecar", "--node-id", "b1", "--peers", "a-0=http://127.0.0.1:1", "--secret-file", str(secret),
             "--party-key", str(key), "--admission-policy", str(policy)]  # fmt: skip
-    with pytest.raises(InputError) as caught:
-        config_from_args(cli.parse(argv))
-    assert caught.value.field == "--allow-cleartext-collectives"
-    config = config_from_args(cli.parse([*argv, "--allow-cleartext-collectives"]))
+    config = config_from_args(cli.parse(argv))  # several parties: protected collectives by default
     assert config.secret.party.party == "b" and config.secret.policy == POLICY  # type: ignore[attr-defined]
+    assert not config.cleartext_collectives
+    assert config_from_args(cli.parse([*argv, "--allow-cleartext-collectives"])).cleartext_collectives
     plain = config_from_args(cli.parse(argv[:-4]))
     assert plain.secret.party is None and plain.secret.policy is None  # type: ignore[attr-defined]
 
@@ -421,10 +403,6 @@ def test_run_join_needs_the_party_key_and_policy_and_checks_them_before_starting
     cases = [
         ([], "--party-key"),
         (["--party-key", str(key)], "--admission-policy"),
-        (
-            ["--party-key", str(key), "--admission-policy", str(tmp_path / "policy.yaml")],
-            "--allow-cleartext-collectives",
-        ),
         (["--party-key", str(key), "--admission-policy", str(tmp_path / "nope.yaml")], "--admission-policy"),
     ]
     for extra, field in cases:

@@ -27,8 +27,15 @@ from chaos_sidecar.errors import InputError
 from chaos_sidecar.eventlog import Kind
 from chaos_sidecar.membership import machine as sm
 from chaos_sidecar.protocol import local_api
-from chaos_sidecar.protocol.local_api import LOCAL_PREFIX, TRAINER_HEADER, RendezvousEntry, parse_report
+from chaos_sidecar.protocol.local_api import (
+    LOCAL_PREFIX,
+    TRAINER_HEADER,
+    CollectivePlan,
+    RendezvousEntry,
+    parse_report,
+)
 from chaos_sidecar.protocol.messages import View
+from chaos_sidecar.security import collective_keys, party_policy
 from chaos_sidecar.transfer.puller import TransferError
 from chaos_sidecar.transfer.snapshot import check_name
 
@@ -224,6 +231,27 @@ async def lookup_rendezvous_handler(request: web.Request) -> web.Response:
     return web.json_response(status.to_json())
 
 
+async def collective_handler(request: web.Request) -> web.Response:
+    """``?members=a,b,...``: the CollectivePlan of a view of these members: their parties when
+    they span several, and unless the owner allowed cleartext collectives the keys the
+    trainer's cross-party channels derive theirs from."""
+    members = [m for m in request.query.get("members", "").split(",") if m]
+    config = request.app[CONFIG]
+    policy = party_policy(config.secret)
+    plan = CollectivePlan(None)
+    if policy is not None:
+        owners = [policy.owner(m) for m in members]
+        unowned = [m for m, o in zip(members, owners, strict=True) if o is None]
+        if unowned:
+            return web.json_response({"error": f"no party of the policy owns {unowned}"}, status=409)
+        names = tuple(o.name for o in owners)
+        if len(set(names)) > 1 and config.cleartext_collectives:
+            plan = CollectivePlan(names, cleartext=True)
+        elif len(set(names)) > 1:
+            plan = CollectivePlan(names, keys=tuple(collective_keys(config.secret, time.time_ns())))
+    return web.json_response(plan.to_json())
+
+
 async def faults_handler(request: web.Request) -> web.Response:
     if not request.app[CONFIG].fault_injection:
         raise web.HTTPNotFound()
@@ -268,3 +296,4 @@ def add_local_routes(app: web.Application) -> None:
     app.router.add_post(local_api.RENDEZVOUS, publish_rendezvous_handler)
     app.router.add_get(local_api.RENDEZVOUS, lookup_rendezvous_handler)
     app.router.add_post(local_api.REPORT, report_handler)
+    app.router.add_get(local_api.COLLECTIVE, collective_handler)

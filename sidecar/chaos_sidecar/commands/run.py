@@ -77,7 +77,8 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--allow-cleartext-collectives",
         action="store_true",
-        help="accept that gradients cross parties in clear text (gloo has no TLS in this torch build)",
+        help="all-reduce across parties in plain gloo (clear text) instead of encrypted between "
+        "the parties' leaders (the default)",
     )
     parser.add_argument(
         "--tls-cert", help="PEM certificate for the sidecar's peer port (with --tls-key, --tls-ca)"
@@ -134,9 +135,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--secret-file", "is required to join a group (its join secret)")
     node = args.node_id or socket.gethostname()
     check_tls_files(args.tls_cert, args.tls_key, args.tls_ca)  # a bad file fails here, not in the sidecar
-    read_party_files(
-        args.party_key, args.admission_policy, node, allow_cleartext=args.allow_cleartext_collectives
-    )
+    read_party_files(args.party_key, args.admission_policy, node)
     with tempfile.TemporaryDirectory(prefix="chaos-run-") as scratch:
         return _run_with_sidecar(args, command, Path(scratch))
 

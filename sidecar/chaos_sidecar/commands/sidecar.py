@@ -112,8 +112,8 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--allow-cleartext-collectives",
         action="store_true",
-        help="a policy of several parties: accept that the trainers' gradients cross parties in clear "
-        "text (gloo over TCP; this torch build has no TLS transport for it)",
+        help="a policy of several parties: the trainers all-reduce across parties in plain gloo (clear "
+        "text, no TLS in this torch build) instead of through their leaders' encrypted channels",
     )
     parser.add_argument("--ready-file", help="write {'port', 'url', 'local_url', 'pid'} here once listening")
     parser.add_argument("--log", help="append the JSONL event log here")
@@ -167,12 +167,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         node_id=args.node_id,
         secret=with_parties(
             rotating_secret(args.secret_file, args.secret_grace_s, args.secret_sign_delay_s),
-            read_party_files(
-                args.party_key,
-                args.admission_policy,
-                args.node_id,
-                allow_cleartext=args.allow_cleartext_collectives,
-            ),
+            read_party_files(args.party_key, args.admission_policy, args.node_id),
         ),
         secret_file=Path(args.secret_file),
         secret_poll_s=args.secret_poll_s,
@@ -189,6 +184,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         upload_limit_Bps=args.upload_limit_mbps * 1e6 if args.upload_limit_mbps else None,
         trainer_lease_s=args.trainer_lease_s or None,
+        cleartext_collectives=args.allow_cleartext_collectives,
         **dict(zip(("tls_cert", "tls_key", "tls_ca"), tls or (None, None, None), strict=True)),
     )
 

@@ -28,6 +28,7 @@ PULL = "/local/pull"
 LINKS = "/local/links"
 FAULTS = "/local/faults"
 RENDEZVOUS = "/local/rendezvous"  # POST: publish this trainer's store; GET: look up a host's
+COLLECTIVE = "/local/collective"  # GET ?members=a,b: how the view's collectives cross parties
 PEER_RENDEZVOUS = "/v1/rendezvous"  # peer API: this sidecar's trainer's entry
 
 MAX_HOST_CHARS = 253  # a DNS name at most
@@ -139,3 +140,44 @@ def parse_report(payload: object) -> tuple[int | None, float, int | None]:
     if isinstance(idle, bool) or not isinstance(idle, int | float) or not 0 <= idle < 1e6:
         raise InputError("idle_s", f"expected seconds in [0, 1e6), got {idle!r}")
     return step, float(idle), finished
+
+
+@dataclass(frozen=True, slots=True)
+class CollectivePlan:
+    """What ``COLLECTIVE`` answers for a view's members: the party of each when they belong to
+    several (None: one party, or no admission policy), whether the owner allowed their
+    collectives in clear text (``--allow-cleartext-collectives``), and otherwise the job's
+    collective keys (chaos_sidecar.security.collective_keys), the one this node signs with first."""
+
+    parties: tuple[str, ...] | None
+    cleartext: bool = False
+    keys: tuple[bytes, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "parties": None if self.parties is None else list(self.parties),
+            "cleartext": self.cleartext,
+            "keys": [k.hex() for k in self.keys],
+        }
+
+    @classmethod
+    def from_json(cls, payload: object) -> CollectivePlan:
+        if not isinstance(payload, dict):
+            raise InputError("collective", "expected an object")
+        parties, keys = payload.get("parties"), payload.get("keys", [])
+        cleartext = payload.get("cleartext", False)
+        if parties is not None and not (
+            isinstance(parties, list) and all(isinstance(p, str) for p in parties)
+        ):
+            raise InputError("parties", f"expected a list of party names, got {parties!r}")
+        if not isinstance(cleartext, bool):
+            raise InputError("cleartext", f"expected true or false, got {cleartext!r}")
+        if not isinstance(keys, list) or not all(isinstance(k, str) and len(k) == 64 for k in keys):
+            raise InputError("keys", "expected a list of 32-byte keys in hex")
+        try:
+            raw = tuple(bytes.fromhex(k) for k in keys)
+        except ValueError:
+            raise InputError("keys", "expected a list of 32-byte keys in hex") from None
+        if parties is not None and not cleartext and not raw:
+            raise InputError("keys", "several parties, no cleartext, and no collective key")
+        return cls(None if parties is None else tuple(parties), cleartext, raw)
