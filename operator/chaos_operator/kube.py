@@ -115,6 +115,24 @@ async def create_once(obj: dict[str, Any]) -> bool:
     return True
 
 
+async def ensure(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` as the API has it: created when missing; one that exists is kept as it is (what
+    the API server filled in, such as a Service's allocated nodePort, stays), and merge-patched
+    only when its ``spec.type`` differs from ``obj``'s."""
+    meta = obj["metadata"]
+    current = await get(obj["kind"], meta["namespace"], meta["name"])
+    if current is None:
+        try:
+            return await _call("POST", _path(obj, meta["namespace"]), obj)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        current = await get(obj["kind"], meta["namespace"], meta["name"]) or {}
+    if (current.get("spec") or {}).get("type") != obj["spec"].get("type"):
+        return await apply(obj)
+    return current
+
+
 async def delete_pod(namespace: str, name: str) -> None:
     try:
         await _call("DELETE", _path("Pod", namespace, name))

@@ -38,10 +38,19 @@ STATE_MOUNT = "/var/run/chaos/state"
 # spec.checkpoint's volume in the trainer containers (CHAOS_CHECKPOINT_DIR)
 CHECKPOINT_MOUNT = "/var/run/chaos/checkpoints"
 SECRET_FILE = f"{SECRET_MOUNT}/join-secret"
+# spec.federation.party: the party's private key (a Secret) and the job's admission policy (a
+# ConfigMap), each mounted read-only in the sidecar container alone
+PARTY_MOUNT = "/var/run/chaos/party"
+PARTY_KEY_FILE = f"{PARTY_MOUNT}/party.key"
+POLICY_MOUNT = "/var/run/chaos/policy"
+POLICY_FILE = f"{POLICY_MOUNT}/policy.yaml"
 
 # the sidecar container's environment (downward API), referenced by its arguments as $(NAME)
 POD_IP = "CHAOS_POD_IP"  # status.podIP: the address the sidecar advertises
 POD_NAMESPACE = "CHAOS_POD_NAMESPACE"  # metadata.namespace: where its job's pods are listed
+# spec.federation.expose's advertised address may name the pod's node (a NodePort's address)
+HOST_IP = "CHAOS_HOST_IP"  # status.hostIP
+NODE_NAME = "CHAOS_NODE_NAME"  # spec.nodeName
 # optional: the Kubernetes API's base URL; without it the sidecar uses the in-cluster service
 # (https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT with the service account's CA).
 # Test harnesses point it at an API emulator.
@@ -64,13 +73,19 @@ class SidecarPod:
     suspect_timeout_s: float = 1.0
     peers: tuple[str, ...] = ()  # federation contact points, "id=URL"
     state_dir: str | None = STATE_MOUNT  # --state-dir: the pod's volume for the durable state
+    # --advertise: the URL other nodes reach this one at (None: the pod's IP, in-cluster only);
+    # may refer to the container's downward-API env as $(NAME)
+    advertise: str | None = None
+    party: bool = False  # --party-key PARTY_KEY_FILE --admission-policy POLICY_FILE
+    allow_cleartext_collectives: bool = False  # with party: --allow-cleartext-collectives
 
 
 def sidecar_args(pod: SidecarPod) -> list[str]:
     """The sidecar container's arguments (after ``chaos-train sidecar``).
 
     It listens on every interface and advertises the pod's IP (``$(CHAOS_POD_IP)``, expanded
-    by the kubelet from the container's downward-API env); ``--kube-job`` makes it find its
+    by the kubelet from the container's downward-API env) or, for a job reached from other
+    sites, ``pod.advertise``; ``--kube-job`` makes it find its
     job's pods through the API (read-only, with the pod's own service account) as contacts,
     and report its view on its own pod; ``--state-dir`` keeps its membership state on the
     pod's volume across container restarts. A member of the first view other than the seed joins
@@ -79,7 +94,7 @@ def sidecar_args(pod: SidecarPod) -> list[str]:
         "--node-id", pod.node_id,
         "--host", "0.0.0.0",
         "--port", str(PEER_PORT),
-        "--advertise", f"http://$({POD_IP}):{PEER_PORT}",
+        "--advertise", pod.advertise or f"http://$({POD_IP}):{PEER_PORT}",
         "--secret-file", SECRET_FILE,
         "--snapshot-dir", SNAPSHOT_MOUNT,
         "--heartbeat-s", _number(pod.heartbeat_s),
@@ -92,6 +107,10 @@ def sidecar_args(pod: SidecarPod) -> list[str]:
         args.append("--seed")
     if pod.peers:
         args += ["--peers", ",".join(pod.peers)]
+    if pod.party:
+        args += ["--party-key", PARTY_KEY_FILE, "--admission-policy", POLICY_FILE]
+        if pod.allow_cleartext_collectives:
+            args.append("--allow-cleartext-collectives")
     return args
 
 

@@ -266,6 +266,7 @@ def _built_objects(example: Path) -> list[dict]:
     for index in sorted({0, job.desired - 1}):
         objects += [builders.build_service_account(job, index), builders.build_pod_role(job, index)]
         objects += [builders.build_role_binding(job, index), builders.build_pod(job, index)]
+        objects += [s for s in [builders.build_pod_service(job, index)] if s is not None]  # federation.expose
     return objects
 
 

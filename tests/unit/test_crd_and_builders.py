@@ -398,7 +398,12 @@ def test_bad_reports_are_ignored_and_named() -> None:
     ],
 )
 def test_the_parser_refuses_a_bad_checkpoint_naming_the_field(checkpoint: Any, field: str) -> None:
-    body = _minimal(checkpoint=checkpoint)
+    assert_refused(field, checkpoint=checkpoint)
+
+
+def assert_refused(field: str, **spec: Any) -> None:
+    """The parser refuses the minimal job with ``spec`` merged in, naming ``field``."""
+    body = _minimal(**spec)
     body["metadata"] |= {"namespace": "ml", "uid": "u-1"}
     with pytest.raises(SpecError, match=rf"^spec\.{re.escape(field)}:") as caught:
         parse_job(body)

@@ -16,7 +16,15 @@ from chaos_sidecar import trainer_env
 from chaos_sidecar.cli import build_parser
 from chaos_sidecar.commands.sidecar import config_from_args
 from chaos_sidecar.errors import InputError
-from chaos_sidecar.pod_contract import REPORT_MAX_BYTES, SECRET_FILE, encode_report, parse_report
+from chaos_sidecar.parties import new_key_file
+from chaos_sidecar.pod_contract import (
+    PARTY_KEY_FILE,
+    POLICY_FILE,
+    REPORT_MAX_BYTES,
+    SECRET_FILE,
+    encode_report,
+    parse_report,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -57,10 +65,24 @@ def test_every_example_pod_parses_through_the_real_entry_points(
     secret.write_text("x" * 40)
     assert args.secret_file == SECRET_FILE
     args.secret_file = str(secret)  # the mounted Secret, here
+    job = parse_job(manifest)
+    if job.party is not None:  # the mounted party key and policy: the pods' ids must be the party's
+        assert (args.party_key, args.admission_policy) == (PARTY_KEY_FILE, POLICY_FILE)
+        signer, raw = new_key_file("site-a", b"k" * 32)
+        (tmp_path / "party.key").write_bytes(raw)
+        parties = [{"name": "site-a", "nodes": {"prefix": f"{job.name}-"}, "max_nodes": 8,
+                    "keys": [{"public_key": signer.public_key}]},
+                   {"name": "site-b", "nodes": {"prefix": "b"}, "max_nodes": 2,
+                    "keys": [{"public_key": new_key_file("site-b", b"b" * 32)[0].public_key}]}]  # fmt: skip
+        (tmp_path / "policy.yaml").write_text(yaml.safe_dump({"version": 1, "parties": parties}))
+        args.party_key, args.admission_policy = str(tmp_path / "party.key"), str(tmp_path / "policy.yaml")
+        assert args.allow_cleartext_collectives == job.party.allow_cleartext_collectives
     config = config_from_args(args)
     assert config.node_id == pod["metadata"]["name"] and config.seed == (founding and index == 0)
     assert config.defer_join is False and args.kube_job == manifest["metadata"]["name"]
-    assert args.advertise == "http://10.1.2.3:7070"
+    advertised = job.expose.template.replace("{pod}", pod["metadata"]["name"]).replace("{port}", "7070")
+    assert args.advertise == advertised.replace("{podIP}", "10.1.2.3")
+    assert (job.party is not None) == (config.secret.party is not None)
     # the trainer: chaos-train run SCRIPT, with its whole configuration in the environment
     command = trainer["command"] + (trainer.get("args") or [])
     assert command[:2] == ["chaos-train", "run"]

@@ -8,17 +8,23 @@ import json
 from typing import Any
 
 from chaos_operator.domain.security import SECRET_FILE_MODE, harden_pod
-from chaos_operator.domain.spec import JobSpec
+from chaos_operator.domain.spec import PLACEHOLDER, JobSpec
 from chaos_sidecar import trainer_env
 from chaos_sidecar.pod_contract import (
     CHECKPOINT_MOUNT,
     CONFIG_KEY,
     GROUP,
+    HOST_IP,
     INDEX_LABEL,
     JOB_LABEL,
+    NODE_NAME,
+    PARTY_KEY_FILE,
+    PARTY_MOUNT,
     PEER_PORT,
     POD_IP,
     POD_NAMESPACE,
+    POLICY_FILE,
+    POLICY_MOUNT,
     REPORT_ANNOTATION,
     SECRET_MOUNT,
     STATE_MOUNT,
@@ -59,6 +65,66 @@ def build_service(job: JobSpec) -> dict[str, Any]:
             "ports": [{"name": "peer", "port": PEER_PORT, "targetPort": PEER_PORT}],
         },
     }
+
+
+def build_pod_service(job: JobSpec, index: int) -> dict[str, Any] | None:
+    """``spec.federation.expose``: pod ``index``'s own Service of the chosen type (NodePort,
+    LoadBalancer), None for ClusterIP. It selects the one pod by its job and index labels (a
+    replacement pod of the same index gets the same Service, so its address survives), lists
+    it before it is ready (a joiner must be reached), and keeps the client's source address
+    (``externalTrafficPolicy: Local``: the NetworkPolicy matches the outside parties by address,
+    and the advertised node is the pod's own)."""
+    if not job.expose.outside:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(job, pod_name(job, index)),
+        "spec": {
+            "type": job.expose.type,
+            "selector": {JOB_LABEL: job.name, INDEX_LABEL: str(index)},
+            "publishNotReadyAddresses": True,
+            "externalTrafficPolicy": "Local",
+            "ports": [{"name": "peer", "protocol": "TCP", "port": PEER_PORT, "targetPort": PEER_PORT}],
+        },
+    }
+
+
+class AddressPending(Exception):
+    """The advertised address needs what the pod's Service does not have yet (its nodePort, its
+    load balancer's ingress address): the pod is created once it has."""
+
+
+# placeholders the kubelet fills from the sidecar container's downward-API env
+_FROM_ENV = {"podIP": (POD_IP, "status.podIP"), "hostIP": (HOST_IP, "status.hostIP"),
+             "node": (NODE_NAME, "spec.nodeName")}  # fmt: skip
+
+
+def advertise_url(job: JobSpec, index: int, service: dict[str, Any] | None = None) -> str:
+    """The URL pod ``index``'s sidecar advertises (``--advertise``): ``spec.federation.expose``'s
+    template with ``{pod}``, ``{index}``, ``{job}``, ``{namespace}`` filled in, ``{podIP}``,
+    ``{hostIP}``, ``{node}`` as the kubelet's ``$(VAR)`` references, ``{port}`` the port other
+    sites connect to (the peer port; a NodePort Service's ``nodePort``) and ``{address}`` the
+    LoadBalancer's ingress IP or host name. ``service``: the pod's Service as the API has it.
+    Raises :class:`AddressPending` when the Service has not got what the template needs."""
+    ports = ((service or {}).get("spec") or {}).get("ports") or []
+    node_port = next((p.get("nodePort") for p in ports if p.get("name") == "peer"), None)
+    ingress = ((((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress")) or [{}]
+    values = {"pod": pod_name(job, index), "index": str(index), "job": job.name,
+              "namespace": job.namespace, "port": str(PEER_PORT),
+              "address": ingress[0].get("ip") or ingress[0].get("hostname")}  # fmt: skip
+    values |= {name: f"$({env})" for name, (env, _) in _FROM_ENV.items()}
+    if job.expose.type == "NodePort":
+        values["port"] = str(node_port) if node_port else None
+
+    def fill(match) -> str:
+        value = values[match.group(1)]
+        if value is None:
+            missing = {"port": "nodePort", "address": "load balancer ingress address"}[match.group(1)]
+            raise AddressPending(f"Service {pod_name(job, index)} has no {missing} yet")
+        return value
+
+    return PLACEHOLDER.sub(fill, job.expose.template)
 
 
 def build_configmap(job: JobSpec) -> dict[str, Any]:
@@ -145,6 +211,8 @@ def trainer_environment(job: JobSpec, *, founding: bool) -> list[dict[str, Any]]
         {"name": trainer_env.FOUNDING, "value": "1" if founding else "0"},
         {"name": trainer_env.JOIN_MODE, "value": job.join},
     ]
+    if job.expose.template != "http://{podIP}:{port}":  # gloo binds the pod's IP, not the advertised host
+        env.append({"name": trainer_env.ADDRESS, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     if job.checkpoint is not None:
         env += [
             {"name": trainer_env.CHECKPOINT_DIR, "value": CHECKPOINT_MOUNT},
@@ -156,6 +224,8 @@ def trainer_environment(job: JobSpec, *, founding: bool) -> list[dict[str, Any]]
 
 CHECKPOINT_VOLUME = "chaos-checkpoints"
 STATE_VOLUME = "chaos-state"
+PARTY_VOLUME = "chaos-party-key"
+POLICY_VOLUME = "chaos-admission-policy"
 
 
 def build_pod(
@@ -165,14 +235,18 @@ def build_pod(
     founding: bool = False,
     seed: bool | None = None,
     sidecar_image: str = SIDECAR_IMAGE,
+    advertise: str | None = None,
 ) -> dict[str, Any]:
     """The user's template plus the injected sidecar, the shared snapshot volume and env.
 
     ``founding``: the pod belongs to a first view (created before any sidecar reported a view,
     or after every pod of the job was gone): its trainer starts from the script's initial
     state or the newest checkpoint; ``seed`` (default: founding index 0) founds the group. Any
-    later pod joins and pulls the state from the members."""
+    later pod joins and pulls the state from the members. ``advertise``: what the sidecar
+    advertises (:func:`advertise_url` with the pod's Service), by default the template filled
+    without one (raises :class:`AddressPending` when it needs the Service)."""
     seed = founding and index == 0 if seed is None else seed
+    advertise = advertise_url(job, index) if advertise is None else advertise
 
     template = copy.deepcopy(job.template)
     pod_spec = template.get("spec", {})
@@ -197,8 +271,11 @@ def build_pod(
             )
     contract = SidecarPod(
         job=job.name, node_id=name, seed=seed, heartbeat_s=job.probe_interval_s,
-        suspect_timeout_s=job.failure_timeout_s, peers=job.peers,
+        suspect_timeout_s=job.failure_timeout_s, peers=job.peers, advertise=advertise,
+        party=job.party is not None,
+        allow_cleartext_collectives=job.party is not None and job.party.allow_cleartext_collectives,
     )  # fmt: skip
+    referenced = {name for name in PLACEHOLDER.findall(job.expose.template) if name in _FROM_ENV}
     sidecar = {
         "name": "chaos-sidecar",
         "image": sidecar_image,
@@ -207,6 +284,11 @@ def build_pod(
         "env": [
             {"name": POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": POD_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ]
+        + [
+            {"name": env, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+            for name, (env, path) in _FROM_ENV.items()
+            if name in referenced and env != POD_IP
         ],
         "ports": [{"name": "peer", "containerPort": PEER_PORT}],
         "volumeMounts": [
@@ -229,6 +311,11 @@ def build_pod(
         },
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
     }
+    if job.party is not None:  # read-only, the sidecar's alone
+        sidecar["volumeMounts"] += [
+            {"name": PARTY_VOLUME, "mountPath": PARTY_MOUNT, "readOnly": True},
+            {"name": POLICY_VOLUME, "mountPath": POLICY_MOUNT, "readOnly": True},
+        ]
     pod_spec.setdefault("containers", []).append(sidecar)
     pod_spec.setdefault("volumes", []).extend([
         volume,
@@ -238,6 +325,15 @@ def build_pod(
         # container (not the pod: a replacement pod's sidecar is a new incarnation); a few KiB
         {"name": STATE_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}},
     ])  # fmt: skip
+    if job.party is not None:  # the private key: owner and fsGroup (the sidecar) only, as the join secret
+        pod_spec["volumes"] += [
+            {"name": PARTY_VOLUME, "secret": {"secretName": job.party.key_secret_name,
+             "defaultMode": SECRET_FILE_MODE,
+             "items": [{"key": job.party.key_secret_key, "path": PARTY_KEY_FILE.rsplit("/", 1)[1]}]}},
+            {"name": POLICY_VOLUME, "configMap": {"name": job.party.policy_configmap_name,
+             "defaultMode": 0o444,
+             "items": [{"key": job.party.policy_configmap_key, "path": POLICY_FILE.rsplit("/", 1)[1]}]}},
+        ]  # fmt: skip
     if checkpoints is not None:  # every member reaches it (ReadWriteMany); one writes at a time
         pod_spec["volumes"].append(
             {"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": checkpoints.claim_name}}

@@ -136,7 +136,9 @@ def build_network_policy(job: Any) -> dict[str, Any] | None:
     """The job's NetworkPolicy (None when switched off). Selected: the job's pods. Ingress, on
     every port (the peer port and the trainers' collective ports: the store and gloo's pairs
     listen on ephemeral ports): the job's own pods and its federation contact points; on the
-    peer port only (``/metrics``): the configured Prometheus selector; nothing else."""
+    peer port only (``/metrics``): the configured Prometheus selector; nothing else. A job
+    exposed to other sites (``spec.federation.expose``) is reached through per-pod Services that
+    keep the client's address, so the same blocks admit the outside parties there too."""
     from chaos_operator.domain.builders import JOB_LABEL, PEER_PORT, _meta
 
     settings: NetworkPolicySettings = job.network_policy or NetworkPolicySettings()
@@ -175,12 +177,22 @@ def build_network_policy(job: Any) -> dict[str, Any] | None:
 
 def network_policy_warnings(job: Any) -> list[str]:
     settings: NetworkPolicySettings = job.network_policy or NetworkPolicySettings()
-    _, named = peer_address_blocks(job.peers)
-    if not settings.enabled or not named or settings.federation_cidrs:
+    blocks, named = peer_address_blocks(job.peers)
+    if not settings.enabled or settings.federation_cidrs:
         return []
-    return [f"spec.federation.peers {', '.join(named)} are host names: a NetworkPolicy matches "
-            "addresses, so they cannot reach the pods until spec.networkPolicy.federationCIDRs "
-            "names where they connect from"]  # fmt: skip
+    warnings = []
+    if named:
+        warnings.append(f"spec.federation.peers {', '.join(named)} are host names: a NetworkPolicy matches "
+                        "addresses, so they cannot reach the pods until spec.networkPolicy.federationCIDRs "
+                        "names where they connect from")  # fmt: skip
+    expose = getattr(job, "expose", None)
+    if expose is not None and expose.outside and not blocks and not named:
+        # the per-pod Services keep the client's address (externalTrafficPolicy: Local), so the
+        # policy admits exactly the outside parties it names: here, none
+        warnings.append(f"spec.federation.expose is {expose.type} but the NetworkPolicy admits no outside "
+                        "address: name the other sites' contact points (spec.federation.peers) or where "
+                        "their nodes connect from (spec.networkPolicy.federationCIDRs)")  # fmt: skip
+    return warnings
 
 
 # --- restricted Pod Security Standard ----------------------------------------------------------

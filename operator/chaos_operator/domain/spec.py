@@ -29,6 +29,43 @@ class CheckpointSpec:
 
 
 @dataclass(frozen=True)
+class PartySpec:
+    """``spec.federation.party``: the party the job's pods belong to (docs/federation.md)."""
+
+    key_secret_name: str  # keySecretRef: the party's private key file (chaos-train party keygen)
+    key_secret_key: str
+    policy_configmap_name: str  # policyConfigMapRef: the job's admission policy
+    policy_configmap_key: str
+    allow_cleartext_collectives: bool = False
+
+
+EXPOSE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+# the placeholders of spec.federation.expose.advertise (domain.builders.advertise_url fills them)
+ADVERTISE_FIELDS = ("pod", "index", "job", "namespace", "podIP", "hostIP", "node", "port", "address")
+DEFAULT_ADVERTISE = {
+    "ClusterIP": "http://{podIP}:{port}",  # the pod's own address: in-cluster (or a routed pod network)
+    "NodePort": "http://{hostIP}:{port}",  # the pod's node and the Service's nodePort
+    "LoadBalancer": "http://{address}:{port}",  # the Service's ingress address and port
+}
+
+
+@dataclass(frozen=True)
+class ExposeSpec:
+    """``spec.federation.expose``: how other sites reach the job's pods."""
+
+    type: str = "ClusterIP"  # not ClusterIP: one Service of this type per pod
+    advertise: str | None = None  # the URL template each sidecar advertises; None: the type's default
+
+    @property
+    def outside(self) -> bool:
+        return self.type != "ClusterIP"
+
+    @property
+    def template(self) -> str:
+        return self.advertise or DEFAULT_ADVERTISE[self.type]
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str
     namespace: str
@@ -47,6 +84,8 @@ class JobSpec:
     labels: dict[str, str] = field(default_factory=dict)
     network_policy: Any = None  # domain.security.NetworkPolicySettings (spec.networkPolicy)
     checkpoint: CheckpointSpec | None = None  # spec.checkpoint
+    party: PartySpec | None = None  # spec.federation.party
+    expose: ExposeSpec = ExposeSpec()  # spec.federation.expose
 
     @property
     def desired(self) -> int:
@@ -106,6 +145,84 @@ def _checkpoint(raw: Any, job_name: str) -> CheckpointSpec | None:
     )
 
 
+CONFIG_KEY_NAME = re.compile(r"^[-._a-zA-Z0-9]+$")  # a Secret's or ConfigMap's data key
+
+
+def _unknown(raw: dict, known: set[str], path: str) -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SpecError(f"{path}.{unknown[0]}", "unknown field")
+
+
+def _object_ref(raw: Any, path: str, kind: str, default_key: str) -> tuple[str, str]:
+    """A ``{name, key}`` reference to a Secret or ConfigMap in the job's namespace."""
+    if not isinstance(raw, dict):
+        raise SpecError(path, f"expected {{name, key}} naming a {kind}")
+    _unknown(raw, {"name", "key"}, path)
+    name = raw.get("name")
+    if not isinstance(name, str) or len(name) > 253 or not DNS_SUBDOMAIN.match(name):
+        raise SpecError(f"{path}.name", f"expected a {kind}'s name (a DNS subdomain), got {name!r}")
+    key = raw.get("key", default_key)
+    if not isinstance(key, str) or len(key) > 253 or not CONFIG_KEY_NAME.match(key) or key in (".", ".."):
+        raise SpecError(
+            f"{path}.key", f"expected a key of the {kind} (letters, digits, '-', '_', '.'), got {key!r}"
+        )
+    return name, key
+
+
+def _party(raw: Any) -> PartySpec | None:
+    """``federation.party``: ``keySecretRef``, ``policyConfigMapRef`` (both required),
+    ``allowCleartextCollectives``."""
+    if raw is None:
+        return None
+    path = "federation.party"
+    if not isinstance(raw, dict):
+        raise SpecError(path, "expected an object")
+    _unknown(raw, {"keySecretRef", "policyConfigMapRef", "allowCleartextCollectives"}, path)
+    key = _object_ref(raw.get("keySecretRef"), f"{path}.keySecretRef", "Secret", "party.key")
+    policy = _object_ref(
+        raw.get("policyConfigMapRef"), f"{path}.policyConfigMapRef", "ConfigMap", "policy.yaml"
+    )
+    cleartext = raw.get("allowCleartextCollectives", False)
+    if not isinstance(cleartext, bool):
+        raise SpecError(f"{path}.allowCleartextCollectives", f"expected true or false, got {cleartext!r}")
+    return PartySpec(*key, *policy, allow_cleartext_collectives=cleartext)
+
+
+PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+ADVERTISE = re.compile(r"^https?://[^\s/,@?#]+/?$")  # scheme://host:port, no path, no comma (--peers)
+
+
+def _expose(raw: Any) -> ExposeSpec:
+    """``federation.expose``: ``type`` (default ClusterIP) and ``advertise`` (a URL template)."""
+    path = "federation.expose"
+    if raw is None:
+        return ExposeSpec()
+    if not isinstance(raw, dict):
+        raise SpecError(path, "expected an object")
+    _unknown(raw, {"type", "advertise"}, path)
+    kind = raw.get("type", "ClusterIP")
+    if kind not in EXPOSE_TYPES:
+        raise SpecError(f"{path}.type", f"expected one of {', '.join(EXPOSE_TYPES)}, got {kind!r}")
+    advertise = raw.get("advertise")
+    if advertise is None:
+        return ExposeSpec(type=kind)
+    where = f"{path}.advertise"
+    if not isinstance(advertise, str) or len(advertise) > 253:
+        raise SpecError(
+            where, f"expected a URL template such as http://{{pod}}.example.org:{{port}}, got {advertise!r}"
+        )
+    for name in PLACEHOLDER.findall(advertise):
+        if name not in ADVERTISE_FIELDS:
+            raise SpecError(where, f"unknown placeholder {{{name}}}; known: {', '.join(ADVERTISE_FIELDS)}")
+        if name == "address" and kind != "LoadBalancer":
+            raise SpecError(where, "{address} is a LoadBalancer's ingress address: needs type LoadBalancer")
+    sample = PLACEHOLDER.sub("x1", advertise)
+    if not ADVERTISE.match(sample) or "{" in sample or "}" in sample:
+        raise SpecError(where, f"expected http(s)://HOST[:PORT] with placeholders, got {advertise!r}")
+    return ExposeSpec(type=kind, advertise=advertise)
+
+
 def parse_job(body: dict[str, Any]) -> JobSpec:
     meta = body.get("metadata") or {}
     spec = body.get("spec")
@@ -149,4 +266,6 @@ def parse_job(body: dict[str, Any]) -> JobSpec:
         labels=dict(meta.get("labels") or {}),
         network_policy=parse_network_policy(spec.get("networkPolicy")),
         checkpoint=_checkpoint(spec.get("checkpoint"), meta["name"]),
+        party=_party(federation.get("party")),
+        expose=_expose(federation.get("expose")),
     )

@@ -12,10 +12,13 @@ import kopf
 from chaos_operator import kube, metrics
 from chaos_operator.domain.builders import (
     JOB_LABEL,
+    AddressPending,
+    advertise_url,
     build_configmap,
     build_join_secret,
     build_pod,
     build_pod_role,
+    build_pod_service,
     build_role_binding,
     build_service,
     build_service_account,
@@ -58,15 +61,27 @@ async def _shared_objects(job: JobSpec) -> None:
         await kube.create_once(build_join_secret(job, secrets.token_urlsafe(32)))
 
 
-async def _create_pod(job: JobSpec, index: int, founding: bool, *, seed: bool) -> None:
-    """The pod's own identity and permissions first, then the pod that runs as it."""
+async def _create_pod(job: JobSpec, index: int, founding: bool, *, seed: bool) -> str | None:
+    """With ``spec.federation.expose``, the pod's own Service first: the pod advertises its
+    address, so it waits (returns why, creating nothing more) until the Service has the port or
+    ingress address the template needs; then the pod's identity and permissions, then the pod
+    that runs as it."""
+    advertise = None
+    service = build_pod_service(job, index)
+    if service is not None:
+        try:
+            advertise = advertise_url(job, index, await kube.ensure(service))
+        except AddressPending as exc:
+            return str(exc)
     for obj in (
         build_service_account(job, index),
         build_pod_role(job, index),
         build_role_binding(job, index),
     ):
         await kube.apply(obj)
-    await kube.apply(build_pod(job, index, founding=founding, seed=seed, sidecar_image=CONFIG.sidecar_image))
+    await kube.apply(build_pod(job, index, founding=founding, seed=seed, sidecar_image=CONFIG.sidecar_image,
+                               advertise=advertise))  # fmt: skip
+    return None
 
 
 def _warn_bad_reports(body: kopf.Body, job: JobSpec, pods: list[dict[str, Any]]) -> None:
@@ -106,9 +121,13 @@ async def reconcile(
             metrics.PODS_DELETED.labels(*key, "failed" if pod in plan.failed else "released").inc()
         # a first view's pods (none reported yet, or every member gone) found the group, the
         # lowest seeds; later pods join and pull the state
+        pending = []
         for index in plan.create:
-            logger.info(f"creating {pod_name(job, index)}{' (founding)' if plan.founding else ''}")
-            await _create_pod(job, index, plan.founding, seed=index == plan.seed)
+            waiting = await _create_pod(job, index, plan.founding, seed=index == plan.seed)
+            if waiting is not None:  # the timer tries again
+                pending.append(waiting)
+                continue
+            logger.info(f"created {pod_name(job, index)}{' (founding)' if plan.founding else ''}")
             metrics.PODS_CREATED.labels(*key).inc()
     except kube.Forbidden as exc:
         _count_error(*key, "Forbidden")
@@ -138,6 +157,11 @@ async def reconcile(
         _pod_security_condition(body, job, previous),
         _network_policy_condition(body, job, previous),
     ]
+    if job.expose.outside:  # False while pods wait for their Service's address
+        status["conditions"].append(
+            _condition("Exposed", not pending, "WaitingForAddress" if pending else "Addressed",
+                       "; ".join(pending) or f"every pod has its {job.expose.type} Service's address")
+        )  # fmt: skip
     status["conditions"] += await _join_secret_condition(body, job, previous)
     patch.status.update(status)
     metrics.RECONCILES.labels(*key, "ok").inc()
