@@ -719,7 +719,7 @@ def _on_tick(s: NodeState, now: float, out: list[Action]) -> None:
         _retry(s, now, out)
 
 
-def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> None:
+def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> bool:
     """Failure detector: whom do I hear now? Changes go to the coordinator at once, and a
     regained peer gets a heartbeat back at once, so it regains us without waiting. A loss
     also brings the next heartbeat forward: when the lost one is the coordinator, the
@@ -727,7 +727,8 @@ def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> None:
 
     A link that went down or came back (the peer still heard, or heard again) goes out in a
     heartbeat at once: the coordinator's topology rests on those reports, and the peer at
-    the other end of a healed link learns it without waiting for its own next probe."""
+    the other end of a healed link learns it without waiting for its own next probe.
+    Returns whether this node's own links changed (a coordinator's table then needs a look)."""
     assert s.view is not None
     direct_now = _direct_heard_by(s, s.node_id, now)
     direct = frozenset(m for m in s.view.members if m in direct_now)
@@ -739,8 +740,9 @@ def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> None:
     hears = frozenset(m for m in s.view.members if _hears(s, s.node_id, m, now))
     if hears == s.my_hears:
         if link_changed:
-            _report_links(s, now, out)
-        return
+            s.next_heartbeat = now + s.settings.heartbeat_interval
+            _broadcast(s, s.view.members, _heartbeat(s), out)
+        return link_changed
     previous, s.my_hears = s.my_hears, hears
     _check_majority(s, out)
     for lost in sorted(previous - hears):
@@ -751,20 +753,7 @@ def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> None:
         out.append(Observed(("regained", peer)))
         _forward(s, LinkUp(peer), out)
         _send(s, peer, _heartbeat(s, hears), out)
-    if link_changed and s.node_id == s.view.coordinator:
-        _update_topology(s, now, out)
-
-
-def _report_links(s: NodeState, now: float, out: list[Action]) -> None:
-    """Everyone gets this node's heartbeat now (its direct set changed); the coordinator
-    recomputes the topology from its own change at once."""
-    assert s.view is not None
-    version = s.topology[0]
-    if s.node_id == s.view.coordinator:
-        _update_topology(s, now, out)  # broadcasts the new table when there is one
-    if s.topology[0] == version:
-        s.next_heartbeat = now + s.settings.heartbeat_interval
-        _broadcast(s, s.view.members, _heartbeat(s), out)
+    return link_changed
 
 
 def _ask_admission(s: NodeState, out: list[Action]) -> None:
@@ -838,7 +827,8 @@ def _on_receive(s: NodeState, msg: Message, now: float, out: list[Action], *, re
         and s.view is not None
         and sender in s.view.members
     ):
-        _refresh_hears(s, now, out)
+        if _refresh_hears(s, now, out) and s.node_id == s.view.coordinator:
+            _update_topology(s, now, out)  # its own link moved (a tick looks at the table anyway)
     elif isinstance(body, Heartbeat) and msg.epoch == s.epoch:
         previous = s.reports.get(sender)
         news = not (
@@ -945,15 +935,19 @@ def _on_heartbeat(s: NodeState, msg: Message, body: Heartbeat, now: float, out: 
 
 
 def _links_moved(s: NodeState, a: str, before: frozenset[str] | None, after: frozenset[str]) -> bool:
-    """Whether member ``a``'s new direct set contradicts the coordinator's link table: a
-    peer it lost whose link the table has up, or one it regained whose link is down. Cheap
-    on purpose: after a join every member reports the newcomer, and none of that moves a link."""
-    if before is None or before == after:
+    """Whether member ``a``'s new direct set contradicts the coordinator's link table about a
+    peer the coordinator itself hears directly: one ``a`` lost whose link the table has up,
+    or one it regained whose link is down. Cheap on purpose: after a join every member
+    reports the newcomer, and none of that moves a link; a peer the coordinator does not
+    hear either is more likely dead than cut off, and every member's report of it would
+    otherwise cost a scan of the whole table (the next tick judges it)."""
+    if before is None or before is after or before == after:
         return False
-    down = s.topology[1]
+    down, fresh = s.topology[1], s.now - s.settings.suspect_timeout / 2
     for b in before ^ after:
         link = (a, b) if a < b else (b, a)
-        if (b in after) == (link in down):
+        heard = b == s.node_id or s.last_direct.get(b, -1e18) >= fresh
+        if heard and (b in after) == (link in down):
             return True
     return False
 
