@@ -30,6 +30,7 @@ from chaos_train.engine_config import (
 )
 from chaos_train.groups import GroupBuild, all_gather_ints, new_process_group
 from chaos_train.rendezvous import GROUP_KEY, RoundPassed
+from chaos_train.sidecar_client import SidecarLost
 
 
 class Regrouping:
@@ -78,8 +79,11 @@ class Regrouping:
             self._close_group()
             self.sidecar.leave()
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and self.sidecar.view().status != "left":
-                self.sidecar.wait_view(self.group_epoch or 0, timeout=1.0)
+            # outside a pod a sidecar that left exits at once (chaos_sidecar.commands.sidecar):
+            # its port closing before this loop saw "left" is the leave done, not a lost sidecar
+            with contextlib.suppress(SidecarLost):
+                while time.monotonic() < deadline and self.sidecar.view().status != "left":
+                    self.sidecar.wait_view(self.group_epoch or 0, timeout=1.0)
             raise LeftGroup()
         # from here until the "regroup" record (or the trainer's end) this node is regrouping
         self.log("regroup_started", step=self.step, epoch=self.group_epoch)

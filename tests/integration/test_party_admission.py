@@ -13,33 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from chaos_lab.localcluster import LocalCluster
 from chaos_sidecar import eventlog, parties
 from chaos_sidecar.eventlog import Kind
-from chaos_sidecar.parties import new_key_file
+from party_files import five_node_parties, write_key, write_policy
 from rejections import rejected, rejected_now
 
 pytestmark = pytest.mark.timeout(120)
 DEADLINE_S = 30.0
-
-
-def write_key(directory: Path, party: str, seed: int) -> tuple[Path, str]:
-    signer, raw = new_key_file(party, bytes([seed]) * 32)
-    path = directory / f"{party}-{seed}.key"
-    path.write_bytes(raw)
-    path.chmod(0o600)
-    return path, signer.public_key
-
-
-def write_policy(path: Path, entries: list[tuple[str, dict, int, str]]) -> Path:
-    listed = [
-        {"name": name, "nodes": nodes, "max_nodes": most, "keys": [{"public_key": key}]}
-        for name, nodes, most, key in entries
-    ]
-    path.write_text(yaml.safe_dump({"version": 1, "parties": listed}))
-    return path
 
 
 async def wait_refused(cluster: LocalCluster, reason: str) -> None:
@@ -207,17 +189,9 @@ def test_two_parties_train_together_while_an_impostor_and_an_outsider_are_refuse
     group with identical replicas, while a node with b's key claiming a's id a-9 and a node of
     party c (not in the policy), each with its own doctored copy of the policy, are refused by
     the members and never enter the group."""
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    (a_key, a_public), (b_key, b_public), (c_key, c_public) = (
-        write_key(keys, p, i) for i, p in enumerate("abc", 1)
-    )
-    policy = write_policy(
-        tmp_path / "policy.yaml",
-        [("a", {"prefix": "a-"}, 3, a_public), ("b", {"ids": ["b0", "b1"]}, 2, b_public)],
-    )
-    forged = write_policy(tmp_path / "b-forged.yaml", [("b", {"ids": ["a-9"]}, 3, b_public)])
-    outsider = write_policy(tmp_path / "c-own.yaml", [("c", {"prefix": "c"}, 3, c_public)])
+    files = five_node_parties(tmp_path)
+    a_key, b_key, c_key = files.a_key, files.b_key, files.c_key
+    policy, forged, outsider = files.policy, files.forged, files.outsider
     secret = tmp_path / "join-secret"
     secret.write_text("a-shared-join-secret-of-the-job")
     secret.chmod(0o600)
