@@ -710,8 +710,7 @@ def _on_tick(s: NodeState, now: float, out: list[Action]) -> None:
     view = s.view
     _refresh_hears(s, now, out)
     if now >= s.next_heartbeat:
-        s.next_heartbeat = now + s.settings.heartbeat_interval
-        _broadcast(s, view.members, _heartbeat(s), out)
+        _heartbeat_now(s, now, out)
     if s.node_id == view.coordinator:
         _update_topology(s, now, out)
     if now >= s.next_retry:
@@ -740,8 +739,7 @@ def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> bool:
     hears = frozenset(m for m in s.view.members if _hears(s, s.node_id, m, now))
     if hears == s.my_hears:
         if link_changed:
-            s.next_heartbeat = now + s.settings.heartbeat_interval
-            _broadcast(s, s.view.members, _heartbeat(s), out)
+            _heartbeat_now(s, now, out)
         return link_changed
     previous, s.my_hears = s.my_hears, hears
     _check_majority(s, out)
@@ -756,6 +754,13 @@ def _refresh_hears(s: NodeState, now: float, out: list[Action]) -> bool:
     return link_changed
 
 
+def _heartbeat_now(s: NodeState, now: float, out: list[Action]) -> None:
+    """Tell every member whom this node hears; the next heartbeat is due an interval later."""
+    assert s.view is not None
+    s.next_heartbeat = now + s.settings.heartbeat_interval
+    _broadcast(s, s.view.members, _heartbeat(s), out)
+
+
 def _ask_admission(s: NodeState, out: list[Action]) -> None:
     contacts = [c for c in s.contacts if c[0] != s.node_id]
     if not contacts:
@@ -767,16 +772,13 @@ def _ask_admission(s: NodeState, out: list[Action]) -> None:
         for m, address in zip(s.view.members, s.view.addresses, strict=True):
             if m != s.node_id:
                 out.append(Send(m, address, ask))
-    if s.contact_cursor == 0:
-        # the first ask goes to every contact: the coordinator admits only joiners it hears
-        # itself, and a joiner that knows no view cannot tell which contact it is (asking one
-        # at a time, it waited a retry interval per contact listed before the coordinator)
-        for cid, caddr in contacts:
-            out.append(Send(cid, caddr, ask))
     cid, caddr = contacts[s.contact_cursor % len(contacts)]
+    # the first ask goes to every contact: the coordinator admits only joiners it hears
+    # itself, and a joiner that knows no view cannot tell which contact it is (asking one at
+    # a time, it waited a retry interval per contact listed before the coordinator)
+    asked = contacts if s.contact_cursor == 0 else [(cid, caddr)]
     s.contact_cursor += 1
-    if s.contact_cursor > 1:
-        out.append(Send(cid, caddr, ask))
+    out.extend(Send(c, address, ask) for c, address in asked)
     coordinator = s.view.coordinator if s.view is not None else cid  # a first join knows none
     if coordinator not in (cid, s.node_id):
         # a removed node may be cut off from the coordinator, which admits only joiners it
