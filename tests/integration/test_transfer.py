@@ -74,6 +74,31 @@ async def test_sources_underestimated_at_planning_are_measured_and_used(tmp_path
     assert rebalanced.seconds < planned.seconds, (rebalanced.seconds, planned.seconds)
 
 
+async def test_a_joiner_whose_site_holds_the_state_sends_no_shard_across_the_wan(
+    tmp_path: Path, origin: Path
+) -> None:
+    """s0 is at the joiner's site (8 MB/s); s1 and s2 are across a WAN (0.25 MB/s each), and
+    estimated as they are. Told which source is at its site (``nearby``), the pull leaves the
+    WAN out: one 1 MiB shard there takes 4 s, four times the whole pull from s0. The same pull
+    without sites lets each take one shard to measure its link, and waits for both."""
+    estimates = {"s0": 8e6, "s1": 2.5e5, "s2": 2.5e5}
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        urls = await start_sources(cluster, tmp_path, origin, NAME, 3, [8, 0.25, 0.25])
+        async with aiohttp.ClientSession() as session:
+            pulls = {}
+            for label, nearby in (("no sites", frozenset()), ("site known", frozenset({"s0"}))):
+                puller = Puller(session, cluster.secret, "joiner", tmp_path / label, NAME, nearby=nearby)
+                pulls[label] = await puller.pull(
+                    [Source(s, bps, 0.002) for s, bps in estimates.items()], urls
+                )
+    blind, known = pulls["no sites"], pulls["site known"]
+    for pull in (blind, known):
+        assert file_digest(pull.path) == file_digest(data_path(origin, NAME))
+    assert [s for s, st in known.per_source.items() if st.bytes] == ["s0"], known.per_source
+    assert blind.per_source["s1"].bytes > 0 and blind.per_source["s2"].bytes > 0, blind.per_source
+    assert known.seconds < blind.seconds, (known.seconds, blind.seconds)
+
+
 async def test_source_killed_mid_transfer(tmp_path: Path, origin: Path) -> None:
     async with LocalCluster(tmp_path / "cluster") as cluster:
         urls = await start_sources(cluster, tmp_path, origin, NAME, 3, [4, 4, 4])
