@@ -126,7 +126,8 @@ class ElasticTrainer(Regrouping, OverlapJoin, Stepping):
         self._reported_at = -math.inf
         # closed groups are freed here (see _close_group): one thread, started once
         self._to_free: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._free_closed, name="close-group", daemon=True).start()
+        self._freeing = threading.Thread(target=self._free_closed, name="close-group", daemon=True)
+        self._freeing.start()
         self.sidecar = SidecarClient(config.sidecar_url)
         self.log = EventLog(config.log_path, config.node_id).write
         self.params = work.params
@@ -193,6 +194,7 @@ class ElasticTrainer(Regrouping, OverlapJoin, Stepping):
             self._writer.shutdown(wait=True)
             self.sidecar.stop()
             self._close_group(wait=True)
+            self._drain_frees()
 
     def _finish(self) -> None:
         """All members reach the last step together; a final barrier keeps the group up until then."""
@@ -213,8 +215,18 @@ class ElasticTrainer(Regrouping, OverlapJoin, Stepping):
     def _free_closed(self) -> None:
         while True:
             closed = self._to_free.get()
+            if closed is None:
+                return
             # the last references: the group is freed here (a build still running: by its thread)
             closed.clear()
+
+    def _drain_frees(self) -> None:
+        """Wait until the groups closed earlier are freed. A gloo group is freed with the GIL
+        released; if the interpreter finalizes meanwhile, the freeing thread is ended as it
+        takes the GIL back, unwinding through a C++ destructor, and the process aborts
+        ("terminate called without an active exception", exit -6) after a clean leave."""
+        self._to_free.put(None)
+        self._freeing.join(timeout=self.cfg.timeout_s)
 
     def _write_later(self, write, *args: Any, **kwargs: Any) -> None:
         def logged() -> None:
