@@ -142,6 +142,13 @@ class Policy:
         return BAD_SIGNATURE
 
 
+def key_window(policy: Policy, party_name: str, public_key: str) -> tuple[float, float] | None:
+    """(not_before, not_after) of ``party_name``'s key ``public_key`` in ``policy``, if listed."""
+    party = policy.party(party_name)
+    keys = party.keys if party is not None else ()
+    return next(((k.not_before, k.not_after) for k in keys if encode_key(k.public) == public_key), None)
+
+
 class PartySigner:
     """A party's private key, as one of its nodes holds it."""
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from chaos_sidecar.adapters.clock_report import ClockReport
 from chaos_sidecar.adapters.rendezvous import TrainerRendezvous
 from chaos_sidecar.adapters.runtime import MembershipRuntime
 from chaos_sidecar.adapters.shard_server import ShardServer
@@ -36,6 +37,7 @@ STREAMS = web.AppKey("streams", set)  # open inbound peer streams, closed on shu
 LEASE = web.AppKey("lease", TrainerLease)
 SHARDS = web.AppKey("shards", ShardServer)
 RENDEZVOUS = web.AppKey("rendezvous", TrainerRendezvous)
+CLOCKS = web.AppKey("clocks", ClockReport)
 
 
 def reject(app: web.Application, reason: str) -> None:

@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from chaos_sidecar.adapters.app_state import (
+    CLOCKS,
     CONFIG,
     JOIN_REQUESTED,
     LEASE,
@@ -23,6 +24,7 @@ from chaos_sidecar.adapters.app_state import (
     TrainerLease,
     reject,
 )
+from chaos_sidecar.adapters.clock_report import ClockReport
 from chaos_sidecar.adapters.local_routes import MIDDLEWARES, add_local_routes, watch_trainer
 from chaos_sidecar.adapters.peer_routes import add_peer_routes
 from chaos_sidecar.adapters.peer_stream import PeerLinks
@@ -34,7 +36,7 @@ from chaos_sidecar.config import SidecarConfig, client_tls
 from chaos_sidecar.eventlog import EventLog
 from chaos_sidecar.metrics import SidecarMetrics
 from chaos_sidecar.protocol.messages import MAX_MESSAGE_BYTES
-from chaos_sidecar.security import RotatingSecret, Verifier
+from chaos_sidecar.security import RotatingSecret, Verifier, read_refusal
 from chaos_sidecar.transfer.puller import PieceSplit, plan_pieces
 from chaos_sidecar.transfer.service import TransferService
 
@@ -58,9 +60,14 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=16, ssl=client_tls(app[CONFIG]) or True)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         config = app[CONFIG]
+
+        def refused(headers, signature: str, sent_ns: int, answered_ns: int) -> None:
+            refusal = read_refusal(config.secret, headers, signature, answered_ns)
+            app[CLOCKS].refused(refusal, sent_ns, answered_ns)
+
         runtime.links = PeerLinks(
             session, config.secret, config.node_id, config.membership.retry_interval,
-            on_sent=app[METRICS].monitoring_bytes.inc,
+            on_sent=app[METRICS].monitoring_bytes.inc, on_refused=refused,
         )  # fmt: skip
         app[TRANSFERS].session = session
         ticker = asyncio.create_task(runtime.tick_forever())
@@ -96,6 +103,7 @@ def build_app(config: SidecarConfig, advertise: str, split: PieceSplit = plan_pi
     app[TRANSFERS] = TransferService(config.node_id, config.secret, config.snapshot_dir, metrics, split)
     app[JOIN_REQUESTED] = []
     app[VERIFIER] = Verifier(config.secret)
+    app[CLOCKS] = ClockReport(config.secret, metrics, log, app[VERIFIER].window_s)
 
     def count(reason: str) -> None:
         reject(app, reason)
