@@ -9,10 +9,7 @@ from an authentic request's timestamp, the sender from the clock a signed refusa
 
 from __future__ import annotations
 
-import datetime as dt
-import math
-
-from chaos_sidecar.parties import KEY_EXPIRED, KEY_NOT_YET_VALID
+from chaos_sidecar.parties import KEY_EXPIRED, KEY_NOT_YET_VALID, utc_text
 
 REPORT_CHANGE_S = 5.0  # a skew already reported is reported again when it moves this much
 CLOCK_REASONS = ("expired", KEY_NOT_YET_VALID, KEY_EXPIRED)  # refusals a clock can cause
@@ -56,15 +53,9 @@ def key_window_line(
     offset = our_clock_s - peer_clock_s
     side = "ahead of" if offset >= 0 else "behind"
     line = (
-        f"party key of {party} refused by peer {peer} as {what}: its clock reads {_iso(peer_clock_s)}, "
-        f"ours {_iso(our_clock_s)} ({abs(offset):.0f} s {side} it)"
+        f"party key of {party} refused by peer {peer} as {what}: its clock reads {utc_text(peer_clock_s)}, "
+        f"ours {utc_text(our_clock_s)} ({abs(offset):.0f} s {side} it)"
     )
     if window is not None:
-        line += f"; the key's window: not_before {_iso(window[0])}, not_after {_iso(window[1])}"
+        line += f"; the key's window: not_before {utc_text(window[0])}, not_after {utc_text(window[1])}"
     return line
-
-
-def _iso(unix_s: float) -> str:
-    if math.isinf(unix_s):
-        return "none"
-    return dt.datetime.fromtimestamp(round(unix_s), dt.UTC).isoformat().replace("+00:00", "Z")

@@ -6,17 +6,17 @@ key's window gets that key refused with both clocks and the key's window named."
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 import time
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+import scrape
 from chaos_lab.localcluster import LocalCluster
 from party_files import write_key
+from polling import line_in
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -37,25 +37,11 @@ def skewed(offset: str):
 
 async def metric(cluster: LocalCluster, node: str, name: str, **labels: str) -> float | None:
     assert cluster.session is not None
-    async with cluster.session.get(cluster.nodes[node].url + "/metrics") as response:
-        text = await response.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return None
+    return await scrape.metric(cluster.session, cluster.nodes[node].url, name, **labels)
 
 
 async def stderr_line(path: Path, pattern: str) -> re.Match[str]:
-    """The first line of ``path`` matching ``pattern``, waited for with a deadline."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        found = re.search(pattern, path.read_text(), re.MULTILINE) if path.exists() else None
-        if found:
-            return found
-        text = path.read_text() if path.exists() else "(no file)"
-        assert time.monotonic() < deadline, f"no line matching {pattern!r} in {path}:\n{text}"
-        await asyncio.sleep(0.1)
+    return await line_in(path, pattern, DEADLINE_S)
 
 
 async def test_a_node_minutes_off_is_refused_with_a_clear_line_and_counted_on_both_sides(

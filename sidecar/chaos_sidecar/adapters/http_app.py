@@ -26,6 +26,7 @@ from chaos_sidecar.adapters.app_state import (
 )
 from chaos_sidecar.adapters.clock_report import ClockReport
 from chaos_sidecar.adapters.local_routes import MIDDLEWARES, add_local_routes, watch_trainer
+from chaos_sidecar.adapters.party_watch import PartyFilesWatch
 from chaos_sidecar.adapters.peer_routes import add_peer_routes
 from chaos_sidecar.adapters.peer_stream import PeerLinks
 from chaos_sidecar.adapters.rendezvous import TrainerRendezvous
@@ -80,13 +81,29 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
                     config.secret_file, config.secret, config.secret_poll_s, app[METRICS], runtime.log
                 )
             )
+        reloads = _watch_party_files(config, app[METRICS], runtime.log)
         yield
         ticker.cancel()
-        if rotation is not None:
-            rotation.cancel()
+        for task in (rotation, reloads):
+            if task is not None:
+                task.cancel()
         if watcher is not None:
             watcher.cancel()
         await runtime.close()
+
+
+def _watch_party_files(config: SidecarConfig, metrics: SidecarMetrics, log: EventLog) -> asyncio.Task | None:
+    """A multi-party node polls its party key file and policy for a change (hot reload)."""
+    if (
+        config.party_key_file is None
+        or config.policy_file is None
+        or not isinstance(config.secret, RotatingSecret)
+    ):
+        return None
+    watch = PartyFilesWatch(
+        config.party_key_file, config.policy_file, config.node_id, config.secret, metrics, log
+    )
+    return asyncio.create_task(watch.run(config.secret_poll_s))
 
 
 def build_app(config: SidecarConfig, advertise: str, split: PieceSplit = plan_pieces) -> web.Application:
