@@ -26,6 +26,7 @@ PURE = (
     "chaos_sidecar.planning",
     "chaos_sidecar.parties",
     "chaos_sidecar.clock_skew",
+    "chaos_sidecar.self_check",
     "chaos_operator.domain",
 )
 PURE_EXCEPTIONS = ("chaos_sidecar.planning.milp",)

@@ -38,6 +38,8 @@ LEASE = web.AppKey("lease", TrainerLease)
 SHARDS = web.AppKey("shards", ShardServer)
 RENDEZVOUS = web.AppKey("rendezvous", TrainerRendezvous)
 CLOCKS = web.AppKey("clocks", ClockReport)
+ADVERTISE = web.AppKey("advertise", str)  # the URL peers are given for this sidecar
+INSTANCE = web.AppKey("instance", str)  # this process's random id, on /healthz
 
 
 def reject(app: web.Application, reason: str) -> None:

@@ -5,15 +5,19 @@ runtime and one transfer service."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from chaos_sidecar.adapters.advertise_check import check_advertised
 from chaos_sidecar.adapters.app_state import (
+    ADVERTISE,
     CLOCKS,
     CONFIG,
+    INSTANCE,
     JOIN_REQUESTED,
     LEASE,
     METRICS,
@@ -47,7 +51,9 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+    # instance: this process's random id, so a sidecar checking its advertised URL knows the
+    # answer is its own (adapters.advertise_check)
+    return web.json_response({"ok": True, "instance": request.app[INSTANCE]})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -82,9 +88,13 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
                 )
             )
         reloads = _watch_party_files(config, app[METRICS], runtime.log)
+        self_check = asyncio.create_task(
+            check_advertised(session, app[ADVERTISE], app[INSTANCE], config.advertise is not None,
+                             app[METRICS], runtime.log)
+        )  # fmt: skip
         yield
         ticker.cancel()
-        for task in (rotation, reloads):
+        for task in (rotation, reloads, self_check):
             if task is not None:
                 task.cancel()
         if watcher is not None:
@@ -120,6 +130,7 @@ def build_app(config: SidecarConfig, advertise: str, split: PieceSplit = plan_pi
     app[TRANSFERS] = TransferService(config.node_id, config.secret, config.snapshot_dir, metrics, split)
     app[JOIN_REQUESTED] = []
     app[VERIFIER] = Verifier(config.secret)
+    app[ADVERTISE], app[INSTANCE] = advertise, secrets.token_hex(16)
     app[CLOCKS] = ClockReport(config.secret, metrics, log, app[VERIFIER].window_s)
 
     def count(reason: str) -> None:
