@@ -89,11 +89,11 @@ async def test_a_node_minutes_off_is_refused_with_a_clear_line_and_counted_on_bo
 async def test_a_party_key_not_yet_valid_on_the_verifiers_clock_is_refused_with_both_clocks(
     tmp_path: Path,
 ) -> None:
-    """a-1's clock is 29 s ahead (inside the request window): on its clock the key's window has
-    begun, on a-0's not yet. a-1 is told which peer refused its key, why, both clocks and the
-    key's window; a-0 counts the refusal."""
+    """a-1's clock is 29.5 s ahead (inside the request window): on its clock the key's window
+    has begun, on a-0's not yet. a-1 is told which peer refused its key, why, both clocks and
+    the key's window; a-0 counts the refusal."""
     key, public = write_key(tmp_path, "a", 1)
-    not_before = time.time() + 20  # between a-0's clock and a-1's for the next 20 s
+    not_before = time.time() + 27  # between a-0's clock and a-1's for the next 27 s
     policy = tmp_path / "policy.yaml"
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(not_before))
     policy.write_text(
@@ -103,14 +103,14 @@ async def test_a_party_key_not_yet_valid_on_the_verifiers_clock_is_refused_with_
     party = ["--party-key", str(key), "--admission-policy", str(policy)]
     async with LocalCluster(tmp_path / "cluster") as cluster:
         await cluster.start("a-0", seed=True, extra=party)
-        await cluster.start("a-1", extra=party, wrap=skewed("+29s"))
+        await cluster.start("a-1", extra=party, wrap=skewed("+29.5s"))
         line = await stderr_line(
             tmp_path / "cluster" / "a-1.stderr",
             r"warning: party key of a refused by peer a-0 as not yet valid: its clock reads (\S+), "
             r"ours (\S+) \((\d+) s ahead of it\); the key's window: not_before (\S+), not_after none$",
         )
         assert time.time() < not_before, "the machine was too slow: the key's window began on a-0 too"
-        assert 27 <= int(line[3]) <= 31 and line[4] == stamp, line[0]
+        assert 28 <= int(line[3]) <= 31 and line[4] == stamp, line[0]
         refused = await metric(
             cluster, "a-0", "chaostrain_rejected_messages_total", reason="party_key_not_yet_valid"
         )
