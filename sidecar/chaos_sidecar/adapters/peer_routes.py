@@ -36,8 +36,15 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     app = request.app
     verifier, now_ns = app[VERIFIER], time.time_ns()
     reason = verifier.check("GET", STREAM_PATH, b"", request.headers, now_ns)
-    offset_ns = verifier.sender_clock_offset_ns("GET", STREAM_PATH, b"", request.headers, now_ns)
-    if offset_ns is not None:  # authentic: its timestamp says how far its clock is from ours
+    # an authentic request's timestamp says how far its sender's clock is from ours; of refused
+    # ones only a stale one signed with the secret (a stranger's timestamp says nothing, and
+    # its node ids must not grow the gauge's labels)
+    offset_ns: int | None = None
+    if reason is None:
+        offset_ns = int(request.headers[TIMESTAMP_HEADER]) - now_ns
+    elif reason == "expired":
+        offset_ns = verifier.sender_clock_offset_ns("GET", STREAM_PATH, b"", request.headers, now_ns)
+    if offset_ns is not None:
         app[CLOCKS].peer_offset(request.headers[NODE_HEADER], offset_ns / 1e9, "request")
     if reason is not None:
         reject(app, reason)
