@@ -169,6 +169,12 @@ def check_reload(
             "--party-key",
             f"its party is {signer.party!r}, this node's {current.party!r}: changing party needs a restart",
         )
+    check_key_window(signer, policy, now_s)
+
+
+def check_key_window(signer: PartySigner, policy: Policy, now_s: float) -> None:
+    """That ``signer``'s key (listed in ``policy``) is valid at ``now_s``, this node's clock:
+    peers refuse it outside its window (on their clocks); else :class:`InputError`."""
     not_before, not_after = key_window(policy, signer.party, signer.public_key)  # type: ignore[misc]
     if now_s < not_before:
         raise KeyNotYetValid("--party-key", f"its key {signer.public_key} is not valid before "

@@ -94,7 +94,8 @@ async def test_a_party_key_not_yet_valid_on_the_verifiers_clock_is_refused_with_
 ) -> None:
     """a-1's clock is 29.5 s ahead (inside the request window): on its clock the key's window
     has begun, on a-0's not yet. a-1 is told which peer refused its key, why, both clocks and
-    the key's window; a-0 counts the refusal."""
+    the key's window; a-0 counts the refusal, and was told at start that its own key is not
+    valid yet on its clock."""
     key, public = write_key(tmp_path, "a", 1)
     not_before = time.time() + 27  # between a-0's clock and a-1's for the next 27 s
     policy = tmp_path / "policy.yaml"
@@ -113,6 +114,15 @@ async def test_a_party_key_not_yet_valid_on_the_verifiers_clock_is_refused_with_
             r"ours (\S+) \((\d+) s ahead of it\); the key's window: not_before (\S+), not_after none$",
         )
         assert time.time() < not_before, "the machine was too slow: the key's window began on a-0 too"
+        # a-0, on the true clock, was told at start that its own key is not valid yet
+        await stderr_line(
+            tmp_path / "cluster" / "a-0.stderr",
+            rf"warning: --party-key: its key {public} is not valid before {stamp} on this node's clock: "
+            r"peers refuse its signatures outside the key's window$",
+        )
+        assert (
+            "--party-key: its key" not in (tmp_path / "cluster" / "a-1.stderr").read_text()
+        )  # valid on its clock
         assert 28 <= int(line[3]) <= 31 and line[4] == stamp, line[0]
         refused = await metric(
             cluster, "a-0", "chaostrain_rejected_messages_total", reason="party_key_not_yet_valid"

@@ -23,7 +23,7 @@ from chaos_sidecar.config import file_version, read_party_files
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.eventlog import EventLog, Kind
 from chaos_sidecar.metrics import SidecarMetrics
-from chaos_sidecar.parties import KeyNotYetValid, check_reload
+from chaos_sidecar.parties import KeyNotYetValid, check_key_window, check_reload
 from chaos_sidecar.security import RotatingSecret
 
 FILES = ("key", "policy")
@@ -44,6 +44,7 @@ class PartyFilesWatch:
         self.last_refusal: str | None = None  # said once, not at every retry
 
     async def run(self, poll_s: float) -> None:
+        self.warn_if_outside_window()
         while True:
             await asyncio.sleep(poll_s)
             self.poll()
@@ -77,6 +78,16 @@ class PartyFilesWatch:
             self.metrics.party_reloads.labels(file, "accepted").inc()
         self.log.write(Kind.PARTY_RELOAD, result="accepted", changed=changed, party=signer.party,
                        public_key=signer.public_key, parties=[p.name for p in policy.parties])  # fmt: skip
+
+    def warn_if_outside_window(self) -> None:
+        """At start: a key outside its window on this node's clock gets a warning (peers will
+        refuse it; the node still starts, since the window may be about to begin)."""
+        try:
+            check_key_window(self.secret.party, self.secret.policy, time.time())  # type: ignore[arg-type]
+        except InputError as exc:
+            self.log.write(Kind.WARNING, field=exc.field, detail=exc.message)
+            print(f"chaos-train sidecar: warning: {exc}: peers refuse its signatures outside the key's "
+                  "window", file=sys.stderr, flush=True)  # fmt: skip
 
     def _refused(self, exc: InputError, changed: list[str]) -> None:
         if str(exc) == self.last_refusal:
