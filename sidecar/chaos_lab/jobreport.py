@@ -21,11 +21,31 @@ _KIND_FOR_LATENCY = {
 }  # slow_link changes no view
 
 
+def discarded_steps(trainer: list[Record]) -> set[int]:
+    """The step records (by ``id``) whose state their member threw away: it loaded another
+    state (a pull or a resume) before its next step. Such a step may differ from the one the
+    group kept: a member cut off mid-step can complete an all-reduce that the others gave up
+    (it received every contribution, they did not receive its own) and the others then take
+    that step again without it. Nothing continues from the discarded state, so it is neither
+    a replica to compare nor the step that used the samples; a state that lived on would
+    show in the member's next steps."""
+    out: set[int] = set()
+    last: dict[str, Record] = {}
+    for r in sorted(trainer, key=lambda r: r.t):
+        if r.kind is Kind.STEP:
+            last[r.node] = r
+        elif r.kind in (Kind.PULLED, Kind.RESUMED) and r.node in last:
+            out.add(id(last.pop(r.node)))
+    return out
+
+
 def check_replicas(trainer: list[Record]) -> tuple[bool, int, list[str]]:
-    """Digests logged at the same step by different members must match."""
+    """Digests logged at the same step by different members must match (a step its member
+    discarded aside, see discarded_steps)."""
     by_step: dict[int, dict[str, str]] = defaultdict(dict)
+    discarded = discarded_steps(trainer)
     for r in trainer:
-        if r.get("digest") and r.kind in (Kind.STEP, Kind.DIGEST, Kind.DONE):
+        if r.get("digest") and r.kind in (Kind.STEP, Kind.DIGEST, Kind.DONE) and id(r) not in discarded:
             by_step[r["step"]][r.node] = r["digest"]
     compared = 0
     problems = []
@@ -45,7 +65,8 @@ def check_samples(trainer: list[Record], steps: int) -> dict[str, Any]:
     after losing the members that had taken it or after the job resumed from a checkpoint,
     counts once, as redone), with the union of the shares logged for it in that group: a
     share sent into a completed all-reduce is in the update even if its member died before
-    logging the step. Every step must use exactly the global batch's count of distinct ids and
+    logging the step; a step record its member discarded (see discarded_steps) is not that. Every
+    step must use exactly the global batch's count of distinct ids and
     no id may appear twice within a data epoch (the sampler's epoch, logged with the step); so
     each complete data epoch uses every id but the ``dataset_size % global_batch`` its order
     drops. ``samples_redone`` counts the shares of steps taken again by a later group."""
@@ -56,9 +77,11 @@ def check_samples(trainer: list[Record], steps: int) -> dict[str, Any]:
     size, batch = job["dataset_size"], job["global_batch"]
     committed: dict[int, tuple[str, int]] = {}  # step -> (group, data epoch), the latest record
     taken_by: dict[int, set[str]] = defaultdict(set)
+    discarded = discarded_steps(trainer)
     for r in sorted((r for r in trainer if r.kind is Kind.STEP and r["step"] <= steps), key=lambda r: r.t):
         group = r.get("group") or str(r.get("epoch"))
-        committed[r["step"]] = (group, r["sampler"][0])
+        if id(r) not in discarded:
+            committed[r["step"]] = (group, r["sampler"][0])
         taken_by[r["step"]].add(group)
     shares: dict[tuple[int, str], dict[str, list[int]]] = defaultdict(dict)
     for r in trainer:

@@ -8,6 +8,7 @@ run elastic. Without ``CHAOS_SIDECAR_URL`` the SDK trains as one plain process.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ GRAD_LOG = "CHAOS_GRAD_LOG"  # overlap joins: averaged gradients the members kee
 CHECKPOINT_DIR = "CHAOS_CHECKPOINT_DIR"
 CHECKPOINT_EVERY = "CHAOS_CHECKPOINT_EVERY"
 CHECKPOINT_KEEP = "CHAOS_CHECKPOINT_KEEP"
+# optional: the site this node is at (nodes on one fast network); default: its party, if any
+SITE = "CHAOS_SITE"
+SITE_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?")  # a DNS label; dots allowed
 
 JOIN_MODES = ("blocking", "overlap")
 BACKENDS = ("gloo", "nccl")
@@ -51,6 +55,7 @@ class TrainerEnv:
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 100
     checkpoint_keep: int = 3
+    site: str | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TrainerEnv | None:
@@ -98,6 +103,7 @@ class TrainerEnv:
             checkpoint_dir=Path(checkpoints) if checkpoints else None,
             checkpoint_every=100 if every is None else every,
             checkpoint_keep=3 if keep is None else keep,
+            site=site_name(env.get(SITE, "").strip() or None, SITE),
         )
 
     def to_environ(self) -> dict[str, str]:
@@ -123,7 +129,17 @@ class TrainerEnv:
             out[CHECKPOINT_DIR] = str(self.checkpoint_dir)
             out[CHECKPOINT_EVERY] = str(self.checkpoint_every)
             out[CHECKPOINT_KEEP] = str(self.checkpoint_keep)
+        if self.site is not None:
+            out[SITE] = self.site
         return out
+
+
+def site_name(value: str | None, field: str) -> str | None:
+    """A site's name, checked: lower-case letters, digits, '-' and '.', at most 63."""
+    if value is not None and not SITE_NAME.fullmatch(value):
+        raise InputError(field, f"expected a name of lower-case letters, digits, '-' and '.' "
+                                f"(at most 63), got {value!r}")  # fmt: skip
+    return value
 
 
 def standalone(environ: Mapping[str, str] | None = None) -> tuple[int | None, Path | None]:

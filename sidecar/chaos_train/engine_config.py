@@ -65,6 +65,7 @@ class TrainerConfig:
     address: str | None = None  # this node's host for gloo and the stores it hosts; None: the
     # host its sidecar advertises to peers
     checkpoint: CheckpointPolicy | None = None  # durable checkpoints (see chaos_train.checkpoint)
+    site: str | None = None  # this node's site (see chaos_train.sites); None: its party, if any
 
 
 def log_keeper(members: list[str], step: int) -> str:

@@ -31,6 +31,7 @@ from chaos_train.engine_config import (
 from chaos_train.groups import GroupBuild, all_gather_ints, new_process_group
 from chaos_train.rendezvous import GROUP_KEY, RoundPassed
 from chaos_train.sidecar_client import SidecarLost
+from chaos_train.sites import SITE_KEY, relays
 
 
 class Regrouping:
@@ -215,6 +216,9 @@ class Regrouping:
         own = dist.PrefixStore("group", connection)
         address, timeout_s = self.rendezvous.address, self.cfg.timeout_s
         plan = self.sidecar.collective(members)
+        # before the group exists, so every member's site is in the store once anyone's group is
+        site = self.cfg.site or (plan.parties[rank] if plan.parties is not None else "")
+        connection.set(SITE_KEY.format(self.cfg.node_id), site)
         if plan.parties is not None:
             self._agree_on_collectives(own, members, "cleartext" if plan.cleartext else "sealed")
         if plan.parties is not None and not plan.cleartext:  # clear gloo within each party only
@@ -330,9 +334,12 @@ class Regrouping:
                                     extra=[epoch_, cursor], epoch=epoch)  # fmt: skip
             self._store.set(f"saved-{self.cfg.node_id}", "1")
         saved = time.monotonic()
+        relay, nearby = self._site_plan(providers, pulling) if self.cfg.node_id in pulling else (None, [])
         if self.cfg.node_id in pulling:
             # no collective here: a member entering by replay may have posted all-reduces ahead
             self._await_keys([f"saved-{p}" for p in providers], "the providers' snapshot", epoch, providers)
+            if relay is not None:  # a neighbour at this site pulls over the WAN first
+                self._await_keys([f"transferred-{relay}"], f"{relay}'s pull", epoch, [relay])
         timings = {
             "save_ms": round((saved - began) * 1000, 1),
             "save_wait_ms": round((time.monotonic() - saved) * 1000, 1),
@@ -341,7 +348,7 @@ class Regrouping:
         if self.cfg.node_id in pulling:
             started = time.monotonic()
             with self._telling_failure():
-                self._pull_state(name, providers)
+                self._pull_state(name, providers if relay is None else [relay, *providers], relay, nearby)
             transfer_ms = (time.monotonic() - started) * 1000
             self._store.set(f"transferred-{self.cfg.node_id}", "1")
         self._await_keys(
@@ -353,6 +360,7 @@ class Regrouping:
             "needers": needers,
             "entering": entering,
             **timings,
+            **({"relay": relay} if relay is not None else {}),
         }
 
     def _resume(self, newest: int) -> dict[str, Any] | None:
@@ -408,11 +416,23 @@ class Regrouping:
                 raise RuntimeError(f"{what} failed: {self._store.get(failed[0]).decode()}")
             time.sleep(0.005)
 
-    def _pull_state(self, name: str, providers: list[str]) -> None:
+    def _site_plan(self, providers: list[str], pulling: list[str]) -> tuple[str | None, list[str]]:
+        """This joiner's view of the sites (chaos_train.sites): the neighbour it pulls through,
+        if any, and the sources at its own site. Every member set its site in the store before
+        its group was built, so all are there once the group is."""
+        nodes = [*providers, *pulling]
+        sites = self._store.multi_get([SITE_KEY.format(m) for m in nodes])
+        site_of = {m: site.decode() for m, site in zip(nodes, sites, strict=True)}
+        relay = relays(providers, pulling, site_of).get(self.cfg.node_id)
+        mine = site_of[self.cfg.node_id]
+        return relay, [m for m in [*providers, *([relay] if relay else [])] if site_of[m] == mine]
+
+    def _pull_state(self, name: str, providers: list[str], relay: str | None = None,
+                    nearby: list[str] | None = None) -> None:  # fmt: skip
         # until "pulled" (or "reconcile_failed") this node's state transfer is in progress
-        self.log("pull_started", name=name, sources=providers)
+        self.log("pull_started", name=name, sources=providers, **({"relay": relay} if relay else {}))
         began = time.monotonic()
-        result = self.sidecar.pull(name, providers)
+        result = self.sidecar.pull(name, providers, nearby)
         if "error" in result:
             raise RuntimeError(f"state transfer failed ({result['error']}): {result.get('message', '')}")
         pulled = time.monotonic()
@@ -422,4 +442,5 @@ class Regrouping:
         sources = result.get("per_source", [])
         self.log(Kind.PULLED, name=name, seconds=result.get("seconds"), call_s=round(pulled - began, 4),
                  load_s=round(time.monotonic() - pulled, 4), bytes=sum(s["bytes"] for s in sources),
-                 per_source={s["id"]: s["bytes"] for s in sources})  # fmt: skip
+                 per_source={s["id"]: s["bytes"] for s in sources},
+                 planned=result.get("plan", {}).get("pieces"), steals=result.get("steals"))  # fmt: skip

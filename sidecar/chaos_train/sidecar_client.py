@@ -114,8 +114,8 @@ class SidecarClient:
     def leave(self) -> None:
         self._call("POST", local_api.LEAVE)
 
-    def pull(self, name: str, sources: list[str]) -> dict[str, Any]:
-        body = {"name": name, "sources": sources}
+    def pull(self, name: str, sources: list[str], nearby: list[str] | None = None) -> dict[str, Any]:
+        body = {"name": name, "sources": sources, **({"nearby": nearby} if nearby else {})}
         return self._call("POST", local_api.PULL, body, timeout=600)
 
     def links(self, peers: list[str]) -> dict[str, dict[str, float | None]]:

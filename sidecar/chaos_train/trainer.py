@@ -180,6 +180,7 @@ class Trainer:
             join_mode=env.join_mode,
             grad_log=env.grad_log,
             address=env.address,
+            site=env.site,
             checkpoint=CheckpointPolicy(env.checkpoint_dir, env.checkpoint_every, env.checkpoint_keep)
             if env.checkpoint_dir
             else None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from chaos_sidecar.planning.model import Source
 from chaos_sidecar.security import signed_headers
 from chaos_sidecar.transfer.puller import Puller, TransferError, plan_pieces
 from chaos_sidecar.transfer.snapshot import data_path, file_digest, manifest_path
+from chaos_train.sidecar_client import SidecarClient
 
 pytestmark = pytest.mark.timeout(120)
 NAME = "state"
@@ -72,6 +75,31 @@ async def test_sources_underestimated_at_planning_are_measured_and_used(tmp_path
     assert max(sent, key=sent.get) == "s0", sent
     assert rebalanced.steals >= 2
     assert rebalanced.seconds < planned.seconds, (rebalanced.seconds, planned.seconds)
+
+
+async def test_a_joiner_whose_site_holds_the_state_sends_no_shard_across_the_wan(
+    tmp_path: Path, origin: Path
+) -> None:
+    """s0 is at the joiner's site (8 MB/s); s1 and s2 are across a WAN (0.25 MB/s each), and
+    estimated as they are. Told which source is at its site (``nearby``), the pull leaves the
+    WAN out: one 1 MiB shard there takes 4 s, four times the whole pull from s0. The same pull
+    without sites lets each take one shard to measure its link, and waits for both."""
+    estimates = {"s0": 8e6, "s1": 2.5e5, "s2": 2.5e5}
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        urls = await start_sources(cluster, tmp_path, origin, NAME, 3, [8, 0.25, 0.25])
+        async with aiohttp.ClientSession() as session:
+            pulls = {}
+            for label, nearby in (("no sites", frozenset()), ("site known", frozenset({"s0"}))):
+                puller = Puller(session, cluster.secret, "joiner", tmp_path / label, NAME, nearby=nearby)
+                pulls[label] = await puller.pull(
+                    [Source(s, bps, 0.002) for s, bps in estimates.items()], urls
+                )
+    blind, known = pulls["no sites"], pulls["site known"]
+    for pull in (blind, known):
+        assert file_digest(pull.path) == file_digest(data_path(origin, NAME))
+    assert [s for s, st in known.per_source.items() if st.bytes] == ["s0"], known.per_source
+    assert blind.per_source["s1"].bytes > 0 and blind.per_source["s2"].bytes > 0, blind.per_source
+    assert known.seconds < blind.seconds, (known.seconds, blind.seconds)
 
 
 async def test_source_killed_mid_transfer(tmp_path: Path, origin: Path) -> None:
@@ -190,3 +218,28 @@ async def test_a_baseline_split_replaces_the_planner_in_the_puller_and_in_a_side
         assert (await cluster.view("b0"))["view"]["members"] == ["b0"] and baseline.url
     assert file_digest(result.path) == file_digest(data_path(origin, NAME))
     assert [sid for sid, stats in result.per_source.items() if stats.bytes] == ["s0"]
+
+
+async def test_the_local_pull_api_takes_the_sources_at_the_joiners_site(tmp_path: Path, origin: Path) -> None:
+    """The trainer's pull request through its sidecar: ``nearby`` must name sources of the
+    pull (else 400 naming it, and nothing is pulled); named right, the pull runs with it."""
+    names = ["s0", "s1", "joiner"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    for name in names[:2]:
+        os.link(data_path(origin, NAME), data_path(tmp_path / name, NAME))
+        os.link(manifest_path(origin, NAME), manifest_path(tmp_path / name, NAME))
+    extra = lambda name: ["--snapshot-dir", str(tmp_path / name), "--trainer-lease-s", "0"]  # noqa: E731
+    async with LocalCluster(tmp_path / "cluster") as cluster:
+        await cluster.start("s0", seed=True, extra=extra("s0"))
+        await cluster.start("s1", extra=extra("s1"))
+        joiner = await cluster.start("joiner", extra=extra("joiner"))
+        await cluster.wait_agreed(set(names))
+        client = SidecarClient(joiner.local_url)
+        for nearby, wrong in ((["s9"], "s9"), (["joiner"], "joiner")):
+            refused = await asyncio.to_thread(client.pull, NAME, ["s0", "s1"], nearby)
+            assert refused["error"] == 400 and "nearby" in refused["message"] and wrong in refused["message"]
+            assert not data_path(tmp_path / "joiner", NAME).exists()
+        pulled = await asyncio.to_thread(client.pull, NAME, ["s0", "s1"], ["s1"])
+    assert "error" not in pulled, pulled
+    assert file_digest(data_path(tmp_path / "joiner", NAME)) == file_digest(data_path(origin, NAME))

@@ -205,6 +205,32 @@ def send_in_clear(job: Job, data: bytes) -> None:
     assert listener.communicate(timeout=30)[0].strip() == "received"
 
 
+def site_pulls(records: list) -> list[dict]:
+    """Every view change in which both of b's nodes pulled the state: who pulled through whom,
+    and the bytes each took from its own site and over the WAN (chaos_train.sites)."""
+    pulls: dict[str, dict[str, dict]] = {}
+    for r in records:
+        if r.kind is Kind.PULLED:
+            pulls.setdefault(r["name"], {})[r["node"]] = {"per_source": r["per_source"]}
+    relays = {
+        (f"state-e{r['epoch']}", r["node"]): r["relay"]
+        for r in records
+        if r.kind is Kind.REGROUP and "relay" in r
+    }
+    out = []
+    for name, by_node in sorted(pulls.items()):
+        if {"b0", "b1"} <= set(by_node):
+            for node, pull in sorted(by_node.items()):
+                per_source = pull["per_source"]
+                out.append({
+                    "snapshot": name, "node": node, "relay": relays.get((name, node)),
+                    "per_source": per_source,
+                    "wan_bytes": sum(b for s, b in per_source.items() if SITE_OF[s] != SITE_OF[node]),
+                    "lan_bytes": sum(b for s, b in per_source.items() if SITE_OF[s] == SITE_OF[node]),
+                })  # fmt: skip
+    return out
+
+
 def link_report(before: dict, after: dict, sites: netns.Sites) -> dict:
     """Bytes each link carried between two readings of the counters, and what moved within
     each site and between them: a byte between two nodes of a site crosses both their links;
@@ -245,8 +271,8 @@ def test_two_sites_train_across_one_shaped_wan_link_through_cut_heal_and_leave(t
                 lambda: all(len(job.steps(n, world=3)) >= 3 for n in site_a), "site A training", site_a
             )
             # 2. party b joins from site B, through a's contact point; all five train
-            for node in ("b0", "b1"):
-                job.run(node, ["--join", f"a-0={job.urls['a-0']}"], b_key, policy)
+            for node in ("b0", "b1"):  # b names its site; a's nodes take their party's name
+                job.run(node, ["--join", f"a-0={job.urls['a-0']}", "--site", "site-b"], b_key, policy)
             for node in ("a-1", "a-2", "b0", "b1"):
                 job.urls[node] = job.url(node)
             report["phases_s"]["b_joins"] = job.wait_for(
@@ -351,6 +377,7 @@ def test_two_sites_train_across_one_shaped_wan_link_through_cut_heal_and_leave(t
         "links_training_five": link_report(counters["start"], counters["trained"], sites),
         "links_whole_run": link_report(counters["start"], counters["end"], sites),
     }
+    report["site_pulls"] = site_pulls(records)
     (tmp_path / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     # exit codes are reported, not asserted: a trainer that logged "left" sometimes aborts in
@@ -358,6 +385,17 @@ def test_two_sites_train_across_one_shaped_wan_link_through_cut_heal_and_leave(t
     assert identical and compared >= 5, problems
     assert samples["samples_lost"] == 0 and samples["samples_duplicated"] == 0, samples
     assert samples["samples_seen"] == last * BATCH
+    # b's nodes pulled together at their join (and at their return after the heal): one over the
+    # WAN, the other from it over site B's LAN
+    pulls = report["site_pulls"]
+    assert pulls, "b's nodes never pulled the state in one view change"
+    for name in {p["snapshot"] for p in pulls}:
+        pair = {p["node"]: p for p in pulls if p["snapshot"] == name}
+        assert (
+            sorted(p["relay"] for p in pair.values() if p["relay"]) == ["b0"] and pair["b1"]["relay"] == "b0"
+        ), pair
+        assert pair["b0"]["lan_bytes"] == 0 and pair["b0"]["wan_bytes"] > 0, pair
+        assert pair["b1"]["lan_bytes"] > pair["b1"]["wan_bytes"], pair
     assert max(worlds) == 5 and members == set(NODES)  # a-9 and c0 never entered a group
     until_trained = report["links_training_five"]
     assert until_trained["between_sites"] > 0 and report["links_whole_run"]["between_sites"] > 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from chaos_lab.churn import ChurnEvent, default_churn, load_churn, parse_churn, random_churn
-from chaos_lab.jobreport import check_samples
+from chaos_lab.jobreport import check_replicas, check_samples
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.eventlog import VERSION, Record
 from chaos_train.sampler import ElasticSampler
@@ -166,6 +166,36 @@ def test_a_step_redone_in_a_later_group_counts_once_as_redone() -> None:
     # a share logged before the all-reduce counts even if its member never logged the step
     records = [r for r in _job_log(4, 8, 32, [2, 2, 2, 2]) if not (r["type"] == "step" and r["node"] == "n1")]
     assert check_samples(_records(records), 4)["samples_lost"] == 0
+
+
+def test_a_step_its_member_discarded_is_not_a_replica_nor_the_step_that_counts() -> None:
+    records = _job_log(4, 8, 32, [2, 2, 2, 2])
+    for r in records:
+        if r["type"] == "step":
+            r["digest"] = f"d{r['step']}"
+    # cut off mid-step 4, n9 completed in its old group an all-reduce the others gave up, with
+    # another outcome, at t=9, after the group took step 4 again; then it pulled the group's state
+    records.append({"type": "share", "node": "n9", "step": 4, "group": "old", "ids": [0, 1, 2], "t": 3.2})
+    orphan = {
+        "type": "step",
+        "node": "n9",
+        "step": 4,
+        "group": "old",
+        "sampler": [0, 32],
+        "digest": "x",
+        "t": 9.0,
+    }
+    records.append(orphan)
+    assert not check_replicas(_records(records))[0]  # as long as nothing discards it, a divergence
+    records.append({"type": "pulled", "node": "n9", "name": "state-e3", "t": 9.5})
+    identical, compared, problems = check_replicas(_records(records))
+    assert identical and compared == 4, problems
+    result = check_samples(_records(records), 4)  # step 4 counts in the group that kept it
+    assert (result["samples_lost"], result["samples_duplicated"], result["samples_redone"]) == (0, 0, 3)
+    # a discarded step is the member's last before the pull only: a later divergence still shows
+    records.append({"type": "step", "node": "n9", "step": 3, "group": "g", "sampler": [0, 24], "digest": "y",
+                    "t": 10.0})  # fmt: skip
+    assert not check_replicas(_records(records))[0]
 
 
 # round 4715 of `bench --scenario chaos --seed 4711` as the old generator wrote it: after the

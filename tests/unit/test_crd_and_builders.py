@@ -465,3 +465,23 @@ def test_pods_created_when_every_member_is_gone_found_a_new_group() -> None:
     # a pod still pending counts as alive: the others join it, nobody founds
     pending = plan_pods(job, [_pod(1, phase="Pending")], view_reported=True)
     assert not pending.founding and pending.create == [0, 2]
+
+
+def test_a_party_whose_pods_are_all_gone_rejoins_the_other_parties_instead_of_founding() -> None:
+    from chaos_operator.domain.reconcile import outside_members, plan_pods
+
+    peers = ["b-0=https://b0.example.org:7070"]
+    job = _job(replicas=2, minReplicas=1, maxReplicas=4, federation={"peers": peers})
+    view = {"epoch": 9, "members": ["mnist-minimal-0", "mnist-minimal-1", "b-0", "b-1"], "coordinator": "b-0"}
+    outside = outside_members(job, view)
+    assert outside == ["b-0", "b-1"]
+    rejoin = plan_pods(job, [], view_reported=True, outside=outside)
+    assert not rejoin.founding and rejoin.seed is None and rejoin.create == [0, 1]
+    assert rejoin.rejoin_through_peers == ["b-0", "b-1"]
+    # the last view was this party's alone, or nobody says where the others are: found again
+    assert plan_pods(job, [], view_reported=True, outside=[]).founding
+    alone = _job(replicas=2, minReplicas=1, maxReplicas=4)
+    assert plan_pods(alone, [], view_reported=True, outside=outside_members(alone, view)).founding
+    # a pod of the job still alive: the new ones join it as always
+    assert not plan_pods(job, [_pod(1)], view_reported=True, outside=outside).rejoin_through_peers
+    assert outside_members(job, None) == [] and outside_members(job, {"members": ["mnist-minimal-12"]}) == []

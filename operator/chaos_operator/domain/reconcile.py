@@ -7,6 +7,7 @@ annotation. Failed pods are replaced.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,9 @@ class PodPlan:
     # reported yet, or no pod of the job is left to join (every member died: the new group
     # starts from the newest checkpoint, if spec.checkpoint keeps any)
     founding: bool = False
+    # no pod of the job is left, but the last view held other parties' nodes: the pods to
+    # create join them through spec.federation.peers instead of founding a second group
+    rejoin_through_peers: list[str] = field(default_factory=list)
 
     @property
     def seed(self) -> int | None:
@@ -81,6 +85,14 @@ def _index(pod: dict[str, Any]) -> int:
         return -1
 
 
+def outside_members(job: JobSpec, view: dict[str, Any] | None) -> list[str]:
+    """The members of a reported view (``status.view``) that are not this job's pods: other
+    parties' nodes of a multi-party job."""
+    members = (view or {}).get("members") or []
+    own = re.compile(re.escape(job.name) + r"-[0-9]+")
+    return sorted(m for m in members if isinstance(m, str) and not own.fullmatch(m))
+
+
 def plan_pods(
     job: JobSpec,
     pods: list[dict[str, Any]],
@@ -89,10 +101,17 @@ def plan_pods(
     last_failure_at: float = 0.0,
     now: float = 0.0,
     view_reported: bool = False,
+    outside: list[str] | None = None,
 ) -> PodPlan:
     """Decide creations and deletions. ``failures``/``last_failure_at`` come from the job's
     status (failed pods seen before), ``now`` from the caller's clock, ``view_reported``:
-    whether a sidecar has reported a view yet (``status.view``)."""
+    whether a sidecar has reported a view yet (``status.view``), ``outside``: that view's
+    members of other parties (:func:`outside_members`).
+
+    With every pod of the job gone, the new pods found a group, unless the last view held
+    other parties' nodes and ``spec.federation.peers`` says where to reach them: those may
+    train on, and a second group of the same job would split it in two. The new pods join
+    them instead (and pull the state). Without peers there is no one to ask, so they found."""
     live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
     released = [p["metadata"]["name"] for p in live if report_of(p).get("released")]
     # a released member's pod is deleted, not counted as a failure, however its processes ended
@@ -123,8 +142,10 @@ def plan_pods(
         if index not in used:
             create.append(index)
         index += 1
-    founding = not view_reported or not active
-    return PodPlan(create=create, delete=delete, failed=failed, failures=total_failures, founding=founding)
+    rejoin = sorted(outside or []) if view_reported and not active and job.peers else []
+    founding = not view_reported or (not active and not rejoin)
+    return PodPlan(create=create, delete=delete, failed=failed, failures=total_failures, founding=founding,
+                   rejoin_through_peers=rejoin)  # fmt: skip
 
 
 def build_status(job: JobSpec, pods: list[dict[str, Any]]) -> dict[str, Any]:

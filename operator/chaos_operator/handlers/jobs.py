@@ -24,7 +24,7 @@ from chaos_operator.domain.builders import (
     build_service_account,
     pod_name,
 )
-from chaos_operator.domain.reconcile import bad_reports, build_status, plan_pods
+from chaos_operator.domain.reconcile import bad_reports, build_status, outside_members, plan_pods
 from chaos_operator.domain.security import (
     build_network_policy,
     join_secret_problem,
@@ -113,8 +113,12 @@ async def reconcile(
         plan = plan_pods(
             job, pods, failures=int(previous.get("failures") or 0),
             last_failure_at=float(previous.get("lastFailureAt") or 0.0), now=time.time(),
-            view_reported=bool(previous.get("view")),
+            view_reported=bool(previous.get("view")), outside=outside_members(job, previous.get("view")),
         )  # fmt: skip
+        if plan.create and plan.rejoin_through_peers:
+            others = plan.rejoin_through_peers
+            logger.info(f"no pod of the job is left; the new pods join {others} (other parties' "
+                        "members of the last view) through spec.federation.peers")  # fmt: skip
         for pod in plan.delete:
             logger.info(f"deleting {pod} ({'failed' if pod in plan.failed else 'released by the group'})")
             await kube.delete_pod(job.namespace, pod)

@@ -132,7 +132,8 @@ async def wait_view_handler(request: web.Request) -> web.Response:
 
 
 async def pull_handler(request: web.Request) -> web.Response:
-    """The trainer asks for snapshot ``name`` from member ``sources`` (ids in the view)."""
+    """The trainer asks for snapshot ``name`` from member ``sources`` (ids in the view);
+    ``nearby`` (optional): those of them at the trainer's own site."""
     config = request.app[CONFIG]
     if config.snapshot_dir is None:
         raise web.HTTPConflict(text="this sidecar has no --snapshot-dir")
@@ -140,13 +141,16 @@ async def pull_handler(request: web.Request) -> web.Response:
         payload = await request.json()
         name = check_name(payload["name"])
         ids = [str(x) for x in payload["sources"]]
-    except (ValueError, KeyError, TypeError, InputError) as exc:
-        raise web.HTTPBadRequest(text=f"expected {{'name', 'sources'}}: {exc}") from None
+        nearby = frozenset(str(x) for x in payload.get("nearby", []))
+    except (ValueError, KeyError, TypeError, AttributeError, InputError) as exc:
+        raise web.HTTPBadRequest(text=f"expected {{'name', 'sources', 'nearby'?}}: {exc}") from None
     if not ids:
         raise web.HTTPBadRequest(text="sources: expected at least one member")
+    if not nearby <= set(ids):
+        raise web.HTTPBadRequest(text=f"nearby: {sorted(nearby - set(ids))} are not among the sources")
     sources = _addresses(request.app[RUNTIME].state.view, ids, "sources")
     try:
-        result = await request.app[TRANSFERS].pull(name, sources)
+        result = await request.app[TRANSFERS].pull(name, sources, nearby)
     except (TransferError, InputError) as exc:
         return web.json_response({"error": str(exc)}, status=502)
     return web.json_response(result.to_json())

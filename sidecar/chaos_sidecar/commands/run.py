@@ -95,6 +95,11 @@ def register(subparsers: Subparsers) -> None:
     )  # fmt: skip
     parser.add_argument("--address", help="the host gloo binds to (default: the sidecar's advertised host)")
     parser.add_argument(
+        "--site",
+        help="the site this node is at (nodes on one fast network; default: its party): a site's "
+        "joiners fetch the state over the WAN once and share it over their LAN",
+    )
+    parser.add_argument(
         "--checkpoint-dir",
         help="write durable checkpoints here (storage every member reaches) and resume from them",
     )
@@ -116,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         env = dict(os.environ)
         if args.steps:
             env[trainer_env.STEPS] = str(args.steps)
+        if args.site:
+            env[trainer_env.SITE] = args.site
         if args.checkpoint_dir:
             env[trainer_env.CHECKPOINT_DIR] = args.checkpoint_dir
             env[trainer_env.CHECKPOINT_EVERY] = str(args.checkpoint_every)
@@ -136,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     node = args.node_id or socket.gethostname()
     check_tls_files(args.tls_cert, args.tls_key, args.tls_ca)  # a bad file fails here, not in the sidecar
     read_party_files(args.party_key, args.admission_policy, node)
+    trainer_env.site_name(args.site, "--site")
     with tempfile.TemporaryDirectory(prefix="chaos-run-") as scratch:
         return _run_with_sidecar(args, command, Path(scratch))
 
@@ -183,6 +191,7 @@ def _run_with_sidecar(args: argparse.Namespace, command: list[str], scratch: Pat
             checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None,
             checkpoint_every=args.checkpoint_every,
             checkpoint_keep=args.checkpoint_keep,
+            site=args.site,
         )
         trainer = subprocess.Popen(command, env={**os.environ, **env.to_environ()}, preexec_fn=with_parent)
         # Ctrl-C or a TERM reach the script (the SDK leaves the group after its current step)

@@ -12,7 +12,8 @@
    the only source: each extra request costs a round trip), and a worker with
    nothing left takes queued shards from the source expected to finish last
    (:func:`~chaos_sidecar.planning.extended.steal` decides how many, on the rates measured in
-   this pull); a source the plan left out first takes one shard, which measures its link.
+   this pull); a source the plan left out first takes one shard, which measures its link (when
+   the joiner's site holds the state, only the sources at that site do: see ``nearby``).
 4. A source that errors or stalls (no byte for ``stall_s``) is dropped: the shards it had
    not delivered, including the rest of a half-received piece, are re-planned over the
    survivors (:func:`~chaos_sidecar.planning.extended.replan`) and appended to their queues.
@@ -153,8 +154,12 @@ class Puller:
         progress: Callable[[int, int], None] | None = None,
         on_throughput: Callable[[str, float], None] | None = None,
         split: PieceSplit = plan_pieces,
+        nearby: frozenset[str] = frozenset(),
     ) -> None:
         self.split = split
+        # sources at the joiner's own site (chaos_train.sites); only they explore when any is
+        # in the pull: one shard on the WAN would hold the whole pull while the LAN is done
+        self.nearby = nearby
         # Rebalancing belongs to the shard planner's policy; a split passed in (the lab's
         # baselines) divides the snapshot its own way and keeps to it.
         self.rebalance = split is plan_pieces
@@ -426,7 +431,8 @@ class Puller:
         """Move queued shards from the source expected to finish last to idle ``thief``, if
         that ends the pull sooner (or ``thief`` has not been measured yet); True if it did."""
         others = [self._now(w) for w in self._workers.values() if w.alive and w is not thief]
-        explore = thief.stats.bytes < self._manifest.shard_bytes
+        nearby = self.nearby & self._workers.keys()
+        explore = thief.stats.bytes < self._manifest.shard_bytes and (not nearby or thief.source.id in nearby)
         decision = steal(self._now(thief).source, others, self._manifest.shard_bytes, explore=explore)
         if decision is None:
             return False

@@ -96,16 +96,19 @@ class TransferService:
 
     # --- the transfer ---------------------------------------------------------------------------
 
-    async def pull(self, name: str, sources: dict[str, str]) -> PullResult:
+    async def pull(
+        self, name: str, sources: dict[str, str], nearby: frozenset[str] = frozenset()
+    ) -> PullResult:
         """Snapshot ``name`` from ``sources`` (member id -> URL) into the snapshot directory,
-        planned on the estimates; raises TransferError or InputError."""
+        planned on the estimates; ``nearby``: the sources at this node's site (see Puller).
+        Raises TransferError or InputError."""
         assert self.snapshot_dir is not None and self.session is not None
         await self._measured(sources)
         await self._round_trips(sources)
         table = self.estimates
         planned = [Source(sid, table.bandwidth(sid), table.request_overhead_s(sid)) for sid in sources]
         puller = Puller(self.session, self.secret, self.node_id, self.snapshot_dir, name,
-                        on_throughput=table.observe_bandwidth, split=self.split)  # fmt: skip
+                        on_throughput=table.observe_bandwidth, split=self.split, nearby=nearby)  # fmt: skip
         result = await puller.pull(planned, sources)
         self._publish(result)
         return result
