@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from chaos_sidecar.parties import KEY_EXPIRED, KEY_NOT_YET_VALID, utc_text
 
-REPORT_CHANGE_S = 5.0  # a skew already reported is reported again when it moves this much
+REPORT_CHANGE_S = 5.0  # a skew already reported is reported again when it moved this much ...
+REPORT_EVERY_S = 60.0  # ... and this long after the last report (a flood of stale requests stays quiet)
 CLOCK_REASONS = ("expired", KEY_NOT_YET_VALID, KEY_EXPIRED)  # refusals a clock can cause
 
 
@@ -21,11 +22,15 @@ def offset_from_refusal(peer_clock_ns: int, sent_ns: int, answered_ns: int) -> f
     return (peer_clock_ns - (sent_ns + answered_ns) / 2) / 1e9
 
 
-def worth_reporting(offset_s: float, window_s: float, last_reported_s: float | None) -> bool:
-    """Whether to say so again: a skew outside the window, not yet reported or moved since."""
+def worth_reporting(offset_s: float, window_s: float, last: tuple[float, float] | None, now_s: float) -> bool:
+    """Whether to say so: a skew outside the window, not reported yet this episode, or moved
+    since the last report (``last``: its offset and when, monotonic seconds) long enough ago."""
     if abs(offset_s) <= window_s:
         return False
-    return last_reported_s is None or abs(offset_s - last_reported_s) >= REPORT_CHANGE_S
+    if last is None:
+        return True
+    last_offset_s, last_at_s = last
+    return abs(offset_s - last_offset_s) >= REPORT_CHANGE_S and now_s - last_at_s >= REPORT_EVERY_S
 
 
 def skew_line(peer: str, offset_s: float, window_s: float) -> str:

@@ -14,6 +14,8 @@ import pytest
 
 import scrape
 from chaos_lab.localcluster import LocalCluster
+from chaos_sidecar.adapters.peer_stream import STREAM_PATH
+from chaos_sidecar.security import CLOCK_HEADER, signed_headers
 from party_files import write_key
 from polling import line_in
 
@@ -80,6 +82,12 @@ async def test_a_node_minutes_off_is_refused_with_a_clear_line_and_counted_on_bo
         assert view is not None and view["view"]["members"] == ["n0"], view
         assert cluster.nodes["n1"].process.poll() is None
         assert (tmp_path / "n1.stderr").read_text().count("clock skew: peer n0") == 1
+
+        # a stranger (another secret) sending the same stale handshake learns nothing
+        assert cluster.session is not None
+        stale = signed_headers(b"x" * 32, "GET", STREAM_PATH, b"", time.time_ns() - 180 * 10**9, "n9")
+        async with cluster.session.get(cluster.nodes["n0"].url + STREAM_PATH, headers=stale) as answer:
+            assert answer.status == 401 and CLOCK_HEADER not in answer.headers, answer.headers
 
         # the control: a clock 5 s off is inside the window, joins, and its offset is measured
         await cluster.start("n2", contacts=["n0"], wrap=skewed("+5s"))

@@ -26,11 +26,12 @@ def test_the_offset_is_the_peers_clock_against_the_middle_of_the_round_trip() ->
     assert clock_skew.offset_from_refusal(1_000 * S, 1_183 * S, 1_183 * S) == -183.0
 
 
-def test_a_skew_is_reported_outside_the_window_once_until_it_moves() -> None:
-    assert not clock_skew.worth_reporting(29.9, 30, None)
-    assert clock_skew.worth_reporting(-183, 30, None)
-    assert not clock_skew.worth_reporting(-184, 30, -183)
-    assert clock_skew.worth_reporting(-190, 30, -183)
+def test_a_skew_is_reported_outside_the_window_once_then_when_it_moved_at_most_once_a_minute() -> None:
+    assert not clock_skew.worth_reporting(29.9, 30, None, 0)
+    assert clock_skew.worth_reporting(-183, 30, None, 0)
+    assert not clock_skew.worth_reporting(-184, 30, (-183, 0), 600)  # about the same
+    assert not clock_skew.worth_reporting(-190, 30, (-183, 0), 59)  # moved, but said a moment ago
+    assert clock_skew.worth_reporting(-190, 30, (-183, 0), 60)
 
 
 def test_the_lines_name_the_peer_the_direction_the_amount_and_the_window() -> None:

@@ -5,6 +5,7 @@ and in the event log per episode (the decisions are :mod:`chaos_sidecar.clock_sk
 from __future__ import annotations
 
 import sys
+import time
 
 from chaos_sidecar import clock_skew, parties
 from chaos_sidecar.eventlog import EventLog, Kind
@@ -22,14 +23,15 @@ class ClockReport:
         self.metrics = metrics
         self.log = log
         self.window_s = window_s
-        self._reported: dict[str, float] = {}  # peer -> the skew last reported (this episode)
+        self._reported: dict[str, tuple[float, float]] = {}  # peer -> (skew, monotonic s) last said
         self._key_refusals: set[tuple[str, str]] = set()  # (peer, reason) reported
 
     def peer_offset(self, peer: str, offset_s: float, measured: str) -> None:
         """A peer's clock minus ours (``measured`` from its ``request`` or its ``refusal``)."""
         self.metrics.clock_skew.labels(peer).set(offset_s)
-        if clock_skew.worth_reporting(offset_s, self.window_s, self._reported.get(peer)):
-            self._reported[peer] = offset_s
+        now_s = time.monotonic()
+        if clock_skew.worth_reporting(offset_s, self.window_s, self._reported.get(peer), now_s):
+            self._reported[peer] = (offset_s, now_s)
             line = clock_skew.skew_line(peer, offset_s, self.window_s)
             print(f"chaos-train sidecar: warning: {line}", file=sys.stderr, flush=True)
             self.log.write(Kind.CLOCK_SKEW, peer=peer, offset_s=round(offset_s, 3), measured=measured)

@@ -48,9 +48,14 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
         app[CLOCKS].peer_offset(request.headers[NODE_HEADER], offset_ns / 1e9, "request")
     if reason is not None:
         reject(app, reason)
+        # a sender that holds the secret is told who refused and our clock; a stranger nothing
+        authentic = reason not in ("unauthenticated", "bad_signature", "expired") or offset_ns is not None
         config = app[CONFIG]
-        signature = request.headers.get(SIGNATURE_HEADER, "")
-        answer = refusal_headers(config.secret, reason, config.node_id, now_ns, signature)
+        answer = (
+            refusal_headers(config.secret, reason, config.node_id, now_ns, request.headers[SIGNATURE_HEADER])
+            if authentic
+            else {}
+        )
         return web.json_response({"error": reason}, status=401, headers=answer)
     node = request.headers[NODE_HEADER]
     nonce = request.headers[TIMESTAMP_HEADER]
