@@ -15,8 +15,10 @@ A key whose window has not begun is checked again at every poll (time lifts that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from chaos_sidecar.config import file_version, read_party_files
@@ -33,15 +35,18 @@ Versions = tuple[tuple[int, int, int], ...]
 class PartyFilesWatch:
     def __init__(
         self, key_file: Path, policy_file: Path, node_id: str, secret: RotatingSecret,
-        metrics: SidecarMetrics, log: EventLog,
+        metrics: SidecarMetrics, log: EventLog, clock: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         self.paths = (key_file, policy_file)
         self.node_id = node_id
         self.secret = secret
         self.metrics = metrics
         self.log = log
-        self.seen: Versions | str = self._versions()  # the versions last decided on
-        self.last_refusal: str | None = None  # said once, not at every retry
+        self.clock = clock  # this node's wall clock: key windows are wall-clock times
+        self.seen: Versions | str = "unreadable"  # the versions last decided on
+        with contextlib.suppress(OSError):
+            self.seen = self._versions()  # read at start, checked then
+        self.waiting: Versions | None = None  # versions refused until their key's window begins
 
     async def run(self, poll_s: float) -> None:
         self.warn_if_outside_window()
@@ -66,13 +71,17 @@ class PartyFilesWatch:
         changed = [f for i, f in enumerate(FILES) if isinstance(self.seen, str) or self.seen[i] != now[i]]
         try:
             signer, policy = read_party_files(str(self.paths[0]), str(self.paths[1]), self.node_id)  # type: ignore[misc]
-            check_reload(self.secret.party, signer, policy, self.node_id, time.time())  # type: ignore[arg-type]
+            check_reload(self.secret.party, signer, policy, self.node_id, self.clock())  # type: ignore[arg-type]
         except InputError as exc:
             if not isinstance(exc, KeyNotYetValid):
                 self.seen = now
+            elif self.waiting == now:
+                return  # said already; checked again at every poll until the window begins
+            else:
+                self.waiting = now
             self._refused(exc, changed)
             return
-        self.seen, self.last_refusal = now, None
+        self.seen, self.waiting = now, None
         self.secret.party, self.secret.policy = signer, policy
         for file in changed:
             self.metrics.party_reloads.labels(file, "accepted").inc()
@@ -83,16 +92,13 @@ class PartyFilesWatch:
         """At start: a key outside its window on this node's clock gets a warning (peers will
         refuse it; the node still starts, since the window may be about to begin)."""
         try:
-            check_key_window(self.secret.party, self.secret.policy, time.time())  # type: ignore[arg-type]
+            check_key_window(self.secret.party, self.secret.policy, self.clock())  # type: ignore[arg-type]
         except InputError as exc:
             self.log.write(Kind.WARNING, field=exc.field, detail=exc.message)
             print(f"chaos-train sidecar: warning: {exc}: peers refuse its signatures outside the key's "
                   "window", file=sys.stderr, flush=True)  # fmt: skip
 
     def _refused(self, exc: InputError, changed: list[str]) -> None:
-        if str(exc) == self.last_refusal:
-            return  # the same refusal, checked again
-        self.last_refusal = str(exc)
         for file in changed:
             self.metrics.party_reloads.labels(file, "refused").inc()
         self.log.write(
