@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint clean prometheus gpu-check
+.PHONY: demo test lint clean prometheus faketime gpu-check
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,18 +20,27 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# promtool and the Prometheus server for the conformance tests: Debian's prometheus package,
-# installed when missing and we are root; otherwise those tests skip and say why.
-prometheus:
-	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
-	    || echo "make: could not install Debian's prometheus package"; \
-	  else echo "make: promtool/prometheus missing and not root: the Prometheus tests will skip"; fi; \
-	fi
+# $(call debian_package,COMMANDS,PACKAGE,WHICH TESTS): Debian's PACKAGE, installed when one of
+# COMMANDS is missing and we are root; otherwise those tests skip and say why.
+define debian_package
+@if ! { $(foreach c,$(1),command -v $(c) >/dev/null &&) true; }; then \
+  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends $(2) >/dev/null) \
+    || echo "make: could not install Debian's $(2) package"; \
+  else echo "make: $(2) missing and not root: $(3) will skip"; fi; \
+fi
+endef
 
-test: lint prometheus
+# promtool and the Prometheus server for the conformance tests
+prometheus:
+	$(call debian_package,promtool prometheus,prometheus,the Prometheus tests)
+
+# faketime (libfaketime) shifts one sidecar's wall clock for the clock-skew tests
+faketime:
+	$(call debian_package,faketime,faketime,the clock-skew tests)
+
+test: lint prometheus faketime
 	$(BIN)/python -m pytest
 
 # a short elastic job with the model on this machine's CUDA device (examples/train/gpu_check.sh

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -27,3 +29,16 @@ async def until(
             detail = await asyncio.to_thread(describe)
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; {detail}")
         await asyncio.sleep(every_s)
+
+
+async def line_in(path: Path, pattern: str, timeout: float) -> re.Match[str]:
+    """The first match of ``pattern`` (a line, with re.MULTILINE) in the file ``path``, which
+    another process writes (a sidecar's stderr): polled until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        found = re.search(pattern, text, re.MULTILINE)
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"no line matching {pattern!r} in {path}:\n{text or '(empty)'}"
+        await asyncio.sleep(0.1)

@@ -66,6 +66,10 @@ class SidecarConfig:
     trainer_lease_s: float | None = 3.0
     """Once a trainer has used the local API, a silence this long with no request open means
     it died: the sidecar leaves the group for it, so the survivors regroup. None: never."""
+    party_key_file: Path | None = None
+    """A multi-party job: this node's party key file, polled (``secret_poll_s``) for a new key."""
+    policy_file: Path | None = None
+    """A multi-party job: the admission policy's file, polled for a new policy."""
 
 
 def server_tls(config: SidecarConfig) -> ssl.SSLContext | None:
@@ -122,8 +126,15 @@ def parse_contacts(text: str, flag: str = "--peers") -> tuple[tuple[str, str], .
 def read_secret_file(path: Path) -> tuple[bytes, tuple[int, int, int]]:
     """The key in ``path`` (surrounding whitespace stripped) and what identifies this version
     of the file (inode, size, mtime of its target: Kubernetes swaps a symlink on update)."""
+    version = file_version(path)
+    return path.read_bytes().strip(), version
+
+
+def file_version(path: Path) -> tuple[int, int, int]:
+    """What tells one version of a mounted file from the next: inode, size and mtime of its
+    target (Kubernetes updates a mounted Secret or ConfigMap by swapping a symlink)."""
     stat = path.stat()
-    return path.read_bytes().strip(), (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def loose_permissions(path: Path) -> str | None:
@@ -166,26 +177,15 @@ def read_party_files(
     owns ``node_id``."""
     if key_path is None and policy_path is None:
         return None
-    from chaos_sidecar.parties import (  # yaml and cryptography: not when the CLI parses
-        encode_key,
-        parse_key_file,
-        parse_policy,
-    )
+    # yaml and cryptography: loaded when a sidecar starts, not whenever the CLI parses
+    from chaos_sidecar.parties import check_own_key, parse_key_file, parse_policy
 
     if key_path is None or policy_path is None:
         missing = "--party-key" if key_path is None else "--admission-policy"
         raise InputError(missing, "a multi-party job needs --party-key and --admission-policy together")
     signer = parse_key_file(_read(key_path, "--party-key"), "--party-key")
     policy = parse_policy(_read(policy_path, "--admission-policy"), "--admission-policy")
-    party = policy.party(signer.party)
-    if party is None:
-        raise InputError("--party-key", f"party {signer.party!r} is not in the admission policy")
-    if signer.public_key not in {encode_key(k.public) for k in party.keys}:
-        raise InputError(
-            "--party-key", f"its public key {signer.public_key} is not listed for {signer.party!r}"
-        )
-    if not party.owns(node_id):
-        raise InputError("--node-id", f"{node_id!r} is not a node id that party {signer.party!r} owns")
+    check_own_key(signer, policy, node_id)
     return signer, policy
 
 

@@ -40,6 +40,10 @@ class Kind(enum.StrEnum):
     TRAINER_LOST = "trainer_lost"
     SECRET_ROTATION = "secret_rotation"
     SECRET_FILE_LOOSE = "secret_file_loose"
+    CLOCK_SKEW = "clock_skew"  # a peer's clock off by more than the signatures' window
+    PARTY_KEY_REFUSED = "party_key_refused"  # a peer refused our party key for its window
+    PARTY_RELOAD = "party_reload"  # a changed party key file or admission policy, taken or not
+    ADVERTISE_CHECK = "advertise_check"  # whether the advertised URL reaches this sidecar
     # the trainer, on its own or in the elastic engine: the job and its steps
     JOB = "job"
     START = "start"

@@ -15,6 +15,8 @@ LATENCY_BUCKETS = tuple(ms / 1000 for ms in _LATENCY_MS)
 EVENT_KINDS = ("join", "leave", "remove", "rejoin", "topology")  # view changes (rejoin: new incarnation)
 ROTATION_RESULTS = ("accepted", "promoted", "retired", "refused_short", "unreadable")
 S_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+PARTY_FILES = ("key", "policy")
+PARTY_RELOAD_RESULTS = ("accepted", "refused", "unreadable")
 
 
 class SidecarMetrics:
@@ -88,6 +90,42 @@ class SidecarMetrics:
         self.monitoring_bytes = Counter(
             "chaostrain_monitoring_sent_bytes",
             "Bytes sent on peer streams (heartbeats, protocol)",
+            registry=r,
+        )
+
+        self._add_federation_metrics(r)
+
+    def _add_federation_metrics(self, r: CollectorRegistry) -> None:
+        """What an operator of one site needs to see about the others: clocks, refusals of its
+        own requests, reloads of its party files, whether its advertised address reaches it."""
+        self.clock_skew = Gauge(
+            "chaostrain_clock_skew_seconds",
+            "A peer's clock minus this node's, by peer: from the timestamp of its last authentic "
+            "request, or from the clock its refusal of one of ours carried",
+            ["peer"],
+            registry=r,
+        )
+        self.refused_by_peers = Counter(
+            "chaostrain_refused_by_peers",
+            "This node's peer requests that peers refused, by the reason their signed answer gives "
+            "(unverified: an answer without one that checks)",
+            ["reason"],
+            registry=r,
+        )
+        self.party_reloads = Counter(
+            "chaostrain_party_reloads",
+            "Changes of the party key file or the admission policy picked up, by file and result: "
+            "accepted, refused (the old pair stays), unreadable",
+            ["file", "result"],
+            registry=r,
+        )
+        for file in PARTY_FILES:  # at zero from the start
+            for result in PARTY_RELOAD_RESULTS:
+                self.party_reloads.labels(file, result)
+        self.advertise_reachable = Gauge(
+            "chaostrain_advertise_reachable",
+            "1 once this sidecar reached itself at its advertised URL, 0 while it does not (nothing "
+            "answers there, or another process does)",
             registry=r,
         )
 

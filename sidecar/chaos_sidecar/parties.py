@@ -142,6 +142,67 @@ class Policy:
         return BAD_SIGNATURE
 
 
+def check_own_key(signer: PartySigner, policy: Policy, node_id: str) -> None:
+    """That ``policy`` lists ``signer``'s party and its public key, and the party owns
+    ``node_id``; else :class:`InputError` naming the option to fix."""
+    party = policy.party(signer.party)
+    if party is None:
+        raise InputError("--party-key", f"party {signer.party!r} is not in the admission policy")
+    if key_window(policy, signer.party, signer.public_key) is None:
+        raise InputError(
+            "--party-key", f"its public key {signer.public_key} is not listed for {signer.party!r}"
+        )
+    if not party.owns(node_id):
+        raise InputError("--node-id", f"{node_id!r} is not a node id that party {signer.party!r} owns")
+
+
+def check_reload(
+    current: PartySigner, signer: PartySigner, policy: Policy, node_id: str, now_s: float
+) -> None:
+    """That a changed key file and policy may replace the pair in force (``current`` signs now),
+    without a restart: they match (:func:`check_own_key`), the party is the same, and the key
+    is valid now on this node's clock (peers would refuse it otherwise); else
+    :class:`InputError`, and the pair in force stays."""
+    check_own_key(signer, policy, node_id)
+    if signer.party != current.party:
+        raise InputError(
+            "--party-key",
+            f"its party is {signer.party!r}, this node's {current.party!r}: changing party needs a restart",
+        )
+    check_key_window(signer, policy, now_s)
+
+
+def check_key_window(signer: PartySigner, policy: Policy, now_s: float) -> None:
+    """That ``signer``'s key (listed in ``policy``) is valid at ``now_s``, this node's clock:
+    peers refuse it outside its window (on their clocks); else :class:`InputError`."""
+    not_before, not_after = key_window(policy, signer.party, signer.public_key)  # type: ignore[misc]
+    if now_s < not_before:
+        raise KeyNotYetValid("--party-key", f"its key {signer.public_key} is not valid before "
+                             f"{utc_text(not_before)} on this node's clock")  # fmt: skip
+    if now_s > not_after:
+        raise InputError("--party-key", f"its key {signer.public_key} expired at {utc_text(not_after)} "
+                         "on this node's clock")  # fmt: skip
+
+
+class KeyNotYetValid(InputError):
+    """A key whose window has not begun: time lifts this refusal."""
+
+
+def utc_text(unix_s: float) -> str:
+    """A time as RFC 3339 in UTC (``2027-01-31T00:00:00Z``), as the policy writes it; ``none``
+    for a window without that edge."""
+    if math.isinf(unix_s):
+        return "none"
+    return dt.datetime.fromtimestamp(round(unix_s), dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def key_window(policy: Policy, party_name: str, public_key: str) -> tuple[float, float] | None:
+    """(not_before, not_after) of ``party_name``'s key ``public_key`` in ``policy``, if listed."""
+    party = policy.party(party_name)
+    keys = party.keys if party is not None else ()
+    return next(((k.not_before, k.not_after) for k in keys if encode_key(k.public) == public_key), None)
+
+
 class PartySigner:
     """A party's private key, as one of its nodes holds it."""
 

@@ -167,7 +167,8 @@ def collective_keys(secret: bytes, now_ns: int) -> list[bytes]:
 @dataclass
 class Verifier:
     """Checks signed requests; ``check`` returns None when valid, else a reason label. With a
-    ``policy`` (by default the one ``secret`` carries) the sender's party signature too."""
+    ``policy`` (by default the one ``secret`` carries at each check: it may be reloaded) the
+    sender's party signature too."""
 
     secret: bytes
     window_s: float = 30.0
@@ -177,8 +178,6 @@ class Verifier:
     def __post_init__(self) -> None:
         if len(self.secret) < MIN_SECRET_BYTES:
             raise ValueError(f"join secret must be at least {MIN_SECRET_BYTES} bytes")
-        if self.policy is None:
-            self.policy = party_policy(self.secret)
         self._seen: OrderedDict[str, int] = OrderedDict()
 
     def check(
@@ -194,15 +193,13 @@ class Verifier:
             return "unauthenticated"
         if abs(now_ns - timestamp_ns) > self.window_s * 1e9:
             return "expired"
-        if not any(
-            hmac.compare_digest(sign(key, method, path, body, timestamp_ns, node), signature)
-            for key in accepted_keys(self.secret, now_ns)
-        ):
+        if not self._authentic(method, path, body, timestamp_ns, node, signature, now_ns):
             return "bad_signature"
-        if self.policy is not None:
+        policy = self.policy if self.policy is not None else party_policy(self.secret)  # reloadable
+        if policy is not None:
             party = get(PARTY_HEADER)
             data = party_signed_data(method, path, body, timestamp_ns, node, party or "")
-            reason = self.policy.check_signature(party, node, data, get(PARTY_SIGNATURE_HEADER), now_ns / 1e9)
+            reason = policy.check_signature(party, node, data, get(PARTY_SIGNATURE_HEADER), now_ns / 1e9)
             if reason is not None:
                 return reason
         if signature in self._seen:
@@ -214,6 +211,82 @@ class Verifier:
         ):
             self._seen.popitem(last=False)
         return None
+
+    def sender_clock_offset_ns(
+        self, method: str, path: str, body: bytes, headers: dict[str, str] | object, now_ns: int
+    ) -> int | None:
+        """The sender's clock minus ours, as the timestamp of its request says, when the request
+        is signed with a key valid now (so a stranger cannot make us report skews of its
+        choosing); None for a request that is not. A replayed old request reads as a skew."""
+        get = headers.get  # type: ignore[attr-defined]
+        stamp, signature, node = get(TIMESTAMP_HEADER), get(SIGNATURE_HEADER), get(NODE_HEADER)
+        if not stamp or not signature or not node or not stamp.isdigit():
+            return None
+        if not self._authentic(method, path, body, int(stamp), node, signature, now_ns):
+            return None
+        return int(stamp) - now_ns
+
+    def _authentic(
+        self, method: str, path: str, body: bytes, timestamp_ns: int, node: str, signature: str, now_ns: int
+    ) -> bool:
+        return any(
+            hmac.compare_digest(sign(key, method, path, body, timestamp_ns, node), signature)
+            for key in accepted_keys(self.secret, now_ns)
+        )
+
+
+# --- refusals that tell the sender why, with the refuser's clock -----------------------------
+
+REFUSED_HEADER = "X-Chaos-Refused"  # the reason
+REFUSED_BY_HEADER = "X-Chaos-Refused-By"  # the refusing node
+CLOCK_HEADER = "X-Chaos-Clock"  # the refusing node's clock (Unix ns) when it refused
+REFUSAL_SIGNATURE_HEADER = "X-Chaos-Refusal-Signature"
+
+
+def _refusal_key(secret: bytes) -> bytes:
+    """A key of its own for refusals: a refusal is signed over whatever request came in, so
+    its MACs must not be usable as a request's, a frame's or a seal's."""
+    return hmac.new(secret, b"chaos-train refusal v1", hashlib.sha256).digest()
+
+
+def _refusal_data(reason: str, refuser: str, clock_ns: int, request_signature: str) -> bytes:
+    return f"{reason}\n{refuser}\n{clock_ns}\n{request_signature}".encode()
+
+
+def refusal_headers(
+    secret: bytes, reason: str, refuser: str, now_ns: int, request_signature: str
+) -> dict[str, str]:
+    """Headers of a 401 answer: why, who refused and its clock (not secret), signed with the
+    join secret over the refused request's signature, so the sender can trust and match it."""
+    mac = hmac.new(_refusal_key(secret), _refusal_data(reason, refuser, now_ns, request_signature), "sha256")
+    return {REFUSED_HEADER: reason, REFUSED_BY_HEADER: refuser, CLOCK_HEADER: str(now_ns),
+            REFUSAL_SIGNATURE_HEADER: mac.hexdigest()}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A peer's signed answer refusing one of our requests."""
+
+    reason: str
+    refuser: str
+    clock_ns: int
+
+
+def read_refusal(
+    secret: bytes, headers: dict[str, str] | object, request_signature: str, now_ns: int
+) -> Refusal | None:
+    """The refusal in a 401 answer's ``headers`` to our request signed ``request_signature``,
+    when its signature checks under a key we accept now; None when absent or not authentic."""
+    get = headers.get  # type: ignore[attr-defined]
+    reason, refuser, clock, mac = (get(REFUSED_HEADER), get(REFUSED_BY_HEADER), get(CLOCK_HEADER),
+                                   get(REFUSAL_SIGNATURE_HEADER))  # fmt: skip
+    if not reason or not refuser or not clock or not mac or not clock.isdigit():
+        return None
+    data = _refusal_data(reason, refuser, int(clock), request_signature)
+    for key in accepted_keys(secret, now_ns):
+        if hmac.compare_digest(hmac.new(_refusal_key(key), data, "sha256").hexdigest(), mac):
+            return Refusal(reason, refuser, int(clock))
+    return None
 
 
 FRAME_MAC_BYTES = 32

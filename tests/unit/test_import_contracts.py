@@ -25,6 +25,8 @@ PURE = (
     "chaos_sidecar.membership",
     "chaos_sidecar.planning",
     "chaos_sidecar.parties",
+    "chaos_sidecar.clock_skew",
+    "chaos_sidecar.self_check",
     "chaos_operator.domain",
 )
 PURE_EXCEPTIONS = ("chaos_sidecar.planning.milp",)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from chaos_sidecar.adapters.clock_report import ClockReport
 from chaos_sidecar.adapters.rendezvous import TrainerRendezvous
 from chaos_sidecar.adapters.runtime import MembershipRuntime
 from chaos_sidecar.adapters.shard_server import ShardServer
@@ -36,6 +37,9 @@ STREAMS = web.AppKey("streams", set)  # open inbound peer streams, closed on shu
 LEASE = web.AppKey("lease", TrainerLease)
 SHARDS = web.AppKey("shards", ShardServer)
 RENDEZVOUS = web.AppKey("rendezvous", TrainerRendezvous)
+CLOCKS = web.AppKey("clocks", ClockReport)
+ADVERTISE = web.AppKey("advertise", str)  # the URL peers are given for this sidecar
+INSTANCE = web.AppKey("instance", str)  # this process's random id, on /healthz
 
 
 def reject(app: web.Application, reason: str) -> None:

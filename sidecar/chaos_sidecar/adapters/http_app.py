@@ -5,14 +5,19 @@ runtime and one transfer service."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from chaos_sidecar.adapters.advertise_check import check_advertised
 from chaos_sidecar.adapters.app_state import (
+    ADVERTISE,
+    CLOCKS,
     CONFIG,
+    INSTANCE,
     JOIN_REQUESTED,
     LEASE,
     METRICS,
@@ -23,7 +28,9 @@ from chaos_sidecar.adapters.app_state import (
     TrainerLease,
     reject,
 )
+from chaos_sidecar.adapters.clock_report import ClockReport
 from chaos_sidecar.adapters.local_routes import MIDDLEWARES, add_local_routes, watch_trainer
+from chaos_sidecar.adapters.party_watch import PartyFilesWatch
 from chaos_sidecar.adapters.peer_routes import add_peer_routes
 from chaos_sidecar.adapters.peer_stream import PeerLinks
 from chaos_sidecar.adapters.rendezvous import TrainerRendezvous
@@ -34,7 +41,7 @@ from chaos_sidecar.config import SidecarConfig, client_tls
 from chaos_sidecar.eventlog import EventLog
 from chaos_sidecar.metrics import SidecarMetrics
 from chaos_sidecar.protocol.messages import MAX_MESSAGE_BYTES
-from chaos_sidecar.security import RotatingSecret, Verifier
+from chaos_sidecar.security import RotatingSecret, Verifier, read_refusal
 from chaos_sidecar.transfer.puller import PieceSplit, plan_pieces
 from chaos_sidecar.transfer.service import TransferService
 
@@ -44,7 +51,9 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+    # instance: this process's random id, so a sidecar checking its advertised URL knows the
+    # answer is its own (adapters.advertise_check)
+    return web.json_response({"ok": True, "instance": request.app[INSTANCE]})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -58,9 +67,14 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=16, ssl=client_tls(app[CONFIG]) or True)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         config = app[CONFIG]
+
+        def refused(headers, signature: str, sent_ns: int, answered_ns: int) -> None:
+            refusal = read_refusal(config.secret, headers, signature, answered_ns)
+            app[CLOCKS].refused(refusal, sent_ns, answered_ns)
+
         runtime.links = PeerLinks(
             session, config.secret, config.node_id, config.membership.retry_interval,
-            on_sent=app[METRICS].monitoring_bytes.inc,
+            on_sent=app[METRICS].monitoring_bytes.inc, on_refused=refused,
         )  # fmt: skip
         app[TRANSFERS].session = session
         ticker = asyncio.create_task(runtime.tick_forever())
@@ -73,13 +87,33 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
                     config.secret_file, config.secret, config.secret_poll_s, app[METRICS], runtime.log
                 )
             )
+        reloads = _watch_party_files(config, app[METRICS], runtime.log)
+        self_check = asyncio.create_task(
+            check_advertised(session, app[ADVERTISE], app[INSTANCE], config.advertise is not None,
+                             app[METRICS], runtime.log)
+        )  # fmt: skip
         yield
         ticker.cancel()
-        if rotation is not None:
-            rotation.cancel()
+        for task in (rotation, reloads, self_check):
+            if task is not None:
+                task.cancel()
         if watcher is not None:
             watcher.cancel()
         await runtime.close()
+
+
+def _watch_party_files(config: SidecarConfig, metrics: SidecarMetrics, log: EventLog) -> asyncio.Task | None:
+    """A multi-party node polls its party key file and policy for a change (hot reload)."""
+    if (
+        config.party_key_file is None
+        or config.policy_file is None
+        or not isinstance(config.secret, RotatingSecret)
+    ):
+        return None
+    watch = PartyFilesWatch(
+        config.party_key_file, config.policy_file, config.node_id, config.secret, metrics, log
+    )
+    return asyncio.create_task(watch.run(config.secret_poll_s))
 
 
 def build_app(config: SidecarConfig, advertise: str, split: PieceSplit = plan_pieces) -> web.Application:
@@ -96,6 +130,8 @@ def build_app(config: SidecarConfig, advertise: str, split: PieceSplit = plan_pi
     app[TRANSFERS] = TransferService(config.node_id, config.secret, config.snapshot_dir, metrics, split)
     app[JOIN_REQUESTED] = []
     app[VERIFIER] = Verifier(config.secret)
+    app[ADVERTISE], app[INSTANCE] = advertise, secrets.token_hex(16)
+    app[CLOCKS] = ClockReport(config.secret, metrics, log, app[VERIFIER].window_s)
 
     def count(reason: str) -> None:
         reject(app, reason)

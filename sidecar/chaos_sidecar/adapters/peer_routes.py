@@ -8,20 +8,55 @@ import time
 import aiohttp
 from aiohttp import web
 
-from chaos_sidecar.adapters.app_state import CONFIG, RENDEZVOUS, RUNTIME, SHARDS, STREAMS, VERIFIER, reject
+from chaos_sidecar.adapters.app_state import (
+    CLOCKS,
+    CONFIG,
+    RENDEZVOUS,
+    RUNTIME,
+    SHARDS,
+    STREAMS,
+    VERIFIER,
+    reject,
+)
 from chaos_sidecar.adapters.peer_stream import MAX_FRAME_BYTES, STREAM_PATH
 from chaos_sidecar.adapters.shard_server import ShardServer
 from chaos_sidecar.protocol import local_api
-from chaos_sidecar.security import FRAME_MAC_BYTES, NODE_HEADER, TIMESTAMP_HEADER, frame_mac_valid
+from chaos_sidecar.security import (
+    FRAME_MAC_BYTES,
+    NODE_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    frame_mac_valid,
+    refusal_headers,
+)
 
 
 async def stream_handler(request: web.Request) -> web.StreamResponse:
     """An authenticated inbound peer stream: verify the handshake, then every frame."""
     app = request.app
-    reason = app[VERIFIER].check("GET", STREAM_PATH, b"", request.headers, time.time_ns())
+    verifier, now_ns = app[VERIFIER], time.time_ns()
+    reason = verifier.check("GET", STREAM_PATH, b"", request.headers, now_ns)
+    # an authentic request's timestamp says how far its sender's clock is from ours; of refused
+    # ones only a stale one signed with the secret (a stranger's timestamp says nothing, and
+    # its node ids must not grow the gauge's labels)
+    offset_ns: int | None = None
+    if reason is None:
+        offset_ns = int(request.headers[TIMESTAMP_HEADER]) - now_ns
+    elif reason == "expired":
+        offset_ns = verifier.sender_clock_offset_ns("GET", STREAM_PATH, b"", request.headers, now_ns)
+    if offset_ns is not None:
+        app[CLOCKS].peer_offset(request.headers[NODE_HEADER], offset_ns / 1e9, "request")
     if reason is not None:
         reject(app, reason)
-        return web.json_response({"error": reason}, status=401)
+        # a sender that holds the secret is told who refused and our clock; a stranger nothing
+        authentic = reason not in ("unauthenticated", "bad_signature", "expired") or offset_ns is not None
+        config = app[CONFIG]
+        answer = (
+            refusal_headers(config.secret, reason, config.node_id, now_ns, request.headers[SIGNATURE_HEADER])
+            if authentic
+            else {}
+        )
+        return web.json_response({"error": reason}, status=401, headers=answer)
     node = request.headers[NODE_HEADER]
     nonce = request.headers[TIMESTAMP_HEADER]
     secret = app[CONFIG].secret

@@ -16,7 +16,13 @@ import time
 import aiohttp
 
 from chaos_sidecar.protocol.messages import MAX_MESSAGE_BYTES
-from chaos_sidecar.security import FRAME_MAC_BYTES, TIMESTAMP_HEADER, frame_mac, signed_headers
+from chaos_sidecar.security import (
+    FRAME_MAC_BYTES,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    frame_mac,
+    signed_headers,
+)
 
 STREAM_PATH = "/v1/stream"
 MAX_FRAME_BYTES = MAX_MESSAGE_BYTES + FRAME_MAC_BYTES
@@ -39,7 +45,8 @@ class _Link:
         owner = self.owner
         while True:
             raw = await self.queue.get()
-            headers = signed_headers(owner.secret, "GET", STREAM_PATH, b"", time.time_ns(), owner.node_id)
+            sent_ns = time.time_ns()
+            headers = signed_headers(owner.secret, "GET", STREAM_PATH, b"", sent_ns, owner.node_id)
             nonce = headers[TIMESTAMP_HEADER]
             try:
                 async with owner.session.ws_connect(
@@ -54,8 +61,10 @@ class _Link:
                         owner.sent_frames += 1
                         owner.on_sent(len(frame))
                         raw = await self.queue.get()
-            except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError, RuntimeError):
-                # peer down or unreachable: drop what is queued, wait, try again on demand
+            except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError, RuntimeError) as exc:
+                if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status == 401:
+                    owner.on_refused(exc.headers or {}, headers[SIGNATURE_HEADER], sent_ns, time.time_ns())
+                # peer down, unreachable or refusing: drop what is queued, wait, try again on demand
                 while not self.queue.empty():
                     self.queue.get_nowait()
                 await asyncio.sleep(owner.reconnect_pause)
@@ -71,12 +80,15 @@ class PeerLinks:
         node_id: str,
         reconnect_pause: float,
         on_sent=None,
+        on_refused=None,
     ) -> None:
         self.session = session
         self.secret = secret
         self.node_id = node_id
         self.reconnect_pause = reconnect_pause
         self.on_sent = on_sent or (lambda n: None)
+        # a peer answered a handshake with 401: (its headers, our signature, sent, answered ns)
+        self.on_refused = on_refused or (lambda headers, signature, sent_ns, answered_ns: None)
         self._links: dict[str, _Link] = {}
         self.sent_bytes = 0  # monitoring traffic (membership, heartbeats, topology) this node sent
         self.sent_frames = 0

@@ -87,7 +87,7 @@ def register(subparsers: Subparsers) -> None:
         "--secret-poll-s",
         type=positive_float,
         default=1.0,
-        help="how often --secret-file is checked for a new key",
+        help="how often --secret-file (and --party-key, --admission-policy) are checked for a change",
     )
     parser.add_argument(
         "--secret-sign-delay-s",
@@ -185,6 +185,8 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         upload_limit_Bps=args.upload_limit_mbps * 1e6 if args.upload_limit_mbps else None,
         trainer_lease_s=args.trainer_lease_s or None,
         cleartext_collectives=args.allow_cleartext_collectives,
+        party_key_file=Path(args.party_key) if args.party_key else None,
+        policy_file=Path(args.admission_policy) if args.admission_policy else None,
         **dict(zip(("tls_cert", "tls_key", "tls_ca"), tls or (None, None, None), strict=True)),
     )
 
