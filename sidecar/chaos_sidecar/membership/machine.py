@@ -696,7 +696,16 @@ def _support(s: NodeState, x: str, view: View, now: float) -> int:
     counts = s.memo.get(("support", now, view.members))
     if counts is not None and x in counts:
         return counts[x]
-    return 1 + sum(1 for m in view.members if m != x and _hears(s, m, x, now))
+    # _hears(s, m, x, now) for every member m but x, inlined: this node by its own failure
+    # detector, the others by their fresh reports (a coordinator of 1,000 asks it on a loss)
+    me, timeout = s.node_id, s.settings.suspect_timeout
+    mine = x != me and view.has(me) and _hears(s, me, x, now)
+    others = sum(
+        1
+        for a, (seen, hears) in s.reports.items()
+        if a != x and a != me and now - seen <= timeout and x in hears and view.has(a)
+    )
+    return 1 + mine + others
 
 
 def _candidate(s: NodeState) -> str | None:
