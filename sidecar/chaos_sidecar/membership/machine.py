@@ -37,7 +37,7 @@ lists it with that incarnation, a view decided after it came back.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -134,18 +134,20 @@ class _SendTwin:
     message: Message
 
 
-def _sends(addressed: Iterable[tuple[str, str]], message: Message) -> list[Send]:
-    """``Send(to, address, message)`` for each pair. A frozen dataclass sets each field through
+def _sends(tos: Sequence[str], addresses: Sequence[str], message: Message, skip: str) -> list[Send]:
+    """``Send(to, address, message)`` for each ``to`` but ``skip``, ``addresses`` aligned with
+    ``tos``. A frozen dataclass sets each field through
     ``object.__setattr__``, about 1 µs a Send here, and a decision at 1,000 members makes
     2,000 of them: these are built as the mutable twin and then given Send's class (same slots,
     same layout), a third of the cost. What comes out is an ordinary Send: equal to, and
     hashed like, one built the usual way, and frozen."""
     sends = []
     append = sends.append
-    for to, address in addressed:
-        send = _SendTwin(to, address, message)
-        send.__class__ = Send  # type: ignore[assignment]
-        append(send)
+    for to, address in zip(tos, addresses, strict=True):
+        if to != skip:
+            send = _SendTwin(to, address, message)
+            send.__class__ = Send  # type: ignore[assignment]
+            append(send)
     return sends  # type: ignore[return-value]
 
 
@@ -517,18 +519,20 @@ def _broadcast(s: NodeState, targets: Iterable[str], body: Body, out: list[Actio
     message = Message(s.node_id, s.epoch, body)
     fresh = s.now - s.settings.suspect_timeout / 2
     view, me, last_direct = s.view, s.node_id, s.last_direct
+    tos: Sequence[str]
     if view is not None and targets is view.members:  # the usual broadcast: addresses aligned
-        addressed: Iterable[tuple[str, str]] = zip(view.members, view.addresses, strict=True)
+        tos, addresses = view.members, view.addresses
         stale = [to for to in _stale_direct(s, view, fresh) if to != me]
     else:
-        targets = [to for to in targets if to != me]
-        addressed = ((to, _address(s, to)) for to in targets)
-        stale = [to for to in targets if last_direct.get(to, -1e18) < fresh]
-    sends = _sends(((to, address) for to, address in addressed if to != me), message)
+        tos = list(targets)
+        addresses = [_address(s, to) for to in tos]
+        stale = [to for to in tos if to != me and last_direct.get(to, -1e18) < fresh]
+    sends = _sends(tos, addresses, message, me)
     if stale:  # some not heard directly of late (rare): relays too, each after its direct copy
-        late = set(stale)
-        for i in reversed([i for i, send in enumerate(sends) if send.to in late]):
-            to = sends[i].to
+        at_me = tos.index(me) if me in tos else len(tos)  # targets are distinct
+        for to in reversed(stale):
+            i = tos.index(to)
+            i -= i > at_me  # its place among the sends (none goes to this node)
             sends[i + 1 : i + 1] = [
                 Send(relay, _address(s, relay), Message(s.node_id, s.epoch, Relay(to, message)))
                 for relay in _relays_for(s, to)
@@ -573,12 +577,14 @@ def _member_relays(s: NodeState, view: View, to: str, fresh: float) -> list[str]
     ``to`` directly. A scan of the view: an unreachable ``to`` is asked about by several
     broadcasts of one step, so ``_relays_for`` remembers the answer for the step."""
     relays: list[str] = []
+    me, last_direct, reports, direct_reports = s.node_id, s.last_direct, s.reports, s.direct_reports
     for relay in view.members:  # the first RELAYS that qualify: a coordinator of 1,000 asks per send
         if (
-            relay not in (s.node_id, to)
-            and s.last_direct.get(relay, -1e18) >= fresh
-            and s.reports.get(relay, (-1e18,))[0] >= fresh  # its report says who it hears directly now
-            and to in _direct_heard_by(s, relay, s.now)
+            relay not in (me, to)
+            and last_direct.get(relay, -1e18) >= fresh
+            and (report := reports.get(relay, (-1e18,)))[0] >= fresh  # it says who it hears directly now
+            # _direct_heard_by(s, relay, s.now), inlined: the report is fresh (fresh <= s.now)
+            and to in direct_reports.get(relay, report[1])
         ):
             relays.append(relay)
             if len(relays) == RELAYS:
@@ -676,9 +682,11 @@ def _forget_derived(s: NodeState) -> None:
 
 def fresh_hears(s: NodeState, now: float) -> dict[str, frozenset[str]]:
     """Whom each member hears, by its fresh report (this node: by its own failure detector)."""
-    timeout = s.settings.suspect_timeout
-    heard = {a: r[1] for a, r in s.reports.items() if a != s.node_id and now - r[0] <= timeout}
-    heard[s.node_id] = frozenset(b for b, t in s.last_heard.items() if now - t <= timeout) | {s.node_id}
+    timeout, me = s.settings.suspect_timeout, s.node_id
+    heard = {a: r[1] for a, r in s.reports.items() if a != me and now - r[0] <= timeout}
+    mine = frozenset([b for b, t in s.last_heard.items() if now - t <= timeout] + [me])
+    counted = s.support.counted.get(me)  # the set counted last, when it is the same: no recount
+    heard[me] = counted if counted == mine else mine
     return heard
 
 
