@@ -546,8 +546,14 @@ def _stale_direct(s: NodeState, view: View, fresh: float) -> list[str]:
     key = ("stale", s.now, fresh)
     stale = s.memo.get(key)
     if stale is None:
-        last_direct = s.last_direct
-        stale = s.memo[key] = [m for m in view.members if last_direct.get(m, -1e18) < fresh]
+        last_direct, members = s.last_direct, s.support.view_set(view.members)
+        stale = [m for m, t in last_direct.items() if t < fresh and m in members]
+        stale += members - last_direct.keys()
+        if len(stale) <= RELAYS * 4:  # the usual few (or none): put them in view order
+            stale.sort(key=view.members.index)
+        else:
+            stale = [m for m in view.members if last_direct.get(m, -1e18) < fresh]
+        s.memo[key] = stale
     return stale
 
 
@@ -1421,7 +1427,9 @@ def _update_topology(s: NodeState, now: float, out: list[Action]) -> None:
     if me in kept_set:
         lacking.append((me, s.support.view_set(view.members) - _direct_heard_by(s, me, now)))
     for a, missing in lacking:  # each link in canonical order
-        down.update((a, b) if a < b else (b, a) for b in missing if b in kept_set and b != a)
+        linked = kept_set.intersection(missing)  # often none: a member gone silent is not kept
+        if linked:
+            down.update((a, b) if a < b else (b, a) for b in linked if b != a)
     links = tuple(sorted(down))
     if links != s.topology[1]:
         version = (view.epoch, s.topology[0][1] + 1 if s.topology[0][0] == view.epoch else 1)
