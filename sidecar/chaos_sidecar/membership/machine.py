@@ -1188,9 +1188,9 @@ def _unreachable(s: NodeState, candidates: list[str], now: float) -> set[str]:
     """
     remaining = list(candidates)
     removed: set[str] = set()
+    support = _support_counts(s, remaining, now)
     while remaining:
         majority = len(remaining) // 2 + 1
-        support = _support_counts(s, remaining, now)
         short = [x for x in remaining if support[x] < majority]
         if not short:
             break
@@ -1199,6 +1199,12 @@ def _unreachable(s: NodeState, candidates: list[str], now: float) -> set[str]:
         weakest = min(short, key=lambda x: (_alive(s, x, now), support[x], remaining.index(x)))
         remaining.remove(weakest)
         removed.add(weakest)
+        # _support_counts(s, remaining, now) from the last count: the weakest's report, if
+        # counted, no longer counts for those it hears (the index was synced this step)
+        support = {m: n for m, n in support.items() if m != weakest}
+        for m in s.support.counted.get(weakest, frozenset()) & support.keys():
+            if m != weakest:
+                support[m] -= 1
     return removed
 
 
