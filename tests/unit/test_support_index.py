@@ -61,3 +61,29 @@ def test_missing_is_remembered_per_key_while_the_set_and_view_are_the_same_objec
     assert index.missing(view, "k", hears) is first
     assert index.missing(view, "k", frozenset({"a", "b"})) == {"c"}
     assert index.missing(("a", "b", "c", "d"), "k", frozenset({"a", "b"})) == {"c", "d"}
+
+
+def test_canonical_hands_back_an_equal_set_already_held():
+    index = SupportIndex()
+    first = frozenset({"a", "b"})
+    assert index.canonical(first) is first
+    again = frozenset(["b", "a"])
+    assert index.canonical(again) is first
+    other = frozenset({"a"})
+    assert index.canonical(other) is other
+    assert index.copy().canonical(frozenset({"a", "b"})) is first
+
+
+def test_ordered_is_sorted_whatever_was_asked_before():
+    index = SupportIndex()
+    for members in ({"b", "a"}, frozenset({"c", "a"}), {"a", "b"}, set(), {"z", "y", "x"}, {"b", "a"}):
+        assert index.ordered(members) == tuple(sorted(members))
+
+
+def test_lacking_lists_what_missing_would_say_where_it_is_not_empty():
+    index, view = SupportIndex(), ("a", "b", "c")
+    full, short = frozenset(view), frozenset({"a"})
+    sets = [("a", full), ("b", short), ("c", frozenset({"a", "b", "c", "x"}))]
+    assert index.lacking(view, "direct", sets) == [("b", frozenset({"b", "c"}))]
+    assert index.missing(view, ("direct", "b"), short) == {"b", "c"}
+    assert index.lacking(view, "direct", [("b", full)]) == []

@@ -61,6 +61,7 @@ def scalability(result: dict[str, Any], path: Path) -> None:
     for key in (
         "heartbeat",
         "tick",
+        "failure_tick",
         "join_decision",
         "leave_decision",
         "failure_decision",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Hashable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 
@@ -30,19 +31,29 @@ class SupportIndex:
     _missing: dict[Hashable, tuple[frozenset[str], frozenset[str]]] = field(default_factory=dict)
     _view_members: tuple[str, ...] = ()
     _view: frozenset[str] = frozenset()
+    # sets sorted lately (a heartbeat lists whom its sender hears, sorted): (set, sorted tuple)
+    _ordered: tuple[tuple[AbstractSet[str], tuple[str, ...]], ...] = ()
+    _recent: tuple[frozenset[str], ...] = ()  # see canonical
 
     def copy(self) -> SupportIndex:
         return SupportIndex(
-            dict(self.counted), Counter(self.counts), dict(self._missing), self._view_members, self._view
+            dict(self.counted),
+            Counter(self.counts),
+            dict(self._missing),
+            self._view_members,
+            self._view,
+            self._ordered,
+            self._recent,
         )
 
     def sync(self, heard: Mapping[str, frozenset[str]]) -> None:
         """Count exactly ``heard`` (reporter -> whom it hears, fresh reports only)."""
-        for reporter in [r for r in self.counted if r not in heard]:
-            self.counts.subtract(self.counted.pop(reporter) - {reporter})
-        for reporter, hears in heard.items():
-            if self.counted.get(reporter) is not hears:
-                self.count(reporter, hears)
+        counted = self.counted
+        for reporter in counted.keys() - heard.keys():
+            self.counts.subtract(counted.pop(reporter) - {reporter})
+        get = counted.get
+        for reporter in [r for r, hears in heard.items() if get(r) is not hears]:
+            self.count(reporter, heard[reporter])
 
     def count(self, reporter: str, hears: frozenset[str]) -> None:
         """Count ``hears`` as ``reporter``'s set from now on. The machine calls this as each
@@ -60,22 +71,64 @@ class SupportIndex:
         that hear it. Reporters outside ``members`` are taken back out, one set each: they
         are few (members leaving or being removed)."""
         inside = members if isinstance(members, (set, frozenset)) else set(members)
-        counts = {m: 1 + self.counts[m] for m in inside}
-        for reporter, hears in self.counted.items():
-            if reporter not in inside:
-                for m in hears & inside:
-                    if m != reporter:
-                        counts[m] -= 1
+        get = self.counts.get
+        counts = {m: 1 + get(m, 0) for m in inside}
+        for reporter in self.counted.keys() - inside:
+            for m in self.counted[reporter] & inside:
+                if m != reporter:
+                    counts[m] -= 1
         return counts
+
+    def view_set(self, view_members: tuple[str, ...]) -> frozenset[str]:
+        """``frozenset(view_members)``, made once per view (the tuple object)."""
+        if view_members is not self._view_members:
+            self._missing = {}
+            self._view_members = view_members
+            self._view = frozenset(view_members)
+        return self._view
+
+    def canonical(self, hears: frozenset[str]) -> frozenset[str]:
+        """A set equal to ``hears`` that is already held, if one of the last few is: at 1,000
+        members, a thousand reports that each hold their own copy of one set are a million
+        references for the collector to walk, a few milliseconds per full collection."""
+        for known in self._recent:
+            if known == hears:
+                return known
+        self._recent = (hears, *self._recent[:2])
+        return hears
+
+    def ordered(self, members: AbstractSet[str]) -> tuple[str, ...]:
+        """``tuple(sorted(members))``, remembered for the last few sets: a member sends the
+        same sets, of up to 1,000 names, in heartbeat after heartbeat (comparing two sets
+        costs a fraction of sorting one)."""
+        for known, ordered in self._ordered:
+            if known == members:
+                return ordered
+        ordered = tuple(sorted(members))
+        self._ordered = ((frozenset(members), ordered), *self._ordered[:3])
+        return ordered
+
+    def lacking(
+        self, view_members: tuple[str, ...], kind: str, sets: Iterable[tuple[str, frozenset[str]]]
+    ) -> list[tuple[str, frozenset[str]]]:
+        """``(a, missing(view_members, (kind, a), hears))`` for each ``(a, hears)``, only where
+        something is missing, in one loop."""
+        view = self.view_set(view_members)
+        known, out = self._missing, []
+        for a, hears in sets:
+            key = (kind, a)
+            entry = known.get(key)
+            if entry is None or entry[0] is not hears:
+                entry = known[key] = (hears, view - hears)
+            if entry[1]:
+                out.append((a, entry[1]))
+        return out
 
     def missing(self, view_members: tuple[str, ...], key: Hashable, hears: frozenset[str]) -> frozenset[str]:
         """The view's members missing from ``hears``, remembered per ``key`` while the set and
         the view's member tuple stay the same objects, so asking about every member costs O(n)
         when nothing changed."""
-        if view_members is not self._view_members:
-            self._missing = {}
-            self._view_members = view_members
-            self._view = frozenset(view_members)
+        self.view_set(view_members)
         known = self._missing.get(key)
         if known is not None and known[0] is hears:
             return known[1]
