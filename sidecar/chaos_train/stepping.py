@@ -50,10 +50,25 @@ class Stepping:
     def _share(self) -> tuple[int, int] | None:
         """This member's slice of the global batch: (index, of how many); None for none.
         Members entering in this step take no share, the others split the batch."""
-        working = [m for m in self.members if m not in self._entering]
+        working = [m for m in self.members if m not in self._entering and m not in self._resting]
         if self.cfg.node_id not in working:
             return None
         return working.index(self.cfg.node_id), len(working)
+
+    def _compute_ahead(self) -> None:
+        """Compute this member's gradient of the next step now (a blocking joiner is pulling
+        the state meanwhile and takes no share of that step, see ``_resting``): the first step
+        after the regroup then only waits for its all-reduce. The parameters do not change
+        until that step, so the gradient is the one the step would compute; it is used only
+        if the step is the same (step, group and samples)."""
+        self._ahead = None
+        share = self._share()
+        if share is None:
+            return
+        batch = self.sampler.batch()
+        mine = ElasticSampler.split(batch, *share)
+        flat = self.work.gradients(mine, len(batch), [0.0] * (2 + self.world))
+        self._ahead = (self.step, self.group_id, mine, flat)
 
     def _vote(self) -> list[float]:
         """This member's first two flags for the step's all-reduce: [regroup, overlap]; one
@@ -150,13 +165,15 @@ class Stepping:
         timings: dict[str, float] = {}
         share = self._share()
         mine = ElasticSampler.split(batch, *share) if share is not None else []
+        ahead, self._ahead = self._ahead, None
+        computed = ahead[3] if ahead is not None and ahead[:3] == (self.step, self.group_id, mine) else None
+        self._resting = []  # from the next step the joiners take their share
         # before the all-reduce: once any member completes it, this share is in the update,
         # even if this member dies before it could log the step (per-sample accounting)
         self.log(Kind.SHARE, step=self.step + 1, epoch=self.group_epoch, group=self.group_id, ids=mine)
         loss_sum, sums = data_parallel_step(
             self.work, mine, len(batch), self.group, flags=[0.0] * (2 + self.world), vote=self._vote,
-            fence=self._await_capture,
-            timings=timings, lost=self._lost,
+            fence=self._await_capture, timings=timings, lost=self._lost, computed=computed,
         )  # fmt: skip
         epoch, cursor = self.sampler.state()
         self.sampler.advance()
@@ -206,6 +223,7 @@ class Stepping:
 def data_parallel_step(
     work: Workload, mine: list[int], global_size: int, group, flags: Sequence[float] = (),
     fence=None, timings=None, lost=None, vote: Callable[[], Sequence[float]] | None = None,
+    computed: torch.Tensor | None = None,
 ) -> tuple[float, list[float]]:  # fmt: skip
     """One synchronous data-parallel step on ``mine``, this member's share of a global batch of
     ``global_size`` samples (possibly none: it then only takes part in the all-reduce). One
@@ -217,9 +235,11 @@ def data_parallel_step(
     ``vote``, if given, is called once the gradient is computed, right before the all-reduce:
     its values replace the first of ``flags`` (a step's vote to regroup, taken as late as it
     can be: a view change that arrives while the gradient is computed is voted on in this
-    step, not one whole step later). Returns (global loss sum, flag sums).
+    step, not one whole step later). ``computed``: what ``work.gradients(mine, global_size,
+    flags)`` returned ahead, with the parameters as they are now. Returns (global loss sum,
+    flag sums).
     """
-    flat = work.gradients(mine, global_size, flags)
+    flat = computed if computed is not None else work.gradients(mine, global_size, flags)
     if vote is not None:
         late = list(vote())
         if late:
