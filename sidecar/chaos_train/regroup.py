@@ -90,7 +90,6 @@ class Regrouping:
         self._await_capture()
         while True:
             view = self._built_view() or self._current_member_view()
-            self._save_ahead(view)
             if self.rendezvous.finished_step is not None:
                 # the others finished while we were away: training on from our older state
                 # would redo steps they already took
@@ -176,38 +175,6 @@ class Regrouping:
                 self._idle_s = time.monotonic() - started  # reported after the next step
             self._just_regrouped = True
             return
-
-    def _save_ahead(self, view: View) -> None:
-        """A member holding the state whose next view adds nodes (a blocking join: they will
-        pull it) starts writing its snapshot for that view now, on a thread, while it meets the
-        others and builds the group; _reconcile waits for it instead of saving. The replica
-        does not change until then (the snapshot is written from its own tensors)."""
-        if self.cfg.join_mode != "blocking" or self.step < 0 or self.group_epoch is None:
-            return
-        if set(view.members) <= set(self.members) or self.cfg.node_id not in view.members:
-            return
-        name = f"state-e{view.epoch}"
-        if self._saving is not None and self._saving[:2] == (name, self.step):
-            return  # started already, in an earlier round of this regroup
-        self._saved_ahead()
-        epoch_, cursor = self.sampler.state()
-        future = self._saver.submit(snapshot_state.save, self.cfg.snapshot_dir, name, self.replica,
-                                    step=self.step, extra=[epoch_, cursor], epoch=view.epoch)  # fmt: skip
-        self._saving = (name, self.step, future)
-
-    def _saved_ahead(self) -> str | None:
-        """Wait for the snapshot started ahead, if any: its name when it was written and
-        holds this replica's step, else None."""
-        saving, self._saving = self._saving, None
-        if saving is None:
-            return None
-        name, step, future = saving
-        try:
-            future.result()
-        except Exception as exc:  # a provider saves again in _reconcile, and says so if it fails
-            self.log(Kind.WRITE_FAILED, what="save_ahead", error=str(exc)[:200])
-            return None
-        return name if step == self.step else None
 
     def _check_same_start(self, lost) -> None:
         """Founding members start from the script's initial state: it must be the same on all
@@ -329,11 +296,6 @@ class Regrouping:
         """Members behind the newest state get it: an overlap joiner enters and replays the
         members' logged gradients while they train (see _entering_step); any other pulls the
         newest state from every member that has it while the others wait."""
-        # the snapshot started ahead is finished before anything changes the replica (a
-        # resume, a pull); the wait counts as saving
-        waited = time.monotonic()
-        saved_name = self._saved_ahead()
-        waited = time.monotonic() - waited
         held = [g[0] for g in gathered]
         newest = max(held)
         if self.checkpoints is not None and newest <= 0 and not any(replay for _, replay in gathered):
@@ -363,20 +325,18 @@ class Regrouping:
         name = f"state-e{epoch}"
         began = time.monotonic()
         if self.cfg.node_id in providers:
-            if saved_name != name:
-                epoch_, cursor = self.sampler.state()
-                with self._telling_failure():
-                    snapshot_state.save(self.cfg.snapshot_dir, name, self.replica, step=self.step,
-                                        extra=[epoch_, cursor], epoch=epoch)  # fmt: skip
+            epoch_, cursor = self.sampler.state()
+            with self._telling_failure():
+                snapshot_state.save(self.cfg.snapshot_dir, name, self.replica, step=self.step,
+                                    extra=[epoch_, cursor], epoch=epoch)  # fmt: skip
             self._store.set(f"saved-{self.cfg.node_id}", "1")
         saved = time.monotonic()
         if self.cfg.node_id in pulling:
             # no collective here: a member entering by replay may have posted all-reduces ahead
             self._await_keys([f"saved-{p}" for p in providers], "the providers' snapshot", epoch, providers)
         timings = {
-            "save_ms": round((saved - began + waited) * 1000, 1),
+            "save_ms": round((saved - began) * 1000, 1),
             "save_wait_ms": round((time.monotonic() - saved) * 1000, 1),
-            **({"saved_ahead": True} if saved_name == name else {}),
         }
         transfer_ms = 0.0
         if self.cfg.node_id in pulling:

@@ -123,11 +123,6 @@ class ElasticTrainer(Regrouping, OverlapJoin, Stepping):
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         self._writer.submit(lambda: None)  # its thread starts now, not at the step where S is taken
         self._builders = BuildThreads()  # started now, not at the step where a join begins
-        # a blocking join's snapshot, written while the members meet and build the group (see
-        # Regrouping._save_ahead): (name, step, its future)
-        self._saver = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="save-ahead")
-        self._saver.submit(lambda: None)
-        self._saving: tuple[str, int, concurrent.futures.Future] | None = None
         self.regroup_needed = True
         self.leaving = False
         self.pending: dict[str, Any] | None = None  # overlap: joiners catching up, see _start_overlap
@@ -201,7 +196,6 @@ class ElasticTrainer(Regrouping, OverlapJoin, Stepping):
             raise
         finally:
             self._writer.shutdown(wait=True)
-            self._saver.shutdown(wait=True)
             self.sidecar.stop()
             self._close_group(wait=True)
 
