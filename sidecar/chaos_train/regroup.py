@@ -316,6 +316,7 @@ class Regrouping:
         entering = [self.members[r] for r, (_, can_replay) in enumerate(gathered) if can_replay]
         pulling = [n for n in needers if n not in entering]
         self._entering = entering
+        self._resting = []
         self._catch_up = (newest, providers) if self.cfg.node_id in entering else None
         self._group_step = newest
         # an entering joiner caught in a later regroup pulls the state: what it received in
@@ -351,6 +352,11 @@ class Regrouping:
                 self._pull_state(name, providers if relay is None else [relay, *providers], relay, nearby)
             transfer_ms = (time.monotonic() - started) * 1000
             self._store.set(f"transferred-{self.cfg.node_id}", "1")
+        self._resting = pulling  # in the first step only: see _compute_ahead
+        if self.cfg.node_id not in pulling:
+            ahead = time.monotonic()
+            self._compute_ahead()
+            timings["ahead_ms"] = round((time.monotonic() - ahead) * 1000, 1)
         self._await_keys(
             [f"transferred-{n}" for n in pulling], f"the state transfer to {pulling}", epoch, pulling
         )

@@ -103,6 +103,11 @@ class ElasticTrainer(Regrouping, OverlapJoin, Stepping):
         # own catch-up: the end of the members' log and its sources, the group's step, and the
         # averaged gradients it received in the group but has not applied yet
         self._entering: list[str] = []
+        # a blocking joiner takes no share of the batch in its first step: the members compute
+        # theirs while it pulls the state (see _compute_ahead), so that step only waits for
+        # the all-reduce; the gradient computed ahead: (step, group, ids, flat)
+        self._resting: list[str] = []
+        self._ahead: tuple[int, str, list[int], torch.Tensor] | None = None
         self._catch_up: tuple[int, list[str]] | None = None
         self._group_step = 0
         self._backlog: collections.deque[tuple[int, torch.Tensor]] = collections.deque()

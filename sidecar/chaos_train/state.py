@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,13 +96,15 @@ def digest(replica: Replica) -> str:
 Captured = list[tuple[str, str, tuple[int, ...], memoryview]]
 
 
-def capture(replica: Replica, *, step: int, extra: list[int]) -> Captured:
+def capture(replica: Replica, *, step: int, extra: list[int], copy: bool = True) -> Captured:
     """A copy of the replica's state (and ``extra``: small integers such as the sampler's epoch
     and cursor, stored as int64), ready for ``write``; training may go on meanwhile. The copy
-    is torch's (it releases the GIL), so it can run on a thread beside training."""
+    is torch's (it releases the GIL), so it can run on a thread beside training. Without
+    ``copy``, CPU tensors are not copied: the replica must not change until written."""
     tensors = []
     for tname, tensor in [*state_tensors(replica), ("meta.extra", torch.tensor([step, *extra]))]:
-        t = tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
+        t = tensor.detach().cpu()
+        t = t.clone(memory_format=torch.contiguous_format) if copy else t.contiguous()
         tensors.append(
             (tname, _DTYPES[t.dtype], tuple(t.shape), memoryview(t.reshape(-1).view(torch.uint8).numpy()))
         )
@@ -114,7 +117,9 @@ def write(directory: Path, name: str, captured: Captured, *, step: int, epoch: i
 
 
 def save(directory: Path, name: str, replica: Replica, *, step: int, extra: list[int], epoch: int) -> None:
-    write(directory, name, capture(replica, step=step, extra=extra), step=step, epoch=epoch)
+    """Write the replica as snapshot ``name`` from its own tensors, without copying them first
+    (one pass less over the state): the replica must not change while this runs."""
+    write(directory, name, capture(replica, step=step, extra=extra, copy=False), step=step, epoch=epoch)
 
 
 def load(directory: Path, name: str, replica: Replica) -> list[int]:
@@ -123,7 +128,7 @@ def load(directory: Path, name: str, replica: Replica) -> list[int]:
     checked before anything changes: a snapshot of another model (a name, shape or parameter
     group that does not fit) is refused naming the entry, and the replica stays as it was."""
     manifest = read_manifest(directory, name)
-    raw = data_path(directory, name).read_bytes()
+    raw = _read(data_path(directory, name), manifest.total_bytes)
     params = dict(replica.model.named_parameters())
     by_index = replica.params()
     extra: list[int] = []
@@ -133,12 +138,16 @@ def load(directory: Path, name: str, replica: Replica) -> list[int]:
     if missing:
         raise InputError(missing[0], f"snapshot {name} has no {missing[0]}: it is from another model")
     for entry in manifest.tensors:
-        chunk = bytearray(raw[entry.offset : entry.offset + entry.nbytes])
-        value = (
-            torch.frombuffer(chunk, dtype=_TORCH[entry.dtype]).reshape(entry.shape)
-            if chunk
-            else torch.empty(entry.shape, dtype=_TORCH[entry.dtype])
-        )
+        dtype = _TORCH[entry.dtype]
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if not entry.nbytes:
+            value = torch.empty(entry.shape, dtype=dtype)
+        elif entry.offset % itemsize == 0:  # a view of the file's bytes: no copy
+            value = torch.frombuffer(raw, dtype=dtype, count=entry.nbytes // itemsize, offset=entry.offset)
+            value = value.reshape(entry.shape)
+        else:
+            chunk = bytearray(raw[entry.offset : entry.offset + entry.nbytes])
+            value = torch.frombuffer(chunk, dtype=dtype).reshape(entry.shape)
         kind, _, rest = entry.name.partition(".")
         index, _, key = rest.partition(".")
         if entry.name == "meta.extra":
@@ -158,7 +167,7 @@ def load(directory: Path, name: str, replica: Replica) -> list[int]:
             device = value.device if key == "step" else p.device
             apply.append(
                 lambda p=p, k=key, v=value, d=device: replica.optimizer.state[p].__setitem__(
-                    k, v.clone().to(d)
+                    k, v.to(d, copy=True)
                 )
             )
         elif kind == "object" and rest in replica.objects:
@@ -171,6 +180,14 @@ def load(directory: Path, name: str, replica: Replica) -> list[int]:
         for change in apply:
             change()
     return extra
+
+
+def _read(path: Path, size: int) -> mmap.mmap:
+    """The file's ``size`` bytes, mapped (private, never written): tensors view them and are
+    copied into the replica from there, without reading the file into a buffer first."""
+    with path.open("rb") as f:
+        mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+    return mapped
 
 
 def save_tensor(directory: Path, name: str, tensor: torch.Tensor, *, step: int) -> None:

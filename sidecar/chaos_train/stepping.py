@@ -4,7 +4,10 @@ entering by replay, the step log and the periodic checkpoint."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import torch
 
 from chaos_sidecar.eventlog import Kind
 from chaos_train import state as snapshot_state
@@ -47,10 +50,25 @@ class Stepping:
     def _share(self) -> tuple[int, int] | None:
         """This member's slice of the global batch: (index, of how many); None for none.
         Members entering in this step take no share, the others split the batch."""
-        working = [m for m in self.members if m not in self._entering]
+        working = [m for m in self.members if m not in self._entering and m not in self._resting]
         if self.cfg.node_id not in working:
             return None
         return working.index(self.cfg.node_id), len(working)
+
+    def _compute_ahead(self) -> None:
+        """Compute this member's gradient of the next step now (a blocking joiner is pulling
+        the state meanwhile and takes no share of that step, see ``_resting``): the first step
+        after the regroup then only waits for its all-reduce. The parameters do not change
+        until that step, so the gradient is the one the step would compute; it is used only
+        if the step is the same (step, group and samples)."""
+        self._ahead = None
+        share = self._share()
+        if share is None:
+            return
+        batch = self.sampler.batch()
+        mine = ElasticSampler.split(batch, *share)
+        flat = self.work.gradients(mine, len(batch), [0.0] * (2 + self.world))
+        self._ahead = (self.step, self.group_id, mine, flat)
 
     def _vote(self) -> list[float]:
         """This member's first two flags for the step's all-reduce: [regroup, overlap]; one
@@ -82,7 +100,7 @@ class Stepping:
         if self.cfg.node_id in self._entering:
             sums = self._entering_step()
         else:
-            sums = self._working_step(self._vote() + [0.0] * self.world)
+            sums = self._working_step()
         if self._unchecked is not None:
             self._check_switch()
         self._entering = [m for m, slot in zip(self.members, sums[2:], strict=True) if slot > 0]
@@ -142,17 +160,20 @@ class Stepping:
         self._log_step(loss_sum, epoch, cursor)
         return [float(x) for x in flags]
 
-    def _working_step(self, flags: list[float]) -> list[float]:
+    def _working_step(self) -> list[float]:
         batch = self.sampler.batch()
         timings: dict[str, float] = {}
         share = self._share()
         mine = ElasticSampler.split(batch, *share) if share is not None else []
+        ahead, self._ahead = self._ahead, None
+        computed = ahead[3] if ahead is not None and ahead[:3] == (self.step, self.group_id, mine) else None
+        self._resting = []  # from the next step the joiners take their share
         # before the all-reduce: once any member completes it, this share is in the update,
         # even if this member dies before it could log the step (per-sample accounting)
         self.log(Kind.SHARE, step=self.step + 1, epoch=self.group_epoch, group=self.group_id, ids=mine)
         loss_sum, sums = data_parallel_step(
-            self.work, mine, len(batch), self.group, flags=flags, fence=self._await_capture,
-            timings=timings, lost=self._lost,
+            self.work, mine, len(batch), self.group, flags=[0.0] * (2 + self.world), vote=self._vote,
+            fence=self._await_capture, timings=timings, lost=self._lost, computed=computed,
         )  # fmt: skip
         epoch, cursor = self.sampler.state()
         self.sampler.advance()
@@ -200,8 +221,10 @@ class Stepping:
 
 
 def data_parallel_step(
-    work: Workload, mine: list[int], global_size: int, group, flags=(), fence=None, timings=None, lost=None
-) -> tuple[float, list[float]]:
+    work: Workload, mine: list[int], global_size: int, group, flags: Sequence[float] = (),
+    fence=None, timings=None, lost=None, vote: Callable[[], Sequence[float]] | None = None,
+    computed: torch.Tensor | None = None,
+) -> tuple[float, list[float]]:  # fmt: skip
     """One synchronous data-parallel step on ``mine``, this member's share of a global batch of
     ``global_size`` samples (possibly none: it then only takes part in the all-reduce). One
     all-reduce on ``group`` carries the gradients, the summed loss and ``flags`` (each summed
@@ -209,9 +232,19 @@ def data_parallel_step(
     ``fence`` is called before the parameters change (a copy of them may still be in
     progress). ``timings`` (a dict) receives ``allreduce_s``: how long the all-reduce took,
     waiting for the slowest member included. ``lost``: see chaos_train.groups.wait_for.
-    Returns (global loss sum, flag sums).
+    ``vote``, if given, is called once the gradient is computed, right before the all-reduce:
+    its values replace the first of ``flags`` (a step's vote to regroup, taken as late as it
+    can be: a view change that arrives while the gradient is computed is voted on in this
+    step, not one whole step later). ``computed``: what ``work.gradients(mine, global_size,
+    flags)`` returned ahead, with the parameters as they are now. Returns (global loss sum,
+    flag sums).
     """
-    flat = work.gradients(mine, global_size, flags)
+    flat = computed if computed is not None else work.gradients(mine, global_size, flags)
+    if vote is not None:
+        late = list(vote())
+        if late:
+            start = len(flat) - len(flags)
+            flat[start : start + len(late)] = torch.tensor(late, dtype=flat.dtype, device=flat.device)
     posted = time.monotonic()
     wait_for(group.allreduce([flat]), lost)
     if timings is not None:
