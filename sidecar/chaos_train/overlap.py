@@ -21,6 +21,7 @@ from chaos_train.engine_config import (
     progress_key,
 )
 from chaos_train.groups import GroupBuild
+from chaos_train.lineage import FOLLOWS
 
 
 class OverlapJoin:
@@ -107,14 +108,17 @@ class OverlapJoin:
             return None
         if any(not isinstance(self._joiner_progress(built, j), int) for j in joiners):
             return None
-        return [[self.step, 0] if m in self.members else [self.step - 1, 1] for m in members]
+        return [
+            [self.step, 0, self._lineage] if m in self.members else [self.step - 1, 1, FOLLOWS]
+            for m in members
+        ]
 
     def _check_switch(self) -> None:
         """After the first step in a group whose all-gather was predicted: compare."""
         gather, predicted = self._unchecked
         self._unchecked = None
         outcome = gather.result(self._lost)
-        for (step, can_replay), (expected, joiner) in zip(outcome, predicted, strict=True):
+        for (step, can_replay, _), (expected, joiner, _) in zip(outcome, predicted, strict=True):
             if can_replay != joiner or (step != expected if not joiner else step > expected + 1):
                 raise RuntimeError(f"the group's all-gather {outcome} differs from {predicted}")
 
@@ -174,7 +178,7 @@ class OverlapJoin:
         if built.posted() is None:
             if not level:
                 return False
-            built.gather([self.step, int(self._can_replay)])
+            built.gather([self.step, int(self._can_replay), self._lineage])
             # the group's first step follows; the members do at least one (they regroup only
             # before the job's last step), so posting it cannot meet their final barrier
             group = built.result()[0]

@@ -29,6 +29,8 @@ from chaos_train.engine_config import (
     NoState,
 )
 from chaos_train.groups import GroupBuild, all_gather_ints, new_process_group
+from chaos_train.lineage import FOLLOWS, FOUNDING
+from chaos_train.lineage import providers as lineage_providers
 from chaos_train.rendezvous import GROUP_KEY, RoundPassed
 from chaos_train.sidecar_client import SidecarLost
 from chaos_train.sites import SITE_KEY, relays
@@ -117,7 +119,7 @@ class Regrouping:
                 # (that group is freed on the close-group thread, see _take_built)
                 self._posted = collections.deque(e for e in self._posted if e[0] is self.group)
                 opened_at = time.monotonic()
-                mine = [self.step, int(self._can_replay)]
+                mine = [self.step, int(self._can_replay), self._lineage]
                 # a joiner that replayed during an overlap posted the gather already (with the
                 # step it held then; it replays the rest after entering, see _entering_step)
                 predicted = self._predicted_gather(built, members)
@@ -302,18 +304,22 @@ class Regrouping:
         newest state from every member that has it while the others wait."""
         held = [g[0] for g in gathered]
         newest = max(held)
-        if self.checkpoints is not None and newest <= 0 and not any(replay for _, replay in gathered):
+        if self.checkpoints is not None and newest <= 0 and not any(g[1] for g in gathered):
             resumed = self._resume(newest)
             if resumed is not None:
                 return resumed
         if newest < 0:
             raise NoState(f"no member of epoch {epoch} holds the state: {self.members}")
-        providers = [self.members[r] for r, s in enumerate(held) if s == newest]
-        needers = [self.members[r] for r, s in enumerate(held) if s < newest]
+        # a member at the newest step with another lineage is behind too (chaos_train.lineage)
+        keep, lineage = lineage_providers(held, [g[2] for g in gathered])
+        providers = [self.members[r] for r in keep]
+        needers = [self.members[r] for r in range(len(held)) if r not in keep]
         # an overlap joiner enters even when level: it may have posted its first all-reduces
         # ahead, with no share of the batch (see _post_entering); if the members' log no
         # longer reaches back to its step, its replay fails and it pulls the state next round
-        entering = [self.members[r] for r, (_, can_replay) in enumerate(gathered) if can_replay]
+        entering = [
+            self.members[r] for r, g in enumerate(gathered) if g[1] and (held[r] < newest or r in keep)
+        ]
         pulling = [n for n in needers if n not in entering]
         self._entering = entering
         self._resting = []
@@ -350,6 +356,7 @@ class Regrouping:
             started = time.monotonic()
             with self._telling_failure():
                 self._pull_state(name, providers if relay is None else [relay, *providers], relay, nearby)
+            self._lineage = lineage
             transfer_ms = (time.monotonic() - started) * 1000
             self._store.set(f"transferred-{self.cfg.node_id}", "1")
         self._resting = pulling  # in the first step only: see _compute_ahead
@@ -383,6 +390,7 @@ class Regrouping:
             )
             if extra is not None and all(r == [step, 1] for r in results):
                 self.step = extra[0]
+                self._lineage = FOUNDING  # every member loaded this checkpoint
                 self.sampler.load(extra[1], extra[2])
                 self.log(Kind.RESUMED, step=self.step, checkpoint=step)
                 return {
@@ -444,6 +452,7 @@ class Regrouping:
         pulled = time.monotonic()
         extra = snapshot_state.load(self.cfg.snapshot_dir, name, self.replica)
         self.step, sampler_epoch, cursor = extra[0], extra[1], extra[2]
+        self._lineage = FOLLOWS  # the providers' state (_reconcile names their lineage once pulled)
         self.sampler.load(sampler_epoch, cursor)
         sources = result.get("per_source", [])
         self.log(Kind.PULLED, name=name, seconds=result.get("seconds"), call_s=round(pulled - began, 4),

@@ -55,6 +55,7 @@ from chaos_train.engine_config import (
     log_keeper,
 )
 from chaos_train.groups import BuildThreads, GroupBuild, wait_for
+from chaos_train.lineage import FOLLOWS, FOUNDING
 from chaos_train.overlap import OverlapJoin
 from chaos_train.regroup import Regrouping
 from chaos_train.rendezvous import Rendezvous
@@ -117,6 +118,7 @@ class ElasticTrainer(Regrouping, OverlapJoin, Stepping):
         self._capture: concurrent.futures.Future | None = None  # overlap: snapshot S being copied
         self._unchecked: tuple[Any, list[list[int]]] | None = None  # see _predicted_gather
         self._can_replay = False  # an overlap joiner holding a snapshot the members' log continues
+        self._lineage = FOUNDING  # the group this state's last step was taken in (chaos_train.lineage)
         self._stale_grads: tuple[int, int] | None = None  # gradient log to drop once no one enters
         # overlap: the copy of S, snapshot S and the gradient log are done in order on one
         # thread (a joiner asking too early finds nothing and asks again)
@@ -248,4 +250,5 @@ class ElasticTrainer(Regrouping, OverlapJoin, Stepping):
         tail = self.work.apply(flat)
         self.sampler.advance()
         self.step = step
+        self._lineage = FOLLOWS  # the members' own gradient
         return tail

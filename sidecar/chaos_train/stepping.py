@@ -16,6 +16,7 @@ from chaos_train.engine_config import (
     REPORT_EVERY_S,
 )
 from chaos_train.groups import wait_for
+from chaos_train.lineage import token as lineage_token
 from chaos_train.sampler import ElasticSampler
 from chaos_train.workload import Workload
 
@@ -178,6 +179,7 @@ class Stepping:
         epoch, cursor = self.sampler.state()
         self.sampler.advance()
         self.step += 1
+        self._lineage = lineage_token(self.group_id)
         now = time.monotonic()
         if self._last_step_end is not None and not self._just_regrouped:
             self._step_times.append(now - self._last_step_end)
