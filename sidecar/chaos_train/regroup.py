@@ -107,9 +107,10 @@ class Regrouping:
             # a joiner waiting for snapshot S: join now
             note = BLOCKING_NOTE if self.cfg.join_mode == "overlap" and self.step >= 0 else None
             try:
-                moved_on = lambda: self.sidecar.latest_epoch > epoch  # noqa: E731
                 opened = (
-                    built.result(moved_on) if built is not None else self._open_group(epoch, members, note)
+                    built.result(self._moved_past(epoch))
+                    if built is not None
+                    else self._open_group(epoch, members, note)
                 )
                 if opened is None:
                     continue  # the view moved on while we waited: go for the newer one
@@ -203,10 +204,14 @@ class Regrouping:
 
         return lost
 
+    def _moved_past(self, epoch: int) -> Callable[[], bool]:
+        """Whether the agreed view has moved past ``epoch``: a wait for its group gives up then."""
+        return lambda: self.sidecar.latest_epoch > epoch
+
     def _meet(self, epoch: int, members: list[str]) -> dist.Store | None:
         """The store of ``epoch``'s current round once every member arrived in it; None when the
         view moves past ``epoch`` first (see chaos_train.rendezvous)."""
-        meeting = self.rendezvous.meet(epoch, members, moved_on=lambda: self.sidecar.latest_epoch > epoch)
+        meeting = self.rendezvous.meet(epoch, members, moved_on=self._moved_past(epoch))
         return None if meeting is None else meeting.store
 
     def _group_in(self, store: dist.Store, epoch: int, members: list[str]):
@@ -256,7 +261,7 @@ class Regrouping:
         # constructor long after the view dropped it (see chaos_train.groups.MOVED_ON_POLL_S)
         build = GroupBuild(epoch, members, lambda: store, lambda met: self._group_in(met, epoch, members),
                            self._builders)  # fmt: skip
-        return build.result(moved_on=lambda: self.sidecar.latest_epoch > epoch)
+        return build.result(moved_on=self._moved_past(epoch))
 
     def _build_ahead(self, view: View) -> None:
         """Start building the group of ``view`` on a thread (overlap joins: members and joiner)."""
