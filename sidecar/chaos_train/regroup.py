@@ -346,7 +346,9 @@ class Regrouping:
                                     extra=[epoch_, cursor], epoch=epoch)  # fmt: skip
             self._store.set(f"saved-{self.cfg.node_id}", "1")
         saved = time.monotonic()
-        relay, nearby = self._site_plan(providers, pulling) if self.cfg.node_id in pulling else (None, [])
+        relay, sources, nearby = (
+            self._site_plan(providers, pulling) if self.cfg.node_id in pulling else (None, providers, [])
+        )
         if self.cfg.node_id in pulling:
             # no collective here: a member entering by replay may have posted all-reduces ahead
             self._await_keys([f"saved-{p}" for p in providers], "the providers' snapshot", epoch, providers)
@@ -360,8 +362,7 @@ class Regrouping:
         if self.cfg.node_id in pulling:
             started = time.monotonic()
             with self._telling_failure():
-                self._pull_state(name, providers if relay is None else [relay, *providers], relay, nearby)
-            self._lineage = lineage
+                self._pull_state(name, sources, relay, nearby, lineage)
             transfer_ms = (time.monotonic() - started) * 1000
             self._store.set(f"transferred-{self.cfg.node_id}", "1")
         self._resting = pulling  # in the first step only: see _compute_ahead
@@ -435,19 +436,22 @@ class Regrouping:
                 raise RuntimeError(f"{what} failed: {self._store.get(failed[0]).decode()}")
             time.sleep(0.005)
 
-    def _site_plan(self, providers: list[str], pulling: list[str]) -> tuple[str | None, list[str]]:
+    def _site_plan(self, providers: list[str], pulling: list[str]) -> tuple[str | None, list[str], list[str]]:
         """This joiner's view of the sites (chaos_train.sites): the neighbour it pulls through,
-        if any, and the sources at its own site. Every member set its site in the store before
-        its group was built, so all are there once the group is."""
+        if any, its sources (the providers, and that neighbour first), and those of them at its
+        own site. Every member set its site in the store before its group was built, so all are
+        there once the group is."""
         nodes = [*providers, *pulling]
         sites = self._store.multi_get([SITE_KEY.format(m) for m in nodes])
         site_of = {m: site.decode() for m, site in zip(nodes, sites, strict=True)}
         relay = relays(providers, pulling, site_of).get(self.cfg.node_id)
-        mine = site_of[self.cfg.node_id]
-        return relay, [m for m in [*providers, *([relay] if relay else [])] if site_of[m] == mine]
+        sources = providers if relay is None else [relay, *providers]
+        return relay, sources, [m for m in sources if site_of[m] == site_of[self.cfg.node_id]]
 
     def _pull_state(self, name: str, providers: list[str], relay: str | None = None,
-                    nearby: list[str] | None = None) -> None:  # fmt: skip
+                    nearby: list[str] | None = None, lineage: int = FOLLOWS) -> None:  # fmt: skip
+        """Pull snapshot ``name`` from ``providers`` and load it; ``lineage``: the providers'
+        (chaos_train.lineage; FOLLOWS for the members' own snapshot of an overlap join)."""
         # until "pulled" (or "reconcile_failed") this node's state transfer is in progress
         self.log("pull_started", name=name, sources=providers, **({"relay": relay} if relay else {}))
         began = time.monotonic()
@@ -457,7 +461,7 @@ class Regrouping:
         pulled = time.monotonic()
         extra = snapshot_state.load(self.cfg.snapshot_dir, name, self.replica)
         self.step, sampler_epoch, cursor = extra[0], extra[1], extra[2]
-        self._lineage = FOLLOWS  # the providers' state (_reconcile names their lineage once pulled)
+        self._lineage = lineage
         self.sampler.load(sampler_epoch, cursor)
         sources = result.get("per_source", [])
         self.log(Kind.PULLED, name=name, seconds=result.get("seconds"), call_s=round(pulled - began, 4),

@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if not script.is_file():
         raise InputError("SCRIPT", f"{script} does not exist or is not a file")
     command = [sys.executable, str(script), *args.script_args]
+    trainer_env.site_name(args.site, "--site")
     if os.environ.get(trainer_env.SIDECAR_URL):
         env = dict(os.environ)
         if args.steps:
@@ -143,7 +144,6 @@ def run(args: argparse.Namespace) -> int:
     node = args.node_id or socket.gethostname()
     check_tls_files(args.tls_cert, args.tls_key, args.tls_ca)  # a bad file fails here, not in the sidecar
     read_party_files(args.party_key, args.admission_policy, node)
-    trainer_env.site_name(args.site, "--site")
     with tempfile.TemporaryDirectory(prefix="chaos-run-") as scratch:
         return _run_with_sidecar(args, command, Path(scratch))
 
