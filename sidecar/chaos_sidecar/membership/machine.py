@@ -627,7 +627,11 @@ def _forward(s: NodeState, body: Body, out: list[Action]) -> None:
     """Send to the coordinator, or to the slow-path candidate when the coordinator is unreachable."""
     assert s.view is not None
     target = s.view.coordinator
-    if _reborn(s, target, s.now) or _support(s, target, s.view, s.now) < s.view.majority:
+    if target == s.node_id:  # its tick counts every member's support anyway: one count a step
+        support = _support_counts(s, s.view.members, s.now)[target]
+    else:
+        support = _support(s, target, s.view, s.now)
+    if _reborn(s, target, s.now) or support < s.view.majority:
         target = _candidate(s) or target
     _send(s, target, body, out)
 
@@ -783,10 +787,10 @@ def _on_tick(s: NodeState, now: float, out: list[Action]) -> None:
     assert s.view is not None
     view = s.view
     _refresh_hears(s, now, out)
+    if s.node_id == view.coordinator:  # before the heartbeat, which then carries a new table
+        _update_topology(s, now, out, push=False)
     if now >= s.next_heartbeat:
         _heartbeat_now(s, now, out)
-    if s.node_id == view.coordinator:
-        _update_topology(s, now, out)
     if now >= s.next_retry:
         s.next_retry = now + s.settings.retry_interval
         _retry(s, now, out)
@@ -1410,8 +1414,10 @@ def _install(s: NodeState, view: View, now: float, out: list[Action]) -> None:
     _check_majority(s, out)
 
 
-def _update_topology(s: NodeState, now: float, out: list[Action]) -> None:
-    """Coordinator only: links between two kept members that do not hear each other."""
+def _update_topology(s: NodeState, now: float, out: list[Action], *, push: bool = True) -> None:
+    """Coordinator only: links between two kept members that do not hear each other. A new
+    table goes out in a heartbeat at once (``push``), or, on a tick, in the heartbeat the tick
+    then sends: one broadcast instead of two (1,000 members: a millisecond)."""
     view = s.view
     assert view is not None
     support = _support_counts(s, view.members, now)
@@ -1441,5 +1447,7 @@ def _update_topology(s: NodeState, now: float, out: list[Action]) -> None:
         version = (view.epoch, s.topology[0][1] + 1 if s.topology[0][0] == view.epoch else 1)
         s.topology = (version, links)
         out.append(TopologyChanged(version, links))
-        # push it now rather than with the next heartbeat
-        _broadcast(s, view.members, _heartbeat(s), out)
+        if push:  # now rather than with the next heartbeat
+            _broadcast(s, view.members, _heartbeat(s), out)
+        else:
+            s.next_heartbeat = now
