@@ -65,6 +65,7 @@ def scalability(result: dict[str, Any], path: Path) -> None:
         "join_decision",
         "leave_decision",
         "failure_decision",
+        "failure_table_push",
         "plan_4096_shards",
     ):
         ax.plot(

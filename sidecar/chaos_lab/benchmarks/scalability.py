@@ -122,10 +122,18 @@ def measure_size(n: int, repeats: int) -> dict[str, Any]:
     fail = failure(base, members, members[n // 2])
     detect, detect_at = fail["detect"]
     before, suspect, decide_at = fail["decide"]
+    decided = sm.step(before, suspect, decide_at)
+    # the failure decision changes the link table too (the silent member is no longer kept):
+    # the heartbeat that tells everyone goes on the tick the decision brings forward
+    pushed, push_at = decided[0], sm.next_due(decided[0])
+    push = sm.step(pushed, sm.Tick(), push_at)[1]
     checks = {
         "join": decides(sm.step(base, join, now)),
         "leave": decides(sm.step(base, leave, now)),
-        "failure": decides(sm.step(before, suspect, decide_at)),
+        "failure": decides(decided),
+        "table_pushed": any(isinstance(a, sm.TopologyChanged) for a in decided[1])
+        and push_at <= decide_at + sm.MIN_TICK_GAP
+        and sum(isinstance(a, sm.Send) and isinstance(a.message.body, Heartbeat) for a in push) >= n - 1,
     }
     rows = {
         "heartbeat": timed(repeats, lambda: sm.step(base, heartbeat, now)),
@@ -134,6 +142,7 @@ def measure_size(n: int, repeats: int) -> dict[str, Any]:
         "join_decision": timed(repeats, lambda: sm.step(base, join, now)),
         "leave_decision": timed(repeats, lambda: sm.step(base, leave, now)),
         "failure_decision": timed(repeats, lambda: sm.step(before, suspect, decide_at)),
+        "failure_table_push": timed(repeats, lambda: sm.step(pushed, sm.Tick(), push_at)),
     }
     instance = Instance(
         state_bytes=4096 * 1024 * 1024,
