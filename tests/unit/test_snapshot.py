@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.transfer.ratelimit import TokenBucket
 from chaos_sidecar.transfer.snapshot import (
     ShardFile,
+    ShardHasher,
     check_name,
     data_path,
     file_digest,
@@ -42,6 +46,19 @@ def test_round_trip(tmp_path: Path) -> None:
         offset, length = manifest.shard_range(i)
         assert verify_shard(manifest, i, data[offset : offset + length])
     assert not verify_shard(manifest, 0, b"\0" * 16)
+
+
+@given(
+    chunks=st.lists(st.binary(max_size=70), max_size=12),
+    shard_bytes=st.integers(min_value=1, max_value=40),
+)
+def test_shards_hashed_while_written_are_the_shards_of_the_whole(chunks: list[bytes], shard_bytes: int):
+    hasher = ShardHasher(shard_bytes)
+    for chunk in chunks:
+        hasher.update(memoryview(chunk))
+    whole = b"".join(chunks)
+    pieces = [whole[i : i + shard_bytes] for i in range(0, len(whole), shard_bytes)]
+    assert hasher.finish() == tuple(hashlib.sha256(p).hexdigest() for p in pieces)
 
 
 def test_shard_file_assembles_the_same_bytes(tmp_path: Path) -> None:

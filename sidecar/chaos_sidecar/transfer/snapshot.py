@@ -177,12 +177,31 @@ def parse_manifest(raw: bytes) -> Manifest:
 # --- writing and reading ----------------------------------------------------------------------
 
 
-def shard_digests(path: Path, total: int, shard_bytes: int) -> tuple[str, ...]:
-    digests = []
-    with path.open("rb") as f:
-        for start in range(0, total, shard_bytes):
-            digests.append(hashlib.sha256(f.read(min(shard_bytes, total - start))).hexdigest())
-    return tuple(digests)
+class ShardHasher:
+    """SHA-256 of each ``shard_bytes`` piece of a byte stream fed in arbitrary chunks: the
+    writer hashes the tensors as it writes them, instead of reading the file back."""
+
+    def __init__(self, shard_bytes: int) -> None:
+        self.shard_bytes = shard_bytes
+        self.digests: list[str] = []
+        self._current = hashlib.sha256()
+        self._filled = 0
+
+    def update(self, chunk: memoryview) -> None:
+        while chunk.nbytes:
+            take = min(chunk.nbytes, self.shard_bytes - self._filled)
+            self._current.update(chunk[:take])  # releases the GIL on large pieces
+            self._filled += take
+            chunk = chunk[take:]
+            if self._filled == self.shard_bytes:
+                self.digests.append(self._current.hexdigest())
+                self._current, self._filled = hashlib.sha256(), 0
+
+    def finish(self) -> tuple[str, ...]:
+        if self._filled:
+            self.digests.append(self._current.hexdigest())
+            self._current, self._filled = hashlib.sha256(), 0
+        return tuple(self.digests)
 
 
 MIN_SHARD_BYTES = 4096
@@ -212,18 +231,18 @@ def write_snapshot(
     tmp = data.with_suffix(".data.tmp")
     entries = []
     offset = 0
+    hasher = ShardHasher(shard_bytes)
     with tmp.open("wb") as f:
         for tname, dtype, shape, raw in tensors:
             view = memoryview(raw).cast("B")
             f.write(view)
+            hasher.update(view)
             entries.append(TensorEntry(tname, dtype, tuple(shape), offset, view.nbytes))
             offset += view.nbytes
     if offset == 0:
         tmp.unlink()
         raise InputError("tensors", "a snapshot needs at least one byte")
-    manifest = Manifest(
-        epoch, step, offset, shard_bytes, tuple(entries), shard_digests(tmp, offset, shard_bytes)
-    )
+    manifest = Manifest(epoch, step, offset, shard_bytes, tuple(entries), hasher.finish())
     parse_manifest(manifest.encode())  # the writer obeys the same rules as readers
     tmp.replace(data)
     publish_manifest(directory, name, manifest)
