@@ -100,8 +100,21 @@ def event_latency(records: list[Record], inj: Injection) -> dict[str, float] | N
         if not members:
             views = [r for r in records if r.kind is Kind.INSTALLED and r.t <= decided.t]
             members = set(views[-1]["members"]) if views else set()
-        installs = [r for r in records if r.kind is Kind.TOPOLOGY and r["version"] == decided["version"]]
-        installs = [r for r in installs if r.node in members]
+        # a member holds the change once it holds this table or a later one with the link the
+        # same way: tables that change within one step of the coordinator go out as one
+        version, link, want_down = decided["version"], sorted(inj.subject), inj.kind == "link_down"
+        firsts: dict[str, Record] = {}
+        for r in records:
+            if (
+                r.kind is Kind.TOPOLOGY
+                and r.node in members
+                and r.node not in firsts
+                and decided.t <= r.t <= hi
+                and r["version"] >= version
+                and (link in r["down"]) == want_down
+            ):
+                firsts[r.node] = r
+        installs = list(firsts.values())
         done = {r.node for r in installs} | {decided.node}
     if not members <= done:
         return None

@@ -449,17 +449,16 @@ def next_due(s: NodeState) -> float:
     if s.status in (JOINING, REMOVED):
         return s.next_retry
     if not is_quiet(s):  # a heartbeat brought forward (a new topology table) goes at once
-        due = min(s.next_heartbeat, s.last_tick + s.settings.retry_interval / 2)
-        return max(due, s.last_tick + MIN_TICK_GAP)
+        return min(s.next_heartbeat, s.last_tick + s.settings.retry_interval / 2)
     assert s.view is not None
     timeout = s.settings.suspect_timeout
-    due = s.next_heartbeat
+    expiry = math.inf
     for m in s.view.members:
         if m != s.node_id:  # direct hearing counts for half the timeout (relays may go on)
             heard = s.last_direct.get(m, s.last_heard[m])
-            due = min(due, heard + timeout / 2, s.last_heard[m] + timeout, s.reports[m][0] + timeout)
+            expiry = min(expiry, heard + timeout / 2, s.last_heard[m] + timeout, s.reports[m][0] + timeout)
     # an expiry is strict (silent for *more* than the timeout): tick just after it, not at it
-    return max(due, s.last_tick + MIN_TICK_GAP)
+    return min(s.next_heartbeat, max(expiry, s.last_tick + MIN_TICK_GAP))
 
 
 def is_quiet(s: NodeState) -> bool:
