@@ -317,7 +317,7 @@ def test_quiet_member_is_due_at_its_heartbeat_or_first_expiry() -> None:
     # the first expiry: c no longer heard directly (half the timeout; relays take over then)
     direct_until = 0.05 + SETTINGS.suspect_timeout / 2
     assert sm.next_due(state) == pytest.approx(
-        min(state.next_heartbeat, max(direct_until, state.last_tick + sm.MIN_TICK_GAP))
+        max(min(state.next_heartbeat, direct_until), state.last_tick + sm.MIN_TICK_GAP)
     )
     state, actions = sm.step(state, sm.Tick(), direct_until + 0.001)
     assert not sm.is_quiet(state)  # retry pace while c is heard through relays only, or not at all
@@ -329,8 +329,8 @@ def test_quiet_member_is_due_at_its_heartbeat_or_first_expiry() -> None:
 
 def test_a_new_link_table_goes_out_on_the_tick_it_makes_due_at_once() -> None:
     """The coordinator learns of a cut link from a report: the step that changes its table
-    sends no heartbeat of its own, the node is due at once, and that tick's heartbeat carries
-    the new table to every member."""
+    sends no heartbeat of its own, the node is due at once, and that tick tells every member
+    the new table without moving the heartbeats' own pace."""
     from chaos_sidecar.protocol import Heartbeat
 
     state = sm.initial_member("a", VIEW, SETTINGS, 0.0)
@@ -344,12 +344,14 @@ def test_a_new_link_table_goes_out_on_the_tick_it_makes_due_at_once() -> None:
     assert changed and changed[0].down_links == (("b", "c"),)
     assert not [a for a in actions if isinstance(a, sm.Send) and isinstance(a.message.body, Heartbeat)]
     assert sm.next_due(state) == pytest.approx(0.02)
+    pace = state.next_heartbeat
     state, actions = sm.step(state, sm.Tick(), 0.02)
     sent = [a for a in actions if isinstance(a, sm.Send)]
     told = {a.to: a.message.body for a in sent if isinstance(a.message.body, Heartbeat)}
     assert set(told) == {"b", "c"}
     assert all(h.topology_version == changed[0].version for h in told.values())
     assert all(h.down_links == (("b", "c"),) for h in told.values())
+    assert state.next_heartbeat == pace
     assert sm.next_due(state) > 0.02
 
 

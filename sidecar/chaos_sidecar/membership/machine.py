@@ -280,6 +280,7 @@ class NodeState:
     my_direct: frozenset[str] = frozenset()  # of my_hears, the members heard directly
     majority_lost: bool = False  # a member that reaches no majority of its view (my_hears)
     topology: tuple[tuple[int, int], tuple[tuple[str, str], ...]] = ((0, 0), ())
+    table_unsent: bool = False  # coordinator: a new link table no heartbeat has carried yet
     next_heartbeat: float = 0.0
     next_retry: float = 0.0
     next_attempt: float = 0.0
@@ -448,17 +449,19 @@ def next_due(s: NodeState) -> float:
         return math.inf
     if s.status in (JOINING, REMOVED):
         return s.next_retry
-    if not is_quiet(s):  # a heartbeat brought forward (a new topology table) goes at once
-        return min(s.next_heartbeat, s.last_tick + s.settings.retry_interval / 2)
+    if s.table_unsent:  # a new link table goes out on the tick right after the step that made it
+        return s.now
+    if not is_quiet(s):
+        return s.last_tick + s.settings.retry_interval / 2
     assert s.view is not None
     timeout = s.settings.suspect_timeout
-    expiry = math.inf
+    due = s.next_heartbeat
     for m in s.view.members:
         if m != s.node_id:  # direct hearing counts for half the timeout (relays may go on)
             heard = s.last_direct.get(m, s.last_heard[m])
-            expiry = min(expiry, heard + timeout / 2, s.last_heard[m] + timeout, s.reports[m][0] + timeout)
+            due = min(due, heard + timeout / 2, s.last_heard[m] + timeout, s.reports[m][0] + timeout)
     # an expiry is strict (silent for *more* than the timeout): tick just after it, not at it
-    return min(s.next_heartbeat, max(expiry, s.last_tick + MIN_TICK_GAP))
+    return max(due, s.last_tick + MIN_TICK_GAP)
 
 
 def is_quiet(s: NodeState) -> bool:
@@ -791,6 +794,9 @@ def _on_tick(s: NodeState, now: float, out: list[Action]) -> None:
         _update_topology(s, now, out)
     if now >= s.next_heartbeat:
         _heartbeat_now(s, now, out)
+    if s.table_unsent:  # a table no heartbeat carried: pushed now, the heartbeats keep their pace
+        s.table_unsent = False
+        _broadcast(s, view.members, _heartbeat(s), out)
     if now >= s.next_retry:
         s.next_retry = now + s.settings.retry_interval
         _retry(s, now, out)
@@ -837,6 +843,7 @@ def _heartbeat_now(s: NodeState, now: float, out: list[Action]) -> None:
     """Tell every member whom this node hears; the next heartbeat is due an interval later."""
     assert s.view is not None
     s.next_heartbeat = now + s.settings.heartbeat_interval
+    s.table_unsent = False
     _broadcast(s, s.view.members, _heartbeat(s), out)
 
 
@@ -1416,9 +1423,10 @@ def _install(s: NodeState, view: View, now: float, out: list[Action]) -> None:
 
 def _update_topology(s: NodeState, now: float, out: list[Action]) -> None:
     """Coordinator only: links between two kept members that do not hear each other. A new
-    table brings the next heartbeat forward to now: the tick that is then due sends it, after
-    whatever this step sends (a decision's Accepts do not wait behind a 1,000-member
-    broadcast), and a tick that finds it sends one heartbeat, not two."""
+    table goes to every member on the tick right after this step (``next_due`` asks for it at
+    once), or in the heartbeat of a tick that finds it: a step sends at most one 1,000-member
+    broadcast of its own (a decision's proposal does not wait behind the table), and a tick
+    that changes the table sends one heartbeat, not two."""
     view = s.view
     assert view is not None
     support = _support_counts(s, view.members, now)
@@ -1448,4 +1456,4 @@ def _update_topology(s: NodeState, now: float, out: list[Action]) -> None:
         version = (view.epoch, s.topology[0][1] + 1 if s.topology[0][0] == view.epoch else 1)
         s.topology = (version, links)
         out.append(TopologyChanged(version, links))
-        s.next_heartbeat = now
+        s.table_unsent = True
