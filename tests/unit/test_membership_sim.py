@@ -355,6 +355,34 @@ def test_a_new_link_table_goes_out_on_the_tick_it_makes_due_at_once() -> None:
     assert sm.next_due(state) > 0.02
 
 
+def test_a_relayed_report_older_than_a_direct_one_does_not_replace_it() -> None:
+    """b's link to c comes back: b's direct report (it hears c again) reaches the coordinator
+    first, then a copy of an earlier report (sent while the link was down) arrives through a
+    relay. The table must keep the link up; a relayed report is taken again once b has not been
+    heard directly for a retry interval."""
+    from chaos_sidecar.protocol import Heartbeat, Relay
+
+    state = sm.initial_member("a", VIEW, SETTINGS, 0.0)
+    state, _ = sm.step(state, sm.Tick(), 0.0)
+    everyone = ("a", "b", "c")
+    cut = Heartbeat(everyone, (0, 0), (), ("a", "b"))  # b hears c only through a relay
+    for sender, body in (("c", Heartbeat(everyone)), ("b", cut)):
+        state, _ = sm.step(state, sm.Receive(Message(sender, 1, body)), 0.01)
+    state, _ = sm.step(state, sm.Tick(), 0.01)
+    assert state.topology[1] == (("b", "c"),)
+    state, _ = sm.step(
+        state, sm.Receive(Message("b", 1, Heartbeat(everyone, state.topology[0], (), everyone))), 0.02
+    )
+    state, _ = sm.step(state, sm.Tick(), 0.02)
+    assert state.topology[1] == ()
+    old = sm.Receive(Message("c", 1, Relay("a", Message("b", 1, cut))))
+    after, _ = sm.step(state, old, 0.025)
+    after, _ = sm.step(after, sm.Tick(), 0.025)
+    assert after.topology[1] == ()
+    later, _ = sm.step(state, old, 0.02 + SETTINGS.retry_interval)
+    assert later.direct_reports["b"] == frozenset(("a", "b"))
+
+
 def test_due_ticks_converge_like_fixed_ticks() -> None:
     due = _run(range(100), nodes=5, due_ticks=True)
     assert not [r.violations for r in due if r.violations]

@@ -944,7 +944,10 @@ def _on_receive(s: NodeState, msg: Message, now: float, out: list[Action], *, re
             if s.view is not None:
                 _send(s, sender, Commit(s.view), out)
         case Heartbeat():
-            _on_heartbeat(s, msg, body, now, out)
+            # heard directly just now: a relayed copy left earlier, by the longer way, and one
+            # sent while the link was down would put back a report its sender has replaced
+            if not relayed or now - s.last_direct.get(sender, -1e18) >= s.settings.retry_interval:
+                _on_heartbeat(s, msg, body, now, out)
         case Join(node, address, incarnation):
             _on_join(s, node, address, incarnation, now, direct=(sender == node), out=out)
         case Leave(node):
