@@ -139,7 +139,7 @@ def load(directory: Path, name: str, replica: Replica) -> list[int]:
         raise InputError(missing[0], f"snapshot {name} has no {missing[0]}: it is from another model")
     for entry in manifest.tensors:
         dtype = _TORCH[entry.dtype]
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         if not entry.nbytes:
             value = torch.empty(entry.shape, dtype=dtype)
         elif entry.offset % itemsize == 0:  # a view of the file's bytes: no copy
