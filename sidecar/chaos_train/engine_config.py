@@ -27,6 +27,11 @@ RETRY_PATIENCE_S = 5.0  # after a failed collective: wait this long for a view c
 DECLINED = "declined"  # an overlap joiner's catch-up progress when it will join blocking instead
 # keys in a view's store (see chaos_train.rendezvous): the note that tells the joiners where
 # snapshot S is (or that the members regroup blocking), and each joiner's progress
+# snapshot names: a prefix and a number. A blocking join's snapshot (per epoch) is obsolete once
+# the next one is written: whoever pulled it did so in a regroup that is over. An overlap join's
+# (per step) is kept one join longer: its joiner may still be pulling it when the next starts.
+JOIN_SNAPSHOT = ("state-e", 0)  # (prefix, older ones kept)
+OVERLAP_SNAPSHOT = ("state-s", 1)
 NOTE_KEY = "overlap-note"
 BLOCKING_NOTE = {"blocking": True}
 NOTE_WAIT_S = 60.0  # a joiner waits this long for the members' note, then joins blocking

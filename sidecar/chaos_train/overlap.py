@@ -16,6 +16,7 @@ from chaos_train.engine_config import (
     DECLINED,
     NOTE_KEY,
     NOTE_WAIT_S,
+    OVERLAP_SNAPSHOT,
     REPLAY_SHARE_OF_STEP,
     log_keeper,
     progress_key,
@@ -59,7 +60,9 @@ class OverlapJoin:
         """Write snapshot S; then (rank 0) leave the note that tells the joiners where it is in
         the joined view's store, once its members met there."""
         state = captured.result()
-        snapshot_state.write(self.cfg.snapshot_dir, f"state-s{step}", state, step=step, epoch=epoch)
+        name = f"{OVERLAP_SNAPSHOT[0]}{step}"
+        directory = self.cfg.snapshot_dir
+        snapshot_state.write(directory, name, state, step=step, epoch=epoch, replaces=OVERLAP_SNAPSHOT)
         if note is not None:
             store = build.store(wait_s=NOTE_WAIT_S)
             if store is None:
@@ -222,7 +225,7 @@ class OverlapJoin:
                      bandwidth_Bps=round(bandwidth))  # fmt: skip
             return
         started = time.monotonic()
-        self._pull_state(f"state-s{info['snapshot_step']}", info["sources"])
+        self._pull_state(f"{OVERLAP_SNAPSHOT[0]}{info['snapshot_step']}", info["sources"])
         self._can_replay = True
         pulled = time.monotonic()
         # replay what the members log; once level with it (and the joined group is built) post

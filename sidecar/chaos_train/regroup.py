@@ -21,6 +21,7 @@ from chaos_train import state as snapshot_state
 from chaos_train.crossparty import CrossPartyGroup, open_cross_party
 from chaos_train.engine_config import (
     BLOCKING_NOTE,
+    JOIN_SNAPSHOT,
     NOTE_KEY,
     RETRY_PATIENCE_S,
     TRANSFER_DEADLINE_S,
@@ -337,13 +338,13 @@ class Regrouping:
         if not pulling:
             return {"transfer_ms": 0.0, "sources": providers if needers else [], "needers": needers,
                     "entering": entering}  # fmt: skip
-        name = f"state-e{epoch}"
+        name = f"{JOIN_SNAPSHOT[0]}{epoch}"
         began = time.monotonic()
         if self.cfg.node_id in providers:
             epoch_, cursor = self.sampler.state()
             with self._telling_failure():
                 snapshot_state.save(self.cfg.snapshot_dir, name, self.replica, step=self.step,
-                                    extra=[epoch_, cursor], epoch=epoch)  # fmt: skip
+                                    extra=[epoch_, cursor], epoch=epoch, replaces=JOIN_SNAPSHOT)  # fmt: skip
             self._store.set(f"saved-{self.cfg.node_id}", "1")
         saved = time.monotonic()
         relay, sources, nearby = (

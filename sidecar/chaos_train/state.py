@@ -23,6 +23,7 @@ from chaos_sidecar.transfer.snapshot import (
     data_path,
     manifest_path,
     read_manifest,
+    retire_snapshots,
     shard_bytes_for,
     write_snapshot,
 )
@@ -94,6 +95,7 @@ def digest(replica: Replica) -> str:
 
 
 Captured = list[tuple[str, str, tuple[int, ...], memoryview]]
+Replaces = tuple[str, int]  # a snapshot name prefix, and how many older ones to keep
 
 
 def capture(replica: Replica, *, step: int, extra: list[int], copy: bool = True) -> Captured:
@@ -111,15 +113,25 @@ def capture(replica: Replica, *, step: int, extra: list[int], copy: bool = True)
     return tensors
 
 
-def write(directory: Path, name: str, captured: Captured, *, step: int, epoch: int) -> None:
+def write(
+    directory: Path, name: str, captured: Captured, *, step: int, epoch: int, replaces: Replaces | None = None
+) -> None:
+    """Write ``captured`` as snapshot ``name``. ``replaces``: the (prefix, how many to keep) of
+    the older snapshots this one makes obsolete (see retire_snapshots)."""
     total = sum(raw.nbytes for _, _, _, raw in captured)
-    write_snapshot(directory, name, captured, epoch=epoch, step=step, shard_bytes=shard_bytes_for(total))
+    reuse = retire_snapshots(directory, replaces[0], name, replaces[1]) if replaces else None
+    write_snapshot(directory, name, captured, epoch=epoch, step=step, shard_bytes=shard_bytes_for(total),
+                   reuse=reuse)  # fmt: skip
 
 
-def save(directory: Path, name: str, replica: Replica, *, step: int, extra: list[int], epoch: int) -> None:
+def save(
+    directory: Path, name: str, replica: Replica, *, step: int, extra: list[int], epoch: int,
+    replaces: Replaces | None = None,
+) -> None:  # fmt: skip
     """Write the replica as snapshot ``name`` from its own tensors, without copying them first
     (one pass less over the state): the replica must not change while this runs."""
-    write(directory, name, capture(replica, step=step, extra=extra, copy=False), step=step, epoch=epoch)
+    captured = capture(replica, step=step, extra=extra, copy=False)
+    write(directory, name, captured, step=step, epoch=epoch, replaces=replaces)
 
 
 def load(directory: Path, name: str, replica: Replica) -> list[int]:

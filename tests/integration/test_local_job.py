@@ -24,9 +24,11 @@ def test_local_job_with_join_crash_and_link_events(tmp_path) -> None:
         json.dumps(
             [
                 {"at_step": 30, "event": "join", "node": "n3"},
-                {"at_step": 150, "event": "crash", "node": "n1"},
-                {"at_step": 170, "event": "link_down", "node": "n0", "peer": "n2"},
-                {"at_step": 220, "event": "link_up", "node": "n0", "peer": "n2"},
+                # a joiner's trainer takes seconds to start: its join is decided ~50 steps on
+                {"at_step": 120, "event": "join", "node": "n4"},
+                {"at_step": 210, "event": "crash", "node": "n1"},
+                {"at_step": 230, "event": "link_down", "node": "n0", "peer": "n2"},
+                {"at_step": 270, "event": "link_up", "node": "n0", "peer": "n2"},
             ]
         )
     )
@@ -44,7 +46,7 @@ def test_local_job_with_join_crash_and_link_events(tmp_path) -> None:
     assert summary["samples_seen"] == summary["samples_expected"] == 300 * 256
     assert summary["final_loss"] < summary["initial_loss"] / 2
     kinds = [e["kind"] for e in summary["events"]]
-    assert kinds == ["join", "crash", "link_down", "link_up"]
+    assert kinds == ["join", "join", "crash", "link_down", "link_up"]
     join = summary["events"][0]
     sent = join["bytes_per_source"]
     # the planner splits the state over the members its estimates favour: at least two of three
@@ -52,7 +54,13 @@ def test_local_job_with_join_crash_and_link_events(tmp_path) -> None:
     assert join["sources"] == sorted(n for n, b in sent.items() if b > 0) and len(join["sources"]) >= 2
     assert all(e["agreement_ms"] is not None for e in summary["events"])
     assert (out / "timeline.png").stat().st_size > 10_000
-    assert len((out / "events.jsonl").read_text().splitlines()) == 4
+    assert len((out / "events.jsonl").read_text().splitlines()) == 5
+    # a join's snapshot retires the one before: a member keeps only the newest, n3 the copy
+    # it pulled until its own snapshot for n4 replaced it
+    assert summary["events"][1]["transfer_ms"] > 0 and "n3" in summary["events"][1]["sources"]
+    kept = {d.name: sorted(p.name for p in d.iterdir()) for d in (out / "snapshots").iterdir()}
+    (newest,) = [n.removesuffix(".manifest.json") for n in kept["n0"] if n.endswith(".manifest.json")]
+    assert kept["n0"] == kept["n3"] == [f"{newest}.data", f"{newest}.manifest.json"], kept
     logs = "".join(p.read_text() for p in (out / "logs").glob("*.trainer.jsonl"))
     # a survivor away from n1 in the ring gives its collective up on the view's word, not at
     # gloo's timeout (see groups.wait_for)

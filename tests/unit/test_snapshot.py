@@ -20,6 +20,7 @@ from chaos_sidecar.transfer.snapshot import (
     file_digest,
     parse_manifest,
     read_manifest,
+    retire_snapshots,
     verify_shard,
     write_snapshot,
 )
@@ -71,6 +72,46 @@ def test_shard_file_assembles_the_same_bytes(tmp_path: Path) -> None:
     path = target.commit()
     assert file_digest(path) == file_digest(data_path(tmp_path / "src", "snap"))
     assert read_manifest(tmp_path / "dst", "snap") == manifest
+
+
+def _published(directory: Path) -> set[str]:
+    return {p.name.removesuffix(".manifest.json") for p in directory.glob("*.manifest.json")}
+
+
+def test_a_new_snapshot_retires_the_older_ones_and_rewrites_the_newest_file_in_place(tmp_path: Path) -> None:
+    big = [("w", "uint8", (500,), bytes(500))]
+    for name in ("state-e3", "state-e12", "state-e7", "state-s5"):  # e12 is newer than e7
+        write_snapshot(tmp_path, name, big, epoch=1, step=1, shard_bytes=64)
+    partial = tmp_path / "state-e20.data.partial"  # a pull in progress: not published yet
+    partial.write_bytes(b"x")
+    newest_inode = data_path(tmp_path, "state-e12").stat().st_ino
+    reuse = retire_snapshots(tmp_path, "state-e", keeping="state-e15")
+    # nobody is served a retired snapshot, even before the new one is written
+    assert _published(tmp_path) == {"state-s5"}
+    with pytest.raises(InputError, match="no snapshot 'state-e7'"):
+        read_manifest(tmp_path, "state-e7")
+    manifest = write_snapshot(tmp_path, "state-e15", TENSORS, epoch=3, step=42, shard_bytes=16, reuse=reuse)
+    assert _published(tmp_path) == {"state-s5", "state-e15"}
+    assert sorted(p.name for p in tmp_path.glob("*.data*")) == [
+        "state-e15.data", "state-e20.data.partial", "state-s5.data",
+    ]  # fmt: skip
+    data = data_path(tmp_path, "state-e15")
+    assert data.stat().st_ino == newest_inode  # rewritten, not allocated again
+    raw = data.read_bytes()  # the longer old file was cut to the new snapshot's size
+    assert raw == b"".join(t[3] for t in TENSORS) and read_manifest(tmp_path, "state-e15") == manifest
+    for index in range(manifest.shard_count):
+        offset, length = manifest.shard_range(index)
+        assert verify_shard(manifest, index, raw[offset : offset + length])
+    assert partial.read_bytes() == b"x"
+
+
+def test_retiring_keeps_the_newest_older_ones_asked_for(tmp_path: Path) -> None:
+    for name in ("state-s3", "state-s5", "state-s9"):
+        write_snapshot(tmp_path, name, TENSORS, epoch=1, step=1, shard_bytes=16)
+    reuse = retire_snapshots(tmp_path, "state-s", keeping="state-s9", keep_older=1)
+    assert _published(tmp_path) == {"state-s5", "state-s9"}
+    assert reuse == data_path(tmp_path, "state-s3")
+    assert retire_snapshots(tmp_path / "none", "state-s", keeping="state-s1") is None  # nothing yet
 
 
 def _mutated(tmp_path: Path, mutate) -> bytes:

@@ -224,21 +224,30 @@ def write_snapshot(
     epoch: int,
     step: int,
     shard_bytes: int,
+    reuse: Path | None = None,
 ) -> Manifest:
-    """Write tensors (name, dtype, shape, raw bytes) as snapshot ``name``; returns its manifest."""
+    """Write tensors (name, dtype, shape, raw bytes) as snapshot ``name``; returns its manifest.
+    ``reuse``: a retired data file (see :func:`retire_snapshots`) to rewrite in place instead of
+    allocating a new one."""
     directory.mkdir(parents=True, exist_ok=True)
     data = data_path(directory, name)
     tmp = data.with_suffix(".data.tmp")
     entries = []
     offset = 0
     hasher = ShardHasher(shard_bytes)
-    with tmp.open("wb") as f:
+    if reuse is not None:
+        try:
+            os.replace(reuse, tmp)
+        except FileNotFoundError:
+            reuse = None
+    with tmp.open("r+b" if reuse is not None else "wb") as f:
         for tname, dtype, shape, raw in tensors:
             view = memoryview(raw).cast("B")
             f.write(view)
             hasher.update(view)
             entries.append(TensorEntry(tname, dtype, tuple(shape), offset, view.nbytes))
             offset += view.nbytes
+        f.truncate(offset)  # a reused file may have been longer
     if offset == 0:
         tmp.unlink()
         raise InputError("tensors", "a snapshot needs at least one byte")
@@ -247,6 +256,31 @@ def write_snapshot(
     tmp.replace(data)
     publish_manifest(directory, name, manifest)
     return manifest
+
+
+def retire_snapshots(directory: Path, prefix: str, keeping: str, keep_older: int = 0) -> Path | None:
+    """Stop serving the published snapshots named ``<prefix><number>``, other than ``keeping``
+    and the ``keep_older`` highest-numbered of the rest: each one's manifest goes first (a peer
+    asking for it is told there is no such snapshot instead of reading a file being rewritten),
+    then its data file. The highest-numbered retired data file is not deleted but returned, for
+    :func:`write_snapshot` to rewrite in place as ``keeping``: on a memory-backed volume,
+    allocating a new file the size of the state costs about as much as writing it. Without
+    this, every snapshot ever taken would stay on the volume. Unpublished files (a write or
+    a pull in progress) are left alone."""
+    pattern = re.compile(re.escape(prefix) + r"(\d{1,18})\.manifest\.json")
+    older = sorted(
+        (int(found[1]), found[0].removesuffix(".manifest.json"))
+        for path in directory.glob(f"{prefix}*.manifest.json")
+        if (found := pattern.fullmatch(path.name)) and found[0] != f"{keeping}.manifest.json"
+    )
+    retired = [name for _, name in older[: max(0, len(older) - keep_older)]]
+    for name in retired:
+        manifest_path(directory, name).unlink(missing_ok=True)
+    for name in retired[:-1]:
+        data_path(directory, name).unlink(missing_ok=True)
+    if not retired or not data_path(directory, retired[-1]).is_file():
+        return None
+    return data_path(directory, retired[-1])
 
 
 def publish_manifest(directory: Path, name: str, manifest: Manifest) -> None:
