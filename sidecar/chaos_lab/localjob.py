@@ -185,9 +185,13 @@ class LocalJob:
         index = self.cfg.node_names().index(node)
         return lambda cmd: self.star.wrap(index, cmd)
 
+    def snapshot_dir(self, node: str) -> Path:
+        private = self.node_dir(node)
+        return private / "snapshots" if private else self.cfg.out / "snapshots" / node
+
     async def start_node(self, node: str, *, seed: bool = False, founding: bool = False) -> None:
         private = self.node_dir(node)
-        snapshots = private / "snapshots" if private else self.cfg.out / "snapshots" / node
+        snapshots = self.snapshot_dir(node)
         snapshots.mkdir(parents=True, exist_ok=True)
         extra = ["--snapshot-dir", str(snapshots)] + ([] if founding else ["--defer-join"])
         if node in self.cfg.upload_limits_mbps:

@@ -33,3 +33,5 @@ def test_twenty_faults_leave_loss_samples_and_resources_as_without(tmp_path) -> 
     # have too few samples between the first and the last event of a run this short)
     assert "n0 sidecar" in result["resources"]
     assert result["slopes_judged"] is False
+    # every founding node's snapshot volume was watched (the bound itself is part of "ok")
+    assert {"n0", "n1", "n2", "n3"} <= set(result["snapshots_held_peak"])

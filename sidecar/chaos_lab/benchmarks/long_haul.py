@@ -16,6 +16,11 @@ and no faults runs first. Reported:
   events injected so far. A slope per event above the threshold fails the run: a resource that
   grows with the faults, not with time, leaks.
 
+Each node's snapshot volume (memory in a pod) is sampled too: the state snapshots it holds at
+once (files ``state-*``, published or being written) must never exceed
+SNAPSHOTS_HELD_LIMIT, one blocking join's, two overlap joins' and one being pulled; a node
+that kept every join's snapshot would exceed it after a few joins.
+
 Thresholds (per injected event, over the whole run, judged from 100 events on): RSS 0.5 MiB,
 0.05 file descriptors, 0.05 threads. Why: a fault costs a member a process group (gloo's
 connections and threads are freed when the group is), a store and a snapshot; one kept per
@@ -28,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import shutil
 import statistics
 import sys
@@ -47,6 +54,7 @@ from chaos_sidecar.eventlog import Kind
 HIDDEN = 256
 SAMPLE_S = 1.0
 SLOPE_LIMITS = {"rss_mib": 0.5, "fds": 0.05, "threads": 0.05}  # per injected event
+SNAPSHOTS_HELD_LIMIT = 4
 STALL_LIMIT_S = 120.0
 # below this many events a slope is the noise of connections opened and closed as the group's
 # size changes (a sidecar holds one per peer): the slopes are reported, not judged
@@ -60,6 +68,7 @@ class ResourceSampler(Sampler):
         super().__init__(SAMPLE_S, "resources")
         self.job = job
         self.series: dict[str, list[dict[str, float]]] = defaultdict(list)  # "n0 trainer" -> samples
+        self.snapshots_peak: dict[str, dict[str, float]] = {}  # node -> most snapshots held at once
         self._started = time.monotonic()
 
     def sample(self) -> bool:
@@ -76,7 +85,25 @@ class ResourceSampler(Sampler):
                 self.series[name].append(
                     {"t": round(time.monotonic() - self._started, 1), "events": events, **sample}
                 )
+        for node in list(self.job.trainers):
+            held = snapshots_held(self.job.snapshot_dir(node))
+            peak = self.snapshots_peak.setdefault(node, {"snapshots": 0, "mib": 0.0})
+            peak["snapshots"] = max(peak["snapshots"], held[0])
+            peak["mib"] = max(peak["mib"], round(held[1] / 2**20, 2))
         return True
+
+
+def snapshots_held(directory: Path) -> tuple[int, int]:
+    """How many state snapshots (published, being written or pulled) ``directory`` holds, and
+    their bytes."""
+    count = size = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            if entry.name.startswith("state-") and ".data" in entry.name:
+                with contextlib.suppress(FileNotFoundError):  # retired while we looked
+                    size += entry.stat().st_size
+                    count += 1
+    return count, size
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -154,6 +181,9 @@ def measure(args: argparse.Namespace, workdir: Path, say) -> dict[str, Any]:
     if not resources:
         failed.append("no process lived through the whole run: no resource curve")
     failed += leaks
+    failed += [f"{node} held {peak['snapshots']} snapshots at once (> {SNAPSHOTS_HELD_LIMIT})"
+               for node, peak in sorted(sampler.snapshots_peak.items())
+               if peak["snapshots"] > SNAPSHOTS_HELD_LIMIT]  # fmt: skip
     regroups = sum(1 for r in trainer if r.kind is Kind.REGROUP)
     result |= {
         "ok": not failed,
@@ -176,6 +206,8 @@ def measure(args: argparse.Namespace, workdir: Path, say) -> dict[str, Any]:
         "slope_limits_per_event": SLOPE_LIMITS,
         "slopes_judged": len(job.injected) >= LEAK_MIN_EVENTS,
         "resources": resources,
+        "snapshots_held_limit": SNAPSHOTS_HELD_LIMIT,
+        "snapshots_held_peak": dict(sorted(sampler.snapshots_peak.items())),
         "_series": dict(sampler.series),
         "_losses": {
             "failure_free": _losses(
