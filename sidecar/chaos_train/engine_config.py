@@ -27,11 +27,11 @@ RETRY_PATIENCE_S = 5.0  # after a failed collective: wait this long for a view c
 DECLINED = "declined"  # an overlap joiner's catch-up progress when it will join blocking instead
 # keys in a view's store (see chaos_train.rendezvous): the note that tells the joiners where
 # snapshot S is (or that the members regroup blocking), and each joiner's progress
-# snapshot names: a prefix and a number. A blocking join's snapshot (per epoch) is obsolete once
-# the next one is written: whoever pulled it did so in a regroup that is over. An overlap join's
-# (per step) is kept one join longer: its joiner may still be pulling it when the next starts.
-JOIN_SNAPSHOT = ("state-e", 0)  # (prefix, older ones kept)
-OVERLAP_SNAPSHOT = ("state-s", 1)
+# snapshot names: a kind (prefix) and a number. One of a kind written or pulled retires the
+# older ones of that kind on the node (see chaos_sidecar.transfer.snapshot.retire_snapshots):
+# whoever pulled those did so in a regroup or an overlap join that is over
+JOIN_SNAPSHOT = "state-e"  # a blocking join's, per epoch
+OVERLAP_SNAPSHOT = "state-s"  # an overlap join's, per step
 NOTE_KEY = "overlap-note"
 BLOCKING_NOTE = {"blocking": True}
 NOTE_WAIT_S = 60.0  # a joiner waits this long for the members' note, then joins blocking

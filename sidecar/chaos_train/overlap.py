@@ -60,7 +60,7 @@ class OverlapJoin:
         """Write snapshot S; then (rank 0) leave the note that tells the joiners where it is in
         the joined view's store, once its members met there."""
         state = captured.result()
-        name = f"{OVERLAP_SNAPSHOT[0]}{step}"
+        name = f"{OVERLAP_SNAPSHOT}{step}"
         directory = self.cfg.snapshot_dir
         snapshot_state.write(directory, name, state, step=step, epoch=epoch, replaces=OVERLAP_SNAPSHOT)
         if note is not None:
@@ -225,7 +225,9 @@ class OverlapJoin:
                      bandwidth_Bps=round(bandwidth))  # fmt: skip
             return
         started = time.monotonic()
-        self._pull_state(f"{OVERLAP_SNAPSHOT[0]}{info['snapshot_step']}", info["sources"])
+        self._pull_state(
+            f"{OVERLAP_SNAPSHOT}{info['snapshot_step']}", info["sources"], replaces=OVERLAP_SNAPSHOT
+        )
         self._can_replay = True
         pulled = time.monotonic()
         # replay what the members log; once level with it (and the joined group is built) post

@@ -338,7 +338,7 @@ class Regrouping:
         if not pulling:
             return {"transfer_ms": 0.0, "sources": providers if needers else [], "needers": needers,
                     "entering": entering}  # fmt: skip
-        name = f"{JOIN_SNAPSHOT[0]}{epoch}"
+        name = f"{JOIN_SNAPSHOT}{epoch}"
         began = time.monotonic()
         if self.cfg.node_id in providers:
             epoch_, cursor = self.sampler.state()
@@ -363,7 +363,7 @@ class Regrouping:
         if self.cfg.node_id in pulling:
             started = time.monotonic()
             with self._telling_failure():
-                self._pull_state(name, sources, relay, nearby, lineage)
+                self._pull_state(name, sources, relay, nearby, lineage, replaces=JOIN_SNAPSHOT)
             transfer_ms = (time.monotonic() - started) * 1000
             self._store.set(f"transferred-{self.cfg.node_id}", "1")
         self._resting = pulling  # in the first step only: see _compute_ahead
@@ -450,9 +450,11 @@ class Regrouping:
         return relay, sources, [m for m in sources if site_of[m] == site_of[self.cfg.node_id]]
 
     def _pull_state(self, name: str, providers: list[str], relay: str | None = None,
-                    nearby: list[str] | None = None, lineage: int = FOLLOWS) -> None:  # fmt: skip
+                    nearby: list[str] | None = None, lineage: int = FOLLOWS, *,
+                    replaces: str) -> None:  # fmt: skip
         """Pull snapshot ``name`` from ``providers`` and load it; ``lineage``: the providers'
-        (chaos_train.lineage; FOLLOWS for the members' own snapshot of an overlap join)."""
+        (chaos_train.lineage; FOLLOWS for the members' own snapshot of an overlap join).
+        ``replaces``: its kind, whose older snapshots on this node it retires."""
         # until "pulled" (or "reconcile_failed") this node's state transfer is in progress
         self.log("pull_started", name=name, sources=providers, **({"relay": relay} if relay else {}))
         began = time.monotonic()
@@ -464,6 +466,7 @@ class Regrouping:
         self.step, sampler_epoch, cursor = extra[0], extra[1], extra[2]
         self._lineage = lineage
         self.sampler.load(sampler_epoch, cursor)
+        snapshot_state.retire_older(self.cfg.snapshot_dir, name, replaces)
         sources = result.get("per_source", [])
         self.log(Kind.PULLED, name=name, seconds=result.get("seconds"), call_s=round(pulled - began, 4),
                  load_s=round(time.monotonic() - pulled, 4), bytes=sum(s["bytes"] for s in sources),

@@ -95,7 +95,6 @@ def digest(replica: Replica) -> str:
 
 
 Captured = list[tuple[str, str, tuple[int, ...], memoryview]]
-Replaces = tuple[str, int]  # a snapshot name prefix, and how many older ones to keep
 
 
 def capture(replica: Replica, *, step: int, extra: list[int], copy: bool = True) -> Captured:
@@ -114,24 +113,31 @@ def capture(replica: Replica, *, step: int, extra: list[int], copy: bool = True)
 
 
 def write(
-    directory: Path, name: str, captured: Captured, *, step: int, epoch: int, replaces: Replaces | None = None
+    directory: Path, name: str, captured: Captured, *, step: int, epoch: int, replaces: str | None = None
 ) -> None:
-    """Write ``captured`` as snapshot ``name``. ``replaces``: the (prefix, how many to keep) of
-    the older snapshots this one makes obsolete (see retire_snapshots)."""
+    """Write ``captured`` as snapshot ``name``. ``replaces``: its kind (a name prefix), whose
+    older snapshots it retires, rewriting the newest one's file (see retire_snapshots)."""
     total = sum(raw.nbytes for _, _, _, raw in captured)
-    reuse = retire_snapshots(directory, replaces[0], name, replaces[1]) if replaces else None
+    reuse = retire_snapshots(directory, replaces, name) if replaces else None
     write_snapshot(directory, name, captured, epoch=epoch, step=step, shard_bytes=shard_bytes_for(total),
                    reuse=reuse)  # fmt: skip
 
 
 def save(
     directory: Path, name: str, replica: Replica, *, step: int, extra: list[int], epoch: int,
-    replaces: Replaces | None = None,
+    replaces: str | None = None,
 ) -> None:  # fmt: skip
     """Write the replica as snapshot ``name`` from its own tensors, without copying them first
     (one pass less over the state): the replica must not change while this runs."""
     captured = capture(replica, step=step, extra=extra, copy=False)
     write(directory, name, captured, step=step, epoch=epoch, replaces=replaces)
+
+
+def retire_older(directory: Path, name: str, kind: str) -> None:
+    """Snapshot ``name`` (pulled and loaded) retires the older ones of its ``kind`` here."""
+    stale = retire_snapshots(directory, kind, name)
+    if stale is not None:
+        stale.unlink(missing_ok=True)
 
 
 def load(directory: Path, name: str, replica: Replica) -> list[int]:
@@ -196,7 +202,8 @@ def load(directory: Path, name: str, replica: Replica) -> list[int]:
 
 def _read(path: Path, size: int) -> mmap.mmap:
     """The file's ``size`` bytes, mapped (private, never written): tensors view them and are
-    copied into the replica from there, without reading the file into a buffer first."""
+    copied into the replica from there, without reading the file into a buffer first. The
+    file must not be rewritten while mapped (retire_snapshots may reuse it after the load)."""
     with path.open("rb") as f:
         mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
     return mapped

@@ -105,13 +105,25 @@ def test_a_new_snapshot_retires_the_older_ones_and_rewrites_the_newest_file_in_p
     assert partial.read_bytes() == b"x"
 
 
-def test_retiring_keeps_the_newest_older_ones_asked_for(tmp_path: Path) -> None:
-    for name in ("state-s3", "state-s5", "state-s9"):
+def test_retiring_ignores_other_kinds_and_names_and_a_missing_directory(tmp_path: Path) -> None:
+    for name in ("state-s3", "state-s3x", "state-e3", "grads-s3"):
         write_snapshot(tmp_path, name, TENSORS, epoch=1, step=1, shard_bytes=16)
-    reuse = retire_snapshots(tmp_path, "state-s", keeping="state-s9", keep_older=1)
-    assert _published(tmp_path) == {"state-s5", "state-s9"}
-    assert reuse == data_path(tmp_path, "state-s3")
+    assert retire_snapshots(tmp_path, "state-s", keeping="state-s9") == data_path(tmp_path, "state-s3")
+    assert _published(tmp_path) == {"state-s3x", "state-e3", "grads-s3"}
     assert retire_snapshots(tmp_path / "none", "state-s", keeping="state-s1") is None  # nothing yet
+
+
+def test_a_failed_write_or_pull_leaves_no_file_behind(tmp_path: Path) -> None:
+    def failing():
+        yield TENSORS[0]
+        raise OSError("no space left on device")
+
+    with pytest.raises(OSError, match="no space"):
+        write_snapshot(tmp_path, "state-e2", failing(), epoch=1, step=1, shard_bytes=16)
+    pulled = ShardFile(tmp_path, "state-e3", _write(tmp_path / "src"))
+    pulled.write(0, bytes(16))
+    pulled.close()  # the pull failed before commit
+    assert list(tmp_path.iterdir()) == [tmp_path / "src"]
 
 
 def _mutated(tmp_path: Path, mutate) -> bytes:

@@ -240,14 +240,18 @@ def write_snapshot(
             os.replace(reuse, tmp)
         except FileNotFoundError:
             reuse = None
-    with tmp.open("r+b" if reuse is not None else "wb") as f:
-        for tname, dtype, shape, raw in tensors:
-            view = memoryview(raw).cast("B")
-            f.write(view)
-            hasher.update(view)
-            entries.append(TensorEntry(tname, dtype, tuple(shape), offset, view.nbytes))
-            offset += view.nbytes
-        f.truncate(offset)  # a reused file may have been longer
+    try:
+        with tmp.open("r+b" if reuse is not None else "wb") as f:
+            for tname, dtype, shape, raw in tensors:
+                view = memoryview(raw).cast("B")
+                f.write(view)
+                hasher.update(view)
+                entries.append(TensorEntry(tname, dtype, tuple(shape), offset, view.nbytes))
+                offset += view.nbytes
+            f.truncate(offset)  # a reused file may have been longer
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full volume must not keep half a state
+        raise
     if offset == 0:
         tmp.unlink()
         raise InputError("tensors", "a snapshot needs at least one byte")
@@ -258,22 +262,19 @@ def write_snapshot(
     return manifest
 
 
-def retire_snapshots(directory: Path, prefix: str, keeping: str, keep_older: int = 0) -> Path | None:
-    """Stop serving the published snapshots named ``<prefix><number>``, other than ``keeping``
-    and the ``keep_older`` highest-numbered of the rest: each one's manifest goes first (a peer
-    asking for it is told there is no such snapshot instead of reading a file being rewritten),
-    then its data file. The highest-numbered retired data file is not deleted but returned, for
-    :func:`write_snapshot` to rewrite in place as ``keeping``: on a memory-backed volume,
-    allocating a new file the size of the state costs about as much as writing it. Without
-    this, every snapshot ever taken would stay on the volume. Unpublished files (a write or
-    a pull in progress) are left alone."""
-    pattern = re.compile(re.escape(prefix) + r"(\d{1,18})\.manifest\.json")
-    older = sorted(
-        (int(found[1]), found[0].removesuffix(".manifest.json"))
-        for path in directory.glob(f"{prefix}*.manifest.json")
-        if (found := pattern.fullmatch(path.name)) and found[0] != f"{keeping}.manifest.json"
-    )
-    retired = [name for _, name in older[: max(0, len(older) - keep_older)]]
+def retire_snapshots(directory: Path, prefix: str, keeping: str) -> Path | None:
+    """Stop serving the published snapshots named ``<prefix><number>`` other than ``keeping``:
+    each one's manifest goes first (a peer asking for it from then on is told there is no such
+    snapshot instead of reading a file being rewritten), then its data file. The
+    highest-numbered one's data file is not deleted but returned, for :func:`write_snapshot` to
+    rewrite in place as ``keeping``: on a memory-backed volume, allocating a new file the size
+    of the state costs about as much as writing it. Without this, every snapshot ever taken
+    would stay on the volume. Unpublished files (a write or a pull in progress) are left
+    alone; their writers remove them if they fail."""
+    pattern = re.compile(re.escape(prefix) + r"([0-9]{1,18})\.manifest\.json")
+    found = [pattern.fullmatch(path.name) for path in directory.glob(f"{prefix}*.manifest.json")]
+    numbered = sorted((int(m[1]), m[0].removesuffix(".manifest.json")) for m in found if m is not None)
+    retired = [name for _, name in numbered if name != keeping]
     for name in retired:
         manifest_path(directory, name).unlink(missing_ok=True)
     for name in retired[:-1]:
@@ -348,6 +349,8 @@ class ShardFile:
         return self.final
 
     def close(self) -> None:
+        """Committed or not: a pull that failed removes its partial file (no pull resumes one)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            self.path.unlink(missing_ok=True)
