@@ -185,6 +185,8 @@ def measure(args: argparse.Namespace, workdir: Path, say) -> dict[str, Any]:
                for node, peak in sorted(sampler.snapshots_peak.items())
                if peak["snapshots"] > SNAPSHOTS_HELD_LIMIT]  # fmt: skip
     regroups = sum(1 for r in trainer if r.kind is Kind.REGROUP)
+    # a joiner's trainer takes seconds to start: a later event may remove it first
+    joiners_in = {r.node for r in trainer if r.kind is Kind.REGROUP} - set(initial)
     result |= {
         "ok": not failed,
         "failed": failed,
@@ -200,6 +202,8 @@ def measure(args: argparse.Namespace, workdir: Path, say) -> dict[str, Any]:
         "samples_redone": faulty.get("samples_redone", 0),
         "steps_redone": faulty.get("samples_redone", 0) // 256,
         "regroups": regroups,
+        "joiners_trained": len(joiners_in),
+        "state_pulls": sum(1 for r in trainer if r.kind is Kind.PULLED),
         "wall_s_failure_free": calm["wall_s"],
         "wall_s_with_failures": faulty["wall_s"],
         "time_lost_s": round(faulty["wall_s"] - calm["wall_s"], 1),
