@@ -233,10 +233,14 @@ class GroupModel:
         elif event.event == "link_up":
             self.down = [link for link in self.down if set(link) != {event.node, event.peer}]
 
+    def pending(self, step: int) -> list[str]:
+        """The joiners that may not be admitted yet at ``step``."""
+        settle = self.settle_steps
+        return [j for j in self.joiners if settle is None or step - self.joined_at.get(j, step) < settle]
+
     def possible_views(self, step: int) -> list[frozenset[str]]:
         """Every member set the group's view may have at ``step``."""
-        settle = self.settle_steps
-        pending = [j for j in self.joiners if settle is None or step - self.joined_at.get(j, step) < settle]
+        pending = self.pending(step)
         settled = frozenset(self.members) - frozenset(pending)
         lingering = [node for node, at in self.removed if step - at < LINGER_STEPS]
         maybe = [*pending, *lingering]
@@ -309,9 +313,12 @@ def random_churn(
             kind = rng.choice([k for k in choices if k in kinds])
             candidates: list[ChurnEvent] = []
             if kind in REMOVALS:
-                # keep the founder, and nodes at a cut link (its link_up must find both)
+                # keep the founder, and nodes at a cut link (its link_up must find both); with
+                # max_size, a joiner gets its settle time first (its trainer takes seconds to
+                # start): a long run's joins then bring state in rather than being cut short
+                spared = set(group.pending(at)) if max_size is not None else set()
                 candidates = [ChurnEvent(at, kind, m) for m in members[1:]
-                              if all(m not in link for link in group.down)]  # fmt: skip
+                              if all(m not in link for link in group.down) and m not in spared]  # fmt: skip
             elif kind == "link_down":
                 cut = {frozenset(link) for link in group.down}
                 candidates = [ChurnEvent(at, kind, a, b) for i, a in enumerate(members)

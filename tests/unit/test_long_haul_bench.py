@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chaos_lab.benchmarks.long_haul import snapshots_held
+from chaos_lab.benchmarks.long_haul import slope, snapshots_held
 
 
 def test_snapshots_held_counts_published_written_and_pulled_state_files_only(tmp_path: Path) -> None:
@@ -18,3 +18,14 @@ def test_snapshots_held_counts_published_written_and_pulled_state_files_only(tmp
         (tmp_path / name).write_bytes(bytes(size))
     assert snapshots_held(tmp_path) == (3, 180)
     assert snapshots_held(tmp_path / "gone") == (0, 0)  # a node not started yet
+
+
+def test_a_slope_per_event_leaves_out_what_follows_the_group_size() -> None:
+    events = [float(e) for e in range(40)]
+    sizes = [4.0 + (e // 5) % 3 for e in range(40)]  # the group grows and shrinks as faults come
+    follows_size = [10 + 5 * z for z in sizes]  # 5 connections per member, none leaked
+    assert abs(slope(events, follows_size, sizes)) < 1e-9
+    leaking = [y + 0.25 * e for y, e in zip(follows_size, events, strict=True)]
+    assert abs(slope(events, leaking, sizes) - 0.25) < 1e-9
+    assert slope(events, leaking) != slope(events, leaking, sizes)  # the plain fit mixes them
+    assert slope(events, leaking, [4.0] * 40) == slope(events, leaking)  # a steady group: the plain fit

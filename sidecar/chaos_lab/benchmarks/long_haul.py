@@ -13,8 +13,9 @@ and no faults runs first. Reported:
 - resource curves of every long-lived process (alive for the whole faulty run: the founding
   node's sidecar and trainer, and whoever else survived), sampled from /proc every second:
   resident memory, open file descriptors and threads, each fitted against the number of
-  events injected so far. A slope per event above the threshold fails the run: a resource that
-  grows with the faults, not with time, leaks.
+  events injected so far and the number of trainers running (connections and threads follow
+  the group's size, which the faults move up and down). A slope per event above the threshold
+  fails the run: a resource that grows with the faults, not with time or the group, leaks.
 
 Each node's snapshot volume (memory in a pod) is sampled too: the state snapshots it holds at
 once (files ``state-*``, published, being written or being pulled) must never exceed
@@ -74,6 +75,8 @@ class ResourceSampler(Sampler):
     def sample(self) -> bool:
         events = len(self.job.injected)
         processes = {f"{n} trainer": p for n, p in list(self.job.trainers.items())}
+        # the group's size, as near as the harness knows it: connections follow it
+        size = sum(1 for p in processes.values() if p.poll() is None)
         cluster = getattr(self.job, "cluster", None)
         if cluster is not None:
             processes |= {f"{n} sidecar": node.process for n, node in list(cluster.nodes.items())}
@@ -83,7 +86,12 @@ class ResourceSampler(Sampler):
             sample = resources(process.pid)
             if sample is not None:
                 self.series[name].append(
-                    {"t": round(time.monotonic() - self._started, 1), "events": events, **sample}
+                    {
+                        "t": round(time.monotonic() - self._started, 1),
+                        "events": events,
+                        "size": size,
+                        **sample,
+                    }
                 )
         for node in list(self.job.trainers):
             held = snapshots_held(self.job.snapshot_dir(node))
@@ -106,11 +114,26 @@ def snapshots_held(directory: Path) -> tuple[int, int]:
     return count, size
 
 
-def slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of ys over xs (0 when xs do not vary)."""
+def slope(xs: list[float], ys: list[float], sizes: list[float] | None = None) -> float:
+    """Least-squares slope of ys over xs (0 when xs do not vary). With ``sizes``, ys are fitted
+    against xs and sizes together and the slope over xs is returned: a process's connections
+    and threads follow the group's size, which the faults move up and down; that is not a leak."""
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    var = sum((x - mx) ** 2 for x in xs)
-    return 0.0 if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+    dx = [x - mx for x in xs]
+    dy = [y - my for y in ys]
+    sxx = sum(d * d for d in dx)
+    sxy = sum(a * b for a, b in zip(dx, dy, strict=True))
+    if sxx == 0:
+        return 0.0
+    if sizes is not None:
+        ms = statistics.fmean(sizes)
+        dz = [z - ms for z in sizes]
+        szz = sum(d * d for d in dz)
+        sxz = sum(a * b for a, b in zip(dx, dz, strict=True))
+        det = sxx * szz - sxz * sxz
+        if szz > 0 and det > 1e-9 * sxx * szz:  # sizes that vary, and not in step with xs
+            return (szz * sxy - sxz * sum(a * b for a, b in zip(dz, dy, strict=True))) / det
+    return sxy / sxx
 
 
 def curves(series: dict[str, list[dict[str, float]]], events: int) -> dict[str, Any]:
@@ -125,11 +148,12 @@ def curves(series: dict[str, list[dict[str, float]]], events: int) -> dict[str, 
         if len(samples) < 10:
             continue
         xs = [s["events"] for s in samples]
+        sizes = [s["size"] for s in samples]
         out[name] = {
             "samples": len(samples),
             **{f"{k}_first": round(samples[0][k], 2) for k in SLOPE_LIMITS},
             **{f"{k}_last": round(samples[-1][k], 2) for k in SLOPE_LIMITS},
-            **{f"{k}_per_event": round(slope(xs, [s[k] for s in samples]), 4) for k in SLOPE_LIMITS},
+            **{f"{k}_per_event": round(slope(xs, [s[k] for s in samples], sizes), 4) for k in SLOPE_LIMITS},
         }
     return out
 
