@@ -205,6 +205,12 @@ async def test_shard_server_requires_auth_and_plain_names(tmp_path: Path, origin
             headers = signed_headers(cluster.secret, "GET", path, b"", time.time_ns(), "joiner")
             async with session.get(url + path, headers=headers) as response:
                 assert response.status == 416
+            # a snapshot retired between its manifest and its data (see retire_snapshots)
+            data_path(tmp_path / "s0", NAME).unlink()
+            path = f"/v1/snapshots/{NAME}/shards?start=0&count=1"
+            headers = signed_headers(cluster.secret, "GET", path, b"", time.time_ns(), "joiner")
+            async with session.get(url + path, headers=headers) as response:
+                assert response.status == 404 and "no snapshot" in await response.text()
 
 
 async def test_a_baseline_split_replaces_the_planner_in_the_puller_and_in_a_sidecar(

@@ -122,11 +122,15 @@ class ShardServer:
             raise web.HTTPRequestRangeNotSatisfiable(text="skip past the end")
         async with self.slots:
             started = time.monotonic()
-            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-            response.content_length = length
-            await response.prepare(request)
-            bucket = self._bucket(peer)
-            with data_path(self.directory, name).open("rb") as f:
+            try:  # before the headers: a snapshot retired since its manifest was read is a 404
+                f = data_path(self.directory, name).open("rb")
+            except FileNotFoundError:
+                raise web.HTTPNotFound(text=f"no snapshot {name}") from None
+            with f:
+                response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+                response.content_length = length
+                await response.prepare(request)
+                bucket = self._bucket(peer)
                 if bucket is None and request.transport is not None:
                     await asyncio.get_running_loop().sendfile(request.transport, f, offset, length)
                 else:
