@@ -485,3 +485,5 @@ def test_a_party_whose_pods_are_all_gone_rejoins_the_other_parties_instead_of_fo
     # a pod of the job still alive: the new ones join it as always
     assert not plan_pods(job, [_pod(1)], view_reported=True, outside=outside).rejoin_through_peers
     assert outside_members(job, None) == [] and outside_members(job, {"members": ["mnist-minimal-12"]}) == []
+    lookalikes = ["mnist-minimal-", "mnist-minimal-1a", "mnist-minimal-x-1", "mnist-minimal-\u0663"]
+    assert outside_members(job, {"members": lookalikes}) == sorted(lookalikes)

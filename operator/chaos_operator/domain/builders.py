@@ -200,6 +200,13 @@ def pod_name(job: JobSpec, index: int) -> str:
     return f"{job.name}-{index}"
 
 
+def is_pod_name(job: JobSpec, name: str) -> bool:
+    """Whether ``name`` is one :func:`pod_name` gives this job (for some index)."""
+    prefix = f"{job.name}-"
+    index = name.removeprefix(prefix)
+    return name.startswith(prefix) and index.isascii() and index.isdigit()
+
+
 def trainer_environment(job: JobSpec, *, founding: bool) -> list[dict[str, Any]]:
     """The trainer's configuration (:mod:`chaos_sidecar.trainer_env`): its node id is the pod's
     name (downward API), its sidecar is on loopback, the snapshot volume is shared; with

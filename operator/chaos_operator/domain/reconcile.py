@@ -7,11 +7,10 @@ annotation. Failed pods are replaced.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from chaos_operator.domain.builders import INDEX_LABEL, JOB_LABEL, REPORT_ANNOTATION
+from chaos_operator.domain.builders import INDEX_LABEL, JOB_LABEL, REPORT_ANNOTATION, is_pod_name
 from chaos_operator.domain.spec import JobSpec
 from chaos_sidecar.errors import InputError
 from chaos_sidecar.pod_contract import parse_report
@@ -89,8 +88,7 @@ def outside_members(job: JobSpec, view: dict[str, Any] | None) -> list[str]:
     """The members of a reported view (``status.view``) that are not this job's pods: other
     parties' nodes of a multi-party job."""
     members = (view or {}).get("members") or []
-    own = re.compile(re.escape(job.name) + r"-[0-9]+")
-    return sorted(m for m in members if isinstance(m, str) and not own.fullmatch(m))
+    return sorted(m for m in members if isinstance(m, str) and not is_pod_name(job, m))
 
 
 def plan_pods(
