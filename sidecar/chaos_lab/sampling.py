@@ -13,10 +13,14 @@ STOP_S = 5.0  # a sample reads a few small files: a sampler thread ends within t
 
 class Sampler:
     """Calls :meth:`sample` every ``every_s`` on a thread of its own while its ``with`` block
-    runs; a sample that returns False ends the sampling."""
+    runs; a sample that returns False ends the sampling. A sample that raises ends it too, and
+    the ``with`` block then raises :class:`SamplingFailed`: a benchmark must not report curves
+    cut short as if they were whole."""
 
     def __init__(self, every_s: float, name: str) -> None:
         self.every_s = every_s
+        self.name = name
+        self.error: Exception | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -24,17 +28,27 @@ class Sampler:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self._stop.set()
         self._thread.join(STOP_S)
+        if self.error is not None and exc_type is None:
+            raise SamplingFailed(f"sampling {self.name} failed: {self.error!r}") from self.error
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
-            if self.sample() is False:
+            try:
+                if self.sample() is False:
+                    return
+            except Exception as exc:  # reported by __exit__ on the benchmark's thread
+                self.error = exc
                 return
 
     def sample(self) -> bool | None:
         raise NotImplementedError
+
+
+class SamplingFailed(RuntimeError):
+    pass
 
 
 def resources(pid: int) -> dict[str, float] | None:

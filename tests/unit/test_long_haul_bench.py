@@ -1,10 +1,15 @@
-"""The long-haul bench's own judgements: what counts as a snapshot held on a node's volume."""
+"""The long-haul bench's own judgements: snapshots held on a node's volume, slopes per event, a
+sampler that fails."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import pytest
+
 from chaos_lab.benchmarks.long_haul import slope, snapshots_held
+from chaos_lab.sampling import Sampler, SamplingFailed
 
 
 def test_snapshots_held_counts_published_written_and_pulled_state_files_only(tmp_path: Path) -> None:
@@ -29,3 +34,20 @@ def test_a_slope_per_event_leaves_out_what_follows_the_group_size() -> None:
     assert abs(slope(events, leaking, sizes) - 0.25) < 1e-9
     assert slope(events, leaking) != slope(events, leaking, sizes)  # the plain fit mixes them
     assert slope(events, leaking, [4.0] * 40) == slope(events, leaking)  # a steady group: the plain fit
+
+
+def test_a_sample_that_raises_fails_the_benchmark_instead_of_cutting_its_curves_short() -> None:
+    raised = threading.Event()
+
+    class Broken(Sampler):
+        taken = 0
+
+        def sample(self) -> bool:
+            self.taken += 1
+            raised.set()
+            raise PermissionError("/proc/1/fd")
+
+    broken = Broken(0.001, "resources")
+    with pytest.raises(SamplingFailed, match="sampling resources failed: PermissionError"), broken:
+        assert raised.wait(5)  # leaving the block joins the sampler's thread
+    assert broken.taken == 1  # it stopped at the first failure
