@@ -1272,6 +1272,13 @@ def _compose(
             members.append(joiner)
             addresses.append(address)
             incarnations.append(s.join_incarnations.get(joiner, 0))
+    if not members and view.has(s.node_id) and ("leave", s.node_id) in changes:
+        # every member leaves at once: this one stays as the last, to leave alone next
+        # (_maybe_propose); a view of no members could not be proposed to anyone
+        changes.remove(("leave", s.node_id))
+        members.append(s.node_id)
+        addresses.append(view.address_of(s.node_id) or s.address)
+        incarnations.append(view.incarnation_of(s.node_id) or 0)
     if not changes or not members:
         return None, ()
     # the new view must be able to reach its own quorum: count members heard within half
@@ -1312,6 +1319,11 @@ def _maybe_propose(s: NodeState, now: float, out: list[Action]) -> None:
     target = view.epoch + 1
     me = s.node_id
     if me == view.coordinator:
+        if s.want_leave and view.members == (me,) and not fresh_joins(s, now):
+            # the last member leaves: nobody is left to agree with, and nobody to hand over to
+            s.status = LEFT
+            out.append(Installed(view, LEFT))
+            return
         if s.fast_used != target and (s.promised is None or s.promised <= (0, me)):
             new, changes = _desired(s, now)
             if new is not None:
