@@ -46,7 +46,11 @@ def _leave(states: dict[str, sm.NodeState], *nodes: str) -> list[tuple[str, sm.A
 
 
 def _left_in_order(taken: list[tuple[str, sm.Action]]) -> list[str]:
-    return [n for n, a in taken if isinstance(a, sm.Installed) and a.status == sm.LEFT]
+    return [
+        n
+        for n, a in taken
+        if isinstance(a, sm.LeftAlone) or (isinstance(a, sm.Installed) and a.status == sm.LEFT)
+    ]
 
 
 def test_both_members_of_a_pair_leaving_at_once_both_leave_within_two_ticks() -> None:
@@ -79,11 +83,22 @@ def test_a_group_whose_members_all_leave_at_once_ends() -> None:
     assert decided[-1].members == ("a",) and {"b", "c"} <= set(decided[-1].departed)
 
 
+def test_a_pair_leaving_while_a_node_asks_to_join_hands_the_group_over_to_it() -> None:
+    states = _group("a", "b")
+    contacts = (("a", "http://a"), ("b", "http://b"))
+    states["j"] = sm.initial_joiner("j", "http://j", contacts, SETTINGS)
+    _leave(states, "a", "b")  # a decides the group of b alone; b's leave and j's join follow
+    _run(states, until_s=1.0)
+    assert states["a"].status == states["b"].status == sm.LEFT
+    assert states["j"].status == sm.MEMBER and states["j"].view.members == ("j",)
+
+
 def test_the_only_member_leaves_at_once() -> None:
     states = _group("a")
     taken = _leave(states, "a")
     assert states["a"].status == sm.LEFT
-    assert next(a for _, a in taken if isinstance(a, sm.Persist)).state.status == sm.LEFT  # durable first
+    assert isinstance(taken[0][1], sm.Persist) and taken[0][1].state.status == sm.LEFT  # written first
+    assert [type(a) for _, a in taken[1:]] == [sm.Observed, sm.LeftAlone]
     assert sm.step(states["a"], sm.Tick(), 1.0) == (states["a"], [])  # and stays left
 
 

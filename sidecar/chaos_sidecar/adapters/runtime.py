@@ -177,6 +177,10 @@ class MembershipRuntime:
                         status=status,
                     )
                     notify = True
+                case sm.LeftAlone(view):
+                    self.metrics.members.set(0)
+                    self.log.write(Kind.LEFT, epoch=view.epoch, alone=True)
+                    notify = True
                 case sm.Decided(view, changes):
                     self._proposed[view.epoch] = time.monotonic()
                     for change in changes:

@@ -152,6 +152,14 @@ def _sends(tos: Sequence[str], addresses: Sequence[str], message: Message, skip:
 
 
 @dataclass(frozen=True, slots=True)
+class LeftAlone:
+    """This node, the last member of ``view``, left: the group ended with it (its status is
+    now LEFT). No view is installed, so it is not an :class:`Installed`."""
+
+    view: View
+
+
+@dataclass(frozen=True, slots=True)
 class Installed:
     """This node committed ``view`` (its status is now ``status``)."""
 
@@ -217,7 +225,16 @@ class MajorityChanged:
 
 
 Action = (
-    Persist | Send | Installed | Decided | Observed | TopologyChanged | Rejected | Accepting | MajorityChanged
+    Persist
+    | Send
+    | Installed
+    | LeftAlone
+    | Decided
+    | Observed
+    | TopologyChanged
+    | Rejected
+    | Accepting
+    | MajorityChanged
 )
 
 
@@ -1272,13 +1289,14 @@ def _compose(
             members.append(joiner)
             addresses.append(address)
             incarnations.append(s.join_incarnations.get(joiner, 0))
-    if not members and view.has(s.node_id) and ("leave", s.node_id) in changes:
-        # every member leaves at once: this one stays as the last, to leave alone next
-        # (_maybe_propose); a view of no members could not be proposed to anyone
+    if ("leave", s.node_id) in changes and not any(view.has(m) for m in members):
+        # every member leaves at once: this one stays (with the joiners, if any) to hand over
+        # or to leave alone next (_maybe_propose); a view of none of the old members could
+        # neither be proposed to anyone nor pass the minority check below
         changes.remove(("leave", s.node_id))
-        members.append(s.node_id)
-        addresses.append(view.address_of(s.node_id) or s.address)
-        incarnations.append(view.incarnation_of(s.node_id) or 0)
+        members.insert(0, s.node_id)
+        addresses.insert(0, view.address_of(s.node_id) or s.address)
+        incarnations.insert(0, view.incarnation_of(s.node_id) or 0)
     if not changes or not members:
         return None, ()
     # the new view must be able to reach its own quorum: count members heard within half
@@ -1319,10 +1337,16 @@ def _maybe_propose(s: NodeState, now: float, out: list[Action]) -> None:
     target = view.epoch + 1
     me = s.node_id
     if me == view.coordinator:
-        if s.want_leave and view.members == (me,) and not fresh_joins(s, now):
+        if (
+            s.want_leave
+            and view.members == (me,)
+            and not fresh_joins(s, now)
+            and s.accepted is None
+            and s.promised is None
+        ):
             # the last member leaves: nobody is left to agree with, and nobody to hand over to
             s.status = LEFT
-            out.append(Installed(view, LEFT))
+            out.append(LeftAlone(view))
             return
         if s.fast_used != target and (s.promised is None or s.promised <= (0, me)):
             new, changes = _desired(s, now)

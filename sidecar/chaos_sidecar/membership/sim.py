@@ -265,6 +265,9 @@ class _Sim:
                     )
                     if status == sm.LEFT:
                         self.left.add(node)
+                case sm.LeftAlone(view):
+                    self.log(f"{node} leaves e{view.epoch} alone")
+                    self.left.add(node)
                 case sm.Decided(view, changes):
                     self.result.decision_ns.append(elapsed)
                     self.log(f"{node} decides e{view.epoch}: {changes}")
