@@ -25,13 +25,13 @@ RETRY_PATIENCE_S = 5.0  # after a failed collective: wait this long for a view c
 
 
 DECLINED = "declined"  # an overlap joiner's catch-up progress when it will join blocking instead
-# keys in a view's store (see chaos_train.rendezvous): the note that tells the joiners where
-# snapshot S is (or that the members regroup blocking), and each joiner's progress
 # snapshot names: a kind (prefix) and a number. One of a kind written or pulled retires the
 # older ones of that kind on the node (see chaos_sidecar.transfer.snapshot.retire_snapshots):
 # whoever pulled those did so in a regroup or an overlap join that is over
 JOIN_SNAPSHOT = "state-e"  # a blocking join's, per epoch
 OVERLAP_SNAPSHOT = "state-s"  # an overlap join's, per step
+# keys in a view's store (see chaos_train.rendezvous): the note that tells the joiners where
+# snapshot S is (or that the members regroup blocking), and each joiner's progress
 NOTE_KEY = "overlap-note"
 BLOCKING_NOTE = {"blocking": True}
 NOTE_WAIT_S = 60.0  # a joiner waits this long for the members' note, then joins blocking
